@@ -1,0 +1,1 @@
+"""powercap extender: adapts Kubernetes and the outside world to the placement core."""

@@ -1,0 +1,78 @@
+"""The admission check and its explanation.
+
+A replica drawing ``profile`` may join leaf domain ``d`` iff for every domain ``k``
+on the path from ``d`` to the root and every slot ``t``:
+``load[k, t] + profile[t] <= cap[k, t] * (1 - headroom)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from placement.grid import Grid
+from placement.ledger import Ledger
+
+# Watts are floats; a sum that lands a hair above the cap through rounding is not a breach.
+TOLERANCE_W = 1e-6
+
+
+@dataclass(frozen=True)
+class Breach:
+    """Why a replica does not fit: the tightest domain, slot and how many watts over."""
+
+    domain: str
+    slot: int
+    time_of_day: str
+    over_watts: float
+    cap_watts: float
+
+    def message(self) -> str:
+        return (
+            f"domain {self.domain} would exceed its cap at {self.time_of_day} "
+            f"by {self.over_watts:.0f} W (cap {self.cap_watts:.0f} W)"
+        )
+
+
+def fitting_domains(
+    ledger: Ledger, profile: NDArray[np.float64], caps: NDArray[np.float64]
+) -> NDArray[np.bool_]:
+    """For every domain ``d``: would one more replica fit under ``d`` at every level?
+
+    Vectorised over all domains (one pass over the (domains × T) matrix), so the
+    extender can answer for every candidate node at once.
+    """
+    fits_here = ((ledger.load + profile) <= caps + TOLERANCE_W).all(axis=1)
+    # A domain fits iff none of its ancestors-or-self fails.
+    failing = np.logical_not(fits_here)
+    return np.logical_not((ledger.tree.membership & failing[:, None]).any(axis=0))
+
+
+def first_breach(
+    ledger: Ledger,
+    profile: NDArray[np.float64],
+    domain: int,
+    caps: NDArray[np.float64],
+    grid: Grid,
+) -> Breach | None:
+    """The worst breach on the path of ``domain``, or ``None`` if the replica fits."""
+    path = ledger.tree.ancestors(domain)
+    over = ledger.load[path] + profile - caps[path]
+    k, t = np.unravel_index(int(np.argmax(over)), over.shape)
+    if over[k, t] <= TOLERANCE_W:
+        return None
+    d = int(path[k])
+    return Breach(
+        domain=ledger.tree.names[d],
+        slot=int(t),
+        time_of_day=grid.slot_label(int(t)),
+        over_watts=float(over[k, t]),
+        cap_watts=float(caps[d, t]),
+    )
+
+
+def violations(load: NDArray[np.float64], caps: NDArray[np.float64]) -> NDArray[np.bool_]:
+    """(domains × T) mask of domain-slots whose load exceeds the cap."""
+    return load > caps + TOLERANCE_W

@@ -1,0 +1,39 @@
+"""A placement problem: the tree, the fleet, the services and the safety margin."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+from numpy.typing import NDArray
+
+from placement.fleet import Fleet
+from placement.grid import Grid
+from placement.services import Services
+from placement.tree import PowerTree
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Everything a strategy needs. ``current`` is an optional (services × nodes)
+    replica count matrix: where replicas run now, so a re-plan can avoid moves."""
+
+    name: str
+    grid: Grid
+    tree: PowerTree
+    fleet: Fleet
+    services: Services
+    headroom: float = 0.0
+    current: NDArray[np.int64] | None = None
+
+    @property
+    def effective_caps(self) -> NDArray[np.float64]:
+        """(domains × T) caps after the headroom margin: cap × (1 − headroom)."""
+        return self.tree.caps * (1.0 - self.headroom)
+
+    @property
+    def idle_by_domain(self) -> NDArray[np.float64]:
+        return self.fleet.idle_by_domain(self.tree.membership)
+
+    def with_caps(self, caps: NDArray[np.float64]) -> Problem:
+        return replace(self, tree=self.tree.with_caps(caps))
