@@ -19,8 +19,17 @@ def problem_from_dict(data: dict[str, Any]) -> Problem:
 
 
 @st.composite
-def problems(draw: st.DrawFn, uniform_priority: bool = False, max_services: int = 4) -> Problem:
-    """A random site → rows → racks tree with 8-GPU nodes and diurnal-ish services."""
+def problems(
+    draw: st.DrawFn,
+    uniform_priority: bool = False,
+    max_services: int = 4,
+    uniform_size: bool = False,
+) -> Problem:
+    """A random site → rows → racks tree with 8-GPU nodes and diurnal-ish services.
+
+    ``uniform_size`` gives every service the same GPUs per replica and the same peak
+    watts, so services differ only in when they peak.
+    """
     slots = 12
     rows = draw(st.integers(1, 3))
     domains: list[dict[str, Any]] = []
@@ -50,13 +59,15 @@ def problems(draw: st.DrawFn, uniform_priority: bool = False, max_services: int 
                     }
                 )
     services = []
+    shared_high = draw(st.integers(500, 6000))
+    shared_gpus = draw(st.sampled_from([1, 2, 4, 8]))
     for s in range(draw(st.integers(1, max_services))):
         peak_at = draw(st.integers(0, slots - 1))
-        high = draw(st.integers(500, 6000))
+        high = shared_high if uniform_size else draw(st.integers(500, 6000))
         low = draw(st.integers(0, high))
         shape = np.roll(np.hanning(slots + 2)[1:-1], peak_at - slots // 2)
         profile = (low + (high - low) * shape).round(1).tolist()
-        gpus = draw(st.sampled_from([1, 2, 4, 8]))
+        gpus = shared_gpus if uniform_size else draw(st.sampled_from([1, 2, 4, 8]))
         services.append(
             {
                 "name": f"svc-{s}",

@@ -22,13 +22,17 @@ DomainCost = Callable[[Ledger, NDArray[np.float64], NDArray[np.float64]], NDArra
 
 
 def replica_queue(problem: Problem) -> list[int]:
-    """The deterministic order replicas are offered in: highest priority first;
-    within a priority, services take turns (by name) so none starves another."""
+    """The deterministic order replicas are offered in: highest priority first; within a
+    priority, larger replicas first (first-fit decreasing, so small replicas do not
+    fragment the nodes a whole-node replica needs); services of the same priority and
+    size take turns, by name, so none starves another."""
     svc = problem.services
     order: list[int] = []
-    for prio in sorted(set(svc.priority.tolist()), reverse=True):
+    tiers = sorted({(int(p), int(g)) for p, g in zip(svc.priority, svc.gpus, strict=True)})
+    for prio, gpus in reversed(tiers):
         tier = sorted(
-            (s for s in range(svc.size) if svc.priority[s] == prio), key=lambda s: svc.names[s]
+            (s for s in range(svc.size) if svc.priority[s] == prio and svc.gpus[s] == gpus),
+            key=lambda s: svc.names[s],
         )
         remaining = {s: int(svc.demand[s]) for s in tier}
         while any(remaining.values()):
