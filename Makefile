@@ -39,7 +39,12 @@ unit: $(STAMP)
 test: lint unit
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.run
+	@echo ">> planner: 1,000 nodes, 150 domains, 50 services, T = 144"
+	$(PY) -m benchmarks.planner
+	@echo ">> placement quality on a ServeGen-built scenario (../shared/data)"
+	$(PY) -m benchmarks.quality
+	@echo ">> extender latency: compute and HTTP"
+	$(PY) -m benchmarks.extender
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis

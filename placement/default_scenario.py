@@ -116,7 +116,7 @@ def default_spec() -> ScenarioSpec:
                         "idleWatts": IDLE_WATTS,
                     }
                 )
-    assert RACK_CAP < rack_nameplate  # power-bound by construction
+    assert rack_nameplate > RACK_CAP  # power-bound by construction
     services = [
         {
             "name": name,

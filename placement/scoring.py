@@ -29,13 +29,18 @@ def peak_increase(
     return rise @ ledger.tree.membership
 
 
-def peak_utilisation_after(
+def path_utilisation_after(
     ledger: Ledger, profile: NDArray[np.float64], caps: NDArray[np.float64]
 ) -> NDArray[np.float64]:
-    """Per domain: the highest peak utilisation on its path if the replica joined it."""
+    """Per domain: peak utilisation (load/cap, max over slots) if the replica joined it,
+    summed over the domain and its ancestors.
+
+    The spreading rule of a power-unaware operator: the least loaded rack in the least
+    loaded row. A sum rather than a maximum, because the site is usually the most loaded
+    level and a maximum would make every rack tie.
+    """
     after = ((ledger.load + profile) / caps).max(axis=1)
-    path_after = np.where(ledger.tree.membership, after[:, None], -np.inf)
-    return path_after.max(axis=0)
+    return after @ ledger.tree.membership
 
 
 def scores_0_to_10(cost: NDArray[np.float64]) -> NDArray[np.int64]:
