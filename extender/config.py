@@ -1,0 +1,443 @@
+"""The powercap config: the power tree, named profiles, services and policies.
+
+A YAML or JSON document, ``apiVersion: powercap.io/v1alpha1``, ``kind: PowercapConfig``::
+
+    grid: {period: 24h, step: 10m}
+    headroom: 0.05                       # admit up to cap × (1 − headroom)
+    domains:                             # as in scenario files
+      - {name: site, cap: 400000}
+      - {name: rack-1, parent: site, cap: 41000}
+    nodes: {domainLabel: powercap.io/domain, defaultIdleWatts: 2000}
+    profiles:                            # named profiles: T values or a shorthand
+      chat-eu: {diurnal: {low: 2500, high: 5200, peakAt: "10:00", width: 8h}}
+    profileFiles: [profiles/*.yaml]      # more named profiles, kind PowerProfile
+    services:
+      chat-eu: {profile: chat-eu, priority: 100, gpusPerReplica: 8,
+                nameplateWatts: 5600, replicas: 24}
+    policy: {missingProfile: nameplate, defaultNameplateWatts: 5600}
+    planner: {enabled: true, strategy: cpsat, debounce: 5s, timeLimit: 30s, interval: 15m}
+    scoring: {planWeight: 0.6}
+
+:func:`load_config` validates everything at start and raises :class:`ConfigError`
+listing every problem as ``path: what is wrong and the fix``.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+import yaml
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from placement.grid import Grid, parse_duration
+from placement.problem import Problem
+from placement.scenario import (
+    API_VERSION,
+    DomainSpec,
+    GridSpec,
+    Metadata,
+    ProfileRef,
+    ScenarioError,
+    ScenarioSpec,
+    csv_profile,
+    diurnal_profile,
+    problem_from_spec,
+)
+from placement.tree import PowerTree
+
+DEFAULT_NAMEPLATE_W = 5600.0  # 8 × 700 W: an 8-GPU H100 server's GPUs at TDP
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; ``problems`` lists every ``path: message``."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+ProfileValue = list[float] | ProfileRef
+
+
+class NodesSpec(_Model):
+    """How cluster nodes map onto the tree."""
+
+    domain_label: str = Field(default="powercap.io/domain", alias="domainLabel", min_length=1)
+    idle_watts_annotation: str = Field(
+        default="powercap.io/idle-watts", alias="idleWattsAnnotation", min_length=1
+    )
+    default_idle_watts: float = Field(default=0.0, alias="defaultIdleWatts", ge=0)
+    gpu_resource: str = Field(default="nvidia.com/gpu", alias="gpuResource", min_length=1)
+
+
+class ServiceSpec(_Model):
+    """A service's entry. ``profile`` names a profile or gives one inline."""
+
+    profile: str | ProfileValue | None = None
+    priority: int = 0
+    gpus_per_replica: int = Field(default=1, alias="gpusPerReplica", ge=1)
+    nameplate_watts: float | None = Field(default=None, alias="nameplateWatts", ge=0)
+    replicas: int = Field(default=0, ge=0)
+
+
+class PolicySpec(_Model):
+    """What to do with a managed pod whose profile is missing or invalid:
+    ``reject`` fails it on every node; ``nameplate`` admits it at the service's
+    ``nameplateWatts`` (else ``defaultNameplateWatts``) in every slot."""
+
+    missing_profile: Literal["reject", "nameplate"] = Field(
+        default="nameplate", alias="missingProfile"
+    )
+    default_nameplate_watts: float = Field(
+        default=DEFAULT_NAMEPLATE_W, alias="defaultNameplateWatts", gt=0
+    )
+
+
+class PlannerSpec(_Model):
+    """``workers`` are CP-SAT threads; keep one core free for the decisions."""
+
+    enabled: bool = True
+    strategy: Literal["cpsat", "greedy"] = "cpsat"
+    debounce: str | int = "5s"
+    time_limit: str | int = Field(default="30s", alias="timeLimit")
+    interval: str | int = "15m"
+    workers: int = Field(default=1, ge=1)
+
+
+class ScoringSpec(_Model):
+    """``planWeight`` of the 0–10 score goes to agreeing with the plan, the rest to
+    the least peak increase. Above 0.5 the plan always wins over peak increase.
+
+    ``reservePlan`` makes the plan binding, not just a preference: filter keeps the
+    power the plan holds for its planned-but-unplaced replicas free for them, so a
+    replica the plan did not count on cannot take it (it stays Pending until a re-plan
+    makes room). Off by default: a stale plan then costs nothing but steering."""
+
+    plan_weight: float = Field(default=0.6, alias="planWeight", ge=0, le=1)
+    reserve_plan: bool = Field(default=False, alias="reservePlan")
+
+
+class ConfigSpec(_Model):
+    """The file, as written."""
+
+    api_version: Literal["powercap.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["PowercapConfig"]
+    metadata: Metadata = Metadata(name="powercap")
+    grid: GridSpec = GridSpec()
+    headroom: float = Field(default=0.0, ge=0, lt=1)
+    domains: list[DomainSpec]
+    nodes: NodesSpec = NodesSpec()
+    profiles: dict[str, ProfileValue] = {}
+    profile_files: list[str] = Field(default=[], alias="profileFiles")
+    services: dict[str, ServiceSpec] = {}
+    policy: PolicySpec = PolicySpec()
+    planner: PlannerSpec = PlannerSpec()
+    scoring: ScoringSpec = ScoringSpec()
+
+
+class ProfileDocument(_Model):
+    """One named profile in its own file (``kind: PowerProfile``)."""
+
+    api_version: Literal["powercap.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["PowerProfile"]
+    metadata: Metadata
+    description: str = ""
+    profile: ProfileValue
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    """A service as the extender uses it. ``profile`` is ``None`` when the config
+    gives none (pods then need a ``powercap.io/profile`` annotation)."""
+
+    name: str
+    profile: NDArray[np.float64] | None
+    profile_name: str | None
+    priority: int = 0
+    gpus_per_replica: int = 1
+    nameplate_watts: float | None = None
+    replicas: int = 0
+
+
+@dataclass(frozen=True)
+class PlannerSettings:
+    enabled: bool = True
+    strategy: str = "cpsat"
+    debounce_s: float = 5.0
+    time_limit_s: float = 30.0
+    interval_s: float = 900.0
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated, resolved config."""
+
+    name: str
+    grid: Grid
+    tree: PowerTree
+    headroom: float
+    profiles: dict[str, NDArray[np.float64]]
+    services: dict[str, ServiceEntry]
+    nodes: NodesSpec = field(default_factory=NodesSpec)
+    policy: PolicySpec = field(default_factory=PolicySpec)
+    planner: PlannerSettings = field(default_factory=PlannerSettings)
+    scoring: ScoringSpec = field(default_factory=ScoringSpec)
+    source: str = "config"
+    # Scenario mode: the static fleet the cluster state starts from.
+    problem: Problem | None = field(default=None, compare=False)
+
+    def nameplate_of(self, service: str | None) -> float:
+        """Watts a pod of ``service`` is admitted at under the ``nameplate`` policy."""
+        entry = self.services.get(service) if service is not None else None
+        if entry is not None and entry.nameplate_watts is not None:
+            return entry.nameplate_watts
+        return self.policy.default_nameplate_watts
+
+
+def _pydantic_problems(err: ValidationError, prefix: str = "") -> list[str]:
+    problems: dict[str, str] = {}
+    for e in err.errors():
+        where = prefix
+        for part in e["loc"]:
+            if isinstance(part, int):
+                where += f"[{part}]"
+            elif part in ("list[float]", "ProfileRef", "str", "float", "int", "function-after"):
+                continue  # pydantic names the union branch it tried; users want the field
+            else:
+                where += f".{part}" if where else str(part)
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling against config/powercap.yaml)"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        elif e["type"] == "literal_error" and e["loc"] and e["loc"][-1] == "kind":
+            msg = f"{msg} (this file is a {e['input']!r}, not a powercap config?)"
+        problems.setdefault(where or "(top level)", f"{where or '(top level)'}: {msg}")
+    return list(problems.values())
+
+
+def resolve_profile(value: ProfileValue, grid: Grid, base_dir: Path) -> NDArray[np.float64]:
+    """A (T,) profile from T values or a shorthand; raises ``ValueError`` saying why not."""
+    if isinstance(value, list):
+        values = np.asarray(value, dtype=np.float64)
+    else:
+        given = [k for k in ("diurnal", "constant", "csv") if getattr(value, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of a list of values, diurnal, constant or csv")
+        if value.diurnal is not None:
+            values = diurnal_profile(value.diurnal, grid)
+        elif value.constant is not None:
+            values = np.full(grid.slots, float(value.constant))
+        else:
+            assert value.csv is not None
+            values = csv_profile(value.csv, grid, base_dir)
+    if values.shape != (grid.slots,):
+        raise ValueError(f"{values.size} values, the grid has {grid.slots} slots")
+    if not np.isfinite(values).all():
+        raise ValueError(f"value {int(np.flatnonzero(~np.isfinite(values))[0])} is not finite")
+    if (values < 0).any():
+        bad = int(np.flatnonzero(values < 0)[0])
+        raise ValueError(f"value {bad} is negative ({values[bad]:g} W); watts must be >= 0")
+    values.setflags(write=False)
+    return values
+
+
+def _seconds(value: str | int, where: str, problems: list[str]) -> float:
+    try:
+        return float(parse_duration(value))
+    except ValueError as exc:
+        problems.append(f"{where}: {exc}")
+        return 0.0
+
+
+def _read_document(path: Path) -> Any:
+    text = path.read_bytes()
+    if path.suffix == ".json":
+        return orjson.loads(text)
+    return yaml.safe_load(text)
+
+
+def config_from_spec(
+    spec: ConfigSpec, base_dir: Path = Path("."), source: str = "config"
+) -> Config:
+    """Check cross-references and build the :class:`Config`; raises :class:`ConfigError`."""
+    problems: list[str] = []
+    # The tree and its caps are validated exactly as a scenario's are.
+    try:
+        skeleton = ScenarioSpec.model_validate(
+            {
+                "apiVersion": API_VERSION,
+                "kind": "Scenario",
+                "metadata": spec.metadata.model_dump(),
+                "grid": spec.grid.model_dump(),
+                "headroom": spec.headroom,
+                "domains": [d.model_dump(exclude_none=True) for d in spec.domains],
+            }
+        )
+        problem = problem_from_spec(skeleton, base_dir)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_problems(exc), source) from exc
+    except ScenarioError as exc:
+        raise ConfigError(exc.problems, source) from exc
+    grid, tree = problem.grid, problem.tree
+
+    profiles: dict[str, NDArray[np.float64]] = {}
+    for name, value in spec.profiles.items():
+        try:
+            profiles[name] = resolve_profile(value, grid, base_dir)
+        except ValueError as exc:
+            problems.append(f"profiles.{name}: {exc}")
+    for i, pattern in enumerate(spec.profile_files):
+        full = pattern if Path(pattern).is_absolute() else str(base_dir / pattern)
+        matches = sorted(glob.glob(full))
+        if not matches:
+            problems.append(f"profileFiles[{i}]: {pattern!r} matches no file")
+        for path in map(Path, matches):
+            where = f"profileFiles[{i}] ({path.name})"
+            try:
+                doc = ProfileDocument.model_validate(_read_document(path))
+            except (OSError, yaml.YAMLError, orjson.JSONDecodeError) as exc:
+                problems.append(f"{where}: cannot read: {exc}")
+                continue
+            except ValidationError as exc:
+                problems += _pydantic_problems(exc, where)
+                continue
+            if doc.metadata.name in profiles:
+                problems.append(f"{where}: profile {doc.metadata.name!r} is defined twice")
+                continue
+            try:
+                profiles[doc.metadata.name] = resolve_profile(doc.profile, grid, path.parent)
+            except ValueError as exc:
+                problems.append(f"{where}.profile: {exc}")
+
+    services: dict[str, ServiceEntry] = {}
+    for name, svc in spec.services.items():
+        where = f"services.{name}.profile"
+        profile: NDArray[np.float64] | None = None
+        profile_name: str | None = None
+        if isinstance(svc.profile, str):
+            profile_name = svc.profile
+            profile = profiles.get(svc.profile)
+            # A named profile that failed to resolve was reported above already.
+            if profile is None and svc.profile not in spec.profiles:
+                known = ", ".join(sorted(profiles)) or "none defined"
+                problems.append(
+                    f"{where}: unknown profile {svc.profile!r} (known: {known}); define it "
+                    "under profiles or in a profileFiles document"
+                )
+        elif svc.profile is not None:
+            try:
+                profile = resolve_profile(svc.profile, grid, base_dir)
+                profile_name = name
+            except ValueError as exc:
+                problems.append(f"{where}: {exc}")
+        services[name] = ServiceEntry(
+            name=name,
+            profile=profile,
+            profile_name=profile_name,
+            priority=svc.priority,
+            gpus_per_replica=svc.gpus_per_replica,
+            nameplate_watts=svc.nameplate_watts,
+            replicas=svc.replicas,
+        )
+
+    planner = PlannerSettings(
+        enabled=spec.planner.enabled,
+        strategy=spec.planner.strategy,
+        debounce_s=_seconds(spec.planner.debounce, "planner.debounce", problems),
+        time_limit_s=_seconds(spec.planner.time_limit, "planner.timeLimit", problems),
+        interval_s=_seconds(spec.planner.interval, "planner.interval", problems),
+        workers=spec.planner.workers,
+    )
+    if problems:
+        raise ConfigError(problems, source)
+    return Config(
+        name=spec.metadata.name,
+        grid=grid,
+        tree=tree,
+        headroom=spec.headroom,
+        profiles=profiles,
+        services=services,
+        nodes=spec.nodes,
+        policy=spec.policy,
+        planner=planner,
+        scoring=spec.scoring,
+        source=source,
+    )
+
+
+def config_from_data(data: Any, base_dir: Path = Path("."), source: str = "config") -> Config:
+    """Validate already-parsed YAML/JSON; raises :class:`ConfigError`."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            ["(top level): expected a mapping with apiVersion, kind: PowercapConfig, domains"],
+            source,
+        )
+    try:
+        spec = ConfigSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_problems(exc), source) from exc
+    return config_from_spec(spec, base_dir, source)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a config file; raises :class:`ConfigError`."""
+    try:
+        data = _read_document(path)
+    except OSError as exc:
+        raise ConfigError([f"cannot read file: {exc.strerror}"], str(path)) from exc
+    except (yaml.YAMLError, orjson.JSONDecodeError) as exc:
+        raise ConfigError([f"not valid YAML/JSON: {exc}"], str(path)) from exc
+    return config_from_data(data, path.parent, str(path))
+
+
+def config_from_problem(
+    problem: Problem,
+    policy: PolicySpec | None = None,
+    planner: PlannerSettings | None = None,
+    scoring: ScoringSpec | None = None,
+    source: str = "scenario",
+) -> Config:
+    """The config of a scenario: every service is its own named profile, and the
+    scenario's fleet is kept as the static cluster (``serve --scenario``)."""
+    svc = problem.services
+    rows = [svc.profiles[s] for s in range(svc.size)]
+    profiles = dict(zip(svc.names, rows, strict=True))
+    services = {
+        name: ServiceEntry(
+            name=name,
+            profile=rows[s],
+            profile_name=name,
+            priority=int(svc.priority[s]),
+            gpus_per_replica=int(svc.gpus[s]),
+            nameplate_watts=float(svc.nameplate[s]),
+            replicas=int(svc.demand[s]),
+        )
+        for s, name in enumerate(svc.names)
+    }
+    return Config(
+        name=problem.name,
+        grid=problem.grid,
+        tree=problem.tree,
+        headroom=problem.headroom,
+        profiles=profiles,
+        services=services,
+        policy=policy or PolicySpec(),
+        planner=planner or PlannerSettings(),
+        scoring=scoring or ScoringSpec(),
+        source=source,
+        problem=problem,
+    )

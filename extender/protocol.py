@@ -1,0 +1,324 @@
+"""The wire protocol of kube-scheduler extenders: ``k8s.io/kube-scheduler/extender/v1``.
+
+The Go types carry no JSON tags, so their keys are the Go field names (``Pod``,
+``NodeNames``, ``FailedNodes`` …). The scheduler's decoder, Go's ``encoding/json``,
+matches keys to fields case-insensitively and ignores unknown keys; :func:`parse`
+does the same, so ``{"pod": …, "nodenames": […]}`` is read like the canonical form.
+Embedded Kubernetes objects (``v1.Pod``, ``v1.Node``) stay raw dicts: the extender
+reads a handful of their fields and modelling all of them would cost time per request.
+
+Inputs are parsed from bytes with :func:`parse` (orjson, then pydantic); a malformed
+body raises :class:`ProtocolError` whose message names the offending field.
+Outputs are encoded with :func:`encode` / the ``to_json`` methods, always with the
+exact Go field names, every field present (``null`` for a nil pointer), as Go emits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MIN_EXTENDER_PRIORITY = 0
+MAX_EXTENDER_PRIORITY = 10
+
+
+class ProtocolError(ValueError):
+    """A request body the extender cannot use. ``str()`` names the field and the fix."""
+
+
+def _fold_keys(data: Any, canonical: Mapping[str, str]) -> Any:
+    """Rename keys matching a field case-insensitively to the field's Go name.
+
+    Go prefers an exact match and falls back to a case-insensitive one; later keys
+    overwrite earlier ones that land on the same field. Unknown keys are dropped,
+    as Go ignores them.
+    """
+    if not isinstance(data, Mapping):
+        return data
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            continue
+        name = canonical.get(key) or canonical.get(key.lower())
+        if name is not None:
+            out[name] = value
+    return out
+
+
+class GoStruct(BaseModel):
+    """Base of the wire models: Go field names as aliases, any key case accepted."""
+
+    model_config = ConfigDict(populate_by_name=True, frozen=True, extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _case_insensitive_keys(cls, data: Any) -> Any:
+        canonical = _CANONICAL.get(cls)
+        if canonical is None:
+            canonical = {}
+            for name, info in cls.model_fields.items():
+                alias = info.alias or name
+                canonical[alias] = alias
+                canonical[alias.lower()] = alias
+                canonical[name] = alias  # constructing by Python name in code
+            _CANONICAL[cls] = canonical
+        return _fold_keys(data, canonical)
+
+
+# Go name and lower-cased Go name → Go name, per model class, built on first use.
+_CANONICAL: dict[type[BaseModel], dict[str, str]] = {}
+
+
+class NodeList(GoStruct):
+    """``v1.NodeList``. Unlike the extender types it has JSON tags: ``items``, ``metadata``."""
+
+    items: list[dict[str, Any]] | None = Field(default=None, alias="items")
+    metadata: dict[str, Any] | None = Field(default=None, alias="metadata")
+
+    def names(self) -> list[str]:
+        """``metadata.name`` of every item, in order; raises :class:`ProtocolError`."""
+        out: list[str] = []
+        for i, node in enumerate(self.items or ()):
+            meta = get_field(node, "metadata")
+            name = get_field(meta, "name") if isinstance(meta, Mapping) else None
+            if not isinstance(name, str) or not name:
+                raise ProtocolError(
+                    f"Nodes.items[{i}].metadata.name: missing; every node needs a name"
+                )
+            out.append(name)
+        return out
+
+
+class ExtenderArgs(GoStruct):
+    """Body of ``/filter`` and ``/prioritize``.
+
+    With ``nodeCacheCapable: true`` the scheduler sends ``NodeNames`` and ``Nodes`` is
+    null; otherwise it sends full node objects in ``Nodes.items``.
+    """
+
+    pod: dict[str, Any] = Field(alias="Pod")
+    nodes: NodeList | None = Field(default=None, alias="Nodes")
+    node_names: list[str] | None = Field(default=None, alias="NodeNames")
+
+    @model_validator(mode="after")
+    def _some_nodes(self) -> ExtenderArgs:
+        if self.nodes is None and self.node_names is None:
+            raise ValueError(
+                "NodeNames or Nodes.items: one is required (a nodeCacheCapable scheduler "
+                "sends NodeNames, others Nodes.items)"
+            )
+        return self
+
+    @property
+    def names_only(self) -> bool:
+        """True when the candidates came as ``NodeNames`` (answer in kind)."""
+        return self.node_names is not None
+
+    def candidate_names(self) -> list[str]:
+        """The candidate node names, whichever form they came in."""
+        if self.node_names is not None:
+            return self.node_names
+        assert self.nodes is not None
+        return self.nodes.names()
+
+
+class ExtenderFilterResult(GoStruct):
+    """Answer of ``/filter``. Failed nodes map node name → reason; nodes in
+    ``FailedAndUnresolvableNodes`` are ones preemption cannot help."""
+
+    nodes: NodeList | None = Field(default=None, alias="Nodes")
+    node_names: list[str] | None = Field(default=None, alias="NodeNames")
+    failed_nodes: dict[str, str] = Field(default_factory=dict, alias="FailedNodes")
+    failed_and_unresolvable_nodes: dict[str, str] = Field(
+        default_factory=dict, alias="FailedAndUnresolvableNodes"
+    )
+    error: str = Field(default="", alias="Error")
+
+    def to_json(self) -> bytes:
+        return encode_filter_result(
+            self.node_names,
+            None if self.nodes is None else (self.nodes.items or []),
+            self.failed_nodes,
+            self.failed_and_unresolvable_nodes,
+            self.error,
+        )
+
+
+class HostPriority(GoStruct):
+    """One entry of the ``/prioritize`` answer: a node and its 0–10 score."""
+
+    host: str = Field(alias="Host")
+    score: int = Field(alias="Score")
+
+
+class ExtenderBindingArgs(GoStruct):
+    """Body of ``/bind``: which pod goes to which node."""
+
+    pod_name: str = Field(alias="PodName", min_length=1)
+    pod_namespace: str = Field(alias="PodNamespace", min_length=1)
+    pod_uid: str = Field(default="", alias="PodUID")
+    node: str = Field(alias="Node", min_length=1)
+
+
+class ExtenderBindingResult(GoStruct):
+    """Answer of ``/bind``; a non-empty ``Error`` makes the scheduler retry the pod."""
+
+    error: str = Field(default="", alias="Error")
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"Error": self.error})
+
+
+class MetaPod(GoStruct):
+    uid: str = Field(alias="UID")
+
+
+class MetaVictims(GoStruct):
+    pods: list[MetaPod] = Field(default_factory=list, alias="Pods")
+    num_pdb_violations: int = Field(default=0, alias="NumPDBViolations")
+
+    def as_go(self) -> dict[str, Any]:
+        return {
+            "Pods": [{"UID": p.uid} for p in self.pods],
+            "NumPDBViolations": self.num_pdb_violations,
+        }
+
+
+class Victims(GoStruct):
+    """Full victim pods, sent when the extender is not node-cache capable."""
+
+    pods: list[dict[str, Any]] = Field(default_factory=list, alias="Pods")
+    num_pdb_violations: int = Field(default=0, alias="NumPDBViolations")
+
+    def to_meta(self) -> MetaVictims:
+        uids: list[MetaPod] = []
+        for i, pod in enumerate(self.pods):
+            meta = get_field(pod, "metadata")
+            uid = get_field(meta, "uid") if isinstance(meta, Mapping) else None
+            if not isinstance(uid, str):
+                raise ProtocolError(f"Pods[{i}].metadata.uid: missing; victims need a UID")
+            uids.append(MetaPod(uid=uid))
+        return MetaVictims(pods=uids, num_pdb_violations=self.num_pdb_violations)
+
+
+class ExtenderPreemptionArgs(GoStruct):
+    """Body of ``/preempt``: the pod and, per candidate node, the pods the scheduler
+    would evict. Node-cache-capable schedulers send ``NodeNameToMetaVictims`` (UIDs),
+    others ``NodeNameToVictims`` (full pods)."""
+
+    pod: dict[str, Any] = Field(alias="Pod")
+    node_name_to_victims: dict[str, Victims | None] | None = Field(
+        default=None, alias="NodeNameToVictims"
+    )
+    node_name_to_meta_victims: dict[str, MetaVictims | None] | None = Field(
+        default=None, alias="NodeNameToMetaVictims"
+    )
+
+    def meta_victims(self) -> dict[str, MetaVictims]:
+        """Victims per node as UIDs, whichever form they came in."""
+        if self.node_name_to_meta_victims is not None:
+            return {n: v or MetaVictims() for n, v in self.node_name_to_meta_victims.items()}
+        out: dict[str, MetaVictims] = {}
+        for node, victims in (self.node_name_to_victims or {}).items():
+            try:
+                out[node] = victims.to_meta() if victims is not None else MetaVictims()
+            except ProtocolError as exc:
+                raise ProtocolError(f"NodeNameToVictims.{node}.{exc}") from exc
+        return out
+
+
+class ExtenderPreemptionResult(GoStruct):
+    """Answer of ``/preempt``: always UIDs, whichever form the request used."""
+
+    node_name_to_meta_victims: dict[str, MetaVictims] = Field(
+        default_factory=dict, alias="NodeNameToMetaVictims"
+    )
+
+    def to_json(self) -> bytes:
+        victims = self.node_name_to_meta_victims
+        return orjson.dumps({"NodeNameToMetaVictims": {n: v.as_go() for n, v in victims.items()}})
+
+
+def get_field(obj: Mapping[str, Any], name: str) -> Any:
+    """``obj[name]`` matched as Go matches a JSON key to a struct field: exactly,
+    else case-insensitively. For reading struct fields of raw Kubernetes objects
+    (``metadata``, ``spec`` …); map keys such as label names are exact in Go."""
+    value = obj.get(name)
+    if value is not None or name in obj:
+        return value
+    lowered = name.lower()
+    for key, candidate in obj.items():
+        if isinstance(key, str) and key.lower() == lowered:
+            return candidate
+    return None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _format_loc(loc: Sequence[int | str]) -> str:
+    # pydantic reports fields by alias (the Go name); list indices become [i].
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def parse(body: bytes, model: type[M]) -> M:
+    """Decode a request body into ``model``; raises :class:`ProtocolError` naming the field."""
+    if not body:
+        raise ProtocolError(f"empty body; expected a JSON {model.__name__}")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProtocolError(f"body must be a JSON object ({model.__name__})")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = "required field is missing" if err["type"] == "missing" else err["msg"]
+            msg = msg.removeprefix("Value error, ")
+            if not err["loc"]:  # a whole-object check; its message names the fields
+                problems.append(msg)
+                continue
+            problems.append(f"{_format_loc(err['loc'])}: {msg}")
+        raise ProtocolError("; ".join(problems)) from exc
+
+
+def encode_filter_result(
+    node_names: Sequence[str] | None,
+    nodes: Sequence[Mapping[str, Any]] | None,
+    failed: Mapping[str, str],
+    unresolvable: Mapping[str, str],
+    error: str = "",
+) -> bytes:
+    """``ExtenderFilterResult`` as the scheduler reads it; pass ``node_names`` for
+    node-cache-capable requests and ``nodes`` (the raw node objects) otherwise."""
+    return orjson.dumps(
+        {
+            "Nodes": None if nodes is None else {"metadata": {}, "items": list(nodes)},
+            "NodeNames": None if node_names is None else list(node_names),
+            "FailedNodes": failed,
+            "FailedAndUnresolvableNodes": unresolvable,
+            "Error": error,
+        }
+    )
+
+
+def encode_host_priorities(hosts: Sequence[str], scores: Sequence[int]) -> bytes:
+    """A ``HostPriorityList``: ``[{"Host": …, "Score": …}, …]``."""
+    return orjson.dumps([{"Host": h, "Score": int(s)} for h, s in zip(hosts, scores, strict=True)])
+
+
+def encode(model: BaseModel) -> bytes:
+    """Any wire model with its Go field names (for the models without ``to_json``)."""
+    return orjson.dumps(model.model_dump(by_alias=True))

@@ -1,0 +1,178 @@
+"""Assembling a running extender: state, decisions, planner, mirror, metrics, app.
+
+Two shapes:
+
+* :func:`from_scenario` — a static cluster read from a scenario file: its nodes and
+  any ``current`` placement; bind records in the ledger only. Ready at once. For dry
+  runs, simulators and benchmarks.
+* :func:`from_cluster` — a live cluster through a ``kubernetes.client.CoreV1Api``:
+  the mirror fills the state, bind creates Bindings, events are posted. Ready after
+  the mirror's first full sync.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+
+from extender.app import create_app
+from extender.binding import Binder, KubernetesBinder, StaticBinder
+from extender.config import (
+    Config,
+    PlannerSettings,
+    PolicySpec,
+    ScoringSpec,
+    config_from_problem,
+)
+from extender.decisions import Decider
+from extender.events import EventSink, KubernetesEventSink, RecordingEventSink
+from extender.metrics import Telemetry
+from extender.mirror import KubernetesSource, Mirror, RawObject
+from extender.planner import Planner
+from extender.state import ClusterState, PodRecord
+from placement.problem import Problem
+from placement.scenario import load_problem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Extender:
+    """Everything one extender process runs."""
+
+    config: Config
+    state: ClusterState
+    decider: Decider
+    telemetry: Telemetry
+    binder: Binder
+    events: EventSink
+    planner: Planner | None = None
+    mirror: Mirror | None = None
+    plan_at_start: bool = field(default=False)
+
+    def ready(self) -> bool:
+        return self.state.synced
+
+    def start(self) -> None:
+        """Start the mirror and the planner (the app's lifespan calls this)."""
+        if self.mirror is not None:
+            self.mirror.start()
+        if self.planner is not None:
+            if self.plan_at_start:
+                self.planner.plan_now()
+            self.planner.start()
+
+    def stop(self) -> None:
+        if self.mirror is not None:
+            self.mirror.stop()
+        if self.planner is not None:
+            self.planner.stop()
+
+    def app(self) -> FastAPI:
+        return create_app(
+            self.decider,
+            self.telemetry,
+            self.ready,
+            on_start=self.start,
+            on_stop=self.stop,
+            bind_in_thread=not isinstance(self.binder, StaticBinder),
+        )
+
+
+def _assemble(
+    config: Config, binder: Binder, events: EventSink, pod_lookup: Any = None
+) -> Extender:
+    state = ClusterState(config.grid, config.tree, config.headroom)
+    telemetry = Telemetry(state)
+    planner = Planner(state, config, config.planner) if config.planner.enabled else None
+    if planner is not None:
+        telemetry.plan_info = planner.info
+    decider = Decider(
+        state, config, binder, events, plan=planner, telemetry=telemetry, pod_lookup=pod_lookup
+    )
+    return Extender(config, state, decider, telemetry, binder, events, planner)
+
+
+def static_state(state: ClusterState, problem: Problem) -> None:
+    """Load a scenario's fleet (and its ``current`` placement) into ``state``."""
+    fleet, svc = problem.fleet, problem.services
+    for n in range(fleet.size):
+        state.upsert_node(
+            fleet.names[n], int(fleet.domain[n]), int(fleet.gpus[n]), float(fleet.idle_watts[n])
+        )
+    if problem.current is not None:
+        for s, n in zip(*problem.current.nonzero(), strict=True):
+            for k in range(int(problem.current[s, n])):
+                name = f"{svc.names[s]}-{fleet.names[n]}-{k}"
+                state.add_pod(
+                    PodRecord(
+                        uid=f"scenario/{name}",
+                        namespace="scenario",
+                        name=name,
+                        node=fleet.names[n],
+                        service=svc.names[s],
+                        profile=svc.profiles[s],
+                        gpus=int(svc.gpus[s]),
+                        profile_key=f"service:{svc.names[s]}",
+                    )
+                )
+    state.synced = True
+
+
+def from_scenario(problem: Problem, config: Config | None = None) -> Extender:
+    """An extender over the static cluster of ``problem`` (see the module doc).
+
+    ``config`` defaults to :func:`config_from_problem`; the first plan is computed
+    before the server answers, so prioritize steers from the first pod on.
+    """
+    config = config or config_from_problem(problem)
+    ext = _assemble(config, StaticBinder(), RecordingEventSink())
+    static_state(ext.state, problem)
+    ext.plan_at_start = True
+    return ext
+
+
+def from_scenario_file(
+    path: Path, missing_profile: str = "nameplate", planner: bool = True, reserve_plan: bool = False
+) -> Extender:
+    """What ``powercap serve --scenario FILE`` runs; raises ``ScenarioError``."""
+    problem = load_problem(path)
+    config = config_from_problem(
+        problem,
+        policy=PolicySpec.model_validate({"missingProfile": missing_profile}),
+        planner=PlannerSettings(enabled=planner),
+        scoring=ScoringSpec.model_validate({"reservePlan": reserve_plan}),
+        source=str(path),
+    )
+    return from_scenario(problem, config)
+
+
+def from_cluster(config: Config, core: Any) -> Extender:
+    """An extender over a live cluster; ``core`` is a ``kubernetes.client.CoreV1Api``."""
+    from kubernetes.client.exceptions import ApiException
+
+    def lookup(namespace: str, name: str) -> RawObject | None:
+        try:
+            response = core.read_namespaced_pod(name, namespace, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        data: RawObject = orjson.loads(response.data)
+        return data
+
+    ext = _assemble(config, KubernetesBinder(core), KubernetesEventSink(core), lookup)
+    ext.mirror = Mirror(
+        ext.state,
+        config,
+        KubernetesSource(core, "nodes"),
+        KubernetesSource(core, "pods"),
+        on_pending=ext.decider.remember,
+        seen=ext.telemetry.mirror_seen,
+    )
+    return ext

@@ -1,0 +1,209 @@
+"""The HTTP app, driven with the bytes kube-scheduler sends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from extender.app import create_app
+from extender.runtime import Extender
+from tests.scheduler_payloads import bind_body, filter_body, node, pod, small_extender
+
+ALL = ["gpu-1a", "gpu-1b", "gpu-2a", "gpu-2b", "gpu-3a", "gpu-3b", "gpu-4a", "gpu-4b"]
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture
+def ext() -> Extender:
+    return small_extender()
+
+
+@pytest.fixture
+def client(ext: Extender) -> Iterator[TestClient]:
+    with TestClient(ext.app(), raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_filter_node_names_mode(client: TestClient) -> None:
+    r = client.post("/filter", content=filter_body(pod("eu-0"), ALL), headers=JSON)
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
+    out = r.json()
+    assert out["NodeNames"] == ALL
+    assert out["Nodes"] is None
+    assert out["FailedNodes"] == {} and out["FailedAndUnresolvableNodes"] == {}
+    assert out["Error"] == ""
+
+
+def test_filter_full_nodes_mode_returns_node_objects(client: TestClient) -> None:
+    nodes = [node("gpu-1a", "rack-1"), node("gpu-2a", "rack-2"), node("cpu-1", None)]
+    r = client.post("/filter", content=filter_body(pod("eu-0"), [], nodes), headers=JSON)
+    assert r.status_code == 200
+    out = r.json()
+    assert out["NodeNames"] is None
+    assert out["Nodes"]["items"] == nodes[:2]  # unchanged objects, in order
+    assert list(out["FailedAndUnresolvableNodes"]) == ["cpu-1"]
+
+
+def test_prioritize_both_modes(client: TestClient) -> None:
+    r = client.post("/prioritize", content=filter_body(pod("eu-0"), ALL[:3]), headers=JSON)
+    assert r.status_code == 200
+    out = r.json()
+    assert [h["Host"] for h in out] == ALL[:3]
+    assert all(0 <= h["Score"] <= 10 and set(h) == {"Host", "Score"} for h in out)
+    nodes = [node(n, None) for n in ALL[:2]]
+    r = client.post("/prioritize", content=filter_body(pod("eu-0"), [], nodes), headers=JSON)
+    assert [h["Host"] for h in r.json()] == ALL[:2]
+
+
+def test_bind_and_filter_see_it(client: TestClient, ext: Extender) -> None:
+    p = pod("eu-0")
+    client.post("/filter", content=filter_body(p, ALL), headers=JSON)
+    r = client.post("/bind", content=bind_body(p, "gpu-1a"), headers=JSON)
+    assert r.status_code == 200
+    assert r.json() == {"Error": ""}
+    assert ext.state.pods["uid-llm-eu-0"].node == "gpu-1a"
+    r = client.post("/filter", content=filter_body(pod("eu-1"), ["gpu-1a"]), headers=JSON)
+    assert "free GPUs" in r.json()["FailedNodes"]["gpu-1a"]
+
+
+def test_bind_error_is_reported_in_the_body(client: TestClient) -> None:
+    r = client.post("/bind", content=bind_body(pod("ghost"), "gpu-1a"), headers=JSON)
+    assert r.status_code == 200
+    assert "unknown to the extender" in r.json()["Error"]
+
+
+def test_mixed_case_keys(client: TestClient) -> None:
+    body = orjson.dumps({"pod": pod("eu-0"), "nodenames": ["gpu-1a"]})
+    r = client.post("/filter", content=body, headers=JSON)
+    assert r.status_code == 200
+    assert r.json()["NodeNames"] == ["gpu-1a"]
+    body = b'{"podname":"eu-0","podnamespace":"llm","poduid":"uid-llm-eu-0","NODE":"gpu-1a"}'
+    assert client.post("/bind", content=body, headers=JSON).json() == {"Error": ""}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/filter", b"{", "not valid JSON"),
+        ("/filter", b'{"NodeNames": ["a"]}', "Pod: required"),
+        ("/prioritize", b'{"Pod": {}, "NodeNames": "gpu-1a"}', "NodeNames: "),
+        ("/bind", b'{"PodName": "p", "PodNamespace": "ns"}', "Node: required"),
+        ("/preempt", b'{"NodeNameToMetaVictims": {}}', "Pod: required"),
+        ("/filter", b"", "empty body"),
+    ],
+)
+def test_malformed_requests_get_400_naming_the_field(
+    client: TestClient, path: str, body: bytes, field: str
+) -> None:
+    r = client.post(path, content=body, headers=JSON)
+    assert r.status_code == 400
+    assert field in r.json()["Error"]
+    assert "Traceback" not in r.text
+
+
+def test_internal_errors_are_500_without_traceback(ext: Extender) -> None:
+    def broken(*_: object) -> Any:
+        raise RuntimeError("boom")
+
+    ext.decider.filter = broken  # type: ignore[method-assign,assignment]
+    with TestClient(ext.app(), raise_server_exceptions=False) as c:
+        r = c.post("/filter", content=filter_body(pod("eu-0"), ALL), headers=JSON)
+    assert r.status_code == 500
+    assert r.json() == {"Error": "filter: internal error: RuntimeError: boom"}
+
+
+def test_preempt(client: TestClient) -> None:
+    body = orjson.dumps(
+        {
+            "Pod": pod("eu-0"),
+            "NodeNameToMetaVictims": {"gpu-1a": {"Pods": [], "NumPDBViolations": 0}},
+        }
+    )
+    r = client.post("/preempt", content=body, headers=JSON)
+    assert r.status_code == 200
+    assert r.json() == {"NodeNameToMetaVictims": {"gpu-1a": {"Pods": [], "NumPDBViolations": 0}}}
+
+
+def test_health_and_readiness(ext: Extender) -> None:
+    ext.state.synced = False
+    app = create_app(ext.decider, ext.telemetry, ext.ready)
+    with TestClient(app) as c:
+        assert c.get("/healthz").status_code == 200
+        r = c.get("/readyz")
+        assert r.status_code == 503 and "first sync" in r.text
+        ext.state.synced = True
+        assert c.get("/readyz").status_code == 200
+
+
+def test_metrics(client: TestClient) -> None:
+    client.post("/filter", content=filter_body(pod("eu-0"), ALL), headers=JSON)
+    client.post("/filter", content=b"{", headers=JSON)
+    text = client.get("/metrics").text
+    assert 'powercap_extender_request_seconds_bucket{le="0.001",verb="filter"}' in text
+    assert 'powercap_extender_decisions_total{outcome="all_fit",verb="filter"} 1.0' in text
+    assert 'powercap_extender_decisions_total{outcome="bad_request",verb="filter"} 1.0' in text
+    assert 'powercap_domain_predicted_headroom_watts{domain="rack-1"}' in text
+    assert "powercap_plan_age_seconds" in text
+
+
+def test_kubernetes_binder_posts_a_v1_binding() -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    from extender.binding import BindError, KubernetesBinder
+    from extender.pods import PodRef
+
+    class Core:
+        def __init__(self) -> None:
+            self.calls: list[tuple[Any, ...]] = []
+            self.fail = False
+
+        def create_namespaced_pod_binding(
+            self, name: str, namespace: str, body: Any, **kw: Any
+        ) -> None:
+            self.calls.append((name, namespace, body, kw))
+            if self.fail:
+                raise ApiException(status=409, reason="Conflict")
+
+    core = Core()
+    binder = KubernetesBinder(core)
+    binder.bind(PodRef("llm", "eu-0", "u-1"), "gpu-1a")
+    name, namespace, body, kw = core.calls[0]
+    assert (name, namespace) == ("eu-0", "llm")
+    assert body == {
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": {"name": "eu-0", "namespace": "llm", "uid": "u-1"},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": "gpu-1a"},
+    }
+    assert kw == {"_preload_content": False}
+    core.fail = True
+    with pytest.raises(BindError, match="409 Conflict"):
+        binder.bind(PodRef("llm", "eu-0", "u-1"), "gpu-1a")
+
+
+def test_kubernetes_event_body() -> None:
+    from datetime import UTC, datetime
+
+    from extender.events import Event, event_body
+    from extender.pods import PodRef
+
+    body = event_body(
+        Event(PodRef("llm", "eu-0", "u-1"), "PowercapProfileRejected", "x" * 2000),
+        now=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+    )
+    assert body["involvedObject"] == {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": "eu-0",
+        "namespace": "llm",
+        "uid": "u-1",
+    }
+    assert body["type"] == "Warning" and body["reason"] == "PowercapProfileRejected"
+    assert len(body["message"]) == 1024
+    assert body["firstTimestamp"] == "2026-01-02T03:04:05Z"
+    assert body["metadata"] == {"generateName": "eu-0.", "namespace": "llm"}
