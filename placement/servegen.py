@@ -29,6 +29,13 @@ How a scenario is built (:func:`scenario_from_servegen`)
    with 1/256 of its volume for 1/16 of that. The trace is read as a sample of the
    service's traffic: ``rate_scale = replicas × capacity_rps / peak_rate`` converts
    a trace rate to the service's rate (what :class:`ClientSizing` records).
+
+   Alternatively, pass ``rate_scale`` (one factor for every client, trace req/s →
+   service req/s) to size linearly on the peak: ``replicas = clip(ceil(peak_rate ×
+   rate_scale / capacity_rps), 1, max_replicas)``. Raw ServeGen volumes are so skewed
+   that this gives the largest client most of the demand and most others one replica;
+   a client clamped at ``max_replicas`` keeps only the share of its traffic those
+   replicas serve at capacity (its recorded ``rate_scale`` is lowered accordingly).
 5. **Profiles.** Per window, per-replica watts above node idle from the
    :class:`~placement.powermodel.PowerCurve`; the profile of slot ``t`` is the
    ``quantile`` of those watts over the training days (DESIGN: a p95 per slot).
@@ -334,10 +341,14 @@ def size_clients(
     demand_scale: float = 1.0,
     max_replicas: int = 64,
     min_mean_rate: float = 0.1,
+    rate_scale: float | None = None,
 ) -> tuple[Sizing, dict[str, NDArray[np.float64]]]:
     """Choose and size ``services`` clients (rules: the module docstring, steps 1–4).
 
-    Returns the sizing and every chosen client's training rates, (train_days × 144).
+    ``rate_scale=None`` sizes by volume (``demand_scale``, ``max_replicas``); a number
+    sizes linearly on each client's peak rate times ``rate_scale`` (``demand_scale``
+    must then stay 1). Returns the sizing and every chosen client's training rates,
+    (train_days × 144).
     """
     if services < 1:
         raise ValueError(f"servegen: services must be >= 1, got {services}")
@@ -349,6 +360,14 @@ def size_clients(
         raise ValueError(f"servegen: demand_scale must be > 0, got {demand_scale}")
     if max_replicas < 1:
         raise ValueError(f"servegen: max_replicas must be >= 1, got {max_replicas}")
+    if rate_scale is not None:
+        if not (math.isfinite(rate_scale) and rate_scale > 0):
+            raise ValueError(f"servegen: rate_scale must be > 0, got {rate_scale}")
+        if demand_scale != 1.0:
+            raise ValueError(
+                "servegen: give either rate_scale (linear sizing on the peak rate) or "
+                "demand_scale (sizing by volume), not both"
+            )
     files = trace_files(dirs)
     names = list(files)
     train = np.stack([read_rates(files[n], train_days) for n in names])  # (C × days × 144)
@@ -374,16 +393,25 @@ def size_clients(
     top = float(means[chosen[0]])
     clients: list[ClientSizing] = []
     for rank, c in enumerate(chosen):
-        volume = math.sqrt(float(means[c]) / top)
-        replicas = int(np.clip(round(demand_scale * max_replicas * volume), 1, max_replicas))
+        peak = float(peaks[c])
+        if rate_scale is None:
+            volume = math.sqrt(float(means[c]) / top)
+            replicas = int(np.clip(round(demand_scale * max_replicas * volume), 1, max_replicas))
+            scale = replicas * curve.capacity_rps / peak
+        else:
+            wanted = math.ceil(peak * rate_scale / curve.capacity_rps)
+            replicas = min(max(wanted, 1), max_replicas)
+            # Clamped at the maximum: keep the traffic those replicas serve at capacity
+            # rather than run every replica saturated around the clock.
+            scale = min(rate_scale, replicas * curve.capacity_rps / peak)
         tier = min(len(TIER_PRIORITIES) - 1, rank * len(TIER_PRIORITIES) // services)
         clients.append(
             ClientSizing(
                 name=names[c],
                 path=files[names[c]],
                 replicas=replicas,
-                rate_scale=replicas * curve.capacity_rps / float(peaks[c]),
-                peak_rate=float(peaks[c]),
+                rate_scale=scale,
+                peak_rate=peak,
                 mean_rate=float(means[c]),
                 priority=TIER_PRIORITIES[tier],
             )
@@ -407,6 +435,7 @@ def build_servegen(
     demand_scale: float = 1.0,
     max_replicas: int = 64,
     min_mean_rate: float = 0.1,
+    rate_scale: float | None = None,
 ) -> ServeGenScenario:
     """:func:`scenario_from_servegen` plus the :class:`Sizing` it used (for replays)."""
     if curve.gpus_per_replica > topology.gpus_per_node:
@@ -424,6 +453,7 @@ def build_servegen(
         demand_scale=demand_scale,
         max_replicas=max_replicas,
         min_mean_rate=min_mean_rate,
+        rate_scale=rate_scale,
     )
     nameplate = topology.nameplate_per_gpu() * curve.gpus_per_replica
     service_specs: list[dict[str, Any]] = []
@@ -455,40 +485,18 @@ def build_servegen(
     return ServeGenScenario(spec=spec, sizing=sizing)
 
 
-def scenario_from_servegen(
-    dirs: PathLike | Sequence[PathLike],
-    services: int = 40,
-    train_days: int = 7,
-    curve: PowerCurve = H100_LLAMA70B_TP4,
-    topology: Topology = Topology(),
-    quantile: float = 0.95,
-    seed: int = 0,
-    name: str = "servegen",
-    demand_scale: float = 1.0,
-    max_replicas: int = 64,
-    min_mean_rate: float = 0.1,
-) -> ScenarioSpec:
+def scenario_from_servegen(dirs: PathLike | Sequence[PathLike], **options: Any) -> ScenarioSpec:
     """A power-bound scenario from ServeGen client traces (rules: the module docstring).
 
     ``dirs`` is one folder or several, each holding ``chunk-N-trace.csv`` files directly
-    or further down. The result is the explicit scenario form: ``topology``'s domains
-    and nodes, one service per chosen client with ``replicas``, 8-GPU replicas (the
-    curve's), a priority tier, ``nameplateWatts`` and a 144-slot profile. Deterministic
-    for the same inputs. Raises ``ValueError`` naming the directory or file and the fix.
+    or further down; ``options`` are those of :func:`build_servegen` (``services``,
+    ``train_days``, ``curve``, ``topology``, ``quantile``, ``seed``, ...). The result is
+    the explicit scenario form: ``topology``'s domains and nodes, one service per chosen
+    client with ``replicas``, 8-GPU replicas (the curve's), a priority tier,
+    ``nameplateWatts`` and a 144-slot profile. Deterministic for the same inputs. Raises
+    ``ValueError`` naming the directory or file and the fix.
     """
-    return build_servegen(
-        dirs,
-        services=services,
-        train_days=train_days,
-        curve=curve,
-        topology=topology,
-        quantile=quantile,
-        seed=seed,
-        name=name,
-        demand_scale=demand_scale,
-        max_replicas=max_replicas,
-        min_mean_rate=min_mean_rate,
-    ).spec
+    return build_servegen(dirs, **options).spec
 
 
 # ----------------------------------------------------------------------------- replay
