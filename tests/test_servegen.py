@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from placement.powermodel import H100_LLAMA70B_TP4
-from placement.scenario import problem_from_spec
+from placement.scenario import load_problem, problem_from_spec
 from placement.servegen import (
     ServeGenScenario,
     Topology,
@@ -17,8 +17,10 @@ from placement.servegen import (
     read_rates,
     replay_watts,
     scenario_from_servegen,
+    size_clients,
     trace_files,
     write_replay,
+    write_spec,
 )
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "servegen"
@@ -31,8 +33,8 @@ def dirs() -> list[Path]:
     missing = [str(d) for d in found if not d.is_dir()]
     if missing:
         pytest.fail(
-            f"the ServeGen traces are missing: expected {', '.join(missing)} "
-            "(shared data beside the repository, see shared/data/README.md); "
+            f"the ServeGen traces are missing: expected {', '.join(missing)}, i.e. the "
+            "data at ../shared/data beside the repository (see shared/data/README.md); "
             "these tests need them"
         )
     return found
@@ -77,6 +79,43 @@ def test_selection_is_by_mean_rate(built: ServeGenScenario) -> None:
     # Sized so a replica serves exactly its capacity at the client's peak rate.
     for c in clients:
         assert c.replica_rate(np.array([c.peak_rate]))[0] == pytest.approx(4.0)
+
+
+def test_linear_sizing_with_rate_scale(dirs: list[Path]) -> None:
+    capacity = H100_LLAMA70B_TP4.capacity_rps
+    sizing, _ = size_clients(dirs, rate_scale=0.1, max_replicas=32)
+    clamped = 0
+    for c in sizing.clients:
+        wanted = max(1, int(np.ceil(c.peak_rate * 0.1 / capacity)))
+        assert c.replicas == min(wanted, 32)
+        at_peak = c.replica_rate(np.array([c.peak_rate]))[0]
+        if wanted > 32:
+            # Clamped: the replicas keep the traffic they serve at capacity.
+            clamped += 1
+            assert at_peak == pytest.approx(capacity)
+        else:
+            assert c.rate_scale == 0.1
+            assert at_peak <= capacity + 1e-9
+    assert clamped >= 1  # the busiest client is far beyond 32 replicas at this scale
+    spec = scenario_from_servegen(dirs, rate_scale=0.1, max_replicas=32)
+    assert [s.replicas for s in spec.services] == [c.replicas for c in sizing.clients]
+    assert spec == scenario_from_servegen(dirs, rate_scale=0.1, max_replicas=32)
+    with pytest.raises(ValueError, match="rate_scale must be > 0"):
+        scenario_from_servegen(dirs, rate_scale=0.0)
+    with pytest.raises(ValueError, match="not both"):
+        scenario_from_servegen(dirs, rate_scale=0.1, demand_scale=2.0)
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_write_spec_round_trips(built: ServeGenScenario, tmp_path: Path, suffix: str) -> None:
+    path = write_spec(built.spec, tmp_path / "out" / f"servegen{suffix}")
+    loaded = load_problem(path)
+    expected = problem_from_spec(built.spec)
+    assert loaded.services.names == expected.services.names
+    np.testing.assert_array_equal(loaded.services.demand, expected.services.demand)
+    np.testing.assert_allclose(loaded.services.profiles, expected.services.profiles)
+    np.testing.assert_allclose(loaded.tree.caps, expected.tree.caps)
+    assert loaded.fleet.names == expected.fleet.names
 
 
 def test_spec_builds_a_power_bound_problem(built: ServeGenScenario) -> None:
