@@ -499,6 +499,24 @@ def scenario_from_servegen(dirs: PathLike | Sequence[PathLike], **options: Any) 
     return build_servegen(dirs, **options).spec
 
 
+def write_spec(spec: ScenarioSpec, path: PathLike) -> Path:
+    """Write ``spec`` to ``path`` in the explicit scenario form; returns the path.
+
+    A ``.json`` suffix writes JSON, anything else YAML (:meth:`ScenarioSpec.to_yaml`).
+    Missing parent folders are created. Either form loads back with
+    :func:`placement.scenario.load_problem`.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.suffix == ".json":
+        data = spec.model_dump(by_alias=True, exclude_defaults=True, mode="json")
+        text = json.dumps(data, indent=1) + "\n"
+    else:
+        text = spec.to_yaml()
+    target.write_text(text)
+    return target
+
+
 # ----------------------------------------------------------------------------- replay
 
 
