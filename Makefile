@@ -48,3 +48,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+.PHONY: tools
+tools: $(STAMP)
+	$(PY) -m e2e.toolchain

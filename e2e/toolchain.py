@@ -1,0 +1,333 @@
+"""Build the pinned upstream binaries the e2e harness runs, once, into a cache outside the repo.
+
+    python -m e2e.toolchain               # build what is missing, print progress and timings
+    python -m e2e.toolchain --print-env   # same, then print `export ...` lines for `eval`
+
+Layout: ``${POWERCAP_CACHE:-~/.cache/powercap}/toolchain/<component>-<version>/bin/``. Each
+component directory gets a ``.stamp`` (JSON of the build recipe) once built; a later run whose
+recipe matches and whose binaries are present does nothing. Go components are built from the Go
+module proxy through a wrapper module generated under ``<component>-<version>/src/``.
+Progress goes to stderr so that stdout carries only ``--print-env`` output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Pinned versions. k8s.io/kubernetes is published on the proxy as v1.N.P and its staging
+# modules (k8s.io/api, k8s.io/client-go, ...) as v0.N.P of the same release.
+KUBERNETES_VERSION = "v1.36.5"
+ETCD_VERSION = "v3.6.16"
+KWOK_VERSION = "v0.8.0"
+# Modules the etcd server's go.mod points at with local replace directives (they block
+# `go install`); the wrapper requires them at the server's version.
+ETCD_SIBLINGS = ("api/v3", "client/pkg/v3", "client/v3", "pkg/v3")
+KUBE_COMMANDS = ("kube-apiserver", "kube-scheduler", "kube-controller-manager")
+KWOK_COMMANDS = ("kwok", "kwokctl")
+PROMETHEUS_INSTALL = "sudo apt-get update && sudo apt-get install -y prometheus"
+GO_ENV = {"GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
+STAMP = ".stamp"
+# No symbol table or DWARF: about a third smaller, and nothing here is run under a debugger.
+STRIP = "-s -w"
+GO_ENV_SHELL = [f"{k}={v}" for k, v in GO_ENV.items()]
+
+
+class StepError(Exception):
+    """A build step failed; ``retry`` is the command to run by hand."""
+
+    def __init__(self, message: str, retry: str) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+def log(message: str) -> None:
+    print(f"[toolchain] {message}", file=sys.stderr, flush=True)
+
+
+def cache_root() -> Path:
+    base = os.environ.get("POWERCAP_CACHE") or str(Path.home() / ".cache" / "powercap")
+    return Path(base).expanduser() / "toolchain"
+
+
+def run(cmd: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    """Run ``cmd``, streaming its stderr; return stdout. Raise StepError on failure."""
+    full_env = {**os.environ, **GO_ENV, **(env or {})}
+    assignments = GO_ENV_SHELL + [f"{k}={shlex.quote(v)}" for k, v in (env or {}).items()]
+    retry = f"cd {shlex.quote(str(cwd))} && {' '.join(assignments)} {shlex.join(cmd)}"
+    log(f"$ {shlex.join(cmd)}")
+    try:
+        proc = subprocess.run(
+            list(cmd), cwd=cwd, env=full_env, stdout=subprocess.PIPE, text=True, check=False
+        )
+    except OSError as exc:
+        raise StepError(f"cannot run {cmd[0]}: {exc}", retry) from exc
+    if proc.returncode != 0:
+        if proc.stdout.strip():  # e.g. `go mod download -json` reports its error on stdout
+            print(proc.stdout.rstrip(), file=sys.stderr)
+        raise StepError(f"{cmd[0]} exited with status {proc.returncode}", retry)
+    return proc.stdout
+
+
+@dataclass
+class Component:
+    """One cache entry: a directory of binaries built by ``build`` from a recipe."""
+
+    name: str
+    version: str
+    binaries: tuple[str, ...]
+    build: Callable[[Component], None]
+    recipe: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return cache_root() / f"{self.name}-{self.version}"
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.root / "bin"
+
+    @property
+    def src_dir(self) -> Path:
+        return self.root / "src"
+
+    def stamp_content(self) -> dict[str, object]:
+        return {
+            "component": self.name,
+            "version": self.version,
+            "binaries": list(self.binaries),
+            "recipe": self.recipe,
+        }
+
+    def is_built(self) -> bool:
+        stamp = self.root / STAMP
+        try:
+            recorded = json.loads(stamp.read_text())
+        except (OSError, ValueError):
+            return False
+        if recorded.get("recipe_of") != self.stamp_content():
+            return False
+        return all(os.access(self.bin_dir / b, os.X_OK) for b in self.binaries)
+
+    def mark_built(self, seconds: float) -> None:
+        record = {"recipe_of": self.stamp_content(), "build_seconds": round(seconds, 1)}
+        (self.root / STAMP).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def go_download_json(module: str, cwd: Path) -> dict[str, str]:
+    out = run(["go", "mod", "download", "-json", module], cwd)
+    data: dict[str, str] = json.loads(out)
+    if data.get("Error"):
+        raise StepError(f"go mod download {module}: {data['Error']}", f"go mod download {module}")
+    return data
+
+
+def write_wrapper(
+    src: Path, module: str, requires: dict[str, str], replaces: dict[str, str]
+) -> None:
+    """Write a fresh wrapper go.mod (and drop any old go.sum so -mod=mod regenerates it)."""
+    src.mkdir(parents=True, exist_ok=True)
+    lines = [f"module {module}", "", "go 1.26.0", ""]
+    if requires:
+        lines += ["require ("] + [f"\t{m} {v}" for m, v in sorted(requires.items())] + [")", ""]
+    if replaces:
+        lines += ["replace ("]
+        lines += [f"\t{m} => {m} {v}" for m, v in sorted(replaces.items())]
+        lines += [")", ""]
+    (src / "go.mod").write_text("\n".join(lines))
+    (src / "go.sum").unlink(missing_ok=True)
+
+
+STAGING_RE = re.compile(r"^\s*(k8s\.io/[\w.-]+)\s*=>\s*\./staging/src/\1\s*$", re.M)
+
+
+def kube_ldflags(version: str, build_date: str) -> str:
+    major, minor = version.lstrip("v").split(".")[:2]
+    flags = [STRIP]
+    # hack/lib/version.sh stamps both packages; the apiserver reports component-base's.
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        for key, value in (
+            ("gitVersion", version),
+            ("gitMajor", major),
+            ("gitMinor", minor),
+            ("gitTreeState", "clean"),
+            ("buildDate", build_date),
+        ):
+            flags.append(f"-X {pkg}.{key}={value}")
+    return " ".join(flags)
+
+
+def build_kubernetes(c: Component) -> None:
+    staging_version = "v0." + c.version.split(".", 1)[1]
+    src = c.src_dir
+    write_wrapper(src, "powercap.local/toolchain/kubernetes", {}, {})
+    info = go_download_json(f"k8s.io/kubernetes@{c.version}", src)
+    staging = STAGING_RE.findall(Path(info["GoMod"]).read_text())
+    if not staging:
+        raise StepError("found no staging replace directives in k8s.io/kubernetes' go.mod", "")
+    log(f"replacing {len(staging)} staging modules with {staging_version}")
+    write_wrapper(
+        src,
+        "powercap.local/toolchain/kubernetes",
+        {"k8s.io/kubernetes": c.version},
+        {m: staging_version for m in staging},
+    )
+    # The release's publication time on the proxy: a reproducible buildDate.
+    build_date = str(json.loads(Path(info["Info"]).read_text()).get("Time", "1970-01-01T00:00:00Z"))
+    c.bin_dir.mkdir(parents=True, exist_ok=True)
+    run(
+        [
+            "go",
+            "build",
+            "-trimpath",
+            "-ldflags",
+            kube_ldflags(c.version, build_date),
+            "-o",
+            str(c.bin_dir) + "/",
+            *[f"k8s.io/kubernetes/cmd/{b}" for b in c.binaries],
+        ],
+        src,
+    )
+
+
+def build_etcd(c: Component) -> None:
+    base = "go.etcd.io/etcd"
+    requires = {f"{base}/server/v3": c.version}
+    requires |= {f"{base}/{s}": c.version for s in ETCD_SIBLINGS}
+    write_wrapper(c.src_dir, "powercap.local/toolchain/etcd", requires, {})
+    c.bin_dir.mkdir(parents=True, exist_ok=True)
+    run(
+        [
+            "go",
+            "build",
+            "-trimpath",
+            "-ldflags",
+            STRIP,
+            "-o",
+            str(c.bin_dir / "etcd"),
+            f"{base}/server/v3",
+        ],
+        c.src_dir,
+    )
+
+
+def build_kwok(c: Component) -> None:
+    c.bin_dir.mkdir(parents=True, exist_ok=True)
+    pkgs = [f"sigs.k8s.io/kwok/cmd/{b}@{c.version}" for b in c.binaries]
+    run(
+        ["go", "install", "-trimpath", "-ldflags", STRIP, *pkgs],
+        c.root,
+        env={"GOBIN": str(c.bin_dir)},
+    )
+
+
+def components() -> list[Component]:
+    return [
+        Component(
+            "kubernetes",
+            KUBERNETES_VERSION,
+            KUBE_COMMANDS,
+            build_kubernetes,
+            {"ldflags": kube_ldflags(KUBERNETES_VERSION, "<module time>")},
+        ),
+        Component(
+            "etcd",
+            ETCD_VERSION,
+            ("etcd",),
+            build_etcd,
+            {"siblings": list(ETCD_SIBLINGS), "ldflags": STRIP},
+        ),
+        Component("kwok", KWOK_VERSION, KWOK_COMMANDS, build_kwok, {"ldflags": STRIP}),
+    ]
+
+
+def find_prometheus() -> Path | None:
+    found = shutil.which("prometheus")
+    if found:
+        return Path(found)
+    default = Path("/usr/bin/prometheus")
+    return default if os.access(default, os.X_OK) else None
+
+
+def ensure(c: Component) -> float:
+    """Build ``c`` unless its stamp is current; return seconds spent."""
+    start = time.monotonic()
+    if c.is_built():
+        log(f"{c.name} {c.version}: up to date in {c.bin_dir}")
+        return time.monotonic() - start
+    if shutil.which("go") is None:
+        raise StepError("`go` is not on PATH (Go >= 1.26 is required)", "go version")
+    log(f"{c.name} {c.version}: building {', '.join(c.binaries)} into {c.bin_dir}")
+    (c.root / STAMP).unlink(missing_ok=True)
+    c.build(c)
+    missing = [b for b in c.binaries if not os.access(c.bin_dir / b, os.X_OK)]
+    if missing:
+        raise StepError(f"build finished but {', '.join(missing)} missing", "")
+    elapsed = time.monotonic() - start
+    c.mark_built(elapsed)
+    log(f"{c.name} {c.version}: built in {elapsed:.0f}s")
+    return elapsed
+
+
+def env_lines(comps: Sequence[Component], prometheus: Path | None) -> list[str]:
+    lines = [f"export POWERCAP_TOOLCHAIN={shlex.quote(str(cache_root()))}"]
+    dirs: list[str] = []
+    for c in comps:
+        dirs.append(str(c.bin_dir))
+        for b in c.binaries:
+            var = "POWERCAP_" + b.upper().replace("-", "_")
+            lines.append(f"export {var}={shlex.quote(str(c.bin_dir / b))}")
+    if prometheus is not None:
+        lines.append(f"export POWERCAP_PROMETHEUS={shlex.quote(str(prometheus))}")
+    lines.append(f'export PATH={shlex.quote(":".join(dirs))}:"$PATH"')
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m e2e.toolchain", description=__doc__)
+    parser.add_argument(
+        "--print-env", action="store_true", help="print `export` lines for the built binaries"
+    )
+    args = parser.parse_args(argv)
+    total_start = time.monotonic()
+    comps = components()
+    timings: list[tuple[str, float]] = []
+    failures: list[str] = []
+    for c in comps:
+        try:
+            timings.append((f"{c.name} {c.version}", ensure(c)))
+        except StepError as exc:
+            log(f"FAILED {c.name} {c.version}: {exc}")
+            if exc.retry:
+                log(f"  retry with: {exc.retry}")
+            log(f"  or rerun: python -m e2e.toolchain (logs above; cache dir {c.root})")
+            failures.append(c.name)
+    prometheus = find_prometheus()
+    if prometheus is None:
+        log(f"FAILED prometheus: not installed; install it with: {PROMETHEUS_INSTALL}")
+        failures.append("prometheus")
+    else:
+        log(f"prometheus: {prometheus}")
+    for label, seconds in timings:
+        log(f"  {label:<24} {seconds:7.1f}s")
+    log(f"  {'total':<24} {time.monotonic() - total_start:7.1f}s")
+    if failures:
+        log(f"failed: {', '.join(failures)}")
+        return 1
+    if args.print_env:
+        print("\n".join(env_lines(comps, prometheus)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
