@@ -28,10 +28,9 @@ class Assignment:
 
     def by_domain(self, problem: Problem) -> NDArray[np.int64]:
         """(services × domains) replicas under every domain, every level."""
-        leaf = np.zeros((problem.services.size, problem.tree.size), dtype=np.int64)
-        for n in range(problem.fleet.size):
-            leaf[:, problem.fleet.domain[n]] += self.counts[:, n]
-        return leaf @ problem.tree.membership.T.astype(np.int64)
+        leaf = np.zeros((problem.tree.size, problem.services.size), dtype=np.int64)
+        np.add.at(leaf, problem.fleet.domain, self.counts.T)
+        return (problem.tree.membership.astype(np.int64) @ leaf).T
 
     def load(self, problem: Problem) -> NDArray[np.float64]:
         """(domains × T) predicted watts: idle of every node plus every placed replica."""
