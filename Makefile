@@ -6,11 +6,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REPORT_DIR ?= out/report
 
-.PHONY: help venv demo test unit lint typecheck bench clean
+.PHONY: help venv demo test unit e2e lint typecheck bench clean
 
 help:
 	@echo "make demo   - compare every strategy on the embedded default scenario, write a report"
-	@echo "make test   - lint, type-check and run every test"
+	@echo "make test   - lint, type-check and run every test (unit, then e2e)"
+	@echo "make e2e    - the e2e tests on a local KWOK cluster (builds the toolchain once)"
 	@echo "make bench  - run the benchmarks (results: benchmarks/README.md)"
 	@echo "make lint   - ruff and mypy only"
 
@@ -33,10 +34,15 @@ lint: $(STAMP)
 
 typecheck: lint
 
+# testpaths is tests/ only, so `unit` never collects the e2e suite; `e2e` runs it on its own.
 unit: $(STAMP)
 	$(PY) -m pytest -q
 
-test: lint unit
+# Real kube-apiserver, kube-scheduler and the extender on a throwaway local KWOK cluster.
+e2e: $(STAMP) tools
+	$(PY) -m pytest -q e2e -m e2e
+
+test: lint unit e2e
 
 bench: $(STAMP)
 	@echo ">> planner: 1,000 nodes, 150 domains, 50 services, T = 144"
@@ -49,6 +55,17 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
-.PHONY: tools
-tools: $(STAMP)
+.PHONY: tools prometheus
+tools: $(STAMP) prometheus
 	$(PY) -m e2e.toolchain
+
+# Prometheus comes from the Debian package; installed here when missing (needs root).
+prometheus:
+	@if ! command -v prometheus >/dev/null 2>&1 && [ ! -x /usr/bin/prometheus ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo ">> installing Prometheus from the Debian package"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	  else \
+	    echo "Prometheus is missing: install it with 'sudo apt-get install -y prometheus'"; exit 1; \
+	  fi; \
+	fi

@@ -1,0 +1,252 @@
+"""Scenario → cluster: fake GPU nodes, one Deployment per service, the powercap config.
+
+The Kubernetes objects are plain dicts sent through the ``kubernetes`` client (its model
+classes add nothing here), and the placement is read back as an :class:`Assignment` so that
+``placement.metrics.evaluate`` judges the real scheduler exactly as it judges the planners.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from extender.config import config_from_data
+from placement.assignment import Assignment
+from placement.problem import Problem
+from placement.scenario import ScenarioSpec
+
+SCHEDULER_NAME = "powercap-scheduler"
+DOMAIN_LABEL = "powercap.io/domain"
+IDLE_ANNOTATION = "powercap.io/idle-watts"
+SERVICE_LABEL = "powercap.io/service"
+GPU = "nvidia.com/gpu"
+KWOK_FAKE = {"kwok.x-k8s.io/node": "fake"}
+NAMESPACE = "default"
+
+
+def api_client(kubeconfig: Path) -> Any:
+    """A ``kubernetes.client.ApiClient`` for ``kubeconfig`` (not the process-wide default,
+    so two clusters in one process do not share credentials)."""
+    from kubernetes import config as kube_config
+
+    loader: Any = kube_config  # the client ships no type information
+    return loader.new_client_from_config(config_file=str(kubeconfig))
+
+
+def node_object(problem: Problem, n: int) -> dict[str, Any]:
+    """The fake node for fleet entry ``n``. kwok only manages nodes it is told are fake;
+    kwokctl runs it with ``--manage-all-nodes``, the label and annotation keep the objects
+    right under a kwok that selects."""
+    fleet, tree = problem.fleet, problem.tree
+    gpus = str(int(fleet.gpus[n]))
+    # CPU, memory and pods are generous so that only GPUs and power decide placement.
+    resources = {"cpu": "128", "memory": "1Ti", "pods": "110", GPU: gpus}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": fleet.names[n],
+            "labels": {
+                **KWOK_FAKE,
+                "kubernetes.io/hostname": fleet.names[n],
+                DOMAIN_LABEL: tree.names[int(fleet.domain[n])],
+            },
+            "annotations": {
+                **KWOK_FAKE,
+                IDLE_ANNOTATION: f"{float(fleet.idle_watts[n]):g}",
+            },
+        },
+        "status": {"capacity": resources, "allocatable": resources},
+    }
+
+
+def deployment_object(problem: Problem, s: int) -> dict[str, Any]:
+    svc = problem.services
+    name = svc.names[s]
+    gpus = {GPU: str(int(svc.gpus[s]))}
+    labels = {SERVICE_LABEL: name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels},
+        "spec": {
+            "replicas": int(svc.demand[s]),
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "schedulerName": SCHEDULER_NAME,
+                    "containers": [
+                        {
+                            "name": "server",
+                            "image": "registry.invalid/powercap/fake-inference:0",
+                            # Extended resources need requests == limits.
+                            "resources": {"requests": gpus, "limits": gpus},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def powercap_config(spec: ScenarioSpec, problem: Problem) -> dict[str, Any]:
+    """The PowercapConfig of a scenario: its tree and caps as written, and every service's
+    resolved profile as a named profile of T values (so CSV or diurnal sources need not be
+    shipped next to the config). Validated with the extender's own loader before use."""
+    svc = problem.services
+    config: dict[str, Any] = {
+        "apiVersion": "powercap.io/v1alpha1",
+        "kind": "PowercapConfig",
+        "metadata": {"name": problem.name},
+        "grid": spec.grid.model_dump(by_alias=True),
+        "headroom": spec.headroom,
+        "domains": [d.model_dump(by_alias=True, exclude_none=True) for d in spec.domains],
+        "nodes": {
+            "domainLabel": DOMAIN_LABEL,
+            "idleWattsAnnotation": IDLE_ANNOTATION,
+            "defaultIdleWatts": 0,
+            "gpuResource": GPU,
+        },
+        "profiles": {name: [float(w) for w in svc.profiles[s]] for s, name in enumerate(svc.names)},
+        "services": {
+            name: {
+                "profile": name,
+                "priority": int(svc.priority[s]),
+                "gpusPerReplica": int(svc.gpus[s]),
+                "nameplateWatts": float(svc.nameplate[s]),
+                "replicas": int(svc.demand[s]),
+            }
+            for s, name in enumerate(svc.names)
+        },
+        "policy": {"missingProfile": "reject"},
+        # Greedy and a short debounce: the test cluster is small and should settle fast.
+        "planner": {"enabled": True, "strategy": "greedy", "debounce": "1s", "timeLimit": "10s"},
+    }
+    config_from_data(config, source="generated config")  # raises ConfigError on a bad one
+    return config
+
+
+def write_config(spec: ScenarioSpec, problem: Problem, path: Path) -> Path:
+    path.write_bytes(orjson.dumps(powercap_config(spec, problem), option=orjson.OPT_INDENT_2))
+    return path
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout_s: float, every_s: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(every_s)
+
+
+def create_nodes(client: Any, problem: Problem, timeout_s: float = 60.0) -> None:
+    """Create every node and wait until kwok has made each Ready (a node that is not Ready
+    carries the not-ready taint, and the scheduler would skip it)."""
+    from kubernetes import client as k8s
+
+    core: Any = k8s.CoreV1Api(client)
+    for n in range(problem.fleet.size):
+        core.create_node(node_object(problem, n))
+
+    def all_ready() -> bool:
+        items = orjson.loads(core.list_node(_preload_content=False).data)["items"]
+        ready = {
+            item["metadata"]["name"]
+            for item in items
+            if any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in item.get("status", {}).get("conditions", [])
+            )
+        }
+        return ready >= set(problem.fleet.names)
+
+    wait_for("nodes to be Ready", all_ready, timeout_s)
+
+
+def create_deployments(client: Any, problem: Problem) -> None:
+    from kubernetes import client as k8s
+
+    apps: Any = k8s.AppsV1Api(client)
+    for s in range(problem.services.size):
+        apps.create_namespaced_deployment(NAMESPACE, deployment_object(problem, s))
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the API server says: the placement, and each Pending pod's last
+    FailedScheduling message (empty when it has none yet)."""
+
+    assignment: Assignment
+    pending: dict[str, str]
+    pods: int
+
+
+def observe(client: Any, problem: Problem) -> Observed:
+    from kubernetes import client as k8s
+
+    core: Any = k8s.CoreV1Api(client)
+    pods = orjson.loads(
+        core.list_namespaced_pod(
+            NAMESPACE, label_selector=SERVICE_LABEL, _preload_content=False
+        ).data
+    )["items"]
+    events = orjson.loads(
+        core.list_namespaced_event(
+            NAMESPACE, field_selector="reason=FailedScheduling", _preload_content=False
+        ).data
+    )["items"]
+    latest: dict[str, tuple[str, str]] = {}
+    for ev in events:
+        obj = ev.get("involvedObject", {})
+        stamp = ev.get("lastTimestamp") or ev.get("eventTime") or ""
+        name = obj.get("name", "")
+        if name not in latest or stamp >= latest[name][0]:
+            latest[name] = (stamp, ev.get("message", ""))
+    counts = np.zeros((problem.services.size, problem.fleet.size), dtype=np.int64)
+    pending: dict[str, str] = {}
+    for pod in pods:
+        if pod["metadata"].get("deletionTimestamp"):
+            continue
+        name = pod["metadata"]["name"]
+        node = pod.get("spec", {}).get("nodeName")
+        service = pod["metadata"]["labels"][SERVICE_LABEL]
+        if node:
+            counts[problem.services.index[service], problem.fleet.index[node]] += 1
+        else:
+            pending[name] = latest.get(name, ("", ""))[1]
+    live = sum(1 for p in pods if not p["metadata"].get("deletionTimestamp"))
+    return Observed(Assignment(counts), pending, live)
+
+
+def wait_settled(
+    client: Any, problem: Problem, timeout_s: float = 90.0, quiet_s: float = 8.0
+) -> Observed:
+    """Wait until every wanted pod exists and is bound or Pending with a FailedScheduling
+    event, with nothing changing for ``quiet_s`` (the scheduler retries unschedulable pods
+    with backoff, so one quiet window means the placement has settled)."""
+    wanted = int(problem.services.demand.sum())
+    deadline = time.monotonic() + timeout_s
+    last: tuple[int, int] | None = None
+    since = time.monotonic()
+    while True:
+        seen = observe(client, problem)
+        settled = seen.pods == wanted and all(seen.pending.values())
+        key = (int(seen.assignment.hosted.sum()), len(seen.pending))
+        if not settled or key != last:
+            last, since = key, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return seen
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"placement did not settle in {timeout_s:.0f}s: {seen.pods}/{wanted} pods, "
+                f"{key[0]} bound, {key[1]} pending "
+                f"({sum(1 for m in seen.pending.values() if not m)} without a FailedScheduling)"
+            )
+        time.sleep(1.0)

@@ -1,0 +1,80 @@
+"""The powercap extender and the second kube-scheduler, as processes beside a test cluster.
+
+The scheduler runs ``config/kube-scheduler.yaml`` — the configuration shipped to users —
+with only what a local run must change: the extender's port, the kubeconfig, and no leader
+election (one instance, and the Lease namespace ``powercap-system`` does not exist here).
+"""
+
+from __future__ import annotations
+
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from e2e.cluster import Cluster, Process, binary, free_ports
+from e2e.deploy import wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEDULER_CONFIG = REPO / "config" / "kube-scheduler.yaml"
+
+
+def powercap_command() -> list[str]:
+    """``powercap`` of the interpreter running the tests (the venv's console script)."""
+    script = Path(sys.executable).with_name("powercap")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from placement.cli import main; main()"]
+
+
+def start_extender(c: Cluster, config: Path, timeout_s: float = 60.0) -> tuple[Process, int]:
+    """``powercap serve`` on a free loopback port; returns once ``/readyz`` answers 200 (the
+    mirror has listed Nodes and Pods), so the scheduler's first calls find it ready."""
+    (port,) = free_ports(1)
+    argv = [
+        *powercap_command(),
+        "serve",
+        "--config",
+        str(config),
+        "--kubeconfig",
+        str(c.kubeconfig),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    proc = c.start("powercap-extender", argv)
+
+    def ready() -> bool:
+        if not proc.alive():
+            raise RuntimeError(f"powercap serve exited early:\n{proc.tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                return int(r.status) == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    wait_for("the extender's /readyz", ready, timeout_s)
+    return proc, port
+
+
+def scheduler_config(kubeconfig: Path, extender_port: int) -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(SCHEDULER_CONFIG.read_text())
+    config["clientConnection"]["kubeconfig"] = str(kubeconfig)
+    config["leaderElection"] = {"leaderElect": False}
+    for extender in config["extenders"]:
+        extender["urlPrefix"] = f"http://127.0.0.1:{extender_port}"
+    return config
+
+
+def start_scheduler(c: Cluster, extender_port: int) -> Process:
+    """kube-scheduler with the adapted configuration. ``--secure-port=0`` turns its HTTPS
+    endpoint off: nothing here reads it, and it would otherwise listen on every interface."""
+    path = c.run_dir / "kube-scheduler.yaml"
+    path.write_text(yaml.safe_dump(scheduler_config(c.kubeconfig, extender_port)))
+    argv = [str(binary("kube-scheduler")), f"--config={path}", "--secure-port=0", "--v=2"]
+    proc = c.start("kube-scheduler", argv)
+    return proc
