@@ -51,17 +51,16 @@ from placement.scenario import (
     problem_from_spec,
 )
 from placement.tree import PowerTree
+from placement.validation import ProblemsError, validation_problems
 
 DEFAULT_NAMEPLATE_W = 5600.0  # 8 × 700 W: an 8-GPU H100 server's GPUs at TDP
 
 
-class ConfigError(ValueError):
+class ConfigError(ProblemsError):
     """A config that cannot be used; ``problems`` lists every ``path: message``."""
 
     def __init__(self, problems: list[str], source: str = "config") -> None:
-        self.problems = problems
-        self.source = source
-        super().__init__(f"{source}: " + "; ".join(problems))
+        super().__init__(problems, source)
 
 
 class _Model(BaseModel):
@@ -208,25 +207,9 @@ class Config:
 
 
 def _pydantic_problems(err: ValidationError, prefix: str = "") -> list[str]:
-    problems: dict[str, str] = {}
-    for e in err.errors():
-        where = prefix
-        for part in e["loc"]:
-            if isinstance(part, int):
-                where += f"[{part}]"
-            elif part in ("list[float]", "ProfileRef", "str", "float", "int", "function-after"):
-                continue  # pydantic names the union branch it tried; users want the field
-            else:
-                where += f".{part}" if where else str(part)
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling against config/powercap.yaml)"
-        elif e["type"] == "missing":
-            msg = "required field is missing"
-        elif e["type"] == "literal_error" and e["loc"] and e["loc"][-1] == "kind":
-            msg = f"{msg} (this file is a {e['input']!r}, not a powercap config?)"
-        problems.setdefault(where or "(top level)", f"{where or '(top level)'}: {msg}")
-    return list(problems.values())
+    return validation_problems(
+        err, reference="config/powercap.yaml", prefix=prefix, kind_name="a powercap config"
+    )
 
 
 def resolve_profile(value: ProfileValue, grid: Grid, base_dir: Path) -> NDArray[np.float64]:

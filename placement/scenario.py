@@ -34,17 +34,16 @@ from placement.grid import Grid, format_duration, parse_duration
 from placement.problem import Problem
 from placement.services import Services
 from placement.tree import PowerTree
+from placement.validation import ProblemsError, validation_problems
 
 API_VERSION = "powercap.io/v1alpha1"
 
 
-class ScenarioError(ValueError):
+class ScenarioError(ProblemsError):
     """A scenario that cannot be used; ``problems`` lists every ``path: message``."""
 
     def __init__(self, problems: list[str], source: str = "scenario") -> None:
-        self.problems = problems
-        self.source = source
-        super().__init__(f"{source}: " + "; ".join(problems))
+        super().__init__(problems, source)
 
 
 class _Model(BaseModel):
@@ -179,32 +178,8 @@ class ScenarioSpec(_Model):
         )
 
 
-def _format_loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("list[float]", "ProfileRef", "float", "list[float]", "str", "int"):
-            continue  # pydantic names the union branch it tried; users want the field
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
-
-
 def _pydantic_problems(err: ValidationError) -> list[str]:
-    problems: list[str] = []
-    for e in err.errors():
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling against the scenario reference)"
-        elif e["type"] == "missing":
-            msg = "required field is missing"
-        problems.append(f"{_format_loc(tuple(e['loc']))}: {msg}")
-    # Union branches repeat the same path; keep the first message per path.
-    seen: dict[str, str] = {}
-    for p in problems:
-        seen.setdefault(p.split(":", 1)[0], p)
-    return list(seen.values())
+    return validation_problems(err, reference="the scenario reference")
 
 
 def parse_time_of_day(text: str) -> int:
