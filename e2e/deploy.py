@@ -19,7 +19,7 @@ import orjson
 from extender.config import config_from_data
 from placement.assignment import Assignment
 from placement.problem import Problem
-from placement.scenario import ScenarioSpec
+from placement.scenario import spec_from_problem
 
 SCHEDULER_NAME = "powercap-scheduler"
 DOMAIN_LABEL = "powercap.io/domain"
@@ -96,10 +96,24 @@ def deployment_object(problem: Problem, s: int) -> dict[str, Any]:
     }
 
 
-def powercap_config(spec: ScenarioSpec, problem: Problem) -> dict[str, Any]:
-    """The PowercapConfig of a scenario: its tree and caps as written, and every service's
-    resolved profile as a named profile of T values (so CSV or diurnal sources need not be
-    shipped next to the config). Validated with the extender's own loader before use."""
+@dataclass(frozen=True)
+class PlannerChoice:
+    """The extender's background planner for a run: ``strategy`` is ``greedy`` or
+    ``cpsat``; ``reserve_plan`` makes the plan binding (``scoring.reservePlan``)."""
+
+    strategy: str = "greedy"
+    reserve_plan: bool = False
+    time_limit_s: float = 10.0
+    debounce_s: float = 1.0
+
+
+def powercap_config(problem: Problem, planner: PlannerChoice | None = None) -> dict[str, Any]:
+    """The PowercapConfig of a problem: its tree and caps, and every service's profile as a
+    named profile of T values (so CSV or diurnal sources need not be shipped next to the
+    config). Validated with the extender's own loader before use. The default planner is
+    greedy with a short debounce: test clusters are small and should settle fast."""
+    planner = planner or PlannerChoice()
+    spec = spec_from_problem(problem)
     svc = problem.services
     config: dict[str, Any] = {
         "apiVersion": "powercap.io/v1alpha1",
@@ -126,15 +140,20 @@ def powercap_config(spec: ScenarioSpec, problem: Problem) -> dict[str, Any]:
             for s, name in enumerate(svc.names)
         },
         "policy": {"missingProfile": "reject"},
-        # Greedy and a short debounce: the test cluster is small and should settle fast.
-        "planner": {"enabled": True, "strategy": "greedy", "debounce": "1s", "timeLimit": "10s"},
+        "planner": {
+            "enabled": True,
+            "strategy": planner.strategy,
+            "debounce": f"{planner.debounce_s:g}s",
+            "timeLimit": f"{planner.time_limit_s:g}s",
+        },
+        "scoring": {"reservePlan": planner.reserve_plan},
     }
     config_from_data(config, source="generated config")  # raises ConfigError on a bad one
     return config
 
 
-def write_config(spec: ScenarioSpec, problem: Problem, path: Path) -> Path:
-    path.write_bytes(orjson.dumps(powercap_config(spec, problem), option=orjson.OPT_INDENT_2))
+def write_config(problem: Problem, path: Path, planner: PlannerChoice | None = None) -> Path:
+    path.write_bytes(orjson.dumps(powercap_config(problem, planner), option=orjson.OPT_INDENT_2))
     return path
 
 

@@ -30,10 +30,15 @@ def powercap_command() -> list[str]:
     return [sys.executable, "-c", "from placement.cli import main; main()"]
 
 
-def start_extender(c: Cluster, config: Path, timeout_s: float = 60.0) -> tuple[Process, int]:
-    """``powercap serve`` on a free loopback port; returns once ``/readyz`` answers 200 (the
-    mirror has listed Nodes and Pods), so the scheduler's first calls find it ready."""
-    (port,) = free_ports(1)
+def start_extender(
+    c: Cluster, config: Path, timeout_s: float = 60.0, port: int | None = None
+) -> tuple[Process, int]:
+    """``powercap serve`` on loopback ``port`` (a free one when ``None``); returns once
+    ``/readyz`` answers 200 (the mirror has listed Nodes and Pods), so the scheduler's first
+    calls find it ready. Passing the port of an extender that was stopped restarts it where
+    a running kube-scheduler already calls it."""
+    if port is None:
+        (port,) = free_ports(1)
     argv = [
         *powercap_command(),
         "serve",
@@ -61,20 +66,34 @@ def start_extender(c: Cluster, config: Path, timeout_s: float = 60.0) -> tuple[P
     return proc, port
 
 
-def scheduler_config(kubeconfig: Path, extender_port: int) -> dict[str, Any]:
+def scheduler_config(
+    kubeconfig: Path, extender_port: int | None, stock: bool = False
+) -> dict[str, Any]:
+    """The shipped configuration adapted to a local run.
+
+    ``extender_port=None`` drops the extender and keeps everything else (profile name,
+    plugin arguments, client QPS): the same scheduler without powercap, for throughput
+    comparisons. ``stock=True`` (no extender) also drops the profile's settings, leaving
+    the upstream defaults under the same scheduler name: what a cluster without powercap
+    would do, for side-by-side placements."""
     config: dict[str, Any] = yaml.safe_load(SCHEDULER_CONFIG.read_text())
     config["clientConnection"]["kubeconfig"] = str(kubeconfig)
     config["leaderElection"] = {"leaderElect": False}
-    for extender in config["extenders"]:
+    if extender_port is None:
+        del config["extenders"]
+        if stock:
+            config["profiles"] = [{"schedulerName": p["schedulerName"]} for p in config["profiles"]]
+    for extender in config.get("extenders", []):
         extender["urlPrefix"] = f"http://127.0.0.1:{extender_port}"
     return config
 
 
-def start_scheduler(c: Cluster, extender_port: int) -> Process:
-    """kube-scheduler with the adapted configuration. ``--secure-port=0`` turns its HTTPS
-    endpoint off: nothing here reads it, and it would otherwise listen on every interface."""
+def start_scheduler(c: Cluster, extender_port: int | None, stock: bool = False) -> Process:
+    """kube-scheduler with the adapted configuration (see :func:`scheduler_config`).
+    ``--secure-port=0`` turns its HTTPS endpoint off: nothing here reads it, and it would
+    otherwise listen on every interface."""
     path = c.run_dir / "kube-scheduler.yaml"
-    path.write_text(yaml.safe_dump(scheduler_config(c.kubeconfig, extender_port)))
+    path.write_text(yaml.safe_dump(scheduler_config(c.kubeconfig, extender_port, stock)))
     argv = [str(binary("kube-scheduler")), f"--config={path}", "--secure-port=0", "--v=2"]
     proc = c.start("kube-scheduler", argv)
     return proc

@@ -66,7 +66,7 @@ def test_extender_keeps_caps_and_explains_pending() -> None:
     with cluster(LOG_DIR) as c:
         client = api_client(c.kubeconfig)
         create_nodes(client, problem)
-        config = write_config(spec, problem, c.run_dir / "powercap.json")
+        config = write_config(problem, c.run_dir / "powercap.json")
         _, port = start_extender(c, config)
         start_scheduler(c, port)
         create_deployments(client, problem)

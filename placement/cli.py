@@ -35,17 +35,20 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from placement.live import SCHEDULERS, ClusterBackend, ClusterRun, LiveSettings
 from placement.metrics import Metrics, evaluate, gains
 from placement.problem import Problem
 from placement.report import domain_order
 from placement.scenario import ScenarioError, load_problem
-from placement.strategies import STRATEGY_NAMES, Plan, run_strategy
+from placement.strategies import STRATEGY_NAMES, Plan, SolverStats, run_strategy
 
 if TYPE_CHECKING:
     from placement.scenario import ScenarioSpec
     from placement.whatif import WhatIf
 
 PLUGIN_GROUP = "powercap.commands"
+# Backends that run a problem on a cluster for `whatif --kwok` (see placement.live).
+CLUSTER_GROUP = "powercap.clusters"
 BASELINES = ("nameplate", "peak-sum")
 # Below this many domains the per-domain table lists them all; above it, every domain
 # with children and the most loaded leaves only (unless --all-domains).
@@ -72,6 +75,12 @@ app.add_typer(scenario_app, name="scenario")
 class OutputFormat(StrEnum):
     table = "table"
     json = "json"
+
+
+class SchedulerChoice(StrEnum):
+    powercap = "powercap"
+    default = "default"
+    both = "both"
 
 
 # ---------------------------------------------------------------- consoles and errors
@@ -526,8 +535,45 @@ def whatif(
     time_limit: TimeLimitOpt = 30.0,
     workers: WorkersOpt = 2,
     output: FormatOpt = OutputFormat.table,
+    kwok: Annotated[
+        bool,
+        typer.Option(
+            "--kwok",
+            help="Run the (changed) scenario through the real kube-scheduler on a local KWOK "
+            "cluster and read the placement back, instead of planning before and after.",
+        ),
+    ] = False,
+    scheduler: Annotated[
+        SchedulerChoice,
+        typer.Option(
+            "--scheduler",
+            help="With --kwok: powercap (kube-scheduler calling the extender), default "
+            "(kube-scheduler's upstream default profile) or both, side by side.",
+        ),
+    ] = SchedulerChoice.powercap,
+    planner: Annotated[
+        str,
+        typer.Option(
+            "--planner", help="With --kwok: the extender's background planner, cpsat or greedy."
+        ),
+    ] = "cpsat",
+    reserve_plan: Annotated[
+        bool,
+        typer.Option(
+            "--reserve-plan/--no-reserve-plan",
+            help="With --kwok: make the extender's plan binding (scoring.reservePlan).",
+        ),
+    ] = True,
+    report: ReportOpt = None,
+    all_domains: Annotated[
+        bool, typer.Option("--all-domains", help="With --kwok: list every domain.")
+    ] = False,
 ) -> None:
-    """Plan before and after a change to caps, nodes or demand, and show the difference."""
+    """Plan before and after a change to caps, nodes or demand, and show the difference.
+
+    With --kwok, schedule the scenario (after any change) on a throwaway local KWOK cluster
+    with the real kube-scheduler instead, and judge the placement it made.
+    """
     from placement.whatif import WhatIf, resolve_node_count
 
     problem = _load(scenario)
@@ -540,6 +586,23 @@ def whatif(
         changed = change.apply(problem)
     except ValueError as exc:
         raise _fail(str(exc)) from None
+    if kwok:
+        if planner not in ("cpsat", "greedy"):
+            raise _fail(f"--planner must be cpsat or greedy, got {planner!r}")
+        schedulers = list(SCHEDULERS) if scheduler is SchedulerChoice.both else [scheduler.value]
+        _whatif_live(
+            changed,
+            schedulers,
+            planner=planner,
+            reserve_plan=reserve_plan,
+            options={"time_limit_s": time_limit, "workers": workers},
+            output=output,
+            report=report,
+            all_domains=all_domains,
+        )
+        return
+    if report is not None:
+        raise _fail("--report goes with --kwok here; use `powercap compare --report` offline")
     if changed is problem:
         _stderr().print("[yellow]warning:[/] no change requested; before and after are equal")
     options = {"time_limit_s": time_limit, "workers": workers}
@@ -566,6 +629,144 @@ def whatif(
         )
     else:
         _stdout().print(_whatif_table(problem, changed, change, strategy, before, after))
+
+
+def _cluster_backend(name: str) -> ClusterBackend:
+    """The installed cluster backend ``name``; exit 2 naming the fix when there is none."""
+    found = [ep for ep in entry_points(group=CLUSTER_GROUP) if ep.name == name]
+    if not found:
+        raise _fail(
+            f"no {name!r} cluster backend is installed (entry-point group {CLUSTER_GROUP}); "
+            "install powercap from its source tree with `pip install -e .`"
+        )
+    try:
+        backend: ClusterBackend = found[0].load()
+    except Exception as exc:  # foreign code: report what broke
+        raise _fail(f"the {name!r} cluster backend failed to load: {exc}") from None
+    return backend
+
+
+def _live_name(scheduler: str) -> str:
+    return f"kwok-{scheduler}"
+
+
+def _run_live(
+    progress: Progress,
+    backend: ClusterBackend,
+    problem: Problem,
+    settings: LiveSettings,
+) -> ClusterRun:
+    """One backend run, each of its steps a progress line; exit 1 with the reason if it fails."""
+    tasks: list[Any] = []
+    label = f"{settings.scheduler}: "
+
+    def step(description: str) -> None:
+        if tasks:
+            progress.update(tasks[-1], total=1, completed=1)
+        tasks.append(progress.add_task(label + description, total=None))
+
+    try:
+        return backend(problem, settings, step)
+    except Exception as exc:  # toolchain missing, a component that died, a timeout
+        raise _fail(f"the {settings.scheduler} run on KWOK failed: {exc}", code=1) from None
+    finally:
+        if tasks:
+            progress.update(tasks[-1], total=1, completed=1)
+
+
+def _live_stats(run: ClusterRun) -> SolverStats:
+    return SolverStats(
+        status="SCHEDULED",
+        wall_s=run.schedule_s,
+        extra={
+            "throughput_pods_per_s": run.throughput_pods_per_s,
+            "pending": len(run.pending),
+            "timings_s": dict(run.timings),
+            "extender_plan": dict(run.planner),
+        },
+    )
+
+
+def _pending_summary(run: ClusterRun, limit: int = 3) -> dict[str, Any]:
+    """How many pods were left Pending and the distinct reasons the scheduler gave."""
+    reasons: dict[str, int] = {}
+    for message in run.pending.values():
+        reasons[message] = reasons.get(message, 0) + 1
+    top = sorted(reasons.items(), key=lambda kv: -kv[1])[:limit]
+    return {"count": len(run.pending), "reasons": [{"pods": n, "message": m} for m, n in top]}
+
+
+def _whatif_live(
+    problem: Problem,
+    schedulers: list[str],
+    *,
+    planner: str,
+    reserve_plan: bool,
+    options: dict[str, Any],
+    output: OutputFormat,
+    report: Path | None,
+    all_domains: bool,
+) -> None:
+    """``whatif --kwok``: the problem through each scheduler on a fresh cluster, judged by
+    the shared evaluator beside the baselines and the offline cpsat plan."""
+    backend = _cluster_backend("kwok")
+    runs: dict[str, ClusterRun] = {}
+    with _progress() as progress:
+        plans, metrics = _solve_all(progress, problem, ["cpsat"], options, "offline: ")
+        for scheduler in schedulers:
+            settings = LiveSettings(
+                scheduler=scheduler,
+                planner=planner,
+                reserve_plan=reserve_plan,
+                planner_time_limit_s=float(options["time_limit_s"]),
+            )
+            name = _live_name(scheduler)
+            runs[name] = run = _run_live(progress, backend, problem, settings)
+            plans[name] = Plan(name, run.assignment, _live_stats(run))
+            metrics[name] = evaluate(problem, run.assignment)
+        focus = _live_name(schedulers[0])
+        index = _write_report(progress, report, problem, plans, metrics, focus) if report else None
+    if output is OutputFormat.json:
+        objects = {
+            name: {
+                "strategy": name,
+                "scheduler": run.scheduler,
+                "placement": run.assignment.as_mapping(problem),
+                "metrics": _metrics_json(name, metrics),
+                "solver": plans[name].stats.as_dict(),
+                "throughput_pods_per_s": run.throughput_pods_per_s,
+                "pending": _pending_summary(run),
+            }
+            for name, run in runs.items()
+        }
+        if len(objects) == 1:
+            _emit_json(next(iter(objects.values())))
+        else:
+            _emit_json({"scenario": problem.name, "runs": objects})
+    else:
+        console = _stdout()
+        if len(runs) == 1:
+            console.print(_summary_table(problem, plans[focus], metrics))
+        console.print(_domain_table(problem, metrics[focus], all_domains))
+        console.print(_compare_table(problem, plans, metrics))
+        for name, run in runs.items():
+            console.print(_live_line(name, run, metrics[name]))
+    if index is not None:
+        _stderr().print(f"report: {index}")
+
+
+def _live_line(name: str, run: ClusterRun, m: Metrics) -> Text:
+    rate = run.throughput_pods_per_s
+    line = Text.assemble(
+        (name, "bold"),
+        f": {m.hosted_total:,} pods bound in {run.schedule_s:.1f} s",
+        f" ({rate:,.1f} pods/s)" if rate is not None else "",
+        f", {len(run.pending):,} Pending",
+    )
+    summary = _pending_summary(run, limit=1)
+    if summary["reasons"]:
+        line.append(f"; most say: {summary['reasons'][0]['message']}", style="dim")
+    return line
 
 
 def _whatif_table(

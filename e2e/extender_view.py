@@ -1,0 +1,69 @@
+"""What a running extender believes, from its ``/metrics``, set against the API server.
+
+The extender's ledger is private to its process; its per-domain predicted headroom gauge
+is the public face of it. :func:`ledger_disagreements` compares that gauge with the
+headroom computed from the placement the API server reports, so a test can check that
+the extender's books match the cluster (after a burst of binds, a restart, a relist).
+"""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from placement.assignment import Assignment
+from placement.problem import Problem
+
+HEADROOM = "powercap_domain_predicted_headroom_watts"
+# Float sums in a different order: agreement within a watt is agreement.
+TOLERANCE_W = 1.0
+
+
+def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Every sample of the extender's ``/metrics``: name → sorted labels → value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = tuple(sorted(sample.labels.items()))
+            out.setdefault(sample.name, {})[labels] = float(sample.value)
+    return out
+
+
+def plan_gauges(port: int) -> dict[str, float]:
+    """The latest plan's ``hosted_replicas`` and ``gap`` (empty until the first plan)."""
+    samples = scrape(port)
+    out: dict[str, float] = {}
+    for key in ("hosted_replicas", "gap"):
+        values = samples.get(f"powercap_plan_{key}", {})
+        if values:
+            out[key] = next(iter(values.values()))
+    return out
+
+
+def extender_headroom(port: int) -> dict[str, float]:
+    """Per domain: the extender's least predicted ``cap − load`` over the period."""
+    return {dict(labels)["domain"]: value for labels, value in scrape(port)[HEADROOM].items()}
+
+
+def api_headroom(problem: Problem, assignment: Assignment) -> dict[str, float]:
+    """The same quantity for a placement read from the API server."""
+    headroom = (problem.effective_caps - assignment.load(problem)).min(axis=1)
+    return {name: float(headroom[d]) for d, name in enumerate(problem.tree.names)}
+
+
+def ledger_disagreements(
+    problem: Problem, assignment: Assignment, port: int
+) -> dict[str, tuple[float, float]]:
+    """Domains whose headroom differs between the extender and the API server by more
+    than :data:`TOLERANCE_W`, as ``domain → (extender, api server)``; empty when they agree.
+    A domain the extender does not report counts as a disagreement (NaN on its side)."""
+    ours = extender_headroom(port)
+    theirs = api_headroom(problem, assignment)
+    return {
+        name: (ours.get(name, float("nan")), value)
+        for name, value in theirs.items()
+        if not abs(ours.get(name, float("nan")) - value) <= TOLERANCE_W
+    }
