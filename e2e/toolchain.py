@@ -5,8 +5,10 @@
 
 Layout: ``${POWERCAP_CACHE:-~/.cache/powercap}/toolchain/<component>-<version>/bin/``. Each
 component directory gets a ``.stamp`` (JSON of the build recipe) once built; a later run whose
-recipe matches and whose binaries are present does nothing. Go components are built from the Go
-module proxy through a wrapper module generated under ``<component>-<version>/src/``.
+recipe matches and whose binaries (and files) are present does nothing. Go components are built
+from the Go module proxy through a wrapper module generated under ``<component>-<version>/src/``.
+The CRDs the manifests need are fetched the same way, as files picked out of their projects' Go
+module zips (:mod:`e2e.crds`), into ``crd-<project>-<version>/crds/``.
 Progress goes to stderr so that stdout carries only ``--print-env`` output.
 """
 
@@ -25,6 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from e2e import crds
+
 # Pinned versions. k8s.io/kubernetes is published on the proxy as v1.N.P and its staging
 # modules (k8s.io/api, k8s.io/client-go, ...) as v0.N.P of the same release.
 KUBERNETES_VERSION = "v1.36.5"
@@ -34,6 +38,10 @@ KWOK_VERSION = "v0.8.0"
 # `go install`); the wrapper requires them at the server's version.
 ETCD_SIBLINGS = ("api/v3", "client/pkg/v3", "client/v3", "pkg/v3")
 KUBE_COMMANDS = ("kube-apiserver", "kube-scheduler", "kube-controller-manager")
+# kubectl (with its built-in kustomize) is built from the same k8s.io/kubernetes release, but as
+# a cache entry of its own: adding it rebuilds nothing that is already there, and never rewrites
+# a control-plane binary a running cluster may be executing.
+KUBECTL_COMMANDS = ("kubectl",)
 KWOK_COMMANDS = ("kwok", "kwokctl")
 PROMETHEUS_INSTALL = "sudo apt-get update && sudo apt-get install -y prometheus"
 GO_ENV = {"GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
@@ -88,6 +96,8 @@ class Component:
     binaries: tuple[str, ...]
     build: Callable[[Component], None]
     recipe: dict[str, object] = field(default_factory=dict)
+    # Other outputs that must exist, relative to ``root`` (e.g. fetched CRD files).
+    files: tuple[str, ...] = ()
 
     @property
     def root(self) -> Path:
@@ -102,12 +112,20 @@ class Component:
         return self.root / "src"
 
     def stamp_content(self) -> dict[str, object]:
-        return {
+        content: dict[str, object] = {
             "component": self.name,
             "version": self.version,
             "binaries": list(self.binaries),
             "recipe": self.recipe,
         }
+        if self.files:  # only when present, so stamps written before `files` existed still match
+            content["files"] = list(self.files)
+        return content
+
+    def missing(self) -> list[str]:
+        """Outputs (binaries, files) that are not there."""
+        absent = [b for b in self.binaries if not os.access(self.bin_dir / b, os.X_OK)]
+        return absent + [f for f in self.files if not (self.root / f).is_file()]
 
     def is_built(self) -> bool:
         stamp = self.root / STAMP
@@ -117,7 +135,7 @@ class Component:
             return False
         if recorded.get("recipe_of") != self.stamp_content():
             return False
-        return all(os.access(self.bin_dir / b, os.X_OK) for b in self.binaries)
+        return not self.missing()
 
     def mark_built(self, seconds: float) -> None:
         record = {"recipe_of": self.stamp_content(), "build_seconds": round(seconds, 1)}
@@ -200,6 +218,20 @@ def build_kubernetes(c: Component) -> None:
     )
 
 
+def fetch_crds(source: crds.CrdSource) -> Callable[[Component], None]:
+    """A build step that downloads ``source``'s module zip and copies its CRD files."""
+
+    def fetch(c: Component) -> None:
+        c.root.mkdir(parents=True, exist_ok=True)
+        info = go_download_json(f"{source.module}@{source.version}", c.root)
+        try:
+            crds.copy_crds(source, Path(info["Dir"]), c.root, info.get("Sum", ""))
+        except FileNotFoundError as exc:
+            raise StepError(str(exc), f"ls {info['Dir']}") from exc
+
+    return fetch
+
+
 def build_etcd(c: Component) -> None:
     base = "go.etcd.io/etcd"
     requires = {f"{base}/server/v3": c.version}
@@ -248,6 +280,24 @@ def components() -> list[Component]:
             {"siblings": list(ETCD_SIBLINGS), "ldflags": STRIP},
         ),
         Component("kwok", KWOK_VERSION, KWOK_COMMANDS, build_kwok, {"ldflags": STRIP}),
+        Component(
+            "kubectl",
+            KUBERNETES_VERSION,
+            KUBECTL_COMMANDS,
+            build_kubernetes,
+            {"ldflags": kube_ldflags(KUBERNETES_VERSION, "<module time>")},
+        ),
+        *[
+            Component(
+                source.component,
+                source.version,
+                (),
+                fetch_crds(source),
+                {"module": source.module},
+                files=crds.relative_paths(source),
+            )
+            for source in crds.SOURCES
+        ],
     ]
 
 
@@ -263,19 +313,22 @@ def ensure(c: Component) -> float:
     """Build ``c`` unless its stamp is current; return seconds spent."""
     start = time.monotonic()
     if c.is_built():
-        log(f"{c.name} {c.version}: up to date in {c.bin_dir}")
+        log(f"{c.name} {c.version}: up to date in {c.bin_dir if c.binaries else c.root}")
         return time.monotonic() - start
     if shutil.which("go") is None:
         raise StepError("`go` is not on PATH (Go >= 1.26 is required)", "go version")
-    log(f"{c.name} {c.version}: building {', '.join(c.binaries)} into {c.bin_dir}")
+    if c.binaries:
+        log(f"{c.name} {c.version}: building {', '.join(c.binaries)} into {c.bin_dir}")
+    else:
+        log(f"{c.name} {c.version}: fetching {len(c.files)} file(s) into {c.root}")
     (c.root / STAMP).unlink(missing_ok=True)
     c.build(c)
-    missing = [b for b in c.binaries if not os.access(c.bin_dir / b, os.X_OK)]
+    missing = c.missing()
     if missing:
         raise StepError(f"build finished but {', '.join(missing)} missing", "")
     elapsed = time.monotonic() - start
     c.mark_built(elapsed)
-    log(f"{c.name} {c.version}: built in {elapsed:.0f}s")
+    log(f"{c.name} {c.version}: done in {elapsed:.0f}s")
     return elapsed
 
 
@@ -283,7 +336,8 @@ def env_lines(comps: Sequence[Component], prometheus: Path | None) -> list[str]:
     lines = [f"export POWERCAP_TOOLCHAIN={shlex.quote(str(cache_root()))}"]
     dirs: list[str] = []
     for c in comps:
-        dirs.append(str(c.bin_dir))
+        if c.binaries:
+            dirs.append(str(c.bin_dir))
         for b in c.binaries:
             var = "POWERCAP_" + b.upper().replace("-", "_")
             lines.append(f"export {var}={shlex.quote(str(c.bin_dir / b))}")
@@ -319,8 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         log(f"prometheus: {prometheus}")
     for label, seconds in timings:
-        log(f"  {label:<24} {seconds:7.1f}s")
-    log(f"  {'total':<24} {time.monotonic() - total_start:7.1f}s")
+        log(f"  {label:<32} {seconds:7.1f}s")
+    log(f"  {'total':<32} {time.monotonic() - total_start:7.1f}s")
     if failures:
         log(f"failed: {', '.join(failures)}")
         return 1
