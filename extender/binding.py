@@ -55,9 +55,13 @@ class KubernetesBinder:
 
         try:
             # Raw response: the client's model of a Binding reply fails to deserialise.
-            self.core.create_namespaced_pod_binding(
+            response = self.core.create_namespaced_pod_binding(
                 pod.name, pod.namespace, binding_body(pod, node), _preload_content=False
             )
+            # Read and release, or the connection never returns to the pool and the
+            # next bind pays a new TLS handshake.
+            response.read()
+            response.release_conn()
         except ApiException as exc:
             raise BindError(
                 f"binding {pod} to {node} failed: {exc.status} {exc.reason}: "

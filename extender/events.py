@@ -99,8 +99,10 @@ class KubernetesEventSink:
         while True:
             event = self._queue.get()
             try:
-                self.core.create_namespaced_event(
+                response = self.core.create_namespaced_event(
                     event.pod.namespace, event_body(event), _preload_content=False
                 )
+                response.read()
+                response.release_conn()  # back to the pool (see extender/binding.py)
             except Exception as exc:  # an event is best effort; the decision stands
                 log.warning("cannot post event %s for %s: %s", event.reason, event.pod, exc)

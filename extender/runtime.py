@@ -164,6 +164,7 @@ def from_cluster(config: Config, core: Any) -> Extender:
                 return None
             raise
         data: RawObject = orjson.loads(response.data)
+        response.release_conn()  # back to the pool (see extender/binding.py)
         return data
 
     ext = _assemble(config, KubernetesBinder(core), KubernetesEventSink(core), lookup)
@@ -174,5 +175,6 @@ def from_cluster(config: Config, core: Any) -> Extender:
         KubernetesSource(core, "pods"),
         on_pending=ext.decider.remember,
         seen=ext.telemetry.mirror_seen,
+        relists=ext.telemetry.mirror_relists,
     )
     return ext

@@ -157,17 +157,31 @@ def test_kubernetes_binder_posts_a_v1_binding() -> None:
     from extender.binding import BindError, KubernetesBinder
     from extender.pods import PodRef
 
+    class Reply:
+        def __init__(self) -> None:
+            self.read_and_released = [False, False]
+
+        def read(self) -> bytes:
+            self.read_and_released[0] = True
+            return b"{}"
+
+        def release_conn(self) -> None:
+            self.read_and_released[1] = True
+
     class Core:
         def __init__(self) -> None:
             self.calls: list[tuple[Any, ...]] = []
+            self.replies: list[Reply] = []
             self.fail = False
 
         def create_namespaced_pod_binding(
             self, name: str, namespace: str, body: Any, **kw: Any
-        ) -> None:
+        ) -> Reply:
             self.calls.append((name, namespace, body, kw))
             if self.fail:
                 raise ApiException(status=409, reason="Conflict")
+            self.replies.append(Reply())
+            return self.replies[-1]
 
     core = Core()
     binder = KubernetesBinder(core)
@@ -181,6 +195,8 @@ def test_kubernetes_binder_posts_a_v1_binding() -> None:
         "target": {"apiVersion": "v1", "kind": "Node", "name": "gpu-1a"},
     }
     assert kw == {"_preload_content": False}
+    # The raw reply is drained and its connection handed back to the pool.
+    assert core.replies[0].read_and_released == [True, True]
     core.fail = True
     with pytest.raises(BindError, match="409 Conflict"):
         binder.bind(PodRef("llm", "eu-0", "u-1"), "gpu-1a")
