@@ -6,10 +6,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REPORT_DIR ?= out/report
 
-.PHONY: help venv demo test unit e2e lint typecheck bench clean
+.PHONY: help venv demo compare test unit e2e lint typecheck bench clean
 
 help:
-	@echo "make demo   - compare every strategy on the embedded default scenario, write a report"
+	@echo "make demo   - the default scenario on a local KWOK cluster: kube-scheduler with the"
+	@echo "              extender vs without it, a per-domain table and a report"
+	@echo "make compare - every offline strategy on the default scenario (no cluster)"
 	@echo "make test   - lint, type-check and run every test (unit, then e2e)"
 	@echo "make e2e    - the e2e tests on a local KWOK cluster (builds the toolchain once)"
 	@echo "make bench  - run the benchmarks (results: benchmarks/README.md)"
@@ -24,7 +26,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+# The default scenario through the real kube-scheduler on a local KWOK cluster, with the
+# extender and with the upstream default profile; the first run builds the toolchain.
+demo: $(STAMP) tools
+	$(VENV)/bin/powercap whatif --kwok --scheduler both --report $(REPORT_DIR)
+
+# The same scenario planned offline by every strategy (no cluster).
+compare: $(STAMP)
 	$(VENV)/bin/powercap compare --report $(REPORT_DIR)
 
 lint: $(STAMP)
@@ -44,13 +52,17 @@ e2e: $(STAMP) tools
 
 test: lint unit e2e
 
-bench: $(STAMP)
+bench: $(STAMP) tools
 	@echo ">> planner: 1,000 nodes, 150 domains, 50 services, T = 144"
 	$(PY) -m benchmarks.planner
 	@echo ">> placement quality on a ServeGen-built scenario (../shared/data)"
 	$(PY) -m benchmarks.quality
 	@echo ">> extender latency: compute and HTTP"
 	$(PY) -m benchmarks.extender
+	@echo ">> the real kube-scheduler on KWOK: 1,000 nodes, 10,000 pods, with and without the extender"
+	$(PY) -m benchmarks.kwok throughput
+	@echo ">> ServeGen scenario through kube-scheduler + extender vs the offline cpsat plan"
+	$(PY) -m benchmarks.kwok servegen
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -8,6 +8,10 @@
 default Stage objects kwokctl installs) from the pinned toolchain. Its own kube-scheduler is
 disabled: the harness runs kube-scheduler itself (:meth:`Cluster.start`) so that the test owns
 its configuration, its lifetime and its log, and can restart it or the extender mid-run.
+kwokctl's components can be failed one at a time too: :meth:`Cluster.stop_component` kills
+one (kube-apiserver, say) through kwokctl's pid file, :meth:`Cluster.start_components` has
+kwokctl start it again with its recorded arguments, and :meth:`Cluster.compact_etcd` drops
+etcd's history, so old resourceVersions expire.
 
 Everything listens on 127.0.0.1 only. kwokctl binds every component to 0.0.0.0; its
 ``--extra-args`` are appended after its own flags and the last value of a flag wins, so they
@@ -19,7 +23,9 @@ every component are copied to ``log_dir/<cluster name>/`` first.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -27,10 +33,12 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from e2e import toolchain
 
@@ -105,6 +113,7 @@ class Process:
         if not self.alive():
             return
         with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGCONT)  # a paused process cannot exit
             os.killpg(self.popen.pid, signal.SIGTERM)
         try:
             self.popen.wait(STOP_GRACE_S)
@@ -112,6 +121,22 @@ class Process:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill would: no shutdown hooks run, open
+        connections are reset. Returns once the process is gone."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP: the process keeps its sockets but runs no code (a long GC pause or
+        a frozen VM) until :meth:`resume`."""
+        os.killpg(self.popen.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: undo :meth:`pause`; the process finds what arrived meanwhile."""
+        os.killpg(self.popen.pid, signal.SIGCONT)
 
     def tail(self, lines: int = 40) -> str:
         try:
@@ -129,10 +154,101 @@ class Cluster:
     kubeconfig: Path
     apiserver_port: int
     processes: list[Process] = field(default_factory=list)
+    etcd_port: int = 0  # 0: unknown (a Cluster not made by :func:`cluster`)
 
     @property
     def logs_dir(self) -> Path:
         return self.run_dir / "logs"
+
+    @property
+    def workdir(self) -> Path:
+        """kwokctl's ``KWOK_WORKDIR`` for this cluster."""
+        return self.run_dir / "kwok"
+
+    @property
+    def component_dir(self) -> Path:
+        """Where kwokctl keeps this cluster's ``pids/``, ``logs/``, ``etcd/``, ``pki/``."""
+        return self.workdir / "clusters" / self.name
+
+    def component_pid(self, component: str) -> int | None:
+        """PID of a kwokctl-run component (``kube-apiserver``, ``etcd``, ``kwok-controller``,
+        ``kube-controller-manager``) from kwokctl's pid file; ``None`` when it is stopped."""
+        path = self.component_dir / "pids" / f"{component}.pid"
+        try:
+            return int(path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def stop_component(
+        self, component: str, sig: signal.Signals = signal.SIGKILL, timeout_s: float = 30.0
+    ) -> None:
+        """Stop one kwokctl-run component (the rest of the cluster keeps running) and wait
+        until it has exited; SIGKILL if it outlives ``timeout_s`` after ``sig``. The pid file
+        goes too, as ``kwokctl stop`` would remove it, so :meth:`start_components` starts it
+        again; its log so far is kept as ``logs/<component>.<n>.log``, since kwokctl
+        truncates the log when it starts the component again.
+
+        SIGKILL by default, as ``kwokctl stop`` sends: kube-apiserver stops listening at once
+        on SIGTERM but then drains its long-running requests for tens of seconds."""
+        pid = self.component_pid(component)
+        if pid is None:
+            raise RuntimeError(f"{component} of cluster {self.name} is not running")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + timeout_s
+        killed = sig == signal.SIGKILL
+        while _running(pid):
+            if time.monotonic() > deadline:
+                if killed:
+                    raise RuntimeError(f"{component} (pid {pid}) did not exit after SIGKILL")
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                killed, deadline = True, time.monotonic() + timeout_s
+            time.sleep(0.05)
+        (self.component_dir / "pids" / f"{component}.pid").unlink(missing_ok=True)
+        log = self.component_dir / "logs" / f"{component}.log"
+        if log.is_file():
+            self.logs_dir.mkdir(parents=True, exist_ok=True)
+            n = 1 + len(list(self.logs_dir.glob(f"{component}.*.log")))
+            shutil.copy2(log, self.logs_dir / f"{component}.{n}.log")
+
+    def start_components(self) -> None:
+        """``kwokctl start cluster``: starts every kwokctl-run component that is stopped, with
+        the arguments kwokctl recorded at creation, and waits until the API server's
+        ``/healthz`` answers ok. Running components are left alone."""
+        _kwokctl(
+            self.workdir,
+            self.name,
+            ["start", "cluster", "--wait", READY_TIMEOUT],
+            self.logs_dir / "kwokctl.log",
+        )
+
+    def etcd_revision(self) -> int:
+        """etcd's current revision, through its JSON gateway."""
+        # Any range answers with the store's header; ask for one key, keys only.
+        body = {"key": base64.b64encode(b"/").decode(), "limit": 1, "keys_only": True}
+        return int(self._etcd("/v3/kv/range", body)["header"]["revision"])
+
+    def compact_etcd(self, revision: int | None = None) -> int:
+        """Compact etcd's history up to ``revision`` (default: the current one) and wait
+        until it is physically gone; returns the revision. A watch or list from an older
+        resourceVersion that reaches etcd is then answered ``410 Gone``."""
+        revision = revision or self.etcd_revision()
+        self._etcd("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+        return revision
+
+    def _etcd(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if not self.etcd_port:
+            raise RuntimeError(f"the etcd port of cluster {self.name} is unknown")
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.etcd_port}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer: dict[str, Any] = json.loads(response.read())
+        return answer
 
     def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Process:
         """Start a process that lives as long as the cluster; its output goes to
@@ -157,6 +273,17 @@ class Cluster:
             proc.stop()
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs. kwokctl's components are not our children, so an exited
+    one may linger as a zombie until its parent reaps it: that counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # The state follows the parenthesised command name, which may itself contain spaces.
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
 def _kwokctl_env(workdir: Path) -> dict[str, str]:
     return {**os.environ, "KWOK_WORKDIR": str(workdir)}
 
@@ -177,6 +304,12 @@ def _kwokctl(workdir: Path, name: str, args: Sequence[str], log: Path) -> None:
 
 def create_args(run_dir: Path) -> tuple[list[str], int]:
     """kwokctl ``create cluster`` arguments, and the API server's port."""
+    args, ports = _create_args(run_dir)
+    return args, ports["kube-apiserver"]
+
+
+def _create_args(run_dir: Path) -> tuple[list[str], dict[str, int]]:
+    """kwokctl ``create cluster`` arguments, and the client port of each component."""
     etcd, etcd_peer, apiserver, kcm, kwok = free_ports(5)
     args = [
         "create",
@@ -188,6 +321,10 @@ def create_args(run_dir: Path) -> tuple[list[str], int]:
         str(run_dir / "kwokctl-kubeconfig.yaml"),
         "--disable",
         "kube-scheduler",
+        # kube-controller-manager's default 20 QPS would pace the ReplicaSet controller
+        # at ~20 pods/s; lift it and the API server's in-flight limits, as a test cluster
+        # of 10,000 pods needs.
+        "--disable-qps-limits",
         "--etcd-port",
         str(etcd),
         "--kube-apiserver-port",
@@ -216,7 +353,13 @@ def create_args(run_dir: Path) -> tuple[list[str], int]:
     for component, pairs in loopback.items():
         for pair in pairs:
             args += ["--extra-args", f"{component}={pair}"]
-    return args, apiserver
+    ports = {
+        "etcd": etcd,
+        "kube-apiserver": apiserver,
+        "kube-controller-manager": kcm,
+        "kwok-controller": kwok,
+    }
+    return args, ports
 
 
 def _keep_logs(c: Cluster, workdir: Path, log_dir: Path) -> Path:
@@ -243,12 +386,13 @@ def cluster(log_dir: Path, prefix: str = "powercap-e2e") -> Iterator[Cluster]:
     workdir = run_dir / "kwok"
     kwokctl_log = run_dir / "logs" / "kwokctl.log"
     kwokctl_log.parent.mkdir(parents=True)
-    args, apiserver_port = create_args(run_dir)
+    args, ports = _create_args(run_dir)
     c = Cluster(
         name=name,
         run_dir=run_dir,
         kubeconfig=workdir / "clusters" / name / "kubeconfig.yaml",
-        apiserver_port=apiserver_port,
+        apiserver_port=ports["kube-apiserver"],
+        etcd_port=ports["etcd"],
     )
     failed = True
     try:

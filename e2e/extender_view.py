@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import urllib.request
 
+import numpy as np
+from numpy.typing import NDArray
 from prometheus_client.parser import text_string_to_metric_families
 
 from placement.assignment import Assignment
 from placement.problem import Problem
 
 HEADROOM = "powercap_domain_predicted_headroom_watts"
-# Float sums in a different order: agreement within a watt is agreement.
-TOLERANCE_W = 1.0
+# The same sums of the same floats in another order differ by far less; one replica
+# missing or counted twice is hundreds of watts.
+TOLERANCE_W = 1e-3
 
 
 def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -30,6 +33,15 @@ def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
             labels = tuple(sorted(sample.labels.items()))
             out.setdefault(sample.name, {})[labels] = float(sample.value)
     return out
+
+
+def labelled(port: int, name: str) -> dict[str, float]:
+    """One metric with (at most) one label, keyed by that label's value (``""`` when it
+    has none); empty when the metric has no samples yet."""
+    return {
+        next(iter(dict(labels).values()), ""): value
+        for labels, value in scrape(port).get(name, {}).items()
+    }
 
 
 def plan_gauges(port: int) -> dict[str, float]:
@@ -45,13 +57,14 @@ def plan_gauges(port: int) -> dict[str, float]:
 
 def extender_headroom(port: int) -> dict[str, float]:
     """Per domain: the extender's least predicted ``cap − load`` over the period."""
-    return {dict(labels)["domain"]: value for labels, value in scrape(port)[HEADROOM].items()}
+    return labelled(port, HEADROOM)
 
 
-def api_headroom(problem: Problem, assignment: Assignment) -> dict[str, float]:
-    """The same quantity for a placement read from the API server."""
-    headroom = (problem.effective_caps - assignment.load(problem)).min(axis=1)
-    return {name: float(headroom[d]) for d, name in enumerate(problem.tree.names)}
+def api_headroom(problem: Problem, assignment: Assignment) -> NDArray[np.float64]:
+    """The same quantity, per domain in tree order, for a placement read from the API
+    server."""
+    headroom: NDArray[np.float64] = (problem.effective_caps - assignment.load(problem)).min(axis=1)
+    return headroom
 
 
 def ledger_disagreements(
@@ -62,8 +75,9 @@ def ledger_disagreements(
     A domain the extender does not report counts as a disagreement (NaN on its side)."""
     ours = extender_headroom(port)
     theirs = api_headroom(problem, assignment)
-    return {
-        name: (ours.get(name, float("nan")), value)
-        for name, value in theirs.items()
-        if not abs(ours.get(name, float("nan")) - value) <= TOLERANCE_W
-    }
+    out: dict[str, tuple[float, float]] = {}
+    for d, name in enumerate(problem.tree.names):
+        got, want = ours.get(name, float("nan")), float(theirs[d])
+        if not abs(got - want) <= TOLERANCE_W:
+            out[name] = (got, want)
+    return out

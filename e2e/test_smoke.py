@@ -9,12 +9,12 @@ do not fit must stay Pending with a FailedScheduling event written from the exte
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from e2e.cluster import cluster
 from e2e.deploy import api_client, create_deployments, create_nodes, wait_settled, write_config
+from e2e.scenarios import racks_scenario
 from e2e.scheduler import start_extender, start_scheduler
 from placement.metrics import evaluate
 from placement.scenario import problem_from_spec, spec_from_data
@@ -25,36 +25,13 @@ LOG_DIR = Path(__file__).resolve().parent.parent / "out" / "e2e-logs"
 
 RACK_CAP_W = 5500.0  # 1,500 W of idle + 4,000 W: about six replicas at their peaks
 
-SCENARIO: dict[str, Any] = {
-    "apiVersion": "powercap.io/v1alpha1",
-    "kind": "Scenario",
-    "metadata": {"name": "e2e-smoke"},
-    "grid": {"period": "24h", "step": "1h"},
-    "domains": [
-        {"name": "site", "cap": 20000},
-        {"name": "rack-1", "parent": "site", "cap": RACK_CAP_W},
-        {"name": "rack-2", "parent": "site", "cap": RACK_CAP_W},
-    ],
-    "nodeGroups": [
-        {
-            "namePrefix": "gpu",
-            "domains": ["rack-1", "rack-2"],
-            "countPerDomain": 3,
-            "gpus": 8,
-            "idleWatts": 500,
-        }
-    ],
-    "services": [
-        {
-            "name": name,
-            "replicas": 10,
-            "gpusPerReplica": 1,
-            "nameplateWatts": 1000,
-            "profile": {"diurnal": {"low": 200, "high": 1000, "peakAt": peak, "width": "8h"}},
-        }
-        for name, peak in (("chat-day", "15:00"), ("batch-night", "03:00"))
-    ],
-}
+SCENARIO = racks_scenario(
+    "e2e-smoke",
+    racks=2,
+    nodes_per_rack=3,
+    rack_cap_w=RACK_CAP_W,
+    services=[("chat-day", 10, "15:00"), ("batch-night", 10, "03:00")],
+)
 
 
 def test_extender_keeps_caps_and_explains_pending() -> None:

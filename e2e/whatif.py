@@ -226,7 +226,13 @@ def run_on_kwok(
                 lap("plan_s")
 
             step(f"kube-scheduler ({settings.scheduler}) scheduling {wanted:,} pods")
-            watched.append(start_scheduler(c, extender_port, stock=settings.scheduler == "default"))
+            watched.append(
+                start_scheduler(
+                    c,
+                    extender_port,
+                    stock=settings.scheduler == "default" and settings.stock_default,
+                )
+            )
 
             def alive() -> None:
                 for proc in watched:

@@ -7,6 +7,8 @@ tests and benchmarks can build many apps in one process).
   period, computed from the ledger at scrape time;
 * ``powercap_mirror_lag_seconds{resource}`` — time since the mirror last heard from
   the API server (an event, a bookmark or a list);
+* ``powercap_mirror_relists_total{resource}`` — full lists after the first: watches
+  whose resourceVersion expired (``410 Gone``) and were replaced by a relist;
 * ``powercap_plan_age_seconds``, ``powercap_plan_gap``, ``powercap_plan_hosted_replicas``
   — the latest plan's age, the solver's relative gap to its bound, and what it hosts.
 """
@@ -17,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from extender.state import ClusterState
@@ -46,7 +48,7 @@ class _StateCollector(Collector):
     def __init__(self, telemetry: Telemetry) -> None:
         self.telemetry = telemetry
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         t = self.telemetry
         headroom = GaugeMetricFamily(
             "powercap_domain_predicted_headroom_watts",
@@ -67,6 +69,14 @@ class _StateCollector(Collector):
         for resource, seen in sorted(t.mirror_seen.items()):
             lag.add_metric([resource], now - seen)
         yield lag
+        relists = CounterMetricFamily(
+            "powercap_mirror_relists",
+            "Full lists after the first, per resource: each follows an expired watch (410).",
+            labels=["resource"],
+        )
+        for resource, count in sorted(t.mirror_relists.items()):
+            relists.add_metric([resource], float(count))
+        yield relists
         plan = t.plan_info() if t.plan_info is not None else None
         age = GaugeMetricFamily("powercap_plan_age_seconds", "Seconds since the latest plan.")
         gap = GaugeMetricFamily(
@@ -88,12 +98,14 @@ class _StateCollector(Collector):
 
 class Telemetry:
     """The extender's metrics. ``plan_info`` returns ``(created_monotonic, gap, hosted)``
-    of the latest plan or ``None``; ``mirror_seen`` maps resource → monotonic time."""
+    of the latest plan or ``None``; ``mirror_seen`` maps resource → monotonic time,
+    ``mirror_relists`` resource → relists so far (both filled by the mirror)."""
 
     def __init__(self, state: ClusterState | None = None) -> None:
         self.registry = CollectorRegistry()
         self.state = state
         self.mirror_seen: dict[str, float] = {}
+        self.mirror_relists: dict[str, int] = {}
         self.plan_info: Callable[[], tuple[float, float | None, int] | None] | None = None
         self.latency = Histogram(
             "powercap_extender_request_seconds",

@@ -241,7 +241,8 @@ class Reflector:
     """List, then watch, one resource into callbacks (see the module doc).
 
     ``on_replace(items)`` gets a full list, ``on_event(type, obj)`` every change,
-    ``on_contact()`` every sign of life from the server. ``sleep`` waits for a
+    ``on_contact()`` every sign of life from the server, ``on_relist()`` every full
+    list after the first (each one follows a ``410 Gone``). ``sleep`` waits for a
     back-off and returns early (``True``) when the reflector should stop.
     """
 
@@ -254,12 +255,14 @@ class Reflector:
         on_contact: Callable[[], None] | None = None,
         backoff: Backoff | None = None,
         watch_timeout_s: int = 300,
+        on_relist: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.source = source
         self.on_replace = on_replace
         self.on_event = on_event
         self.on_contact = on_contact or (lambda: None)
+        self.on_relist = on_relist or (lambda: None)
         self.backoff = backoff or Backoff()
         self.watch_timeout_s = watch_timeout_s
         self.resource_version: str | None = None
@@ -277,6 +280,8 @@ class Reflector:
                 self.on_replace(items)
                 self.resource_version = rv
                 self.relists += 1
+                if self.relists > 1:
+                    self.on_relist()
                 self.on_contact()
                 self.synced.set()
             for event in self.source.watch(self.resource_version, self.watch_timeout_s):
@@ -400,7 +405,9 @@ def split_events(chunks: Iterable[bytes]) -> Iterator[dict[str, Any]]:
 # --- the mirror --------------------------------------------------------------------------------
 class Mirror:
     """Both reflectors feeding one state; marks the state synced once both have
-    listed. ``seen`` (resource → monotonic time) feeds the mirror-lag metric."""
+    listed. ``seen`` (resource → monotonic time) feeds the mirror-lag metric,
+    ``relists`` (resource → full lists after the first, i.e. watches that expired
+    with ``410 Gone``) the relist counter; both start with an entry per resource."""
 
     def __init__(
         self,
@@ -410,11 +417,13 @@ class Mirror:
         pods: Source,
         on_pending: Callable[[RawObject], None] | None = None,
         seen: dict[str, float] | None = None,
+        relists: dict[str, int] | None = None,
     ) -> None:
         self.state = state
         self.config = config
         self.resolver = DemandResolver(config)
         self.seen = seen if seen is not None else {}
+        self.relists = relists if relists is not None else {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -424,12 +433,22 @@ class Mirror:
 
             return mark
 
+        def relisted(resource: str) -> Callable[[], None]:
+            # Zero from the start, so a scrape before any expiry shows the series.
+            self.relists.setdefault(resource, 0)
+
+            def count() -> None:
+                self.relists[resource] = self.relists.get(resource, 0) + 1
+
+            return count
+
         self.nodes = Reflector(
             "nodes",
             nodes,
             on_replace=lambda items: replace_nodes(state, config, items),
             on_event=lambda kind, obj: apply_node_event(state, config, kind, obj),
             on_contact=contact("nodes"),
+            on_relist=relisted("nodes"),
         )
         self.pods = Reflector(
             "pods",
@@ -437,6 +456,7 @@ class Mirror:
             on_replace=lambda items: replace_pods(state, self.resolver, items, on_pending),
             on_event=lambda kind, obj: apply_pod_event(state, self.resolver, kind, obj, on_pending),
             on_contact=contact("pods"),
+            on_relist=relisted("pods"),
         )
 
     def start(self) -> None:

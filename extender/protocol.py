@@ -314,9 +314,17 @@ def encode_filter_result(
     )
 
 
-def encode_host_priorities(hosts: Sequence[str], scores: Sequence[int]) -> bytes:
-    """A ``HostPriorityList``: ``[{"Host": …, "Score": …}, …]``."""
-    return orjson.dumps([{"Host": h, "Score": int(s)} for h, s in zip(hosts, scores, strict=True)])
+def encode_host_priorities(
+    hosts: Sequence[str], scores: Sequence[int], omit_zero: bool = True
+) -> bytes:
+    """A ``HostPriorityList``: ``[{"Host": …, "Score": …}, …]``.
+
+    Zero scores are left out unless ``omit_zero`` is false: kube-scheduler adds an
+    extender's score to the hosts it lists and nothing to the others, so a missing host
+    scores 0 either way — and on a 1,000-node cluster the list, built and sent per pod,
+    shrinks to the nodes the extender actually prefers."""
+    pairs = zip(hosts, scores, strict=True)
+    return orjson.dumps([{"Host": h, "Score": int(s)} for h, s in pairs if s or not omit_zero])
 
 
 def encode(model: BaseModel) -> bytes:

@@ -54,6 +54,8 @@ BASELINES = ("nameplate", "peak-sum")
 # with children and the most loaded leaves only (unless --all-domains).
 ALL_DOMAINS_UP_TO = 30
 TOP_LEAVES = 10
+# A FailedScheduling message lists every node group's reason; the table shows its start.
+REASON_CHARS = 160
 
 T = TypeVar("T")
 
@@ -765,7 +767,10 @@ def _live_line(name: str, run: ClusterRun, m: Metrics) -> Text:
     )
     summary = _pending_summary(run, limit=1)
     if summary["reasons"]:
-        line.append(f"; most say: {summary['reasons'][0]['message']}", style="dim")
+        message = summary["reasons"][0]["message"]
+        if len(message) > REASON_CHARS:
+            message = message[: REASON_CHARS - 1] + "…"
+        line.append(f"; most say: {message}", style="dim")
     return line
 
 

@@ -22,10 +22,13 @@ SCHEDULERS = ("powercap", "default")
 @dataclass(frozen=True)
 class LiveSettings:
     """How to run: ``scheduler`` is ``powercap`` (kube-scheduler calling the extender) or
-    ``default`` (kube-scheduler's upstream default profile, no extender). The planner
+    ``default`` (no extender). ``default`` runs kube-scheduler's upstream default profile,
+    or with ``stock_default=False`` the shipped profile minus the extender — the same
+    scheduler without powercap, which is the fair baseline for throughput. The planner
     fields configure the extender's background planner (ignored for ``default``)."""
 
     scheduler: str = "powercap"
+    stock_default: bool = True
     planner: str = "cpsat"
     reserve_plan: bool = True
     planner_time_limit_s: float = 30.0

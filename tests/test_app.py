@@ -53,11 +53,13 @@ def test_prioritize_both_modes(client: TestClient) -> None:
     r = client.post("/prioritize", content=filter_body(pod("eu-0"), ALL[:3]), headers=JSON)
     assert r.status_code == 200
     out = r.json()
-    assert [h["Host"] for h in out] == ALL[:3]
-    assert all(0 <= h["Score"] <= 10 and set(h) == {"Host", "Score"} for h in out)
+    # Hosts in request order; a host left out scores 0 (the scheduler's reading).
+    hosts = [h["Host"] for h in out]
+    assert out and hosts == [n for n in ALL[:3] if n in hosts]
+    assert all(0 < h["Score"] <= 10 and set(h) == {"Host", "Score"} for h in out)
     nodes = [node(n, None) for n in ALL[:2]]
     r = client.post("/prioritize", content=filter_body(pod("eu-0"), [], nodes), headers=JSON)
-    assert [h["Host"] for h in r.json()] == ALL[:2]
+    assert {h["Host"] for h in r.json()} <= set(ALL[:2]) and r.json()
 
 
 def test_bind_and_filter_see_it(client: TestClient, ext: Extender) -> None:

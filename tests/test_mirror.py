@@ -350,6 +350,31 @@ def test_mirror_becomes_ready_after_both_lists(config: Config, state: ClusterSta
     assert set(seen) == {"nodes", "pods"}
 
 
+def test_mirror_counts_relists_after_410_in_its_metrics(
+    config: Config, state: ClusterState
+) -> None:
+    from extender.metrics import Telemetry
+
+    nodes = ScriptedSource([([node("gpu-1a", "rack-1")], "5")], [])
+    # The first pods watch expires; the relist finds a pod bound meanwhile.
+    pods = ScriptedSource([([], "6"), ([pod("eu-0", node_name="gpu-1a")], "40")], [[gone()]])
+    telemetry = Telemetry(state)
+    mirror = Mirror(
+        state, config, nodes, pods, seen=telemetry.mirror_seen, relists=telemetry.mirror_relists
+    )
+    assert telemetry.mirror_relists == {"nodes": 0, "pods": 0}  # zero before any list
+    mirror.start()
+    deadline = time.monotonic() + 5
+    while telemetry.mirror_relists["pods"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    mirror.stop()
+    assert telemetry.mirror_relists == {"nodes": 0, "pods": 1}
+    assert "uid-llm-eu-0" in state.pods
+    text = telemetry.render().decode()
+    assert 'powercap_mirror_relists_total{resource="pods"} 1.0' in text
+    assert 'powercap_mirror_relists_total{resource="nodes"} 0.0' in text
+
+
 # --- the Kubernetes source, with a stand-in CoreV1Api ------------------------------------------
 class _Raw:
     def __init__(self, data: bytes = b"", chunks: list[bytes] | None = None) -> None:
@@ -359,6 +384,9 @@ class _Raw:
 
     def stream(self, amt: int, decode_content: bool = True) -> Iterator[bytes]:
         yield from self._chunks
+
+    def read(self) -> bytes:
+        return self.data
 
     def release_conn(self) -> None:
         self.released = True
@@ -434,11 +462,13 @@ def test_from_cluster_wires_mirror_binder_and_events(config: Config) -> None:
             items = [pod("eu-0", node_name="gpu-1a", phase="Running"), pod("eu-1")]
             return _Raw(orjson.dumps({"metadata": {"resourceVersion": "4"}, "items": items}))
 
-        def create_namespaced_pod_binding(self, name: str, ns: str, body: Any, **_: Any) -> None:
+        def create_namespaced_pod_binding(self, name: str, ns: str, body: Any, **_: Any) -> _Raw:
             self.bindings.append((name, ns, body["target"]["name"]))
+            return _Raw()
 
-        def create_namespaced_event(self, ns: str, body: Any, **_: Any) -> None:
+        def create_namespaced_event(self, ns: str, body: Any, **_: Any) -> _Raw:
             self.events.append(body)
+            return _Raw()
 
     core = Core()
     ext = from_cluster(config, core)

@@ -156,8 +156,10 @@ def test_filter_result_model_matches_encoder() -> None:
 
 
 def test_host_priority_list() -> None:
-    out = orjson.loads(encode_host_priorities(["a", "b"], [10, 3]))
-    assert out == [{"Host": "a", "Score": 10}, {"Host": "b", "Score": 3}]
+    out = orjson.loads(encode_host_priorities(["a", "b", "c"], [10, 3, 0]))
+    assert out == [{"Host": "a", "Score": 10}, {"Host": "b", "Score": 3}]  # 0 is implied
+    full = orjson.loads(encode_host_priorities(["a", "c"], [10, 0], omit_zero=False))
+    assert full == [{"Host": "a", "Score": 10}, {"Host": "c", "Score": 0}]
     assert orjson.loads(encode(HostPriority(host="a", score=10))) == out[0]
     # a scheduler-side reader accepts any case too
     assert HostPriority.model_validate({"host": "a", "SCORE": 1}).score == 1

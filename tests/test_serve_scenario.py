@@ -78,10 +78,11 @@ def drive(client: TestClient, problem: Problem) -> Assignment:
         else:
             r = client.post("/prioritize", content=filter_body(p, feasible), headers=JSON)
             assert r.status_code == 200, r.text
-            scored = r.json()
-            top = max(h["Score"] for h in scored)
+            # Hosts the extender leaves out score 0, as kube-scheduler reads the list.
+            scores = dict.fromkeys(feasible, 0) | {h["Host"]: h["Score"] for h in r.json()}
+            top = max(scores.values())
             best = min(
-                (h["Host"] for h in scored if h["Score"] == top),
+                (host for host, score in scores.items() if score == top),
                 key=lambda host: (int(free[fleet.index[host]]), feasible.index(host)),
             )
         r = client.post("/bind", content=bind_body(p, best), headers=JSON)

@@ -1,0 +1,231 @@
+"""The real kube-scheduler on KWOK: throughput with and without the extender, and how close
+the live placement gets to the offline plan.
+
+    python -m benchmarks.kwok throughput            # 1,000 nodes, 10,000 pods, both ways
+    python -m benchmarks.kwok servegen              # ServeGen scenario: live vs offline cpsat
+    python -m benchmarks.kwok throughput --nodes 200 --pods 2000   # a quicker look
+
+Quality bars (DESIGN / issue 4):
+
+* **throughput** — 1,000 fake nodes, 10,000 pods: pods/s with the extender ≥ 50% of the
+  same scheduler without it, in the same run. "The same scheduler" is the shipped
+  KubeSchedulerConfiguration (``percentageOfNodesToScore: 100``, GPU MostAllocated, client
+  QPS) with the ``extenders`` stanza removed. Every pod fits by GPUs and caps in both
+  runs (16 GPUs a node, caps at the racks' nameplate), so both runs do the same
+  scheduling work and the difference is the extender's cost. Pods are created before the
+  scheduler starts; the rate is pods bound per second between the first and the last
+  binding, timed from a pod watch (see ``e2e/whatif.py``).
+* **servegen** — on the ServeGen-built scenario of ``benchmarks.quality`` (40 services,
+  320 nodes), replicas hosted through kube-scheduler + extender (cpsat planner,
+  ``reservePlan``) ≥ 97% of the offline cpsat plan, with zero predicted violations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from e2e.whatif import run_on_kwok
+from placement.live import ClusterRun, LiveSettings
+from placement.metrics import evaluate
+from placement.problem import Problem
+from placement.scenario import problem_from_spec, spec_from_data
+from placement.servegen import Topology, build_servegen
+from placement.strategies import run_strategy
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "servegen"
+FOLDERS = ("language/m-large", "language/m-mid")
+BAR_THROUGHPUT = 0.50
+BAR_LIVE_VS_PLAN = 0.97
+
+GPUS_PER_NODE = 16
+NODE_IDLE_W = 2000.0
+REPLICA_PEAK_W = 700.0
+
+
+def throughput_problem(nodes: int, pods: int, services: int = 50) -> Problem:
+    """``nodes`` fake 16-GPU nodes in racks of 8 under 5 rows, ``pods`` one-GPU replicas of
+    ``services`` services peaking at different hours, T = 144; caps that every placement
+    keeps (see the module doc)."""
+    racks = max(1, nodes // 8)
+    rows = min(5, racks)
+    rack_names = [f"rack-{r:03d}" for r in range(racks)]
+    rack_cap = 8 * (NODE_IDLE_W + GPUS_PER_NODE * REPLICA_PEAK_W)
+    domains: list[dict[str, Any]] = [{"name": "site", "cap": rack_cap * racks}]
+    for w in range(rows):
+        members = rack_names[w::rows]
+        domains.append({"name": f"row-{w}", "parent": "site", "cap": rack_cap * len(members)})
+        domains += [{"name": r, "parent": f"row-{w}", "cap": rack_cap} for r in members]
+    base, extra = divmod(pods, services)
+    spec = {
+        "apiVersion": "powercap.io/v1alpha1",
+        "kind": "Scenario",
+        "metadata": {"name": f"throughput-{nodes}n-{pods}p"},
+        "grid": {"period": "24h", "step": "10m"},
+        "domains": domains,
+        "nodeGroups": [
+            {
+                "namePrefix": "gpu",
+                "domains": rack_names,
+                "countPerDomain": nodes // racks,
+                "gpus": GPUS_PER_NODE,
+                "idleWatts": NODE_IDLE_W,
+            }
+        ],
+        "services": [
+            {
+                "name": f"svc-{s:02d}",
+                "replicas": base + (1 if s < extra else 0),
+                "gpusPerReplica": 1,
+                "nameplateWatts": REPLICA_PEAK_W,
+                "profile": {
+                    "diurnal": {
+                        "low": 150,
+                        "high": REPLICA_PEAK_W,
+                        "peakAt": f"{(s * 24 // services) % 24:02d}:{(s * 7) % 60:02d}",
+                        "width": "6h",
+                    }
+                },
+            }
+            for s in range(services)
+        ],
+    }
+    return problem_from_spec(spec_from_data(spec))
+
+
+def _step(label: str) -> Any:
+    started = time.monotonic()
+
+    def step(description: str) -> None:
+        print(f"  [{time.monotonic() - started:6.1f}s] {label}: {description}", flush=True)
+
+    return step
+
+
+def _summary(name: str, problem: Problem, run: ClusterRun) -> dict[str, Any]:
+    m = evaluate(problem, run.assignment)
+    return {
+        "run": name,
+        "bound": m.hosted_total,
+        "pending": len(run.pending),
+        "window s": f"{run.schedule_s:.1f}",
+        "pods/s": "—" if run.throughput_pods_per_s is None else f"{run.throughput_pods_per_s:.1f}",
+        "violations": m.violations,
+        "timings s": " ".join(f"{k.removesuffix('_s')}={v:g}" for k, v in run.timings.items()),
+    }
+
+
+def _table(rows: list[dict[str, Any]]) -> None:
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
+    print("  ".join(k.rjust(widths[k]) for k in keys))
+    for r in rows:
+        print("  ".join(str(r[k]).rjust(widths[k]) for k in keys))
+
+
+def bench_throughput(nodes: int, pods: int, planner: str) -> int:
+    problem = throughput_problem(nodes, pods)
+    print(
+        f"throughput: {problem.fleet.size} nodes ({int(problem.fleet.gpus.sum())} GPUs), "
+        f"{int(problem.services.demand.sum())} pods of {problem.services.size} services, "
+        f"{problem.tree.size} domains, T = {problem.grid.slots}; planner {planner}"
+    )
+    runs = {
+        "without extender": run_on_kwok(
+            problem,
+            LiveSettings(scheduler="default", stock_default=False, settle_timeout_s=1800),
+            _step("without"),
+        ),
+        "with extender": run_on_kwok(
+            problem,
+            LiveSettings(scheduler="powercap", planner=planner, settle_timeout_s=1800),
+            _step("with"),
+        ),
+    }
+    _table([_summary(name, problem, run) for name, run in runs.items()])
+    base = runs["without extender"].throughput_pods_per_s
+    ours = runs["with extender"].throughput_pods_per_s
+    if base is None or ours is None:
+        print("verdict: too few bindings to measure a rate")
+        return 1
+    share = ours / base
+    print(
+        f"verdict: with the extender {ours:.1f} pods/s = {share:.0%} of {base:.1f} pods/s "
+        f"without (bar ≥ {BAR_THROUGHPUT:.0%}): {'met' if share >= BAR_THROUGHPUT else 'NOT met'}"
+    )
+    return 0
+
+
+def bench_servegen(data: Path, time_limit_s: float) -> int:
+    missing = [f for f in FOLDERS if not (data / f).is_dir()]
+    if missing:
+        raise SystemExit(
+            f"ServeGen traces not found under {data} ({', '.join(missing)}); they are the "
+            "shared data (see shared/data/README.md); pass --data"
+        )
+    built = build_servegen(
+        [data / f for f in FOLDERS], services=40, train_days=7, topology=Topology(), seed=0
+    )
+    problem = problem_from_spec(built.spec)
+    svc = problem.services
+    print(
+        f"servegen: {svc.size} services, demand {int(svc.demand.sum())} replicas on "
+        f"{problem.fleet.size} nodes; cpsat {time_limit_s:g} s offline and as the planner"
+    )
+    plan = run_strategy("cpsat", problem, time_limit_s=time_limit_s, workers=2)
+    offline = evaluate(problem, plan.assignment)
+    run = run_on_kwok(
+        problem,
+        LiveSettings(scheduler="powercap", planner="cpsat", planner_time_limit_s=time_limit_s),
+        _step("live"),
+    )
+    live = evaluate(problem, run.assignment)
+    rows = [
+        {
+            "run": "offline cpsat",
+            "hosted": offline.hosted_total,
+            "violations": offline.violations,
+            "gap": "—" if plan.stats.gap is None else f"{plan.stats.gap:.2%}",
+        },
+        {
+            "run": "kube-scheduler + extender",
+            "hosted": live.hosted_total,
+            "violations": live.violations,
+            "gap": f"plan {run.planner.get('hosted_replicas', float('nan')):.0f} hosted",
+        },
+    ]
+    _table(rows)
+    share = live.hosted_total / offline.hosted_total if offline.hosted_total else 1.0
+    met = share >= BAR_LIVE_VS_PLAN and live.violations == 0
+    print(
+        f"verdict: live {live.hosted_total} = {share:.1%} of offline {offline.hosted_total}, "
+        f"{live.violations} violations (bar ≥ {BAR_LIVE_VS_PLAN:.0%}, 0): "
+        f"{'met' if met else 'NOT met'}"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="which", required=True)
+    tp = sub.add_parser("throughput", help="pods/s with and without the extender")
+    tp.add_argument("--nodes", type=int, default=1000)
+    tp.add_argument("--pods", type=int, default=10_000)
+    tp.add_argument("--planner", choices=("cpsat", "greedy"), default="cpsat")
+    sg = sub.add_parser("servegen", help="replicas hosted live vs the offline cpsat plan")
+    sg.add_argument("--data", type=Path, default=DATA)
+    sg.add_argument("--time-limit", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    print(f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    if args.which == "throughput":
+        return bench_throughput(args.nodes, args.pods, args.planner)
+    return bench_servegen(args.data, args.time_limit)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
