@@ -369,6 +369,7 @@ class KubernetesSource:
                 kwargs["_continue"] = token
             response = self._call(**kwargs)
             data = orjson.loads(response.data)
+            response.release_conn()  # back to the pool for the next page or the watch
             items.extend(data.get("items") or [])
             meta = data.get("metadata") or {}
             token = meta.get("continue")
