@@ -244,28 +244,47 @@ def observe(client: Any, problem: Problem) -> Observed:
     return Observed(Assignment(counts), pending, live)
 
 
+def decided_by_extender(message: str) -> bool:
+    """A FailedScheduling from a completed filter pass in which the extender turned nodes
+    away ("0/6 nodes are available: 3 powercap: domain …"), not from a failed call to the
+    extender or a lost race at bind, after either of which the scheduler retries the pod."""
+    return "nodes are available" in message and "powercap" in message
+
+
 def wait_settled(
-    client: Any, problem: Problem, timeout_s: float = 90.0, quiet_s: float = 8.0
+    client: Any,
+    problem: Problem,
+    timeout_s: float = 90.0,
+    quiet_s: float = 8.0,
+    wanted: int | None = None,
+    decided: Callable[[str], bool] = bool,
+    context: Callable[[], str] = str,
 ) -> Observed:
-    """Wait until every wanted pod exists and is bound or Pending with a FailedScheduling
-    event, with nothing changing for ``quiet_s`` (the scheduler retries unschedulable pods
-    with backoff, so one quiet window means the placement has settled)."""
-    wanted = int(problem.services.demand.sum())
+    """Wait until ``wanted`` pods (default: the scenario's demand) exist, each bound or
+    Pending with a FailedScheduling message that ``decided`` accepts, with nothing changing
+    for ``quiet_s``; then return what the API server says.
+
+    The default accepts any FailedScheduling. Pass :func:`decided_by_extender` where the
+    extender may have been unreachable: such a pod sits in the scheduler's back-off, so a
+    quiet spell alone does not mean it was judged. ``context()`` is appended to the
+    timeout's message (log tails, say)."""
+    wanted = int(problem.services.demand.sum()) if wanted is None else wanted
     deadline = time.monotonic() + timeout_s
-    last: tuple[int, int] | None = None
+    last: tuple[int, ...] | None = None
     since = time.monotonic()
     while True:
         seen = observe(client, problem)
-        settled = seen.pods == wanted and all(seen.pending.values())
-        key = (int(seen.assignment.hosted.sum()), len(seen.pending))
-        if not settled or key != last:
+        undecided = {pod: msg for pod, msg in seen.pending.items() if not decided(msg)}
+        key = (seen.pods, *seen.assignment.counts.ravel().tolist(), len(seen.pending))
+        if seen.pods != wanted or undecided or key != last:
             last, since = key, time.monotonic()
         elif time.monotonic() - since >= quiet_s:
             return seen
         if time.monotonic() > deadline:
             raise TimeoutError(
                 f"placement did not settle in {timeout_s:.0f}s: {seen.pods}/{wanted} pods, "
-                f"{key[0]} bound, {key[1]} pending "
-                f"({sum(1 for m in seen.pending.values() if not m)} without a FailedScheduling)"
+                f"{int(seen.assignment.hosted.sum())} bound, {len(seen.pending)} Pending, "
+                f"{len(undecided)} not yet decided, e.g. {dict(list(undecided.items())[:4])}"
+                f"{context()}"
             )
         time.sleep(1.0)

@@ -36,9 +36,11 @@ from e2e.deploy import (
     Observed,
     api_client,
     create_nodes,
+    decided_by_extender,
     deployment_object,
     observe,
     wait_for,
+    wait_settled,
     write_config,
 )
 from e2e.extender_view import api_headroom, labelled, ledger_disagreements
@@ -127,38 +129,18 @@ def scale_all(run: Run, replicas: int) -> None:
         scale(run, service, replicas)
 
 
-def judged_by_powercap(message: str) -> bool:
-    """A FailedScheduling from a completed filter pass in which the extender turned nodes
-    away ("0/6 nodes are available: 3 powercap: domain …"), not from a failed call to the
-    extender or a lost race at bind, after either of which the scheduler retries the pod."""
-    return "nodes are available" in message and "powercap" in message
-
-
 def wait_placed(run: Run, wanted: int, timeout_s: float = SETTLE_TIMEOUT_S) -> Observed:
-    """Wait until ``wanted`` pods exist, each bound or Pending with a FailedScheduling that the
-    extender decided, with nothing changing for ``QUIET_S``.
-
-    Stricter than ``deploy.wait_settled``: a pod whose last attempt met an unreachable
-    extender sits in the scheduler's back-off, so a quiet spell alone does not mean it was
-    judged; only the extender's own answer does."""
-    deadline = time.monotonic() + timeout_s
-    last: tuple[int, ...] | None = None
-    since = time.monotonic()
-    while True:
-        seen = observe(run.client, run.problem)
-        undecided = {pod: msg for pod, msg in seen.pending.items() if not judged_by_powercap(msg)}
-        key = (seen.pods, *seen.assignment.counts.ravel().tolist(), len(seen.pending))
-        if seen.pods != wanted or undecided or key != last:
-            last, since = key, time.monotonic()
-        elif time.monotonic() - since >= QUIET_S:
-            return seen
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"placement did not settle in {timeout_s:.0f}s: {seen.pods}/{wanted} pods, "
-                f"{int(seen.assignment.hosted.sum())} bound, {len(seen.pending)} Pending, "
-                f"not judged by powercap: {dict(list(undecided.items())[:4])}{run.logs()}"
-            )
-        time.sleep(1.0)
+    """Wait until ``wanted`` pods exist, each bound or Pending by the extender's own decision
+    (not a failed call to it), with nothing changing for ``QUIET_S``."""
+    return wait_settled(
+        run.client,
+        run.problem,
+        timeout_s,
+        QUIET_S,
+        wanted=wanted,
+        decided=decided_by_extender,
+        context=run.logs,
+    )
 
 
 # --- the extender's view against the API server's -------------------------------------------

@@ -131,8 +131,11 @@ def gain(hosted: int, baseline_hosted: int) -> float | None:
 
 
 def gains(metrics: Metrics, baselines: dict[str, Metrics]) -> dict[str, float | None]:
-    """``{"vs_nameplate": …, "vs_peak-sum": …}`` for whichever baselines are given."""
+    """``{"vs_nameplate": …, "vs_peak-sum": …}`` for whichever baselines are given.
+
+    ``None`` throughout for a placement that exceeds a cap (a scheduler without the power
+    check, read back from a cluster): hosting more by breaking caps is not a gain."""
     return {
-        f"vs_{name}": gain(metrics.hosted_total, base.hosted_total)
+        f"vs_{name}": None if metrics.violations else gain(metrics.hosted_total, base.hosted_total)
         for name, base in baselines.items()
     }

@@ -215,6 +215,8 @@ def test_metrics_of_a_known_placement() -> None:
     assert m2.violating_domains == ["rack-a"]
     assert m2.worst_peak_over_cap > 1
     assert gains(m, {"nameplate": m2}) == {"vs_nameplate": 0.0}
+    # Breaking a cap earns no gain, however much is hosted.
+    assert gains(m2, {"nameplate": m}) == {"vs_nameplate": None}
 
 
 def test_asynchrony_and_weights() -> None:
