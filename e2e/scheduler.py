@@ -52,6 +52,13 @@ def start_extender(
         str(port),
     ]
     proc = c.start("powercap-extender", argv)
+    wait_ready(proc, port, timeout_s)
+    return proc, port
+
+
+def wait_ready(proc: Process, port: int, timeout_s: float = 60.0) -> None:
+    """Wait until the ``powercap serve`` in ``proc`` answers 200 on ``/readyz``; raise with
+    its log tail if it exits first."""
 
     def ready() -> bool:
         if not proc.alive():
@@ -62,8 +69,7 @@ def start_extender(
         except (urllib.error.URLError, OSError):
             return False
 
-    wait_for("the extender's /readyz", ready, timeout_s)
-    return proc, port
+    wait_for("powercap serve's /readyz", ready, timeout_s, every_s=0.2)
 
 
 def scheduler_config(

@@ -36,7 +36,8 @@ import yaml
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from placement.grid import Grid, parse_duration
+from extender.power_config import PowerSettings, PowerSourceSpec, resolve_power_source
+from placement.grid import Grid
 from placement.problem import Problem
 from placement.scenario import (
     API_VERSION,
@@ -51,7 +52,7 @@ from placement.scenario import (
     problem_from_spec,
 )
 from placement.tree import PowerTree
-from placement.validation import ProblemsError, validation_problems
+from placement.validation import ProblemsError, seconds_or_problem, validation_problems
 
 DEFAULT_NAMEPLATE_W = 5600.0  # 8 × 700 W: an 8-GPU H100 server's GPUs at TDP
 
@@ -144,6 +145,8 @@ class ConfigSpec(_Model):
     policy: PolicySpec = PolicySpec()
     planner: PlannerSpec = PlannerSpec()
     scoring: ScoringSpec = ScoringSpec()
+    # Measured power for the controller; absent: no readings, the controller stays idle.
+    power: PowerSourceSpec | None = None
 
 
 class ProfileDocument(_Model):
@@ -194,6 +197,7 @@ class Config:
     policy: PolicySpec = field(default_factory=PolicySpec)
     planner: PlannerSettings = field(default_factory=PlannerSettings)
     scoring: ScoringSpec = field(default_factory=ScoringSpec)
+    power: PowerSettings | None = None
     source: str = "config"
     # Scenario mode: the static fleet the cluster state starts from.
     problem: Problem | None = field(default=None, compare=False)
@@ -236,14 +240,6 @@ def resolve_profile(value: ProfileValue, grid: Grid, base_dir: Path) -> NDArray[
         raise ValueError(f"value {bad} is negative ({values[bad]:g} W); watts must be >= 0")
     values.setflags(write=False)
     return values
-
-
-def _seconds(value: str | int, where: str, problems: list[str]) -> float:
-    try:
-        return float(parse_duration(value))
-    except ValueError as exc:
-        problems.append(f"{where}: {exc}")
-        return 0.0
 
 
 def _read_document(path: Path) -> Any:
@@ -340,11 +336,15 @@ def config_from_spec(
     planner = PlannerSettings(
         enabled=spec.planner.enabled,
         strategy=spec.planner.strategy,
-        debounce_s=_seconds(spec.planner.debounce, "planner.debounce", problems),
-        time_limit_s=_seconds(spec.planner.time_limit, "planner.timeLimit", problems),
-        interval_s=_seconds(spec.planner.interval, "planner.interval", problems),
+        debounce_s=seconds_or_problem(spec.planner.debounce, "planner.debounce", problems),
+        time_limit_s=seconds_or_problem(spec.planner.time_limit, "planner.timeLimit", problems),
+        interval_s=seconds_or_problem(spec.planner.interval, "planner.interval", problems),
         workers=spec.planner.workers,
     )
+    power: PowerSettings | None = None
+    if spec.power is not None:
+        power, power_problems = resolve_power_source(spec.power, "power")
+        problems += power_problems
     if problems:
         raise ConfigError(problems, source)
     return Config(
@@ -358,6 +358,7 @@ def config_from_spec(
         policy=spec.policy,
         planner=planner,
         scoring=spec.scoring,
+        power=power,
         source=source,
     )
 

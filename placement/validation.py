@@ -60,3 +60,15 @@ def validation_problems(
             msg = f"{msg} (this file is a {e['input']!r}, not {kind_name}?)"
         problems.setdefault(where, f"{where}: {msg}")
     return list(problems.values())
+
+
+def seconds_or_problem(value: str | int, where: str, problems: list[str]) -> float:
+    """``value`` (``"90s"``, ``"5m"``, or seconds) in seconds; on a bad one, append
+    ``"<where>: <why>"`` to ``problems`` and return 0 so checking can go on."""
+    from placement.grid import parse_duration
+
+    try:
+        return float(parse_duration(value))
+    except ValueError as exc:
+        problems.append(f"{where}: {exc}")
+        return 0.0

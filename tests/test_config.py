@@ -222,3 +222,19 @@ def test_kube_scheduler_config_uses_real_field_names() -> None:
     }
     for verb in ("filterVerb", "prioritizeVerb", "bindVerb", "preemptVerb"):
         assert "/" + extender[verb] in paths
+
+
+def test_power_section_is_resolved_with_the_rest_of_the_config() -> None:
+    config = config_from_data(
+        minimal(power={"url": "http://prometheus:9090", "nonGpuWatts": {"default": 900}})
+    )
+    assert config.power is not None
+    assert "DCGM_FI_DEV_POWER_USAGE" in config.power.query
+    assert config.power.non_gpu_watts("gpu-1") == 900.0
+    assert config_from_data(minimal()).power is None  # no section: no readings
+    # Its problems are reported with everyone else's, by path.
+    found = problems_of(
+        minimal(power={"url": "http://p:9090", "preset": "custom", "staleness": "soon"}),
+    )
+    assert any(p.startswith("power.query") for p in found), found
+    assert any(p.startswith("power.staleness") for p in found), found

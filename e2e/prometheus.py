@@ -1,0 +1,224 @@
+"""A throwaway real Prometheus for e2e tests.
+
+    jobs = [ScrapeJob("powersim", [sim.address]), ScrapeJob("powercap", ["127.0.0.1:8080"])]
+    with prometheus(jobs, log_dir=Path("out/e2e-logs")) as prom:
+        prom.wait_for_targets()
+        prom.query("up")            # the data.result of an instant query
+
+The binary is the Debian package's (``$POWERCAP_PROMETHEUS``, then ``prometheus`` on PATH,
+then ``/usr/bin/prometheus``); when there is none, :class:`e2e.cluster.ToolchainMissing`
+names ``make prometheus`` — tests fail, never skip. Prometheus listens on a free loopback
+port with its storage in a temporary directory, both gone at exit; when the body raised,
+its log and config are copied to ``log_dir/<name>/`` first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from e2e import toolchain
+from e2e.cluster import Process, ToolchainMissing, free_ports
+
+READY_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class ScrapeJob:
+    """One scrape job: ``targets`` are ``host:port``; ``interval_s`` also bounds the scrape
+    timeout (Prometheus requires timeout <= interval)."""
+
+    name: str
+    targets: Sequence[str]
+    interval_s: float = 1.0
+    metrics_path: str = "/metrics"
+    honor_labels: bool = False
+
+
+def _duration(seconds: float) -> str:
+    return f"{round(seconds * 1000)}ms"
+
+
+def config_document(jobs: Sequence[ScrapeJob], evaluation_s: float = 1.0) -> dict[str, Any]:
+    """The ``prometheus.yml`` for ``jobs``."""
+    if len({j.name for j in jobs}) != len(jobs):
+        raise ValueError("scrape job names must differ")
+    return {
+        "global": {
+            "scrape_interval": _duration(min((j.interval_s for j in jobs), default=1.0)),
+            "evaluation_interval": _duration(evaluation_s),
+        },
+        "scrape_configs": [
+            {
+                "job_name": j.name,
+                "scrape_interval": _duration(j.interval_s),
+                "scrape_timeout": _duration(j.interval_s),
+                "metrics_path": j.metrics_path,
+                "honor_labels": j.honor_labels,
+                "static_configs": [{"targets": list(j.targets)}],
+            }
+            for j in jobs
+        ],
+    }
+
+
+def write_config(path: Path, jobs: Sequence[ScrapeJob], evaluation_s: float = 1.0) -> Path:
+    path.write_text(yaml.safe_dump(config_document(jobs, evaluation_s), sort_keys=False))
+    return path
+
+
+def prometheus_binary() -> Path:
+    """The Prometheus binary, or :class:`ToolchainMissing` naming how to install it."""
+    given = os.environ.get("POWERCAP_PROMETHEUS")
+    if given:
+        if os.access(given, os.X_OK):
+            return Path(given)
+        raise ToolchainMissing(f"$POWERCAP_PROMETHEUS={given} is not an executable")
+    found = toolchain.find_prometheus()
+    if found is None:
+        raise ToolchainMissing(
+            "prometheus is not installed; install it with `make prometheus` "
+            f"(or `{toolchain.PROMETHEUS_INSTALL}`)"
+        )
+    return found
+
+
+@dataclass
+class Prometheus:
+    """A running Prometheus: ``url`` is ``http://127.0.0.1:<port>``."""
+
+    name: str
+    url: str
+    run_dir: Path
+    config_path: Path
+    jobs: Sequence[ScrapeJob]
+    process: Process
+
+    def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        query = "?" + urllib.parse.urlencode(params) if params else ""
+        with urllib.request.urlopen(self.url + path + query, timeout=5) as response:
+            return orjson.loads(response.read())
+
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        """The ``data.result`` of an instant query (at ``at``, default now)."""
+        params = {"query": promql}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        answer = self._get("/api/v1/query", params)
+        result: list[dict[str, Any]] = answer["data"]["result"]
+        return result
+
+    def targets(self) -> list[dict[str, Any]]:
+        """The active targets, as ``/api/v1/targets`` reports them."""
+        active: list[dict[str, Any]] = self._get("/api/v1/targets")["data"]["activeTargets"]
+        return active
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if not self.process.alive():
+                raise RuntimeError(
+                    f"prometheus exited with {self.process.popen.returncode}:\n"
+                    f"{self.process.tail()}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(self.url + "/-/ready", timeout=2) as response,
+            ):
+                if response.status == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"prometheus not ready after {timeout_s:.0f}s:\n{self.process.tail()}"
+                )
+            time.sleep(0.1)
+
+    def wait_for_targets(
+        self, timeout_s: float = 20.0, up: bool = True, jobs: Sequence[str] | None = None
+    ) -> None:
+        """Wait until every target of ``jobs`` (default: all) has been scraped and is
+        ``up`` (or, with ``up=False``, until every one is down)."""
+        names = {j.name for j in self.jobs} if jobs is None else set(jobs)
+        wanted = {(j.name, t) for j in self.jobs if j.name in names for t in j.targets}
+        state = "up" if up else "down"
+        deadline = time.monotonic() + timeout_s
+        seen: dict[tuple[str, str], str] = {}
+        while True:
+            seen = {
+                (t["labels"].get("job", ""), t["labels"].get("instance", "")): t["health"]
+                for t in self.targets()
+            }
+            if all(seen.get(w) == state for w in wanted):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"targets not {state} after {timeout_s:.0f}s: "
+                    + ", ".join(
+                        f"{job}/{inst}: {seen.get((job, inst), 'absent')}"
+                        for job, inst in sorted(wanted)
+                    )
+                )
+            time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def prometheus(
+    jobs: Sequence[ScrapeJob], log_dir: Path | None = None, evaluation_s: float = 1.0
+) -> Iterator[Prometheus]:
+    """Run Prometheus scraping ``jobs`` until the block ends (see the module docstring)."""
+    binary = prometheus_binary()
+    name = f"prometheus-{uuid.uuid4().hex[:8]}"
+    run_dir = Path(tempfile.mkdtemp(prefix=f"powercap-{name}-"))
+    config = write_config(run_dir / "prometheus.yml", jobs, evaluation_s)
+    (port,) = free_ports(1)
+    log = run_dir / "prometheus.log"
+    argv = [
+        str(binary),
+        f"--config.file={config}",
+        f"--storage.tsdb.path={run_dir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--storage.tsdb.retention.time=1h",
+        "--web.enable-lifecycle",
+        "--log.level=info",
+    ]
+    with log.open("ab") as out:
+        popen = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    prom = Prometheus(
+        name, f"http://127.0.0.1:{port}", run_dir, config, list(jobs), Process(name, popen, log)
+    )
+    failed = False
+    try:
+        prom.wait_ready()
+        yield prom
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        prom.process.stop()
+        if failed and log_dir is not None:
+            keep = log_dir / name
+            keep.mkdir(parents=True, exist_ok=True)
+            for path in (log, config):
+                with contextlib.suppress(OSError):
+                    shutil.copy2(path, keep / path.name)
+        shutil.rmtree(run_dir, ignore_errors=True)
