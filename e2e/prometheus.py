@@ -10,6 +10,10 @@ then ``/usr/bin/prometheus``); when there is none, :class:`e2e.cluster.Toolchain
 names ``make prometheus`` — tests fail, never skip. Prometheus listens on a free loopback
 port with its storage in a temporary directory, both gone at exit; when the body raised,
 its log and config are copied to ``log_dir/<name>/`` first.
+
+History for tests that need it is backfilled: write OpenMetrics text, turn it into
+blocks with ``promtool tsdb create-blocks-from openmetrics`` (:func:`promtool_binary`),
+and pass the directory as ``storage=`` with a ``retention=`` reaching back to it.
 """
 
 from __future__ import annotations
@@ -97,6 +101,23 @@ def prometheus_binary() -> Path:
     return found
 
 
+def promtool_binary() -> Path:
+    """``promtool`` (beside the Prometheus binary, on PATH, or the Debian package's), or
+    :class:`ToolchainMissing` naming how to install it."""
+    candidates = [prometheus_binary().with_name("promtool")]
+    found = shutil.which("promtool")
+    if found:
+        candidates.append(Path(found))
+    candidates.append(Path("/usr/bin/promtool"))
+    for path in candidates:
+        if os.access(path, os.X_OK):
+            return path
+    raise ToolchainMissing(
+        "promtool is not installed; it comes with Prometheus: install it with "
+        f"`make prometheus` (or `{toolchain.PROMETHEUS_INSTALL}`)"
+    )
+
+
 @dataclass
 class Prometheus:
     """A running Prometheus: ``url`` is ``http://127.0.0.1:<port>``."""
@@ -177,9 +198,18 @@ class Prometheus:
 
 @contextlib.contextmanager
 def prometheus(
-    jobs: Sequence[ScrapeJob], log_dir: Path | None = None, evaluation_s: float = 1.0
+    jobs: Sequence[ScrapeJob],
+    log_dir: Path | None = None,
+    evaluation_s: float = 1.0,
+    storage: Path | None = None,
+    retention: str = "1h",
 ) -> Iterator[Prometheus]:
-    """Run Prometheus scraping ``jobs`` until the block ends (see the module docstring)."""
+    """Run Prometheus scraping ``jobs`` until the block ends (see the module docstring).
+
+    ``storage`` is an existing TSDB directory to serve (blocks backfilled with
+    ``promtool tsdb create-blocks-from``); it belongs to the caller and is left in place.
+    ``retention`` must reach back to its oldest sample, or Prometheus deletes the blocks
+    at start."""
     binary = prometheus_binary()
     name = f"prometheus-{uuid.uuid4().hex[:8]}"
     run_dir = Path(tempfile.mkdtemp(prefix=f"powercap-{name}-"))
@@ -189,9 +219,9 @@ def prometheus(
     argv = [
         str(binary),
         f"--config.file={config}",
-        f"--storage.tsdb.path={run_dir / 'data'}",
+        f"--storage.tsdb.path={storage if storage is not None else run_dir / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
-        "--storage.tsdb.retention.time=1h",
+        f"--storage.tsdb.retention.time={retention}",
         "--web.enable-lifecycle",
         "--log.level=info",
     ]

@@ -6,7 +6,9 @@ Registered into the ``powercap`` CLI through the ``powercap.commands`` entry poi
     powercap serve --scenario config/scenarios/small.yaml    # over a static scenario
 
 Against a cluster the Kubernetes client is configured in-cluster when it runs in a
-pod, else from ``--kubeconfig`` (or ``$KUBECONFIG`` / ``~/.kube/config``).
+pod, else from ``--kubeconfig`` (or ``$KUBECONFIG`` / ``~/.kube/config``). With
+``controller.enabled`` in the config, the companion controller runs in the same process
+(:func:`extender.runtime.add_controller`), acting while it holds its Lease.
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ def serve(
     ] = False,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
-    """Serve the scheduler extender (filter, prioritize, bind, preempt, metrics)."""
+    """Serve the scheduler extender (filter, prioritize, bind, preempt, metrics); with
+    --config and controller.enabled, the power-cap controller runs beside it."""
     import uvicorn
 
     from extender import runtime

@@ -17,6 +17,8 @@ A YAML or JSON document, ``apiVersion: powercap.io/v1alpha1``, ``kind: PowercapC
     policy: {missingProfile: nameplate, defaultNameplateWatts: 5600}
     planner: {enabled: true, strategy: cpsat, debounce: 5s, timeLimit: 30s, interval: 15m}
     scoring: {planWeight: 0.6}
+    power: {url: "http://prometheus:9090"}   # measured power (docs/power.md)
+    controller: {enabled: true}              # the companion controller (docs/controller.md)
 
 :func:`load_config` validates everything at start and raises :class:`ConfigError`
 listing every problem as ``path: what is wrong and the fix``.
@@ -36,6 +38,7 @@ import yaml
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from extender.controller_config import ControllerSettings, ControllerSpec, resolve_controller
 from extender.power_config import PowerSettings, PowerSourceSpec, resolve_power_source
 from placement.grid import Grid
 from placement.problem import Problem
@@ -147,6 +150,8 @@ class ConfigSpec(_Model):
     scoring: ScoringSpec = ScoringSpec()
     # Measured power for the controller; absent: no readings, the controller stays idle.
     power: PowerSourceSpec | None = None
+    # The companion controller (off unless ``controller.enabled``); it needs ``power``.
+    controller: ControllerSpec = ControllerSpec()
 
 
 class ProfileDocument(_Model):
@@ -198,6 +203,7 @@ class Config:
     planner: PlannerSettings = field(default_factory=PlannerSettings)
     scoring: ScoringSpec = field(default_factory=ScoringSpec)
     power: PowerSettings | None = None
+    controller: ControllerSettings = field(default_factory=ControllerSettings)
     source: str = "config"
     # Scenario mode: the static fleet the cluster state starts from.
     problem: Problem | None = field(default=None, compare=False)
@@ -345,6 +351,13 @@ def config_from_spec(
     if spec.power is not None:
         power, power_problems = resolve_power_source(spec.power, "power")
         problems += power_problems
+    controller, controller_problems = resolve_controller(spec.controller, "controller")
+    problems += controller_problems
+    if spec.controller.enabled and spec.power is None:
+        problems.append(
+            "controller.enabled: the controller acts on measured power; add a power: "
+            "section (where Prometheus is), or set controller.enabled: false"
+        )
     if problems:
         raise ConfigError(problems, source)
     return Config(
@@ -359,6 +372,7 @@ def config_from_spec(
         planner=planner,
         scoring=spec.scoring,
         power=power,
+        controller=controller or ControllerSettings(),
         source=source,
     )
 

@@ -25,10 +25,16 @@ MAX_MESSAGE = 1024
 
 @dataclass(frozen=True)
 class Event:
+    """An Event about ``pod`` — or, with ``kind``/``api_version``, about another
+    namespaced object named by the same reference (the controller's ScaledObjects)."""
+
     pod: PodRef
     reason: str
     message: str
     type: str = "Warning"
+    kind: str = "Pod"
+    api_version: str = "v1"
+    component: str = COMPONENT
 
 
 class EventSink(Protocol):
@@ -63,8 +69,8 @@ def event_body(event: Event, now: datetime | None = None) -> dict[str, Any]:
         "kind": "Event",
         "metadata": {"generateName": f"{pod.name}.", "namespace": pod.namespace},
         "involvedObject": {
-            "apiVersion": "v1",
-            "kind": "Pod",
+            "apiVersion": event.api_version,
+            "kind": event.kind,
             "name": pod.name,
             "namespace": pod.namespace,
             "uid": pod.uid,
@@ -72,7 +78,7 @@ def event_body(event: Event, now: datetime | None = None) -> dict[str, Any]:
         "reason": event.reason,
         "message": event.message[:MAX_MESSAGE],
         "type": event.type,
-        "source": {"component": COMPONENT, "host": socket.gethostname()},
+        "source": {"component": event.component, "host": socket.gethostname()},
         "firstTimestamp": stamp,
         "lastTimestamp": stamp,
         "count": 1,

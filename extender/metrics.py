@@ -11,6 +11,9 @@ tests and benchmarks can build many apps in one process).
   whose resourceVersion expired (``410 Gone``) and were replaced by a relist;
 * ``powercap_plan_age_seconds``, ``powercap_plan_gap``, ``powercap_plan_hosted_replicas``
   — the latest plan's age, the solver's relative gap to its bound, and what it hosts.
+
+The companion controller's metrics (:class:`ControllerMetrics`) join the same registry
+when a controller runs (see ``docs/controller.md`` for the list).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -135,3 +138,92 @@ class Telemetry:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ControllerMetrics:
+    """The companion controller's metrics, registered on ``registry`` (the extender's,
+    so one ``/metrics`` serves both). Only created when a controller runs, so an
+    extender without one exports none of them.
+
+    * ``powercap_controller_actions_total{kind,domain,dry_run}`` — steps taken (or, in
+      dry-run, decided): ``reshape``, ``restore``, ``evict`` (one per pod);
+    * ``powercap_controller_action_failures_total{kind,domain,reason}`` — steps the API
+      refused: ``blocked`` (an eviction a PodDisruptionBudget does not allow now, 429),
+      ``conflict`` (the object changed under the patch), ``error``;
+    * ``powercap_domain_measured_watts{domain}`` — measured power (NaN when unknown);
+    * ``powercap_domain_cap_watts{domain}`` — the raw cap of the current slot;
+    * ``powercap_domain_in_breach{domain}`` — 1 while in breach;
+    * ``powercap_domain_power_stale{domain}`` — 1 when some node below has no fresh reading;
+    * ``powercap_domain_feedback_watts{domain}`` — watts added to the ledger's current slot
+      for breached domains (own amount plus everything below);
+    * ``powercap_power_data_stale`` — 1 when Prometheus failed or any node's reading is
+      not fresh: the controller takes no action where data is missing, so alert on it;
+    * ``powercap_power_nodes{status}`` — nodes by reading status (fresh, stale, missing);
+    * ``powercap_controller_leader`` — 1 while this process holds the Lease;
+    * ``powercap_controller_last_tick_timestamp_seconds`` — when the last tick finished.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.actions = Counter(
+            "powercap_controller_actions",
+            "Controller steps per kind and domain (dry_run: decided, not taken).",
+            ["kind", "domain", "dry_run"],
+            registry=registry,
+        )
+        self.failures = Counter(
+            "powercap_controller_action_failures",
+            "Controller steps the API refused, per kind, domain and reason.",
+            ["kind", "domain", "reason"],
+            registry=registry,
+        )
+        self.measured = Gauge(
+            "powercap_domain_measured_watts",
+            "Measured power per domain (NaN when some node below has no fresh reading).",
+            ["domain"],
+            registry=registry,
+        )
+        self.cap = Gauge(
+            "powercap_domain_cap_watts",
+            "Raw cap of the current slot per domain.",
+            ["domain"],
+            registry=registry,
+        )
+        self.in_breach = Gauge(
+            "powercap_domain_in_breach",
+            "1 while the domain is in breach of its cap.",
+            ["domain"],
+            registry=registry,
+        )
+        self.domain_stale = Gauge(
+            "powercap_domain_power_stale",
+            "1 when some node below the domain has no fresh power reading.",
+            ["domain"],
+            registry=registry,
+        )
+        self.feedback = Gauge(
+            "powercap_domain_feedback_watts",
+            "Watts the controller adds to the predicted load of breached domains.",
+            ["domain"],
+            registry=registry,
+        )
+        self.stale = Gauge(
+            "powercap_power_data_stale",
+            "1 when the power source failed or any node's reading is stale or missing.",
+            registry=registry,
+        )
+        self.nodes = Gauge(
+            "powercap_power_nodes",
+            "Nodes by power reading status.",
+            ["status"],
+            registry=registry,
+        )
+        self.leader = Gauge(
+            "powercap_controller_leader",
+            "1 while this process holds the controller's Lease.",
+            registry=registry,
+        )
+        self.last_tick = Gauge(
+            "powercap_controller_last_tick_timestamp_seconds",
+            "Unix time the controller's last tick finished.",
+            registry=registry,
+        )

@@ -7,7 +7,8 @@ Two shapes:
   runs, simulators and benchmarks.
 * :func:`from_cluster` — a live cluster through a ``kubernetes.client.CoreV1Api``:
   the mirror fills the state, bind creates Bindings, events are posted. Ready after
-  the mirror's first full sync.
+  the mirror's first full sync. With ``controller.enabled`` (and a ``power:`` section)
+  the companion controller runs beside it, acting while it holds its Lease.
 """
 
 from __future__ import annotations
@@ -29,9 +30,17 @@ from extender.config import (
     ScoringSpec,
     config_from_problem,
 )
+from extender.controller import (
+    ClusterApi,
+    Controller,
+    ControllerLoop,
+    KubernetesClusterApi,
+    PowerSource,
+)
 from extender.decisions import Decider
 from extender.events import EventSink, KubernetesEventSink, RecordingEventSink
-from extender.metrics import Telemetry
+from extender.lease import KubernetesLeaseApi, LeaderElector, LeaseApi
+from extender.metrics import ControllerMetrics, Telemetry
 from extender.mirror import KubernetesSource, Mirror, RawObject
 from extender.planner import Planner
 from extender.state import ClusterState, PodRecord
@@ -54,6 +63,9 @@ class Extender:
     planner: Planner | None = None
     mirror: Mirror | None = None
     plan_at_start: bool = field(default=False)
+    controller: Controller | None = None
+    controller_loop: ControllerLoop | None = None
+    elector: LeaderElector | None = None
 
     def ready(self) -> bool:
         return self.state.synced
@@ -66,8 +78,16 @@ class Extender:
             if self.plan_at_start:
                 self.planner.plan_now()
             self.planner.start()
+        if self.elector is not None:
+            self.elector.start()
+        if self.controller_loop is not None:
+            self.controller_loop.start()
 
     def stop(self) -> None:
+        if self.controller_loop is not None:
+            self.controller_loop.stop()
+        if self.elector is not None:
+            self.elector.stop()  # releases the Lease, so a successor need not wait
         if self.mirror is not None:
             self.mirror.stop()
         if self.planner is not None:
@@ -152,8 +172,19 @@ def from_scenario_file(
     return from_scenario(problem, config)
 
 
-def from_cluster(config: Config, core: Any) -> Extender:
-    """An extender over a live cluster; ``core`` is a ``kubernetes.client.CoreV1Api``."""
+def from_cluster(
+    config: Config,
+    core: Any,
+    *,
+    cluster_api: ClusterApi | None = None,
+    lease_api: LeaseApi | None = None,
+    power_source: PowerSource | None = None,
+) -> Extender:
+    """An extender over a live cluster; ``core`` is a ``kubernetes.client.CoreV1Api``.
+
+    With ``controller.enabled`` the controller is added; its API clients are built on
+    ``core``'s connection unless given (``cluster_api``, ``lease_api``), and its power
+    source from ``config.power`` unless given."""
     from kubernetes.client.exceptions import ApiException
 
     def lookup(namespace: str, name: str) -> RawObject | None:
@@ -177,4 +208,60 @@ def from_cluster(config: Config, core: Any) -> Extender:
         seen=ext.telemetry.mirror_seen,
         relists=ext.telemetry.mirror_relists,
     )
+    if config.controller.enabled:
+        add_controller(ext, core, cluster_api, lease_api, power_source)
     return ext
+
+
+def add_controller(
+    ext: Extender,
+    core: Any,
+    cluster_api: ClusterApi | None = None,
+    lease_api: LeaseApi | None = None,
+    power_source: PowerSource | None = None,
+) -> None:
+    """Add the companion controller, its Lease and its metrics to ``ext``."""
+    settings = ext.config.controller
+    if power_source is None:
+        from extender.power import PrometheusPowerSource
+
+        if ext.config.power is None:  # the config loader refuses this; keep mypy sure
+            raise ValueError("the controller needs the power: section")
+        power_source = PrometheusPowerSource(ext.config.power)
+    if cluster_api is None or lease_api is None:
+        from kubernetes import client
+
+        api_client = core.api_client
+        if cluster_api is None:
+            cluster_api = KubernetesClusterApi(
+                core,
+                client.CustomObjectsApi(api_client),
+                client.PolicyV1Api(api_client),
+                settings.namespaces,
+            )
+        if lease_api is None:
+            lease_api = KubernetesLeaseApi(client.CoordinationV1Api(api_client))
+    metrics = ControllerMetrics(ext.telemetry.registry)
+    elector = LeaderElector(
+        lease_api, settings.lease, on_change=lambda leading: metrics.leader.set(float(leading))
+    )
+    metrics.leader.set(0.0)
+    ext.elector = elector
+    ext.controller = Controller(
+        ext.config,
+        ext.state,
+        power_source,
+        cluster_api,
+        ext.events,
+        metrics,
+        leader=elector.is_leader,
+    )
+    ext.controller_loop = ControllerLoop(ext.controller, settings.period_s)
+    log.info(
+        "controller enabled%s: period %gs, lease %s/%s as %s",
+        " (dry run)" if settings.dry_run else "",
+        settings.period_s,
+        settings.lease.namespace,
+        settings.lease.name,
+        elector.identity,
+    )

@@ -93,6 +93,9 @@ class ClusterState:
         self.journal_base = 0
         self.journal_epoch = 0
         self._journal_max = 100_000
+        # Measured overage of domains in breach, added on top of the predictions
+        # (set_feedback); kept apart so it can be replaced, never accumulated.
+        self.feedback: NDArray[np.float64] = np.zeros_like(self.ledger.load)
         self.version = 0
         self.topology_version = 0
         self.synced = False
@@ -312,7 +315,7 @@ class ClusterState:
             self.counts[:] = 0
             self.journal_epoch += 1  # counts reset without journal entries
             self.journal.clear()
-            self.ledger.load[:] = 0.0
+            self.ledger.load[:] = self.feedback
             for n in nodes:
                 self.upsert_node(n.name, n.leaf, n.gpus, n.idle_watts)
             for p in pods:
@@ -326,6 +329,31 @@ class ClusterState:
             self.ledger.tree = self.tree
             self.caps = self.tree.caps * (1.0 - self.headroom)
             self._changed(topology=True)
+
+    def set_feedback(self, watts: NDArray[np.float64], slot: int) -> bool:
+        """Make the controller's feedback exactly ``watts`` per domain (added with
+        ``add_watts`` semantics: each domain's amount raises it and every ancestor, as
+        :func:`placement.breach.feedback_watts` returns them) in ``slot``, replacing
+        whatever feedback was there before, in any slot. All zeros removes it. Returns
+        whether the ledger changed."""
+        add = np.asarray(watts, dtype=np.float64)
+        if add.shape != (self.tree.size,):
+            raise ValueError(f"expected ({self.tree.size},) watts, got {add.shape}")
+        new = np.zeros_like(self.feedback)
+        # Domain a rises by the amounts of a and of every domain below it.
+        new[:, slot] = self.tree.membership.astype(np.float64) @ np.clip(add, 0.0, None)
+        with self.lock:
+            if np.array_equal(new, self.feedback):
+                return False
+            self.ledger.load += new - self.feedback
+            self.feedback = new
+            self._changed(topology=False)
+            return True
+
+    def predicted_watts(self, slot: int) -> NDArray[np.float64]:
+        """Per domain, the predicted load of ``slot`` without the controller's feedback."""
+        with self.lock:
+            return self.ledger.load[:, slot] - self.feedback[:, slot]
 
     def headroom_watts(self) -> NDArray[np.float64]:
         """Per domain: the least ``cap − load`` over slots (negative when over)."""
