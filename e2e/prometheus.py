@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -57,8 +58,10 @@ def _duration(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
-def config_document(jobs: Sequence[ScrapeJob], evaluation_s: float = 1.0) -> dict[str, Any]:
-    """The ``prometheus.yml`` for ``jobs``."""
+def config_document(
+    jobs: Sequence[ScrapeJob], evaluation_s: float = 1.0, rule_files: Sequence[Path] = ()
+) -> dict[str, Any]:
+    """The ``prometheus.yml`` for ``jobs``, loading the rule files ``rule_files``."""
     if len({j.name for j in jobs}) != len(jobs):
         raise ValueError("scrape job names must differ")
     return {
@@ -66,6 +69,7 @@ def config_document(jobs: Sequence[ScrapeJob], evaluation_s: float = 1.0) -> dic
             "scrape_interval": _duration(min((j.interval_s for j in jobs), default=1.0)),
             "evaluation_interval": _duration(evaluation_s),
         },
+        **({"rule_files": [str(p) for p in rule_files]} if rule_files else {}),
         "scrape_configs": [
             {
                 "job_name": j.name,
@@ -80,8 +84,14 @@ def config_document(jobs: Sequence[ScrapeJob], evaluation_s: float = 1.0) -> dic
     }
 
 
-def write_config(path: Path, jobs: Sequence[ScrapeJob], evaluation_s: float = 1.0) -> Path:
-    path.write_text(yaml.safe_dump(config_document(jobs, evaluation_s), sort_keys=False))
+def write_config(
+    path: Path,
+    jobs: Sequence[ScrapeJob],
+    evaluation_s: float = 1.0,
+    rule_files: Sequence[Path] = (),
+) -> Path:
+    document = config_document(jobs, evaluation_s, rule_files)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
 
 
@@ -143,6 +153,26 @@ class Prometheus:
         result: list[dict[str, Any]] = answer["data"]["result"]
         return result
 
+    def query_answer(self, promql: str) -> dict[str, Any]:
+        """The whole answer of an instant query, errors included: ``status`` is
+        ``success`` or ``error`` (with ``errorType`` and ``error``), as the HTTP API says
+        (a 400 for an expression that does not parse is returned, not raised)."""
+        try:
+            answer: dict[str, Any] = self._get("/api/v1/query", {"query": promql})
+        except urllib.error.HTTPError as exc:
+            answer = orjson.loads(exc.read())
+        return answer
+
+    def rule_groups(self) -> list[dict[str, Any]]:
+        """The loaded rule groups, as ``/api/v1/rules`` reports them (each rule with its
+        ``health``, ``lastError`` and, for an alert, ``state``)."""
+        groups: list[dict[str, Any]] = self._get("/api/v1/rules")["data"]["groups"]
+        return groups
+
+    def firing(self, alertname: str) -> list[dict[str, Any]]:
+        """The ``ALERTS`` series of ``alertname`` that are firing now."""
+        return self.query(f'ALERTS{{alertname="{alertname}",alertstate="firing"}}')
+
     def targets(self) -> list[dict[str, Any]]:
         """The active targets, as ``/api/v1/targets`` reports them."""
         active: list[dict[str, Any]] = self._get("/api/v1/targets")["data"]["activeTargets"]
@@ -203,18 +233,29 @@ def prometheus(
     evaluation_s: float = 1.0,
     storage: Path | None = None,
     retention: str = "1h",
+    rule_groups: Sequence[dict[str, Any]] = (),
+    port: int | None = None,
 ) -> Iterator[Prometheus]:
     """Run Prometheus scraping ``jobs`` until the block ends (see the module docstring).
 
     ``storage`` is an existing TSDB directory to serve (blocks backfilled with
     ``promtool tsdb create-blocks-from``); it belongs to the caller and is left in place.
     ``retention`` must reach back to its oldest sample, or Prometheus deletes the blocks
-    at start."""
+    at start. ``rule_groups`` (the ``groups`` of a rules file, e.g. a PrometheusRule's
+    ``spec.groups``) are written to a rules file and evaluated every ``evaluation_s``;
+    Prometheus refuses to start on one that does not parse. ``port`` (default: a free
+    one) lets a second Prometheus take the address of one that was stopped."""
     binary = prometheus_binary()
     name = f"prometheus-{uuid.uuid4().hex[:8]}"
     run_dir = Path(tempfile.mkdtemp(prefix=f"powercap-{name}-"))
-    config = write_config(run_dir / "prometheus.yml", jobs, evaluation_s)
-    (port,) = free_ports(1)
+    rule_files: list[Path] = []
+    if rule_groups:
+        rules = run_dir / "rules.yml"
+        rules.write_text(yaml.safe_dump({"groups": list(rule_groups)}, sort_keys=False))
+        rule_files.append(rules)
+    config = write_config(run_dir / "prometheus.yml", jobs, evaluation_s, rule_files)
+    if port is None:
+        (port,) = free_ports(1)
     log = run_dir / "prometheus.log"
     argv = [
         str(binary),
@@ -248,7 +289,7 @@ def prometheus(
         if failed and log_dir is not None:
             keep = log_dir / name
             keep.mkdir(parents=True, exist_ok=True)
-            for path in (log, config):
+            for path in (log, config, *rule_files):
                 with contextlib.suppress(OSError):
                     shutil.copy2(path, keep / path.name)
         shutil.rmtree(run_dir, ignore_errors=True)

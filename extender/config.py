@@ -19,6 +19,7 @@ A YAML or JSON document, ``apiVersion: powercap.io/v1alpha1``, ``kind: PowercapC
     scoring: {planWeight: 0.6}
     power: {url: "http://prometheus:9090"}   # measured power (docs/power.md)
     controller: {enabled: true}              # the companion controller (docs/controller.md)
+    learn: {refresh: 6h}                     # re-learn profiles from power.url's history
 
 :func:`load_config` validates everything at start and raises :class:`ConfigError`
 listing every problem as ``path: what is wrong and the fix``.
@@ -39,6 +40,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from extender.controller_config import ControllerSettings, ControllerSpec, resolve_controller
+from extender.learn_config import LearnRefreshSettings, LearnSpec, resolve_learn
 from extender.power_config import PowerSettings, PowerSourceSpec, resolve_power_source
 from placement.grid import Grid
 from placement.problem import Problem
@@ -152,6 +154,8 @@ class ConfigSpec(_Model):
     power: PowerSourceSpec | None = None
     # The companion controller (off unless ``controller.enabled``); it needs ``power``.
     controller: ControllerSpec = ControllerSpec()
+    # Re-learning profiles from Prometheus while serving (``learn.refresh``; absent: never).
+    learn: LearnSpec = LearnSpec()
 
 
 class ProfileDocument(_Model):
@@ -204,6 +208,7 @@ class Config:
     scoring: ScoringSpec = field(default_factory=ScoringSpec)
     power: PowerSettings | None = None
     controller: ControllerSettings = field(default_factory=ControllerSettings)
+    learn: LearnRefreshSettings | None = None
     source: str = "config"
     # Scenario mode: the static fleet the cluster state starts from.
     problem: Problem | None = field(default=None, compare=False)
@@ -358,6 +363,14 @@ def config_from_spec(
             "controller.enabled: the controller acts on measured power; add a power: "
             "section (where Prometheus is), or set controller.enabled: false"
         )
+    learn: LearnRefreshSettings | None = None
+    # Only a written learn: section is checked: without one there is nothing to refresh,
+    # and a config without power: must not be asked where Prometheus is.
+    if "learn" in spec.model_fields_set:
+        learn, learn_problems = resolve_learn(
+            spec.learn, power.url if power is not None else None, grid.step_s, "learn"
+        )
+        problems += learn_problems
     if problems:
         raise ConfigError(problems, source)
     return Config(
@@ -373,6 +386,7 @@ def config_from_spec(
         scoring=spec.scoring,
         power=power,
         controller=controller or ControllerSettings(),
+        learn=learn,
         source=source,
     )
 

@@ -374,6 +374,8 @@ class Controller:
         self.blocked: dict[str, float] = {}  # pod uid → until when it is left out
         self._feedback = np.zeros(state.tree.size)  # the last feedback_watts applied
         self.last: TickReport | None = None
+        if metrics is not None:
+            metrics.zero(state.tree.names, self.settings.dry_run)
 
     # --- one period -------------------------------------------------------------------
     def tick(self, now: float) -> TickReport:

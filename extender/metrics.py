@@ -19,7 +19,7 @@ when a controller runs (see ``docs/controller.md`` for the list).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -43,6 +43,11 @@ LATENCY_BUCKETS = (
     1.0,
     5.0,
 )
+
+
+# Outcomes of any verb that mean the extender could not answer; binds that failed.
+ERROR_OUTCOMES = ("bad_request", "internal_error")
+BIND_FAILURES = ("api_error", "over_cap")
 
 
 class _StateCollector(Collector):
@@ -77,8 +82,11 @@ class _StateCollector(Collector):
             "Full lists after the first, per resource: each follows an expired watch (410).",
             labels=["resource"],
         )
-        for resource, count in sorted(t.mirror_relists.items()):
-            relists.add_metric([resource], float(count))
+        # Every resource the mirror has heard of gets a series from its first list on, at
+        # 0 until a relist: a counter born at its first increment hides that increment
+        # from increase() and rate(), and the relist alert would miss it.
+        for resource in sorted(set(t.mirror_seen) | set(t.mirror_relists)):
+            relists.add_metric([resource], float(t.mirror_relists.get(resource, 0)))
         yield relists
         plan = t.plan_info() if t.plan_info is not None else None
         age = GaugeMetricFamily("powercap_plan_age_seconds", "Seconds since the latest plan.")
@@ -128,6 +136,13 @@ class Telemetry:
         self._latency_child = {
             v: self.latency.labels(v) for v in ("filter", "prioritize", "bind", "preempt")
         }
+        # The error outcomes the alerts watch exist at 0 from the start: a counter born at
+        # its first increment hides that increment from rate() and increase().
+        for verb in self._latency_child:
+            for outcome in ERROR_OUTCOMES:
+                self.decisions.labels(verb, outcome)
+        for outcome in BIND_FAILURES:
+            self.decisions.labels("bind", outcome)
 
     def observe(self, verb: str, seconds: float) -> None:
         child = self._latency_child.get(verb) or self.latency.labels(verb)
@@ -162,6 +177,19 @@ class ControllerMetrics:
     * ``powercap_controller_leader`` — 1 while this process holds the Lease;
     * ``powercap_controller_last_tick_timestamp_seconds`` — when the last tick finished.
     """
+
+    # The (kind, reason) pairs a step can fail with: an Eviction is refused by a budget
+    # (blocked), finds its pod gone or fails otherwise; a patch conflicts or fails.
+    FAILURES = (
+        ("evict", "blocked"),
+        ("evict", "gone"),
+        ("evict", "error"),
+        ("reshape", "conflict"),
+        ("reshape", "error"),
+        ("restore", "conflict"),
+        ("restore", "error"),
+    )
+    KINDS = ("reshape", "restore", "evict")
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.actions = Counter(
@@ -227,3 +255,14 @@ class ControllerMetrics:
             "Unix time the controller's last tick finished.",
             registry=registry,
         )
+
+    def zero(self, domains: Iterable[str], dry_run: bool) -> None:
+        """Create every action and failure series of ``domains`` at 0, so the first step
+        of each counts in increase() and rate() (a counter born at its first increment
+        hides that increment) and dashboards show the series before anything happens."""
+        flag = "true" if dry_run else "false"
+        for domain in domains:
+            for kind in self.KINDS:
+                self.actions.labels(kind, domain, flag)
+            for kind, reason in self.FAILURES:
+                self.failures.labels(kind, domain, reason)

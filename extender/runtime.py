@@ -8,7 +8,9 @@ Two shapes:
 * :func:`from_cluster` — a live cluster through a ``kubernetes.client.CoreV1Api``:
   the mirror fills the state, bind creates Bindings, events are posted. Ready after
   the mirror's first full sync. With ``controller.enabled`` (and a ``power:`` section)
-  the companion controller runs beside it, acting while it holds its Lease.
+  the companion controller runs beside it, acting while it holds its Lease. With
+  ``learn.refresh`` the profiles are re-learned from Prometheus every interval and
+  swapped in (:func:`swap_config`).
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ from extender.controller import (
 )
 from extender.decisions import Decider
 from extender.events import EventSink, KubernetesEventSink, RecordingEventSink
+from extender.learn import ProfileRefresher
 from extender.lease import KubernetesLeaseApi, LeaderElector, LeaseApi
 from extender.metrics import ControllerMetrics, Telemetry
 from extender.mirror import KubernetesSource, Mirror, RawObject
 from extender.planner import Planner
+from extender.pods import DemandResolver
 from extender.state import ClusterState, PodRecord
 from placement.problem import Problem
 from placement.scenario import load_problem
@@ -66,6 +70,7 @@ class Extender:
     controller: Controller | None = None
     controller_loop: ControllerLoop | None = None
     elector: LeaderElector | None = None
+    refresher: ProfileRefresher | None = None
 
     def ready(self) -> bool:
         return self.state.synced
@@ -82,8 +87,12 @@ class Extender:
             self.elector.start()
         if self.controller_loop is not None:
             self.controller_loop.start()
+        if self.refresher is not None:
+            self.refresher.start()
 
     def stop(self) -> None:
+        if self.refresher is not None:
+            self.refresher.stop()
         if self.controller_loop is not None:
             self.controller_loop.stop()
         if self.elector is not None:
@@ -210,7 +219,39 @@ def from_cluster(
     )
     if config.controller.enabled:
         add_controller(ext, core, cluster_api, lease_api, power_source)
+    if config.learn is not None:
+        settings = config.learn
+        ext.refresher = ProfileRefresher(
+            settings, lambda: ext.config, lambda new: swap_config(ext, new)
+        )
+        log.info("profiles re-learned every %gs from %s", settings.interval_s, settings.url)
     return ext
+
+
+def swap_config(ext: Extender, new: Config) -> None:
+    """Put ``new`` (the same config with re-learned profiles) in place of the config the
+    extender's parts hold, then re-plan with it.
+
+    The swap happens under the state lock, so a decision sees the old config or the new
+    one, never a mix. Pods from then on are admitted at the new profiles; pods already in
+    the ledger keep the profile they were admitted at until they leave (their watts are
+    what the caps were checked against). The re-plan runs in the caller's thread (the
+    refresher's), so decisions never wait for it."""
+    resolver = DemandResolver(new)
+    with ext.state.lock:
+        ext.config = new
+        ext.decider.config = new
+        ext.decider.resolver = resolver
+        if ext.mirror is not None:
+            ext.mirror.config = new
+            ext.mirror.resolver = DemandResolver(new)
+        if ext.controller is not None:
+            ext.controller.config = new
+            ext.controller.resolver = DemandResolver(new)
+        if ext.planner is not None:
+            ext.planner.config = new
+    if ext.planner is not None and ext.state.synced:
+        ext.planner.plan_now()
 
 
 def add_controller(

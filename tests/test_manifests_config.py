@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from extender.metrics import Telemetry
+from extender.config import load_config
+from extender.metrics import ControllerMetrics, Telemetry
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config"
@@ -137,11 +138,19 @@ def test_examples_use_the_scheduler() -> None:
     assert isvc["spec"]["predictor"]["schedulerName"] == profile["schedulerName"]
 
 
+def _families() -> list[Any]:
+    """Every metric family ``powercap serve`` can export: the extender's, and the
+    controller's, which join its registry only when a controller runs."""
+    telemetry = Telemetry()
+    ControllerMetrics(telemetry.registry)
+    return list(telemetry.registry.collect())
+
+
 def _exported_series() -> set[str]:
     """Every series name the extender's /metrics can carry."""
     suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum")}
     names: set[str] = set()
-    for family in Telemetry().registry.collect():
+    for family in _families():
         names.add(family.name)
         names.update(family.name + s for s in suffixes.get(family.type, ()))
     return names
@@ -167,8 +176,36 @@ def test_queries_use_exported_metrics(source: str) -> None:
 
 
 def test_dashboard_covers_every_metric() -> None:
-    families = {f.name for f in Telemetry().registry.collect()}
+    families = {f.name for f in _families()}
+    assert "powercap_controller_actions" in families, "the controller's metrics are missing"
     shown = {m for e in _dashboard_exprs() for m in re.findall(r"\bpowercap_[a-z_]+\b", e)}
     exported = _exported_series()
     missing = {f for f in families if not any(s.startswith(f) and s in exported for s in shown)}
     assert not missing, f"metrics the dashboard does not show: {sorted(missing)}"
+
+
+def test_controller_lease_is_granted() -> None:
+    """The shipped config's controller Lease is the one rbac.yaml lets it get and update."""
+    lease = load_config(CONFIG / "powercap.yaml").controller.lease
+    role = next(
+        d
+        for d in _docs(BASE / "rbac.yaml")
+        if d["kind"] == "Role" and d["metadata"]["name"] == "powercap-controller-lease"
+    )
+    assert role["metadata"]["namespace"] == lease.namespace
+    named = [r for r in role["rules"] if "resourceNames" in r]
+    assert [n for r in named for n in r["resourceNames"]] == [lease.name]
+    assert {v for r in named for v in r["verbs"]} == {"get", "update"}
+
+
+def test_alerts_cover_the_controller() -> None:
+    """A sustained breach, stale power data and extender errors each have an alert."""
+    exprs = _alert_exprs()
+    for metric in (
+        "powercap_domain_in_breach",
+        "powercap_power_data_stale",
+        "powercap_extender_decisions_total",
+    ):
+        assert any(metric in e for e in exprs), f"no alert reads {metric}"
+    errors = next(e for e in exprs if "bad_request" in e)
+    assert "api_error" in errors
