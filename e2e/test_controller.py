@@ -24,20 +24,17 @@ per node (7 kW measured). ``powercap serve --config`` with the controller enable
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from e2e import crds, toolchain
 from e2e.cluster import cluster
+from e2e.controlled import k8s_apis, pod_feed, pods, samples
 from e2e.deploy import (
     NAMESPACE,
     SERVICE_LABEL,
@@ -47,7 +44,7 @@ from e2e.deploy import (
     powercap_config,
     wait_for,
 )
-from e2e.powersim import PowerSimulator, SimClock, StaticPods, bound_pod, grid_profiles, sim_nodes
+from e2e.powersim import PowerSimulator, SimClock, StaticPods, grid_profiles, sim_nodes
 from e2e.prometheus import ScrapeJob, prometheus
 from e2e.scheduler import start_extender, start_scheduler
 from placement.problem import Problem
@@ -101,18 +98,6 @@ SCENARIO: dict[str, Any] = {
 }
 
 
-def k8s_apis(client: Any) -> tuple[Any, Any, Any, Any, Any]:
-    from kubernetes import client as k8s
-
-    return (
-        k8s.CoreV1Api(client),
-        k8s.AppsV1Api(client),
-        k8s.CustomObjectsApi(client),
-        k8s.PolicyV1Api(client),
-        k8s.ApiextensionsV1Api(client),
-    )
-
-
 def install_scaled_object_crd(extensions: Any) -> None:
     """KEDA's own ScaledObject CRD (pinned, from ``make tools``), Established."""
     (path,) = [p for p in crds.installed(toolchain.cache_root()) if "scaledobjects" in p.name]
@@ -151,53 +136,9 @@ def no_disruption_budget(service: str) -> dict[str, Any]:
     }
 
 
-def pods(core: Any) -> list[dict[str, Any]]:
-    response = core.list_namespaced_pod(
-        NAMESPACE, label_selector=SERVICE_LABEL, _preload_content=False
-    )
-    items: list[dict[str, Any]] = orjson.loads(response.data)["items"]
-    return items
-
-
-@contextmanager
-def pod_feed(core: Any, into: StaticPods, every_s: float = 0.3) -> Iterator[None]:
-    """Keep the simulator's pods the API server's bound pods, polling in a thread."""
-    stop = threading.Event()
-
-    def run() -> None:
-        while not stop.is_set():
-            try:
-                listed = orjson.loads(core.list_pod_for_all_namespaces(_preload_content=False).data)
-                into.replace(p for p in map(bound_pod, listed["items"]) if p is not None)
-            except Exception as exc:  # the API server busy: next round
-                print(f"[e2e] pod feed: {exc}", flush=True)
-            stop.wait(every_s)
-
-    thread = threading.Thread(target=run, name="pod-feed", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(5.0)
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """The extender's /metrics as ``{(sample name, sorted labels): value}``."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): float(s.value)
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
 def rack_1(port: int) -> tuple[float, float]:
     """Rack 1's (measured watts, in breach) as the controller exports them."""
-    m = scrape(port)
+    m = samples(port)
     labels = (("domain", "rack-1"),)
     return (
         m.get(("powercap_domain_measured_watts", labels), float("nan")),
@@ -291,7 +232,7 @@ def test_a_surge_is_shed_by_reshape_then_eviction_and_replacements_land_elsewher
                     return watts == pytest.approx(calm, abs=1.0) and breach == 0.0
 
                 wait_for(f"the controller to read {calm:.0f} W in rack 1", reads_calm, 60.0)
-                scrape_now = scrape(port)
+                scrape_now = samples(port)
                 assert scrape_now[("powercap_controller_leader", ())] == 1.0, logs()
                 assert scrape_now[("powercap_power_data_stale", ())] == 0.0
 

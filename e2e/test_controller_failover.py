@@ -28,12 +28,11 @@ import orjson
 import pytest
 
 from e2e.cluster import Cluster, Process, cluster, free_ports
+from e2e.controlled import create_bare_pods, evict_events, k8s_apis, pod_feed, samples
 from e2e.deploy import NAMESPACE, api_client, create_nodes, powercap_config, wait_for
 from e2e.powersim import PowerSimulator, SimClock, StaticPods, grid_profiles, sim_nodes
 from e2e.prometheus import ScrapeJob, prometheus
 from e2e.scheduler import powercap_command, wait_ready
-from e2e.test_controller import k8s_apis, pod_feed, scrape
-from e2e.test_observability import create_bare_pods, evict_events
 from placement.scenario import problem_from_spec, spec_from_data
 
 pytestmark = [pytest.mark.e2e, pytest.mark.controller]
@@ -95,14 +94,14 @@ def start_serve(c: Cluster, config: Path, name: str) -> tuple[Process, int]:
 
 
 def leader(port: int) -> float:
-    return scrape(port).get(("powercap_controller_leader", ()), float("nan"))
+    return samples(port).get(("powercap_controller_leader", ()), float("nan"))
 
 
 def evictions(port: int) -> float:
     """Evictions ``powercap serve`` on ``port`` has taken."""
     return sum(
         v
-        for (name, labels), v in scrape(port).items()
+        for (name, labels), v in samples(port).items()
         if name == "powercap_controller_actions_total" and ("kind", "evict") in labels
     )
 
@@ -196,7 +195,7 @@ def test_only_the_lease_holder_acts_and_the_other_takes_over_when_it_dies() -> N
                     raise AssertionError(f"{exc}{logs()}") from exc
                 # The other tracks the same breach but takes no step.
                 rack = (("domain", "rack-1"),)
-                assert scrape(other_port)[("powercap_domain_in_breach", rack)] == 1.0
+                assert samples(other_port)[("powercap_domain_in_breach", rack)] == 1.0
                 assert evictions(other_port) == 0.0, logs()
                 assert leader(other_port) == 0.0
                 before_kill = len(evict_events(core))

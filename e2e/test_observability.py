@@ -46,10 +46,9 @@ import pytest
 import yaml
 
 from e2e.cluster import cluster
+from e2e.controlled import create_bare_pods, evict_events, k8s_apis, pod_feed, samples
 from e2e.deploy import (
     NAMESPACE,
-    SCHEDULER_NAME,
-    SERVICE_LABEL,
     api_client,
     create_nodes,
     powercap_config,
@@ -58,7 +57,6 @@ from e2e.deploy import (
 from e2e.powersim import PowerSimulator, SimClock, StaticPods, grid_profiles, sim_nodes
 from e2e.prometheus import Prometheus, ScrapeJob, prometheus
 from e2e.scheduler import start_extender
-from e2e.test_controller import k8s_apis, pod_feed, scrape
 from placement.scenario import problem_from_spec, spec_from_data
 
 pytestmark = [pytest.mark.e2e, pytest.mark.controller]
@@ -157,53 +155,11 @@ def operand(expr: str) -> str:
     return match.group("operand")
 
 
-def bare_pod(name: str, node: str) -> dict[str, Any]:
-    """A ``batch`` replica bound to ``node`` by the test (no scheduler runs here)."""
-    gpus = {"nvidia.com/gpu": "1"}
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {SERVICE_LABEL: "batch"}},
-        "spec": {
-            "schedulerName": SCHEDULER_NAME,
-            "nodeName": node,
-            "terminationGracePeriodSeconds": 0,
-            "containers": [
-                {
-                    "name": "server",
-                    "image": "registry.invalid/powercap/fake-inference:0",
-                    "resources": {"requests": gpus, "limits": gpus},
-                }
-            ],
-        },
-    }
-
-
-def create_bare_pods(core: Any, nodes: list[str]) -> None:
-    """``batch-<i>`` bound to ``nodes[i]``, once the namespace's ``default``
-    ServiceAccount exists (admission refuses pods before kube-controller-manager has
-    created it, which a fresh cluster may not have done yet)."""
-    from kubernetes.client.exceptions import ApiException
-
-    def has_account() -> bool:
-        try:
-            core.read_namespaced_service_account("default", NAMESPACE)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
-
-    wait_for("the default ServiceAccount", has_account, 30.0, every_s=0.2)
-    for i, node in enumerate(nodes):
-        core.create_namespaced_pod(NAMESPACE, bare_pod(f"batch-{i}", node))
-
-
 def actions(port: int) -> float:
     """Every step ``powercap serve`` on ``port`` has counted (taken or failed)."""
     return sum(
         v
-        for (name, _), v in scrape(port).items()
+        for (name, _), v in samples(port).items()
         if name
         in ("powercap_controller_actions_total", "powercap_controller_action_failures_total")
     )
@@ -211,16 +167,7 @@ def actions(port: int) -> float:
 
 def metric(port: int, name: str, **labels: str) -> float:
     key = (name, tuple(sorted(labels.items())))
-    return scrape(port).get(key, float("nan"))
-
-
-def evict_events(core: Any) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = orjson.loads(
-        core.list_namespaced_event(
-            NAMESPACE, field_selector="reason=PowerCapEvict", _preload_content=False
-        ).data
-    )["items"]
-    return items
+    return samples(port).get(key, float("nan"))
 
 
 def pod_names(core: Any) -> set[str]:
@@ -311,7 +258,7 @@ def test_stale_data_alert_no_action_and_every_query_returns_series() -> None:
                     calm = IDLE_W + REPLICA_W * PODS
 
                     def reads_calm() -> bool:
-                        m = scrape(port)
+                        m = samples(port)
                         rack = (("domain", "rack-1"),)
                         return (
                             m.get(("powercap_controller_leader", ())) == 1.0

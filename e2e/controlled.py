@@ -1,0 +1,122 @@
+"""What the controller's e2e tests share: API clients, pods bound by hand, the feed of bound
+pods into the power simulator, the controller's Eviction events and flat metric samples."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from e2e.deploy import NAMESPACE, SCHEDULER_NAME, SERVICE_LABEL, wait_for
+from e2e.powersim import StaticPods, bound_pod
+
+
+def k8s_apis(client: Any) -> tuple[Any, Any, Any, Any, Any]:
+    from kubernetes import client as k8s
+
+    return (
+        k8s.CoreV1Api(client),
+        k8s.AppsV1Api(client),
+        k8s.CustomObjectsApi(client),
+        k8s.PolicyV1Api(client),
+        k8s.ApiextensionsV1Api(client),
+    )
+
+
+def pods(core: Any) -> list[dict[str, Any]]:
+    response = core.list_namespaced_pod(
+        NAMESPACE, label_selector=SERVICE_LABEL, _preload_content=False
+    )
+    items: list[dict[str, Any]] = orjson.loads(response.data)["items"]
+    return items
+
+
+@contextmanager
+def pod_feed(core: Any, into: StaticPods, every_s: float = 0.3) -> Iterator[None]:
+    """Keep the simulator's pods the API server's bound pods, polling in a thread."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                listed = orjson.loads(core.list_pod_for_all_namespaces(_preload_content=False).data)
+                into.replace(p for p in map(bound_pod, listed["items"]) if p is not None)
+            except Exception as exc:  # the API server busy: next round
+                print(f"[e2e] pod feed: {exc}", flush=True)
+            stop.wait(every_s)
+
+    thread = threading.Thread(target=run, name="pod-feed", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5.0)
+
+
+def samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The extender's /metrics as ``{(sample name, sorted labels): value}``."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): float(s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def bare_pod(name: str, node: str) -> dict[str, Any]:
+    """A ``batch`` replica bound to ``node`` by the test (no scheduler runs here)."""
+    gpus = {"nvidia.com/gpu": "1"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {SERVICE_LABEL: "batch"}},
+        "spec": {
+            "schedulerName": SCHEDULER_NAME,
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 0,
+            "containers": [
+                {
+                    "name": "server",
+                    "image": "registry.invalid/powercap/fake-inference:0",
+                    "resources": {"requests": gpus, "limits": gpus},
+                }
+            ],
+        },
+    }
+
+
+def create_bare_pods(core: Any, nodes: list[str]) -> None:
+    """``batch-<i>`` bound to ``nodes[i]``, once the namespace's ``default``
+    ServiceAccount exists (admission refuses pods before kube-controller-manager has
+    created it, which a fresh cluster may not have done yet)."""
+    from kubernetes.client.exceptions import ApiException
+
+    def has_account() -> bool:
+        try:
+            core.read_namespaced_service_account("default", NAMESPACE)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    wait_for("the default ServiceAccount", has_account, 30.0, every_s=0.2)
+    for i, node in enumerate(nodes):
+        core.create_namespaced_pod(NAMESPACE, bare_pod(f"batch-{i}", node))
+
+
+def evict_events(core: Any) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = orjson.loads(
+        core.list_namespaced_event(
+            NAMESPACE, field_selector="reason=PowerCapEvict", _preload_content=False
+        ).data
+    )["items"]
+    return items
