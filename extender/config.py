@@ -18,6 +18,7 @@ A YAML or JSON document, ``apiVersion: powercap.io/v1alpha1``, ``kind: PowercapC
     planner: {enabled: true, strategy: cpsat, debounce: 5s, timeLimit: 30s, interval: 15m}
     scoring: {planWeight: 0.6}
     power: {url: "http://prometheus:9090"}   # measured power (docs/power.md)
+    intensity: {kind: ukci, fallbackCapFraction: 0.8}   # live carbon intensity (docs/carbon.md)
     controller: {enabled: true}              # the companion controller (docs/controller.md)
     learn: {refresh: 6h}                     # re-learn profiles from power.url's history
 
@@ -40,6 +41,11 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from extender.controller_config import ControllerSettings, ControllerSpec, resolve_controller
+from extender.intensity_config import (
+    IntensitySettings,
+    IntensitySourceSpec,
+    resolve_intensity_source,
+)
 from extender.learn_config import LearnRefreshSettings, LearnSpec, resolve_learn
 from extender.power_config import PowerSettings, PowerSourceSpec, resolve_power_source
 from placement.grid import Grid
@@ -152,6 +158,8 @@ class ConfigSpec(_Model):
     scoring: ScoringSpec = ScoringSpec()
     # Measured power for the controller; absent: no readings, the controller stays idle.
     power: PowerSourceSpec | None = None
+    # Live grid carbon intensity (docs/carbon.md); absent: caps do not follow it.
+    intensity: IntensitySourceSpec | None = None
     # The companion controller (off unless ``controller.enabled``); it needs ``power``.
     controller: ControllerSpec = ControllerSpec()
     # Re-learning profiles from Prometheus while serving (``learn.refresh``; absent: never).
@@ -207,6 +215,7 @@ class Config:
     planner: PlannerSettings = field(default_factory=PlannerSettings)
     scoring: ScoringSpec = field(default_factory=ScoringSpec)
     power: PowerSettings | None = None
+    intensity: IntensitySettings | None = None
     controller: ControllerSettings = field(default_factory=ControllerSettings)
     learn: LearnRefreshSettings | None = None
     source: str = "config"
@@ -356,6 +365,10 @@ def config_from_spec(
     if spec.power is not None:
         power, power_problems = resolve_power_source(spec.power, "power")
         problems += power_problems
+    intensity: IntensitySettings | None = None
+    if spec.intensity is not None:
+        intensity, intensity_problems = resolve_intensity_source(spec.intensity, "intensity")
+        problems += intensity_problems
     controller, controller_problems = resolve_controller(spec.controller, "controller")
     problems += controller_problems
     if spec.controller.enabled and spec.power is None:
@@ -385,6 +398,7 @@ def config_from_spec(
         planner=planner,
         scoring=spec.scoring,
         power=power,
+        intensity=intensity,
         controller=controller or ControllerSettings(),
         learn=learn,
         source=source,
