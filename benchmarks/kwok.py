@@ -4,6 +4,7 @@ the live placement gets to the offline plan.
     python -m benchmarks.kwok throughput            # 1,000 nodes, 10,000 pods, both ways
     python -m benchmarks.kwok servegen              # ServeGen scenario: live vs offline cpsat
     python -m benchmarks.kwok throughput --nodes 200 --pods 2000   # a quicker look
+    python -m benchmarks.kwok replay                # ServeGen days 8–14 replayed, ± controller
 
 Quality bars (DESIGN / issue 4):
 
@@ -18,6 +19,11 @@ Quality bars (DESIGN / issue 4):
 * **servegen** — on the ServeGen-built scenario of ``benchmarks.quality`` (40 services,
   320 nodes), replicas hosted through kube-scheduler + extender (cpsat planner,
   ``reservePlan``) ≥ 97% of the offline cpsat plan, with zero predicted violations.
+* **replay** — the same scenario placed through the extender, then the traces' days after
+  training (8–14 by default) replayed as measured power (``powercap whatif --kwok
+  --replay``), once without and once with the companion controller, each on its own
+  cluster: breach domain-minutes per day (the power simulator's ground truth) with the
+  controller ≤ 10% of the figure without it, and evictions per day.
 """
 
 from __future__ import annotations
@@ -31,17 +37,21 @@ from pathlib import Path
 from typing import Any
 
 from e2e.whatif import run_on_kwok
-from placement.live import ClusterRun, LiveSettings
+from placement.live import DAY_S, ClusterRun, LiveSettings, ReplaySettings
 from placement.metrics import evaluate
+from placement.powermodel import H100_LLAMA70B_TP4
 from placement.problem import Problem
 from placement.scenario import problem_from_spec, spec_from_data
-from placement.servegen import Topology, build_servegen
+from placement.servegen import Topology, build_servegen, replay_watts, write_replay
 from placement.strategies import run_strategy
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "servegen"
 FOLDERS = ("language/m-large", "language/m-mid")
 BAR_THROUGHPUT = 0.50
 BAR_LIVE_VS_PLAN = 0.97
+BAR_REPLAY = 0.10
+TRAIN_DAYS = 7
+OUT = Path("out") / "benchmarks"
 
 GPUS_PER_NODE = 16
 NODE_IDLE_W = 2000.0
@@ -210,6 +220,116 @@ def bench_servegen(data: Path, time_limit_s: float) -> int:
     return 0
 
 
+def _servegen(data: Path) -> Any:
+    missing = [f for f in FOLDERS if not (data / f).is_dir()]
+    if missing:
+        raise SystemExit(
+            f"ServeGen traces not found under {data} ({', '.join(missing)}); they are the "
+            "shared data (see shared/data/README.md); pass --data"
+        )
+    return build_servegen(
+        [data / f for f in FOLDERS], services=40, train_days=TRAIN_DAYS, topology=Topology(), seed=0
+    )
+
+
+def bench_replay(data: Path, time_limit_s: float, first: int, last: int, speed: float) -> int:
+    """Days ``first``..``last`` of the traces (1-based; training is days 1–7) replayed on
+    the live placement, without then with the controller."""
+    if not TRAIN_DAYS < first <= last:
+        raise SystemExit(f"--days must be within the days after training (> {TRAIN_DAYS})")
+    built = _servegen(data)
+    problem = problem_from_spec(built.spec)
+    svc = problem.services
+    watts = replay_watts(
+        [data / f for f in FOLDERS], svc.names, last - TRAIN_DAYS, H100_LLAMA70B_TP4, built.sizing
+    )
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / "servegen-replay.json"
+    write_replay(path, watts)
+    days = last - first + 1
+    print(
+        f"replay: {svc.size} services, demand {int(svc.demand.sum())} replicas on "
+        f"{problem.fleet.size} nodes; trace days {first}–{last} ({path}) at speed {speed:g} "
+        f"({days * DAY_S / speed / 60:.1f} min a run); cpsat planner {time_limit_s:g} s"
+    )
+    runs: dict[str, ClusterRun] = {}
+    for mode in ("off", "on"):
+        replay = ReplaySettings(
+            watts=watts,
+            day=first - TRAIN_DAYS - 1,
+            start_s=0,
+            duration_s=days * DAY_S,
+            speed=speed,
+            controller=mode == "on",
+        )
+        started = time.monotonic()
+        run = run_on_kwok(
+            problem,
+            LiveSettings(
+                scheduler="powercap",
+                planner="cpsat",
+                planner_time_limit_s=time_limit_s,
+                replay=replay,
+            ),
+            _step(f"controller {mode}"),
+        )
+        runs[mode] = run
+        r = run.replay
+        assert r is not None
+        m = evaluate(problem, run.assignment)
+        print(
+            f"  controller {mode}: {m.hosted_total} hosted, {m.violations} predicted "
+            f"violations; {r.breach_domain_minutes:,.1f} breach domain-minutes; actions "
+            f"{dict(r.actions)}; evicted by priority {dict(r.evicted_by_priority)}; "
+            f"{time.monotonic() - started:.0f} s",
+            flush=True,
+        )
+    off, on = runs["off"].replay, runs["on"].replay
+    assert off is not None and on is not None
+    rows = []
+    for d in range(first - TRAIN_DAYS - 1, last - TRAIN_DAYS):
+        b_off = off.daily_breach_minutes.get(d, 0.0)
+        b_on = on.daily_breach_minutes.get(d, 0.0)
+        rows.append(
+            {
+                "day": d + TRAIN_DAYS + 1,
+                "breach off": f"{b_off:,.1f}",
+                "breach on": f"{b_on:,.1f}",
+                "on/off": f"{b_on / b_off:.1%}" if b_off else "—",
+                "evictions on": on.evictions_by_day.get(d, 0),
+            }
+        )
+    before = sum(n for d, n in on.evictions_by_day.items() if d < first - TRAIN_DAYS - 1)
+    rows.append(
+        {
+            "day": "total",
+            "breach off": f"{off.breach_domain_minutes:,.1f}",
+            "breach on": f"{on.breach_domain_minutes:,.1f}",
+            "on/off": (
+                f"{on.breach_domain_minutes / off.breach_domain_minutes:.1%}"
+                if off.breach_domain_minutes
+                else "—"
+            ),
+            "evictions on": sum(on.evictions_by_day.values()),
+        }
+    )
+    _table(rows)
+    if before:
+        print(f"  ({before} evictions before the window's first day)")
+    for mode, r in (("off", off), ("on", on)):
+        worst = sorted(r.domain_breach_minutes.items(), key=lambda kv: -kv[1])[:8]
+        print(f"  {mode}: breach minutes by domain {dict(worst)}")
+    if not off.breach_domain_minutes:
+        print("verdict: nothing breached without the controller; nothing to judge")
+        return 0
+    share = on.breach_domain_minutes / off.breach_domain_minutes
+    print(
+        f"verdict: with the controller {share:.1%} of the uncontrolled breach domain-minutes "
+        f"(goal ≤ {BAR_REPLAY:.0%}): {'met' if share <= BAR_REPLAY else 'NOT met'}"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="which", required=True)
@@ -220,10 +340,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     sg = sub.add_parser("servegen", help="replicas hosted live vs the offline cpsat plan")
     sg.add_argument("--data", type=Path, default=DATA)
     sg.add_argument("--time-limit", type=float, default=30.0)
+    rp = sub.add_parser("replay", help="breach minutes of replayed days, ± the controller")
+    rp.add_argument("--data", type=Path, default=DATA)
+    rp.add_argument("--time-limit", type=float, default=30.0)
+    rp.add_argument("--first-day", type=int, default=8, help="first trace day (1-based)")
+    rp.add_argument("--last-day", type=int, default=14, help="last trace day (1-based)")
+    rp.add_argument("--speed", type=float, default=600.0, help="simulated s per wall s")
     args = parser.parse_args(argv)
     print(f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}")
     if args.which == "throughput":
         return bench_throughput(args.nodes, args.pods, args.planner)
+    if args.which == "replay":
+        return bench_replay(args.data, args.time_limit, args.first_day, args.last_day, args.speed)
     return bench_servegen(args.data, args.time_limit)
 
 

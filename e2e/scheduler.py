@@ -7,6 +7,7 @@ election (one instance, and the Lease namespace ``powercap-system`` does not exi
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -28,6 +29,19 @@ def powercap_command() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-c", "from placement.cli import main; main()"]
+
+
+def powercap_json(*args: str, timeout_s: float | None = None) -> dict[str, Any]:
+    """Run ``powercap ARGS`` and return the one JSON object it prints; fail the calling test
+    with the tail of its stderr when it exits non-zero."""
+    import orjson
+
+    proc = subprocess.run(
+        [*powercap_command(), *args], capture_output=True, text=True, check=False, timeout=timeout_s
+    )
+    assert proc.returncode == 0, f"powercap {' '.join(args)} failed:\n{proc.stderr[-3000:]}"
+    result: dict[str, Any] = orjson.loads(proc.stdout)
+    return result
 
 
 def start_extender(

@@ -9,16 +9,13 @@ the power check at all.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
 import yaml
 
 from e2e.scenarios import racks_scenario
-from e2e.scheduler import powercap_command
+from e2e.scheduler import powercap_json
 from e2e.whatif import run_on_kwok
 from placement.live import LiveSettings
 from placement.metrics import evaluate
@@ -37,18 +34,11 @@ SCENARIO = racks_scenario(
 )
 
 
-def _powercap(*args: str) -> dict[str, Any]:
-    proc = subprocess.run([*powercap_command(), *args], capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, f"powercap {' '.join(args)} failed:\n{proc.stderr[-3000:]}"
-    result: dict[str, Any] = orjson.loads(proc.stdout)
-    return result
-
-
 def test_whatif_kwok_json_is_the_plan_object_and_keeps_caps(tmp_path: Path) -> None:
     path = tmp_path / "scenario.yaml"
     path.write_text(yaml.safe_dump(SCENARIO))
-    offline = _powercap("plan", str(path), "--strategy", "greedy", "--format", "json")
-    live = _powercap(
+    offline = powercap_json("plan", str(path), "--strategy", "greedy", "--format", "json")
+    live = powercap_json(
         "whatif", str(path), "--kwok", "--planner", "greedy", "--time-limit", "5",
         "--format", "json",
     )  # fmt: skip

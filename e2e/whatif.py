@@ -10,7 +10,9 @@ This is the ``powercap.clusters`` backend ``kwok`` behind ``powercap whatif --kw
    plan; then start kube-scheduler (``config/kube-scheduler.yaml``; for ``default`` the
    same file without the extender);
 4. wait until every pod is bound, or the rest have a FailedScheduling event and nothing
-   has changed for a while, and read the placement back.
+   has changed for a while, and read the placement back;
+5. with ``settings.replay``, replay measured power on that placement, with or without
+   the companion controller (:func:`e2e.replay.replay_window`).
 
 Pods exist before the scheduler starts so that the scheduling window measures the
 scheduler (and the extender), not the ReplicaSet controller's creation rate; binding
@@ -40,7 +42,7 @@ from e2e.deploy import (
 from e2e.extender_view import plan_gauges
 from e2e.scheduler import start_extender, start_scheduler
 from extender.mirror import Gone, KubernetesSource
-from placement.live import ClusterRun, LiveSettings
+from placement.live import ClusterRun, LiveSettings, ReplayOutcome
 from placement.problem import Problem
 
 LOG_DIR = Path("out") / "e2e-logs"
@@ -201,17 +203,15 @@ def run_on_kwok(
 
             planner: dict[str, float] = {}
             extender_port: int | None = None
+            extender: Process | None = None
             watched: list[Process] = []
+            choice = PlannerChoice(
+                strategy=settings.planner,
+                reserve_plan=settings.reserve_plan,
+                time_limit_s=settings.planner_time_limit_s,
+            )
             if settings.scheduler == "powercap":
-                config = write_config(
-                    problem,
-                    c.run_dir / "powercap.json",
-                    PlannerChoice(
-                        strategy=settings.planner,
-                        reserve_plan=settings.reserve_plan,
-                        time_limit_s=settings.planner_time_limit_s,
-                    ),
-                )
+                config = write_config(problem, c.run_dir / "powercap.json", choice)
                 step(f"starting the extender; {settings.planner} plans the cluster")
                 extender, extender_port = start_extender(c, config)
                 watched.append(extender)
@@ -241,6 +241,23 @@ def run_on_kwok(
 
             seen = wait_scheduled(client, problem, clock, settings.settle_timeout_s, alive)
             lap("schedule_s")
+            replayed: ReplayOutcome | None = None
+            if settings.replay is not None:
+                from e2e.replay import replay_window
+
+                replayed, _ = replay_window(
+                    c,
+                    core,
+                    problem,
+                    settings.replay,
+                    choice,
+                    None
+                    if extender is None or extender_port is None
+                    else (extender, extender_port),
+                    LOG_DIR,
+                    step,
+                )
+                lap("replay_s")
 
     rate, window = throughput(clock.binding_times())
     return ClusterRun(
@@ -251,4 +268,5 @@ def run_on_kwok(
         schedule_s=round(window, 3),
         timings=timings,
         planner=planner,
+        replay=replayed,
     )

@@ -6,6 +6,8 @@
     powercap plan site.yaml --strategy greedy --format json
     powercap compare site.yaml --report out/report
     powercap whatif site.yaml --scale-caps 0.9 --add-nodes 10% --scale-demand 1.2
+    powercap whatif site.yaml --kwok --replay week.json --replay-day 2 --start 08:00 \
+        --duration 4h --speed 600 --controller on --format json
     powercap scenario default -o site.yaml
     powercap scenario validate site.yaml
 
@@ -20,6 +22,7 @@ entry point is a callable ``register(app: typer.Typer) -> None`` (see :func:`loa
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
@@ -35,7 +38,18 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from placement.live import SCHEDULERS, ClusterBackend, ClusterRun, LiveSettings
+from placement.carbon_cli import register as register_carbon
+from placement.grid import parse_duration
+from placement.live import (
+    SCHEDULERS,
+    ClusterBackend,
+    ClusterRun,
+    LiveSettings,
+    ReplayOutcome,
+    ReplaySettings,
+    read_replay,
+    speed_problem,
+)
 from placement.metrics import Metrics, evaluate, gains
 from placement.problem import Problem
 from placement.report import domain_order
@@ -77,6 +91,11 @@ app.add_typer(scenario_app, name="scenario")
 class OutputFormat(StrEnum):
     table = "table"
     json = "json"
+
+
+class OnOff(StrEnum):
+    on = "on"
+    off = "off"
 
 
 class SchedulerChoice(StrEnum):
@@ -570,15 +589,50 @@ def whatif(
     all_domains: Annotated[
         bool, typer.Option("--all-domains", help="With --kwok: list every domain.")
     ] = False,
+    replay: Annotated[
+        Path | None,
+        typer.Option(
+            "--replay",
+            help="With --kwok: once placed, replay measured power from this JSON file "
+            '({"step_s": 600, "watts": {service: [w0, ...]}}, watts per replica above node '
+            "idle from midnight of replay day 0) and measure cap breaches.",
+        ),
+    ] = None,
+    replay_day: Annotated[
+        int | None, typer.Option("--replay-day", help="With --replay: the day to start (0-based).")
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option("--start", help="With --replay: start time of day, HH:MM (UTC).")
+    ] = None,
+    duration: Annotated[
+        str | None,
+        typer.Option("--duration", help="With --replay: simulated length, e.g. 4h (default)."),
+    ] = None,
+    speed: Annotated[
+        float | None,
+        typer.Option(
+            "--speed",
+            help="With --replay: simulated seconds per wall second (default 60); with the "
+            "controller it must divide the grid step.",
+        ),
+    ] = None,
+    controller: Annotated[
+        OnOff | None,
+        typer.Option("--controller", help="With --replay: run the companion controller (on)."),
+    ] = None,
 ) -> None:
     """Plan before and after a change to caps, nodes or demand, and show the difference.
 
     With --kwok, schedule the scenario (after any change) on a throwaway local KWOK cluster
-    with the real kube-scheduler instead, and judge the placement it made.
+    with the real kube-scheduler instead, and judge the placement it made. With --replay,
+    then replay measured power on that placement, with or without the controller.
     """
     from placement.whatif import WhatIf, resolve_node_count
 
     problem = _load(scenario)
+    replay_settings = _replay_settings(
+        problem, replay, replay_day, start, duration, speed, controller, kwok
+    )
     try:
         change = WhatIf(
             scale_caps=scale_caps,
@@ -592,11 +646,18 @@ def whatif(
         if planner not in ("cpsat", "greedy"):
             raise _fail(f"--planner must be cpsat or greedy, got {planner!r}")
         schedulers = list(SCHEDULERS) if scheduler is SchedulerChoice.both else [scheduler.value]
+        if (
+            replay_settings is not None
+            and replay_settings.controller
+            and schedulers != ["powercap"]
+        ):
+            raise _fail("--controller on needs --scheduler powercap (it runs in the extender)")
         _whatif_live(
             changed,
             schedulers,
             planner=planner,
             reserve_plan=reserve_plan,
+            replay=replay_settings,
             options={"time_limit_s": time_limit, "workers": workers},
             output=output,
             report=report,
@@ -631,6 +692,76 @@ def whatif(
         )
     else:
         _stdout().print(_whatif_table(problem, changed, change, strategy, before, after))
+
+
+def _replay_settings(
+    problem: Problem,
+    path: Path | None,
+    day: int | None,
+    start: str | None,
+    duration: str | None,
+    speed: float | None,
+    controller: OnOff | None,
+    kwok: bool,
+) -> ReplaySettings | None:
+    """The replay options checked and resolved; exit 2 naming the option at fault."""
+    if path is None:
+        given = [
+            name
+            for name, value in (
+                ("--replay-day", day),
+                ("--start", start),
+                ("--duration", duration),
+                ("--speed", speed),
+                ("--controller", controller),
+            )
+            if value is not None
+        ]
+        if given:
+            raise _fail(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --replay")
+        return None
+    if not kwok:
+        raise _fail("--replay goes with --kwok (it replays power on a live placement)")
+    try:
+        step_s, watts = read_replay(path)
+    except ValueError as exc:
+        raise _fail(f"--replay: {exc}") from None
+    known = set(problem.services.names)
+    if not known & set(watts):
+        raise _fail(f"--replay: {path} names none of the scenario's services")
+    start_s = 0
+    if start is not None:
+        match = re.fullmatch(r"(\d{1,2}):(\d{2})", start.strip())
+        if not match or int(match.group(1)) > 23 or int(match.group(2)) > 59:
+            raise _fail(f"--start must be HH:MM within the day, got {start!r}")
+        start_s = int(match.group(1)) * 3600 + int(match.group(2)) * 60
+    try:
+        duration_s = parse_duration(duration) if duration is not None else 4 * 3600
+    except ValueError as exc:
+        raise _fail(f"--duration: {exc}") from None
+    speed_value = 60.0 if speed is None else speed
+    on = controller is not OnOff.off
+    if speed_value <= 0:
+        raise _fail(f"--speed must be > 0, got {speed_value:g}")
+    if on and (why := speed_problem(problem.grid, speed_value)) is not None:
+        raise _fail(f"--speed {why}")
+    shortest = min(len(v) for v in watts.values())
+    days = max(1, shortest * step_s // 86400)
+    day_value = 0 if day is None else day
+    if not 0 <= day_value < days:
+        raise _fail(f"--replay-day must be in 0..{days - 1} ({path} holds {days} days), got {day}")
+    try:
+        return ReplaySettings(
+            watts=watts,
+            step_s=step_s,
+            day=day_value,
+            start_s=start_s,
+            duration_s=duration_s,
+            speed=speed_value,
+            controller=on,
+        )
+    except ValueError as exc:
+        raise _fail(f"--replay: {exc}") from None
 
 
 def _cluster_backend(name: str) -> ClusterBackend:
@@ -708,6 +839,7 @@ def _whatif_live(
     output: OutputFormat,
     report: Path | None,
     all_domains: bool,
+    replay: ReplaySettings | None = None,
 ) -> None:
     """``whatif --kwok``: the problem through each scheduler on a fresh cluster, judged by
     the shared evaluator beside the baselines and the offline cpsat plan."""
@@ -721,6 +853,7 @@ def _whatif_live(
                 planner=planner,
                 reserve_plan=reserve_plan,
                 planner_time_limit_s=float(options["time_limit_s"]),
+                replay=replay,
             )
             name = _live_name(scheduler)
             runs[name] = run = _run_live(progress, backend, problem, settings)
@@ -738,6 +871,7 @@ def _whatif_live(
                 "solver": plans[name].stats.as_dict(),
                 "throughput_pods_per_s": run.throughput_pods_per_s,
                 "pending": _pending_summary(run),
+                **_replay_json(run),
             }
             for name, run in runs.items()
         }
@@ -753,8 +887,51 @@ def _whatif_live(
         console.print(_compare_table(problem, plans, metrics))
         for name, run in runs.items():
             console.print(_live_line(name, run, metrics[name]))
+            if run.replay is not None:
+                console.print(_replay_table(name, run.replay))
     if index is not None:
         _stderr().print(f"report: {index}")
+
+
+def _replay_json(run: ClusterRun) -> dict[str, Any]:
+    """The replay keys of a live run's JSON object (none without a replay)."""
+    r = run.replay
+    if r is None:
+        return {}
+    return {
+        "breach_domain_minutes": r.breach_domain_minutes,
+        "actions": dict(r.actions),
+        "evicted_by_priority": {str(k): v for k, v in r.evicted_by_priority.items()},
+        "replay": {
+            "window": dict(r.window),
+            "domain_breach_minutes": dict(r.domain_breach_minutes),
+            "daily_breach_minutes": {str(k): v for k, v in r.daily_breach_minutes.items()},
+            "evictions_by_day": {str(k): v for k, v in r.evictions_by_day.items()},
+            "samples": r.samples,
+        },
+    }
+
+
+def _replay_table(name: str, r: ReplayOutcome) -> Table:
+    w = r.window
+    controller = "on" if w.get("controller") else "off"
+    table = Table(
+        title=f"[bold]{name}[/] — replay day {w.get('day', 0):g}, "
+        f"{w.get('duration_s', 0) / 3600:g} h at speed {w.get('speed', 0):g}, "
+        f"controller {controller}",
+        title_justify="left",
+    )
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("breach domain-minutes", f"{r.breach_domain_minutes:,.1f}")
+    worst = sorted(r.domain_breach_minutes.items(), key=lambda kv: -kv[1])[:5]
+    for domain, minutes in worst:
+        table.add_row(f"  {domain}", f"{minutes:,.1f}")
+    actions = ", ".join(f"{k} {v}" for k, v in r.actions.items()) or "none"
+    table.add_row("actions", actions)
+    evicted = ", ".join(f"priority {k}: {v}" for k, v in r.evicted_by_priority.items()) or "none"
+    table.add_row("evicted", evicted)
+    return table
 
 
 def _live_line(name: str, run: ClusterRun, m: Metrics) -> Text:
@@ -1030,6 +1207,10 @@ def scenario_validate(
             f"{int(svc.demand.sum()):,} replicas demanded",
         )
     )
+
+
+# `powercap carbon report` lives in its own module; it imports this one only when it runs.
+register_carbon(app)
 
 
 def load_plugins(target: typer.Typer) -> list[str]:

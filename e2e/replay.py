@@ -1,0 +1,390 @@
+"""Replayed power on a placed KWOK cluster, with or without the companion controller.
+
+:func:`replay_window` runs after :func:`e2e.whatif.run_on_kwok` has placed a problem:
+
+1. the power simulator (:mod:`e2e.powersim`) serves DCGM metrics for every fake node from
+   the pods the API server reports bound (a periodic list: evicted pods disappear, their
+   replacements appear), each drawing its service's replayed watts (services without a
+   series draw their profile); Prometheus (:mod:`e2e.prometheus`) scrapes it every second;
+2. with the controller, ``powercap serve`` is restarted on the same port (kube-scheduler
+   keeps calling it there) with the ``power:`` and ``controller:`` sections, its timings
+   divided by the speed;
+3. the simulated clock runs from the window's start; the simulator's own snapshot is
+   sampled every :data:`SAMPLE_S` wall seconds and each domain's time over its cap is
+   integrated — the ground truth, so runs with and without the controller are judged
+   alike;
+4. the controller's actions are read from the extender's ``/metrics``, the evicted pods
+   from the ``PowerCapEvict`` Events.
+
+The controller takes the slot of wall-clock time (``Grid.slot_of(time.time())``), so its
+config gets a compressed grid: period and step divided by the speed (the speed must
+divide the step, so they stay whole seconds) and an offset chosen with the clock's start
+so that its slot is the simulator's slot at every wall second. No controller code knows
+it is being replayed.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from e2e.cluster import Cluster, Process
+from e2e.deploy import NAMESPACE, SERVICE_LABEL, PlannerChoice, powercap_config
+from e2e.powersim import (
+    PowerSimulator,
+    Profile,
+    SimClock,
+    StaticPods,
+    bound_pod,
+    grid_profiles,
+    replay_profiles,
+    sim_nodes,
+)
+from e2e.prometheus import ScrapeJob, prometheus
+from e2e.scheduler import start_extender
+from placement.grid import Grid
+from placement.live import DAY_S, ReplayOutcome, ReplaySettings, speed_problem
+from placement.problem import Problem
+
+# Wall seconds between two ground-truth samples (at speed 600: one simulated minute).
+SAMPLE_S = 0.1
+# Wall seconds between the extender's restart and the window's start: its mirror syncs
+# and it takes the controller Lease in that time.
+LEAD_S = 8.0
+# The Prometheus scrape interval, wall seconds (the simulator answers at once).
+SCRAPE_S = 1.0
+# The default eviction rate window (5 minutes), simulated seconds.
+EVICTION_WINDOW_S = 300.0
+
+
+@dataclass(frozen=True)
+class CompressedGrid:
+    """The grid the controller runs on during a replay, and the wall instant ``t0`` at
+    which simulated time is the window's start."""
+
+    grid: Grid
+    t0: float
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "period": f"{self.grid.period_s}s",
+            "step": f"{self.grid.step_s}s",
+            "offset": f"{self.grid.offset_s}s" if self.grid.offset_s else 0,
+        }
+
+
+def compress(grid: Grid, speed: int, sim_start_s: float, not_before: float) -> CompressedGrid:
+    """A grid whose slot of wall instant ``w`` is ``grid``'s slot of the simulated instant
+    ``sim_start_s + (w − t0) × speed``, with ``t0 ≥ not_before``.
+
+    Simulated ``s + g_off`` is ``speed × (w + off)`` with ``off = (sim_start_s + g_off) /
+    speed − t0``; choosing ``t0``'s fraction equal to that quotient's makes ``off`` whole,
+    and with a whole compressed step, slotting ``int(w) + off`` equals slotting ``w + off``.
+    """
+    quotient = (sim_start_s + grid.offset_s) / speed
+    frac = quotient - math.floor(quotient)
+    t0 = math.ceil(not_before) + frac
+    period, step = grid.period_s // speed, grid.step_s // speed
+    offset = round(quotient - t0) % period
+    return CompressedGrid(Grid(period, step, offset), t0)
+
+
+@dataclass
+class HeldClock(SimClock):
+    """A :class:`SimClock` held at ``start_s`` until its ``t0``: before the window the
+    pods draw the window's first values, not (the series wrapping round) its last."""
+
+    def now(self) -> float:
+        return max(self.start_s, super().now())
+
+
+def _wall_seconds(sim_s: float, speed: float, minimum: int = 0) -> int:
+    return max(minimum, round(sim_s / speed))
+
+
+def controller_section(replay: ReplaySettings) -> dict[str, Any]:
+    """The ``controller:`` section for a replay: simulated timings divided by the speed."""
+
+    def dur(sim_s: float, minimum: int = 0) -> str:
+        return f"{_wall_seconds(sim_s, replay.speed, minimum)}s"
+
+    window = dur(EVICTION_WINDOW_S, 1)
+    return {
+        "enabled": True,
+        "period": dur(replay.period_s, 1),
+        "grace": dur(replay.grace_s),
+        "settle": {
+            "reshape": dur(replay.settle_reshape_s),
+            "evict": dur(replay.settle_evict_s),
+            "restore": dur(replay.settle_restore_s),
+        },
+        "evictions": {
+            "perDomain": {"limit": 2, "window": window},
+            "cluster": {"limit": 5, "window": window},
+        },
+        "victimTimeLimit": "1s",
+        "lease": {
+            "namespace": NAMESPACE,
+            "duration": "4s",
+            "renewDeadline": "3s",
+            "retryPeriod": "1s",
+        },
+    }
+
+
+class PodFeed:
+    """Keeps a :class:`StaticPods` equal to the API server's bound pods (a list every
+    ``every_s`` in a thread) and remembers each scenario pod's service and, once it has
+    gone, the simulated instant it was last seen."""
+
+    def __init__(
+        self, core: Any, into: StaticPods, clock: Callable[[], float], every_s: float = 0.3
+    ):
+        self.core = core
+        self.into = into
+        self.clock = clock
+        self.every_s = every_s
+        self.service: dict[str, str] = {}
+        self.gone_at: dict[str, float] = {}
+        self._present: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="replay-pod-feed", daemon=True)
+
+    def refresh(self) -> None:
+        listed = orjson.loads(
+            self.core.list_namespaced_pod(
+                NAMESPACE, label_selector=SERVICE_LABEL, _preload_content=False
+            ).data
+        )["items"]
+        now = self.clock()
+        present: set[str] = set()
+        pods = []
+        for obj in listed:
+            name = str(obj["metadata"]["name"])
+            present.add(name)
+            self.service[name] = str(obj["metadata"]["labels"][SERVICE_LABEL])
+            pod = bound_pod(obj)
+            if pod is not None:
+                pods.append(pod)
+        for name in self._present - present:
+            self.gone_at[name] = now
+        self._present = present
+        self.into.replace(pods)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.refresh()
+            except Exception as exc:  # the API server busy: the next round will do
+                print(f"[replay] pod feed: {exc}", flush=True)
+
+    def __enter__(self) -> PodFeed:
+        self.refresh()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+
+
+@dataclass
+class BreachMeter:
+    """Integrates, per domain, the simulated seconds its power was over its cap, from
+    successive snapshots within ``[start_s, end_s)``: each sample's state holds until the
+    next sample."""
+
+    problem: Problem
+    start_s: float
+    end_s: float
+    seconds: np.ndarray = field(init=False)
+    daily: dict[int, float] = field(default_factory=dict)
+    samples: int = 0
+    _last: tuple[float, np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        self.seconds = np.zeros(self.problem.tree.size)
+
+    def add(self, sim_s: float, domain_watts: Mapping[str, float]) -> None:
+        tree = self.problem.tree
+        slot = self.problem.grid.slot_of(sim_s)
+        watts = np.array([domain_watts.get(name, 0.0) for name in tree.names])
+        over = watts > tree.caps[:, slot] + 1e-6
+        if self._last is not None:
+            self._credit(self._last[0], min(sim_s, self.end_s), self._last[1])
+        self._last = (max(sim_s, self.start_s), over)
+        self.samples += 1
+
+    def close(self) -> None:
+        """Credit the last sample up to the window's end."""
+        if self._last is not None:
+            self._credit(self._last[0], self.end_s, self._last[1])
+            self._last = None
+
+    def _credit(self, a: float, b: float, over: np.ndarray) -> None:
+        a = max(a, self.start_s)
+        while b > a:
+            day = int(a // DAY_S)
+            upto = min(b, (day + 1) * DAY_S)
+            span = upto - a
+            self.seconds += over * span
+            self.daily[day] = self.daily.get(day, 0.0) + float(over.sum()) * span / 60.0
+            a = upto
+
+
+def controller_actions(port: int) -> dict[str, int]:
+    """``powercap_controller_actions_total`` summed by kind (dry runs left out)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, int] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "powercap_controller_actions_total" and s.labels.get("dry_run") != "true":
+                kind = s.labels.get("kind", "")
+                out[kind] = out.get(kind, 0) + int(s.value)
+    return {k: v for k, v in sorted(out.items()) if v}
+
+
+def evicted_pods(core: Any) -> set[str]:
+    """Names of the pods the controller evicted (its ``PowerCapEvict`` Events)."""
+    events = orjson.loads(
+        core.list_namespaced_event(
+            NAMESPACE, field_selector="reason=PowerCapEvict", _preload_content=False
+        ).data
+    )["items"]
+    return {str(e["involvedObject"]["name"]) for e in events}
+
+
+@contextmanager
+def _simulator(
+    problem: Problem, replay: ReplaySettings, pods: StaticPods
+) -> Iterator[PowerSimulator]:
+    profiles: dict[str, Profile] = dict(grid_profiles(problem))
+    profiles.update(
+        replay_profiles({"step_s": replay.step_s, "watts": dict(replay.watts)}, origin_s=0.0)
+    )
+    # Simulated time stands still at the window's start until the run sets the real clock.
+    sim = PowerSimulator(sim_nodes(problem), profiles, pods, SimClock(replay.sim_start_s, 0.0))
+    sim.start()
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+def replay_window(
+    c: Cluster,
+    core: Any,
+    problem: Problem,
+    replay: ReplaySettings,
+    planner: PlannerChoice,
+    extender: tuple[Process, int] | None,
+    log_dir: Path,
+    step: Callable[[str], None],
+) -> tuple[ReplayOutcome, Process | None]:
+    """Replay ``replay``'s window on the placed cluster (see the module doc); returns the
+    outcome and the extender process now running (restarted with the controller)."""
+    speed = replay.speed
+    start, end = replay.sim_start_s, replay.sim_start_s + replay.duration_s
+    pods = StaticPods()
+    clock_box: list[SimClock] = []
+
+    def sim_now() -> float:
+        return clock_box[0].now() if clock_box else start
+
+    running = extender[0] if extender is not None else None
+    with (
+        _simulator(problem, replay, pods) as sim,
+        PodFeed(core, pods, sim_now) as feed,
+        prometheus([ScrapeJob("powersim", [sim.address], SCRAPE_S)], log_dir) as prom,
+    ):
+        prom.wait_for_targets()
+        if replay.controller:
+            if extender is None:
+                raise ValueError("the controller runs in the extender: replay it with powercap")
+            if (why := speed_problem(problem.grid, speed)) is not None:
+                raise ValueError(f"speed {why}")
+            compressed = compress(problem.grid, int(speed), start, time.time() + LEAD_S)
+            config = powercap_config(problem, planner)
+            config["grid"] = compressed.spec()
+            config["power"] = {
+                "url": prom.url,
+                "nonGpuWatts": {"default": 0.0},
+                "staleness": f"{max(3, math.ceil(3 * SCRAPE_S))}s",
+                "timeout": "2s",
+            }
+            config["controller"] = controller_section(replay)
+            path = c.run_dir / "powercap-replay.json"
+            path.write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2))
+            clock: SimClock = HeldClock(start, speed, t0=compressed.t0)
+            step("restarting the extender with the controller")
+            proc, port = extender
+            proc.stop()
+            running, _ = start_extender(c, path, port=port)
+        else:
+            clock = HeldClock(start, speed, t0=math.ceil(time.time()) + 1.0)
+        sim.clock = clock
+        clock_box.append(clock)
+        hours = replay.duration_s / 3600
+        step(
+            f"replaying {hours:g} h from day {replay.day} at speed {speed:g} "
+            f"({replay.duration_s / speed:.0f} s), "
+            f"controller {'on' if replay.controller else 'off'}"
+        )
+        meter = BreachMeter(problem, start, end)
+        while True:
+            if running is not None and not running.alive():
+                raise RuntimeError(f"powercap serve exited:\n{running.tail()}")
+            snap = sim.snapshot()
+            if snap.sim_s >= end:
+                break
+            if snap.sim_s >= start:
+                meter.add(snap.sim_s, snap.domain_watts(list(sim.nodes.values())))
+            time.sleep(SAMPLE_S)
+        meter.close()
+        actions = controller_actions(extender[1]) if replay.controller and extender else {}
+        evicted = evicted_pods(core) if replay.controller else set()
+        feed.refresh()
+
+    priorities = {
+        name: int(problem.services.priority[s]) for s, name in enumerate(problem.services.names)
+    }
+    by_priority: dict[int, int] = {}
+    by_day: dict[int, int] = {}
+    for name in evicted:
+        prio = priorities.get(feed.service.get(name, ""), 0)
+        by_priority[prio] = by_priority.get(prio, 0) + 1
+        day = int(feed.gone_at.get(name, end) // DAY_S)
+        by_day[day] = by_day.get(day, 0) + 1
+    per_domain = {
+        problem.tree.names[d]: round(float(meter.seconds[d]) / 60.0, 1)
+        for d in np.flatnonzero(meter.seconds)
+    }
+    outcome = ReplayOutcome(
+        breach_domain_minutes=round(float(meter.seconds.sum()) / 60.0, 1),
+        domain_breach_minutes=per_domain,
+        daily_breach_minutes={d: round(m, 1) for d, m in sorted(meter.daily.items())},
+        actions=actions,
+        evicted_by_priority=dict(sorted(by_priority.items(), reverse=True)),
+        evictions_by_day=dict(sorted(by_day.items())),
+        window={
+            "day": replay.day,
+            "start_s": replay.start_s,
+            "duration_s": replay.duration_s,
+            "speed": speed,
+            "controller": replay.controller,
+        },
+        samples=meter.samples,
+    )
+    return outcome, running
