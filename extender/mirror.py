@@ -157,11 +157,17 @@ def apply_pod_event(
     if kind == "DELETED":
         state.remove_pod(_uid(obj))
         return
+    if node_name_of(obj) is None and not is_terminal(obj):
+        # Not bound in this event. A pod's nodeName never clears once set, so if the
+        # pod is recorded (the extender's own bind records it before the Binding is
+        # created) this event is older than the binding — the watch lags behind binds
+        # during a burst. Dropping the record here would free power that is in use.
+        if on_pending is not None:
+            on_pending(obj)
+        return
     record = pod_record(obj, resolver)
     if record is None:
         state.remove_pod(_uid(obj))
-        if on_pending is not None and node_name_of(obj) is None and not is_terminal(obj):
-            on_pending(obj)
         return
     state.add_pod(record)
 

@@ -150,6 +150,26 @@ def test_pod_events(config: Config, state: ClusterState) -> None:
     assert state.pods == {}
 
 
+def test_a_stale_pending_event_does_not_unrecord_a_bound_pod(
+    config: Config, state: ClusterState
+) -> None:
+    """The extender's bind records a pod before the Binding exists; the watch may still
+    deliver older events of it without nodeName (the scheduler's status updates). They
+    must not free its power: that let a burst of binds exceed caps."""
+    resolver = DemandResolver(config)
+    replace_nodes(state, config, [node("gpu-1a", "rack-1")])
+    bound = pod_record(pod("eu-0", node_name="gpu-1a"), resolver)
+    assert bound is not None
+    state.add_pod(bound)  # as Decider.bind does, before creating the Binding
+    before = load(state, "rack-1").copy()
+    apply_pod_event(state, resolver, "MODIFIED", pod("eu-0"))  # an older, unbound version
+    assert "uid-llm-eu-0" in state.pods
+    np.testing.assert_allclose(load(state, "rack-1"), before)
+    # Deletion and a terminal phase still release it.
+    apply_pod_event(state, resolver, "MODIFIED", pod("eu-0", phase="Failed"))
+    assert state.pods == {}
+
+
 def test_pod_before_its_node(config: Config, state: ClusterState) -> None:
     resolver = DemandResolver(config)
     apply_pod_event(state, resolver, "ADDED", pod("eu-0", node_name="gpu-4b"))
