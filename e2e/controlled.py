@@ -120,3 +120,33 @@ def evict_events(core: Any) -> list[dict[str, Any]]:
         ).data
     )["items"]
     return items
+
+
+def fast_controller(
+    prometheus_url: str, non_gpu_watts: float, eviction_window_s: int, lease: dict[str, Any]
+) -> dict[str, Any]:
+    """The ``power:`` and ``controller:`` config sections of a test: one-second periods,
+    grace and settle times, straight to evictions (no KEDA operator runs here, so a
+    reshape would change nothing), at most one eviction per ``eviction_window_s`` per
+    domain and cluster-wide, and the given ``lease`` settings."""
+    window = f"{eviction_window_s}s"
+    return {
+        "power": {
+            "url": prometheus_url,
+            "nonGpuWatts": {"default": non_gpu_watts},
+            "staleness": "5s",
+            "timeout": "1s",
+        },
+        "controller": {
+            "enabled": True,
+            "period": "1s",
+            "grace": "1s",
+            "settle": {"reshape": "1s", "evict": "1s", "restore": "1s"},
+            "reshapeRounds": 0,
+            "evictions": {
+                "perDomain": {"limit": 1, "window": window},
+                "cluster": {"limit": 1, "window": window},
+            },
+            "lease": lease,
+        },
+    }

@@ -45,12 +45,17 @@ def powercap_json(*args: str, timeout_s: float | None = None) -> dict[str, Any]:
 
 
 def start_extender(
-    c: Cluster, config: Path, timeout_s: float = 60.0, port: int | None = None
+    c: Cluster,
+    config: Path,
+    timeout_s: float = 60.0,
+    port: int | None = None,
+    name: str = "powercap-extender",
 ) -> tuple[Process, int]:
     """``powercap serve`` on loopback ``port`` (a free one when ``None``); returns once
     ``/readyz`` answers 200 (the mirror has listed Nodes and Pods), so the scheduler's first
     calls find it ready. Passing the port of an extender that was stopped restarts it where
-    a running kube-scheduler already calls it."""
+    a running kube-scheduler already calls it. ``name`` names the process and its log
+    (two instances side by side need two)."""
     if port is None:
         (port,) = free_ports(1)
     argv = [
@@ -65,7 +70,7 @@ def start_extender(
         "--port",
         str(port),
     ]
-    proc = c.start("powercap-extender", argv)
+    proc = c.start(name, argv)
     wait_ready(proc, port, timeout_s)
     return proc, port
 

@@ -27,12 +27,19 @@ from typing import Any
 import orjson
 import pytest
 
-from e2e.cluster import Cluster, Process, cluster, free_ports
-from e2e.controlled import create_bare_pods, evict_events, k8s_apis, pod_feed, samples
+from e2e.cluster import cluster
+from e2e.controlled import (
+    create_bare_pods,
+    evict_events,
+    fast_controller,
+    k8s_apis,
+    pod_feed,
+    samples,
+)
 from e2e.deploy import NAMESPACE, api_client, create_nodes, powercap_config, wait_for
 from e2e.powersim import PowerSimulator, SimClock, StaticPods, grid_profiles, sim_nodes
 from e2e.prometheus import ScrapeJob, prometheus
-from e2e.scheduler import powercap_command, wait_ready
+from e2e.scheduler import start_extender
 from placement.scenario import problem_from_spec, spec_from_data
 
 pytestmark = [pytest.mark.e2e, pytest.mark.controller]
@@ -71,26 +78,6 @@ SCENARIO: dict[str, Any] = {
         }
     ],
 }
-
-
-def start_serve(c: Cluster, config: Path, name: str) -> tuple[Process, int]:
-    """``powercap serve`` as process ``name`` (its own log), ready on a free port."""
-    (port,) = free_ports(1)
-    argv = [
-        *powercap_command(),
-        "serve",
-        "--config",
-        str(config),
-        "--kubeconfig",
-        str(c.kubeconfig),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    proc = c.start(name, argv)
-    wait_ready(proc, port)
-    return proc, port
 
 
 def leader(port: int) -> float:
@@ -136,34 +123,22 @@ def test_only_the_lease_holder_acts_and_the_other_takes_over_when_it_dies() -> N
                 prom.wait_for_targets()
                 config = powercap_config(problem)
                 config["planner"]["enabled"] = False
-                config["power"] = {
-                    "url": prom.url,
-                    "nonGpuWatts": {"default": sim.non_gpu_watts(NODES[0])},
-                    "staleness": "5s",
-                    "timeout": "1s",
+                lease = {
+                    "name": LEASE,
+                    "namespace": NAMESPACE,
+                    "duration": f"{LEASE_S}s",
+                    "renewDeadline": f"{LEASE_S - 1}s",
+                    "retryPeriod": f"{RETRY_S}s",
                 }
-                config["controller"] = {
-                    "enabled": True,
-                    "period": "1s",
-                    "grace": "1s",
-                    "settle": {"reshape": "1s", "evict": "1s", "restore": "1s"},
-                    "reshapeRounds": 0,  # no KEDA here: straight to evictions
-                    "evictions": {
-                        "perDomain": {"limit": 1, "window": "4s"},
-                        "cluster": {"limit": 1, "window": "4s"},
-                    },
-                    "lease": {
-                        "name": LEASE,
-                        "namespace": NAMESPACE,
-                        "duration": f"{LEASE_S}s",
-                        "renewDeadline": f"{LEASE_S - 1}s",
-                        "retryPeriod": f"{RETRY_S}s",
-                    },
-                }
+                config |= fast_controller(prom.url, sim.non_gpu_watts(NODES[0]), 4, lease)
                 path = c.run_dir / "powercap.json"
                 path.write_bytes(orjson.dumps(config))
                 procs = dict(
-                    zip("ab", (start_serve(c, path, f"powercap-{n}") for n in "ab"), strict=True)
+                    zip(
+                        "ab",
+                        (start_extender(c, path, name=f"powercap-{n}") for n in "ab"),
+                        strict=True,
+                    )
                 )
 
                 def logs() -> str:

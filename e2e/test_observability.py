@@ -46,7 +46,14 @@ import pytest
 import yaml
 
 from e2e.cluster import cluster
-from e2e.controlled import create_bare_pods, evict_events, k8s_apis, pod_feed, samples
+from e2e.controlled import (
+    create_bare_pods,
+    evict_events,
+    fast_controller,
+    k8s_apis,
+    pod_feed,
+    samples,
+)
 from e2e.deploy import (
     NAMESPACE,
     api_client,
@@ -225,29 +232,13 @@ def test_stale_data_alert_no_action_and_every_query_returns_series() -> None:
                     config = powercap_config(problem)
                     # CP-SAT reports a gap, so the dashboard's plan-gap panel has a value.
                     config["planner"].update({"strategy": "cpsat", "timeLimit": "2s"})
-                    config["power"] = {
-                        "url": data.url,
-                        "nonGpuWatts": {"default": sim.non_gpu_watts("gpu-a1")},
-                        "staleness": "5s",
-                        "timeout": "1s",
+                    lease = {
+                        "namespace": NAMESPACE,
+                        "duration": "3s",
+                        "renewDeadline": "2s",
+                        "retryPeriod": "1s",
                     }
-                    config["controller"] = {
-                        "enabled": True,
-                        "period": "1s",
-                        "grace": "1s",
-                        "settle": {"reshape": "1s", "evict": "1s", "restore": "1s"},
-                        "reshapeRounds": 0,  # no KEDA here: straight to evictions
-                        "evictions": {
-                            "perDomain": {"limit": 1, "window": "60s"},
-                            "cluster": {"limit": 1, "window": "60s"},
-                        },
-                        "lease": {
-                            "namespace": NAMESPACE,
-                            "duration": "3s",
-                            "renewDeadline": "2s",
-                            "retryPeriod": "1s",
-                        },
-                    }
+                    config |= fast_controller(data.url, sim.non_gpu_watts("gpu-a1"), 60, lease)
                     path = c.run_dir / "powercap.json"
                     path.write_bytes(orjson.dumps(config))
                     extender, port = start_extender(c, path)
