@@ -41,7 +41,7 @@ from e2e.deploy import (
 )
 from e2e.extender_view import plan_gauges
 from e2e.scheduler import start_extender, start_scheduler
-from extender.mirror import Gone, KubernetesSource
+from extender.mirror import KubernetesSource, Reflector
 from placement.live import ClusterRun, LiveSettings, ReplayOutcome
 from placement.problem import Problem
 
@@ -52,24 +52,35 @@ QUIET_S = 10.0
 
 
 class BindClock:
-    """When each pod was first seen bound, from a list then a watch of pods, in a thread.
+    """When each pod was first seen bound, from the extender's own list+watch machinery
+    (:class:`extender.mirror.Reflector`: resume, ``410`` relist, back-off) in a thread.
 
-    Use it as a context manager (the thread runs inside the ``with``). Times are
-    ``time.monotonic()`` of the event's arrival; pods already bound on entry get the
-    entry time."""
+    Use it as a context manager (the thread runs inside the ``with``; entry returns once
+    the first list is in). Times are ``time.monotonic()`` of the event's arrival; pods
+    already bound on entry get the entry time."""
 
     def __init__(self, core: Any) -> None:
-        self.source = KubernetesSource(core, "pods")
         self.bound_at: dict[str, float] = {}
         self.created: set[str] = set()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bind-clock", daemon=True)
-        self._rv = ""
         self._lock = threading.Lock()
+        # A short watch so that leaving the ``with`` waits at most that long.
+        self._reflector = Reflector(
+            "bind-clock",
+            KubernetesSource(core, "pods"),
+            on_replace=self._replace,
+            on_event=self._event,
+            watch_timeout_s=5,
+        )
+        self._thread = threading.Thread(
+            target=self._reflector.run, args=(self._stop,), name="bind-clock", daemon=True
+        )
 
     def __enter__(self) -> BindClock:
-        self._relist()
         self._thread.start()
+        if not self._reflector.synced.wait(60.0):
+            self._stop.set()
+            raise TimeoutError("could not list pods within 60s")
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -101,30 +112,14 @@ class BindClock:
             if (obj.get("spec") or {}).get("nodeName") and uid not in self.bound_at:
                 self.bound_at[uid] = now
 
-    def _relist(self) -> None:
-        items, self._rv = self.source.list()
+    def _replace(self, items: list[dict[str, Any]]) -> None:
         now = time.monotonic()
         for obj in items:
             self._note(obj, now)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                for event in self.source.watch(self._rv, timeout_s=5):
-                    obj = event.get("object") or {}
-                    if event.get("type") == "ERROR":
-                        raise Gone(str(obj.get("message", "watch error")))
-                    rv = (obj.get("metadata") or {}).get("resourceVersion")
-                    if rv:
-                        self._rv = str(rv)
-                    if event.get("type") in ("ADDED", "MODIFIED"):
-                        self._note(obj, time.monotonic())
-                    if self._stop.is_set():
-                        return
-            except Gone:
-                self._relist()
-            except Exception:  # a dropped connection: resume after a breath
-                time.sleep(0.5)
+    def _event(self, kind: str, obj: dict[str, Any]) -> None:
+        if kind in ("ADDED", "MODIFIED"):
+            self._note(obj, time.monotonic())
 
 
 def throughput(times: list[float]) -> tuple[float | None, float]:
