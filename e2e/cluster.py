@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e import toolchain
+from e2e.reaper import claim, reap_orphans
 
 # Components kwokctl runs; the scheduler is ours (see the module docstring).
 KWOKCTL_BINARIES = {
@@ -375,14 +376,21 @@ def _keep_logs(c: Cluster, workdir: Path, log_dir: Path) -> Path:
     return dest
 
 
+# Set (to anything) to keep every run's logs, not only a failed run's.
+KEEP_LOGS_ENV = "POWERCAP_E2E_KEEP_LOGS"
+
+
 @contextlib.contextmanager
 def cluster(log_dir: Path, prefix: str = "powercap-e2e") -> Iterator[Cluster]:
-    """Create a cluster, yield it, always tear it down; keep logs in ``log_dir`` on failure."""
+    """Create a cluster, yield it, always tear it down; keep logs in ``log_dir`` on failure
+    (always, with ``POWERCAP_E2E_KEEP_LOGS=1`` in the environment)."""
     # kwokctl names become directory and process names: short, unique per run.
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     for needed in ("kwokctl", "kube-scheduler", *KWOKCTL_BINARIES):
         binary(needed)  # fail with the fix before anything is created
+    reap_orphans()
     run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    claim(run_dir)
     workdir = run_dir / "kwok"
     kwokctl_log = run_dir / "logs" / "kwokctl.log"
     kwokctl_log.parent.mkdir(parents=True)
@@ -404,7 +412,7 @@ def cluster(log_dir: Path, prefix: str = "powercap-e2e") -> Iterator[Cluster]:
         failed = False
     finally:
         c.stop_processes()
-        if failed:
+        if failed or os.environ.get(KEEP_LOGS_ENV):
             kept = _keep_logs(c, workdir, log_dir)
             print(f"[e2e] logs of cluster {name} kept in {kept}", flush=True)
         with contextlib.suppress(RuntimeError, ToolchainMissing):

@@ -38,6 +38,7 @@ import yaml
 
 from e2e import toolchain
 from e2e.cluster import Process, ToolchainMissing, free_ports
+from e2e.reaper import claim
 
 READY_TIMEOUT_S = 30.0
 
@@ -248,6 +249,7 @@ def prometheus(
     binary = prometheus_binary()
     name = f"prometheus-{uuid.uuid4().hex[:8]}"
     run_dir = Path(tempfile.mkdtemp(prefix=f"powercap-{name}-"))
+    claim(run_dir)
     rule_files: list[Path] = []
     if rule_groups:
         rules = run_dir / "rules.yml"

@@ -5,7 +5,8 @@
 1. the power simulator (:mod:`e2e.powersim`) serves DCGM metrics for every fake node from
    the pods the API server reports bound (a periodic list: evicted pods disappear, their
    replacements appear), each drawing its service's replayed watts (services without a
-   series draw their profile); Prometheus (:mod:`e2e.prometheus`) scrapes it every second;
+   series draw their profile); Prometheus (:mod:`e2e.prometheus`) scrapes it once a
+   simulated minute (at least every 0.1 wall seconds);
 2. with the controller, ``powercap serve`` is restarted on the same port (kube-scheduler
    keeps calling it there) with the ``power:`` and ``controller:`` sections, its timings
    divided by the speed;
@@ -62,8 +63,13 @@ SAMPLE_S = 0.1
 # Wall seconds between the extender's restart and the window's start: its mirror syncs
 # and it takes the controller Lease in that time.
 LEAD_S = 8.0
-# The Prometheus scrape interval, wall seconds (the simulator answers at once).
-SCRAPE_S = 1.0
+# The Prometheus scrape interval, simulated seconds (one control period by default);
+# never below FASTEST_S wall seconds.
+SCRAPE_SIM_S = 60.0
+# How often the simulator re-lists the bound pods, wall seconds.
+FEED_S = 0.1
+# The fastest wall timing a replay asks of Prometheus or the controller.
+FASTEST_S = 0.1
 # The default eviction rate window (5 minutes), simulated seconds.
 EVICTION_WINDOW_S = 300.0
 
@@ -109,20 +115,29 @@ class HeldClock(SimClock):
         return max(self.start_s, super().now())
 
 
-def _wall_seconds(sim_s: float, speed: float, minimum: int = 0) -> int:
-    return max(minimum, round(sim_s / speed))
+def wall_seconds(sim_s: float, speed: float, minimum: float = 0.0) -> float:
+    """``sim_s`` simulated seconds in wall seconds at ``speed``, to the millisecond (the
+    resolution the config's durations are written in), at least ``minimum``."""
+    return max(minimum, round(sim_s / speed, 3))
+
+
+def scrape_interval(speed: float) -> float:
+    """The Prometheus scrape interval of a replay at ``speed``, wall seconds."""
+    return wall_seconds(SCRAPE_SIM_S, speed, FASTEST_S)
 
 
 def controller_section(replay: ReplaySettings) -> dict[str, Any]:
-    """The ``controller:`` section for a replay: simulated timings divided by the speed."""
+    """The ``controller:`` section for a replay: simulated timings divided by the speed,
+    the feedback hold (a day, the shipped default) included."""
 
-    def dur(sim_s: float, minimum: int = 0) -> str:
-        return f"{_wall_seconds(sim_s, replay.speed, minimum)}s"
+    def dur(sim_s: float, minimum: float = 0.0) -> str:
+        wall = wall_seconds(sim_s, replay.speed, minimum)
+        return f"{round(wall * 1000)}ms" if wall else "0s"
 
-    window = dur(EVICTION_WINDOW_S, 1)
+    window = dur(EVICTION_WINDOW_S, FASTEST_S)
     return {
         "enabled": True,
-        "period": dur(replay.period_s, 1),
+        "period": dur(replay.period_s, FASTEST_S),
         "grace": dur(replay.grace_s),
         "settle": {
             "reshape": dur(replay.settle_reshape_s),
@@ -133,6 +148,7 @@ def controller_section(replay: ReplaySettings) -> dict[str, Any]:
             "perDomain": {"limit": 2, "window": window},
             "cluster": {"limit": 5, "window": window},
         },
+        "feedback": {"hold": dur(replay.hold_s)},
         "victimTimeLimit": "1s",
         "lease": {
             "namespace": NAMESPACE,
@@ -149,7 +165,7 @@ class PodFeed:
     gone, the simulated instant it was last seen."""
 
     def __init__(
-        self, core: Any, into: StaticPods, clock: Callable[[], float], every_s: float = 0.3
+        self, core: Any, into: StaticPods, clock: Callable[[], float], every_s: float = FEED_S
     ):
         self.core = core
         self.into = into
@@ -307,7 +323,9 @@ def replay_window(
     with (
         _simulator(problem, replay, pods) as sim,
         PodFeed(core, pods, sim_now) as feed,
-        prometheus([ScrapeJob("powersim", [sim.address], SCRAPE_S)], log_dir) as prom,
+        prometheus(
+            [ScrapeJob("powersim", [sim.address], scrape_interval(speed))], log_dir
+        ) as prom,
     ):
         prom.wait_for_targets()
         if replay.controller:
@@ -321,7 +339,7 @@ def replay_window(
             config["power"] = {
                 "url": prom.url,
                 "nonGpuWatts": {"default": 0.0},
-                "staleness": f"{max(3, math.ceil(3 * SCRAPE_S))}s",
+                "staleness": f"{round(max(1.0, 5 * scrape_interval(speed)) * 1000)}ms",
                 "timeout": "2s",
             }
             config["controller"] = controller_section(replay)

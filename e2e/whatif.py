@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -237,20 +238,27 @@ def run_on_kwok(
             seen = wait_scheduled(client, problem, clock, settings.settle_timeout_s, alive)
             lap("schedule_s")
             replayed: ReplayOutcome | None = None
+            baseline: ReplayOutcome | None = None
             if settings.replay is not None:
                 from e2e.replay import replay_window
 
+                running = (
+                    None if extender is None or extender_port is None else (extender, extender_port)
+                )
+                if settings.baseline:
+                    baseline, _ = replay_window(
+                        c,
+                        core,
+                        problem,
+                        replace(settings.replay, controller=False),
+                        choice,
+                        running,
+                        LOG_DIR,
+                        step,
+                    )
+                    lap("baseline_s")
                 replayed, _ = replay_window(
-                    c,
-                    core,
-                    problem,
-                    settings.replay,
-                    choice,
-                    None
-                    if extender is None or extender_port is None
-                    else (extender, extender_port),
-                    LOG_DIR,
-                    step,
+                    c, core, problem, settings.replay, choice, running, LOG_DIR, step
                 )
                 lap("replay_s")
 
@@ -264,4 +272,5 @@ def run_on_kwok(
         timings=timings,
         planner=planner,
         replay=replayed,
+        baseline=baseline,
     )

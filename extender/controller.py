@@ -66,7 +66,7 @@ from extender.mirror import RawObject, pod_record
 from extender.pods import DemandResolver, PodRef
 from extender.power import PowerReadings, leaf_watts, rollup_watts
 from extender.state import ClusterState, PodRecord
-from placement.breach import BreachState, TickEvents, feedback_watts, step
+from placement.breach import BreachState, HeldFeedback, TickEvents, feedback_watts, step
 from placement.ladder import (
     Action,
     DomainStatus,
@@ -372,7 +372,8 @@ class Controller:
         self.evictions: dict[int, list[float]] = {}
         self.cluster_evictions: list[float] = []
         self.blocked: dict[str, float] = {}  # pod uid → until when it is left out
-        self._feedback = np.zeros(state.tree.size)  # the last feedback_watts applied
+        self._feedback = np.zeros(state.tree.size)  # this slot's feedback, last tick
+        self.held = HeldFeedback.empty(state.tree.size, config.grid.slots)
         self.last: TickReport | None = None
         if metrics is not None:
             metrics.zero(state.tree.names, self.settings.dry_run)
@@ -420,9 +421,11 @@ class Controller:
         # pure core gives a domain without data nothing): keep what it had.
         held = self.breach.in_breach & events.stale
         fb = np.where(held, self._feedback, fb)
-        state.set_feedback(fb, slot)
         self._feedback = fb
-        report.feedback = fb
+        self.held = self.held.record(fb, self.breach.in_breach, slot, now, self.settings.hold_s)
+        active = self.held.active(now)
+        state.set_feedback(active)
+        report.feedback = active[:, slot]
 
         if leader and self.api is not None and readings.error is None:
             self._act(report, nodes, node_w, now, slot)

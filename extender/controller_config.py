@@ -17,6 +17,7 @@
         perDomain: {limit: 2, window: 5m}
         cluster: {limit: 5, window: 5m}
       victimTimeLimit: 1s           # CP-SAT time for choosing eviction victims
+      feedback: {hold: 24h}         # keep a breach's overage in its slot this long
       priorityLabel: powercap.io/priority
       scaledObjects:
         serviceLabel: powercap.io/service   # else the scaleTargetRef's name
@@ -79,6 +80,14 @@ class AnnotationsSpec(_Model):
     reshaped_by: str = Field(default="powercap.io/reshaped-by", alias="reshapedBy", min_length=1)
 
 
+class FeedbackSpec(_Model):
+    """How long the measured overage of a breach stays in the extender's ledger, in the
+    slot of the period where it was measured, after it was last seen (0: only while the
+    breach lasts)."""
+
+    hold: str | int = "24h"
+
+
 class LeaseSpec(_Model):
     name: str = Field(default="powercap-controller", min_length=1)
     namespace: str = Field(default="powercap-system", min_length=1)
@@ -102,6 +111,7 @@ class ControllerSpec(_Model):
     protect_priority: int = Field(default=1000, alias="protectPriority")
     evictions: EvictionsSpec = EvictionsSpec()
     victim_time_limit: str | int = Field(default="1s", alias="victimTimeLimit")
+    feedback: FeedbackSpec = FeedbackSpec()
     priority_label: str = Field(default="powercap.io/priority", alias="priorityLabel", min_length=1)
     scaled_objects: ScaledObjectsSpec = Field(default=ScaledObjectsSpec(), alias="scaledObjects")
     annotations: AnnotationsSpec = AnnotationsSpec()
@@ -130,6 +140,7 @@ class ControllerSettings:
     per_domain: RateLimit = field(default_factory=lambda: RateLimit(2, 300.0))
     cluster: RateLimit = field(default_factory=lambda: RateLimit(5, 300.0))
     victim_time_limit_s: float = 1.0
+    hold_s: float = 86400.0
     priority_label: str = "powercap.io/priority"
     service_label: str = "powercap.io/service"
     namespaces: tuple[str, ...] = ()
@@ -160,6 +171,7 @@ def resolve_controller(
     per_domain_window = secs(spec.evictions.per_domain.window, "evictions.perDomain.window")
     cluster_window = secs(spec.evictions.cluster.window, "evictions.cluster.window")
     victim_limit = secs(spec.victim_time_limit, "victimTimeLimit")
+    hold = secs(spec.feedback.hold, "feedback.hold", zero=True)
     duration = secs(spec.lease.duration, "lease.duration")
     renew = secs(spec.lease.renew_deadline, "lease.renewDeadline")
     retry = secs(spec.lease.retry_period, "lease.retryPeriod")
@@ -194,6 +206,7 @@ def resolve_controller(
             per_domain=RateLimit(spec.evictions.per_domain.limit, per_domain_window),
             cluster=RateLimit(spec.evictions.cluster.limit, cluster_window),
             victim_time_limit_s=victim_limit,
+            hold_s=hold,
             priority_label=spec.priority_label,
             service_label=spec.scaled_objects.service_label,
             namespaces=tuple(spec.scaled_objects.namespaces),

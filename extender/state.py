@@ -330,18 +330,17 @@ class ClusterState:
             self.caps = self.tree.caps * (1.0 - self.headroom)
             self._changed(topology=True)
 
-    def set_feedback(self, watts: NDArray[np.float64], slot: int) -> bool:
-        """Make the controller's feedback exactly ``watts`` per domain (added with
-        ``add_watts`` semantics: each domain's amount raises it and every ancestor, as
-        :func:`placement.breach.feedback_watts` returns them) in ``slot``, replacing
-        whatever feedback was there before, in any slot. All zeros removes it. Returns
-        whether the ledger changed."""
-        add = np.asarray(watts, dtype=np.float64)
-        if add.shape != (self.tree.size,):
-            raise ValueError(f"expected ({self.tree.size},) watts, got {add.shape}")
-        new = np.zeros_like(self.feedback)
+    def set_feedback(self, adds: NDArray[np.float64]) -> bool:
+        """Make the controller's feedback exactly ``adds`` (domains × T, with ``add_watts``
+        semantics: each domain's amount raises it and every ancestor, as
+        :func:`placement.breach.feedback_watts` returns them per slot), replacing whatever
+        feedback was there before. All zeros removes it. Returns whether the ledger
+        changed."""
+        adds = np.asarray(adds, dtype=np.float64)
+        if adds.shape != self.feedback.shape:
+            raise ValueError(f"expected {self.feedback.shape} watts, got {adds.shape}")
         # Domain a rises by the amounts of a and of every domain below it.
-        new[:, slot] = self.tree.membership.astype(np.float64) @ np.clip(add, 0.0, None)
+        new = self.tree.membership.astype(np.float64) @ np.clip(adds, 0.0, None)
         with self.lock:
             if np.array_equal(new, self.feedback):
                 return False

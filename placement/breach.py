@@ -224,3 +224,42 @@ def feedback_watts(
         if p >= 0:
             raised[p] += raised[d]
     return add
+
+
+@dataclass(frozen=True)
+class HeldFeedback:
+    """The feedback of past breaches, per domain and slot of the period (D × T arrays,
+    read-only), in :func:`feedback_watts`'s ``add`` form.
+
+    A breach says the domain's pods draw more than predicted *at that time of day*; the
+    overage is kept for its slot and ``hold_s`` seconds after it was last seen, so the
+    replica the controller evicted is not replaced in the same domain as soon as the
+    breach clears, only to breach again at the same time tomorrow. ``until`` is when
+    each entry lapses.
+    """
+
+    adds: FloatArray
+    until: FloatArray
+
+    @staticmethod
+    def empty(domains: int, slots: int) -> HeldFeedback:
+        return HeldFeedback(
+            read_only(np.zeros((domains, slots))), read_only(np.full((domains, slots), -np.inf))
+        )
+
+    def record(
+        self, adds: FloatArray, seen: BoolArray, slot: int, now: float, hold_s: float
+    ) -> HeldFeedback:
+        """A copy where each domain in ``seen`` (in breach, with data) holds ``adds`` in
+        ``slot`` until ``now + hold_s``; other entries unchanged."""
+        if not seen.any():
+            return self
+        new_adds, new_until = self.adds.copy(), self.until.copy()
+        new_adds[seen, slot] = np.clip(adds[seen], 0.0, None)
+        new_until[seen, slot] = now + hold_s
+        return HeldFeedback(read_only(new_adds), read_only(new_until))
+
+    def active(self, now: float) -> FloatArray:
+        """``adds`` where the entry has not lapsed at ``now`` (one recorded at ``now``
+        counts, so a hold of zero keeps feedback exactly while the breach lasts)."""
+        return np.where(self.until >= now, self.adds, 0.0)

@@ -10,12 +10,21 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_duration(text: str | int | float) -> int:
-    """Seconds in a Go-style duration such as ``24h``, ``10m`` or ``1h30m``.
+    """Seconds in a Go-style duration such as ``24h``, ``10m`` or ``1h30m``, a whole
+    number of them (grid periods, steps and offsets). A bare number is taken as seconds.
+    Raises ``ValueError`` naming the accepted form."""
+    seconds = parse_seconds(text)
+    if seconds != int(seconds):
+        raise ValueError(f"a duration must be a positive whole number of seconds, got {text!r}")
+    return int(seconds)
 
-    A bare number is taken as seconds. Raises ``ValueError`` naming the accepted form.
-    """
+
+def parse_seconds(text: str | int | float) -> float:
+    """Seconds in a Go-style duration that may be fractional (``500ms``, ``1.5s``,
+    ``2m``): for timings (periods, timeouts) rather than grid boundaries. A bare number
+    is taken as seconds. Raises ``ValueError`` naming the accepted form."""
     if isinstance(text, bool):
-        raise ValueError(f"expected a duration such as '10m' or '24h', got {text!r}")
+        raise ValueError(f"expected a duration such as '15s' or '500ms', got {text!r}")
     if isinstance(text, int | float):
         seconds = float(text)
     else:
@@ -28,10 +37,10 @@ def parse_duration(text: str | int | float) -> int:
             seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
             pos = match.end()
         if pos != len(stripped) or not stripped:
-            raise ValueError(f"expected a duration such as '10m' or '24h', got {text!r}")
-    if seconds <= 0 or seconds != int(seconds):
-        raise ValueError(f"a duration must be a positive whole number of seconds, got {text!r}")
-    return int(seconds)
+            raise ValueError(f"expected a duration such as '15s' or '500ms', got {text!r}")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"a duration must be positive, got {text!r}")
+    return seconds
 
 
 def format_duration(seconds: int) -> str:

@@ -35,8 +35,9 @@ class ReplaySettings:
     ``duration_s`` simulated seconds, run ``speed`` times faster than real time. With
     ``controller`` the extender's companion controller acts during the window; its timings
     (``period_s``, ``grace_s``, the ``settle_*_s``) are in simulated seconds and are
-    divided by ``speed`` for the extender (rounded to whole wall seconds, the config's
-    resolution; the period to at least 1 s)."""
+    divided by ``speed`` for the extender (to the millisecond; the period and the
+    Prometheus scrape interval to at least 0.1 s), as is ``hold_s``, how long a breach's
+    overage stays in the extender's ledger (``controller.feedback.hold``)."""
 
     watts: Mapping[str, Sequence[float]]
     step_s: int = 600
@@ -50,6 +51,7 @@ class ReplaySettings:
     settle_reshape_s: float = 300.0
     settle_evict_s: float = 60.0
     settle_restore_s: float = 600.0
+    hold_s: float = float(DAY_S)
 
     def __post_init__(self) -> None:
         if self.step_s <= 0:
@@ -134,7 +136,11 @@ class LiveSettings:
     scheduler without powercap, which is the fair baseline for throughput. The planner
     fields configure the extender's background planner (ignored for ``default``). With
     ``replay`` the placement, once settled, draws replayed power (see
-    :class:`ReplaySettings`); it needs ``scheduler="powercap"`` when the controller runs."""
+    :class:`ReplaySettings`); it needs ``scheduler="powercap"`` when the controller runs.
+    With ``baseline`` a controlled replay is preceded by the same window with the
+    controller off, on the same cluster and placement (nothing changes a placement
+    without the controller, so the second window starts from the same pods): the fair
+    "without" figure, free of the run-to-run variation of placing twice."""
 
     scheduler: str = "powercap"
     stock_default: bool = True
@@ -143,6 +149,7 @@ class LiveSettings:
     planner_time_limit_s: float = 30.0
     settle_timeout_s: float = 900.0
     replay: ReplaySettings | None = None
+    baseline: bool = False
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -151,6 +158,8 @@ class LiveSettings:
             )
         if self.replay is not None and self.replay.controller and self.scheduler != "powercap":
             raise ValueError("the controller runs in the extender: replay it with powercap")
+        if self.baseline and (self.replay is None or not self.replay.controller):
+            raise ValueError("a baseline precedes a replay with the controller on")
 
 
 @dataclass(frozen=True)
@@ -183,7 +192,9 @@ class ClusterRun:
     ``pending`` maps each pod left Pending to its last FailedScheduling message.
     ``throughput_pods_per_s`` is bound pods per second between the first and the last
     binding (``None`` with fewer than two bindings). ``timings`` holds seconds per step
-    (cluster start, nodes, pods, planning, scheduling) for the record."""
+    (cluster start, nodes, pods, planning, scheduling) for the record. ``replay`` is the
+    replayed window's outcome, ``baseline`` that of the same window without the
+    controller before it (:attr:`LiveSettings.baseline`)."""
 
     scheduler: str
     assignment: Assignment
@@ -193,6 +204,7 @@ class ClusterRun:
     timings: Mapping[str, float] = field(default_factory=dict)
     planner: Mapping[str, float] = field(default_factory=dict)
     replay: ReplayOutcome | None = None
+    baseline: ReplayOutcome | None = None
 
 
 class ClusterBackend(Protocol):

@@ -63,12 +63,13 @@ def validation_problems(
 
 
 def seconds_or_problem(value: str | int, where: str, problems: list[str]) -> float:
-    """``value`` (``"90s"``, ``"5m"``, or seconds) in seconds; on a bad one, append
-    ``"<where>: <why>"`` to ``problems`` and return 0 so checking can go on."""
-    from placement.grid import parse_duration
+    """``value`` (``"90s"``, ``"5m"``, ``"500ms"``, or seconds) in seconds, fractions
+    allowed; on a bad one, append ``"<where>: <why>"`` to ``problems`` and return 0 so
+    checking can go on."""
+    from placement.grid import parse_seconds
 
     try:
-        return float(parse_duration(value))
+        return parse_seconds(value)
     except ValueError as exc:
         problems.append(f"{where}: {exc}")
         return 0.0

@@ -467,7 +467,7 @@ def test_not_leader_tracks_and_feeds_back_but_never_acts() -> None:
 
 
 def test_feedback_while_in_breach_and_removed_after() -> None:
-    rig = Rig()
+    rig = Rig(feedback={"hold": 0})  # the overage counts only while the breach lasts
     state, tree = rig.state, rig.config.tree
     slot = rig.config.grid.slot_of(T0)
     rack, site = tree.index["rack-a"], tree.index["site"]
@@ -498,6 +498,35 @@ def test_feedback_while_in_breach_and_removed_after() -> None:
     rig.tick(60)
     np.testing.assert_allclose(state.ledger.load, before)
     assert not state.feedback.any()
+
+
+def test_a_breach_overage_is_held_in_its_slot_after_the_breach_clears() -> None:
+    rig = Rig(feedback={"hold": "24h"})
+    state, tree, grid = rig.state, rig.config.tree, rig.config.grid
+    slot = grid.slot_of(T0)
+    rack = tree.index["rack-a"]
+    before = state.ledger.load.copy()
+    rig.surge()
+    rig.tick(0)
+    rig.tick(30)  # in breach: 23 kW measured, 19 kW predicted
+    assert state.ledger.load[rack, slot] == 23_000.0
+    # The breach clears, by itself here: the overage of that time of day stays, so a
+    # replacement is not scored back into the rack to breach again tomorrow.
+    rig.power.watts.update({"a1": 11_000.0, "a2": 7_000.0})
+    rig.tick(60)
+    assert not rig.controller.breach.in_breach[rack]
+    assert state.ledger.load[rack, slot] == 23_000.0
+    other = [t for t in range(grid.slots) if t != slot]
+    np.testing.assert_array_equal(state.ledger.load[:, other], before[:, other])
+    assert rig.metric("powercap_domain_feedback_watts", domain="rack-a") == 4_000.0
+    # A 3 kW replica no longer fits in that slot (cap 20 kW) but still does elsewhere.
+    assert state.ledger.load[rack, slot] + 3_000.0 > state.caps[rack, slot]
+    # Later the same day, another slot: the held entry is still in the ledger.
+    rig.tick(2 * 3600)
+    assert state.ledger.load[rack, slot] == 23_000.0
+    # The hold runs out a day after the breach was last seen.
+    rig.tick(30 + 24 * 3600 + 1)
+    np.testing.assert_allclose(state.ledger.load, before)
 
 
 def test_the_deepest_breached_domain_acts_first() -> None:

@@ -9,7 +9,8 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from e2e.replay import BreachMeter, compress
+from e2e.replay import BreachMeter, compress, controller_section, scrape_interval
+from extender.controller_config import ControllerSpec, resolve_controller
 from placement.cli import app
 from placement.grid import Grid
 from placement.live import ReplaySettings, read_replay, speed_problem
@@ -103,3 +104,22 @@ def test_cli_replay_options_are_checked(tmp_path: Path) -> None:
         result = runner.invoke(app, ["whatif", str(scenario), *args])
         assert result.exit_code == 2, (args, result.output)
         assert message in " ".join(result.output.split()), (args, result.output)
+
+
+def test_replay_controller_timings_are_the_simulated_ones_divided_by_the_speed() -> None:
+    replay = ReplaySettings(watts={"a": [1.0] * 144}, speed=600)
+    settings, problems = resolve_controller(
+        ControllerSpec.model_validate(controller_section(replay))
+    )
+    assert not problems and settings is not None
+    # One simulated minute per period, to the millisecond: 60 s / 600.
+    assert settings.period_s == pytest.approx(0.1)
+    assert settings.breach.grace_s == pytest.approx(0.2)
+    assert settings.ladder.evict_settle_s == pytest.approx(0.1)
+    assert settings.per_domain.window_s == pytest.approx(0.5)
+    # The feedback hold is a simulated day.
+    assert settings.hold_s == pytest.approx(144.0)
+    # Prometheus scrapes once a simulated minute, never faster than 0.1 s.
+    assert scrape_interval(600) == pytest.approx(0.1)
+    assert scrape_interval(60) == pytest.approx(1.0)
+    assert scrape_interval(6000) == pytest.approx(0.1)
