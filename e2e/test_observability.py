@@ -28,7 +28,8 @@ Then:
    ``$__rate_interval`` → ``1m``) returns at least one series through the HTTP API; so
    does every alert's operand — its expression without the final threshold comparison
    (and, for ``absent(x)``, ``x``), since an alert's own expression returns series only
-   while it fires.
+   while it fires. The config has an ``intensity:`` section (a CSV at a clean 100 g/kWh,
+   a budget too large to bind), so the live caps loop's series exist without moving a cap.
 """
 
 from __future__ import annotations
@@ -195,6 +196,24 @@ def bad_request(port: int) -> None:
     assert raised.value.code == 400
 
 
+def carbon_section(csv_path: Path) -> dict[str, Any]:
+    """An ``intensity:`` section that gives the carbon panels and alerts their series
+    without changing any cap: a CSV source at a clean 100 g/kWh (full caps under the
+    default policy) around now, a budget too large to throttle, and an EUA price."""
+    hour = int(time.time()) // 3600 * 3600
+    rows = [f"{t},100" for t in range(hour - 86400, hour + 86400, 3600)]
+    csv_path.write_text("time,intensity\n" + "\n".join(rows) + "\n")
+    return {
+        "kind": "csv",
+        "path": str(csv_path),
+        "fallbackCapFraction": 0.8,
+        "period": "1s",
+        "domains": ["rack-1"],
+        "budgets": [{"domain": "rack-1", "kg": 1_000_000, "window": "day"}],
+        "euaPrice": 80,
+    }
+
+
 def check_queries(prom: Prometheus) -> None:
     """Every rule healthy; every dashboard query and alert operand returns series."""
     for group in prom.rule_groups():
@@ -239,6 +258,7 @@ def test_stale_data_alert_no_action_and_every_query_returns_series() -> None:
                         "retryPeriod": "1s",
                     }
                     config |= fast_controller(data.url, sim.non_gpu_watts("gpu-a1"), 60, lease)
+                    config["intensity"] = carbon_section(c.run_dir / "intensity.csv")
                     path = c.run_dir / "powercap.json"
                     path.write_bytes(orjson.dumps(config))
                     extender, port = start_extender(c, path)

@@ -103,6 +103,7 @@ def serve(
 
     from extender import runtime
     from placement.scenario import ScenarioError
+    from placement.validation import ProblemsError
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -126,7 +127,10 @@ def serve(
             cfg = load_config(config)
         except ConfigError as exc:
             raise _fail(f"invalid config {exc.source}:\n  " + "\n  ".join(exc.problems)) from exc
-        ext = runtime.from_cluster(cfg, _kubernetes_core(kubeconfig))
+        try:
+            ext = runtime.from_cluster(cfg, _kubernetes_core(kubeconfig))
+        except ProblemsError as exc:  # e.g. a secret's environment variable is unset
+            raise _fail(f"invalid config {exc.source}:\n  " + "\n  ".join(exc.problems)) from exc
     uvicorn.run(
         ext.app(),
         host=host,

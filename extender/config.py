@@ -41,11 +41,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from extender.controller_config import ControllerSettings, ControllerSpec, resolve_controller
-from extender.intensity_config import (
-    IntensitySettings,
-    IntensitySourceSpec,
-    resolve_intensity_source,
-)
+from extender.intensity_config import IntensitySettings, resolve_intensity
 from extender.learn_config import LearnRefreshSettings, LearnSpec, resolve_learn
 from extender.power_config import PowerSettings, PowerSourceSpec, resolve_power_source
 from placement.grid import Grid
@@ -158,8 +154,9 @@ class ConfigSpec(_Model):
     scoring: ScoringSpec = ScoringSpec()
     # Measured power for the controller; absent: no readings, the controller stays idle.
     power: PowerSourceSpec | None = None
-    # Live grid carbon intensity (docs/carbon.md); absent: caps do not follow it.
-    intensity: IntensitySourceSpec | None = None
+    # Live grid carbon intensity (docs/carbon.md): one source, or a list of them, one per
+    # grid zone (checked by resolve_intensity); absent: caps do not follow it.
+    intensity: dict[str, Any] | list[dict[str, Any]] | None = None
     # The companion controller (off unless ``controller.enabled``); it needs ``power``.
     controller: ControllerSpec = ControllerSpec()
     # Re-learning profiles from Prometheus while serving (``learn.refresh``; absent: never).
@@ -215,7 +212,7 @@ class Config:
     planner: PlannerSettings = field(default_factory=PlannerSettings)
     scoring: ScoringSpec = field(default_factory=ScoringSpec)
     power: PowerSettings | None = None
-    intensity: IntensitySettings | None = None
+    intensity: tuple[IntensitySettings, ...] = ()  # one per grid zone; () without the section
     controller: ControllerSettings = field(default_factory=ControllerSettings)
     learn: LearnRefreshSettings | None = None
     source: str = "config"
@@ -365,9 +362,9 @@ def config_from_spec(
     if spec.power is not None:
         power, power_problems = resolve_power_source(spec.power, "power")
         problems += power_problems
-    intensity: IntensitySettings | None = None
+    intensity: tuple[IntensitySettings, ...] = ()
     if spec.intensity is not None:
-        intensity, intensity_problems = resolve_intensity_source(spec.intensity, "intensity")
+        intensity, intensity_problems = resolve_intensity(spec.intensity, tree, "intensity")
         problems += intensity_problems
     controller, controller_problems = resolve_controller(spec.controller, "controller")
     problems += controller_problems

@@ -10,7 +10,16 @@
       retries: 2                 # after a timeout, 5xx or 429; waits backoff, 2·backoff, …
       backoff: 1s
       staleness: 1h              # the last good value is used while younger than this
-      fallbackCapFraction: 0.8   # then caps are this fraction of nameplate
+      fallbackCapFraction: 0.8   # then caps are this fraction of the configured caps
+      # What ``powercap serve`` does with it (extender/carbon_loop.py, docs/carbon.md):
+      period: 5m                 # how often the source is polled
+      policy: "150:1.0,450:0.7"  # intensity:fraction points (placement.carbon.CapPolicy)
+      floor: 0.5                 # no fraction, budget throttle included, goes below this
+      domains: [site]            # the domains whose caps follow; default: the root(s)
+      forecast: true             # the forecast sets the caps of the slots ahead
+      budgets:                   # kg CO2e per window; the throttle keeps projections in
+        - {domain: site, kg: 1500, window: day}     # window: day | month (grid's clock)
+      euaPrice: 70               # EUR per tonne, for powercap_emissions_cost_eur_total
 
 Per kind: ``watttime`` takes ``region`` with ``usernameEnv`` and ``passwordEnv``;
 ``carbon-aware-sdk`` takes ``location`` and needs ``url`` (a WebAPI deployment has no
@@ -18,22 +27,29 @@ public address); ``ukci`` takes nothing else; ``csv`` takes ``path`` and optiona
 ``timeColumn``, ``valueColumn``, ``timezone`` and ``unit``. ``url`` defaults to each
 service's public address.
 
+A fleet on several grids gives a list of such sections, one per zone, each naming the
+``domains`` it covers (they and everything below them); no domain follows two sources.
+
 Secrets never appear in the config: it names environment variables, and the source
-reads them when it is built. :func:`resolve_intensity_source` checks what pydantic
-cannot and returns ``path: message`` problems, so the config loader can report them with
-every other problem at once. This module imports no HTTP client.
+reads them when it is built. :func:`resolve_intensity` (the whole section, against the
+tree) and :func:`resolve_intensity_source` (one source) check what pydantic cannot and
+return ``path: message`` problems, so the config loader can report them with every other
+problem at once. This module imports no HTTP client.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from placement.carbon import DEFAULT_POLICY, CapPolicy
 from placement.intensity import Unit, parse_unit, parse_zone
-from placement.validation import seconds_or_problem
+from placement.tree import PowerTree
+from placement.validation import seconds_or_problem, validation_problems
 
 Kind = Literal["electricitymaps", "watttime", "ukci", "carbon-aware-sdk", "csv"]
 
@@ -62,6 +78,17 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+class BudgetSpec(BaseModel):
+    """An emission budget: at most ``kg`` CO2e from ``domain`` per ``window`` (a day or a
+    calendar month on the grid's clock)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    domain: str = Field(min_length=1)
+    kg: float = Field(gt=0)
+    window: Literal["day", "month"] = "day"
+
+
 class IntensitySourceSpec(BaseModel):
     """The ``intensity:`` section, as written."""
 
@@ -86,6 +113,14 @@ class IntensitySourceSpec(BaseModel):
     staleness: str | int = "1h"
     # Required: how caps behave when carbon data is gone must be a stated choice.
     fallback_cap_fraction: float = Field(alias="fallbackCapFraction", gt=0, le=1)
+    # How the live caps loop of ``powercap serve`` uses the source (extender/carbon_loop.py).
+    period: str | int = "5m"
+    policy: str = "150:1.0,450:0.7"  # DEFAULT_POLICY
+    floor: float = Field(default=DEFAULT_POLICY.floor, ge=0, le=1)
+    domains: list[str] | None = Field(default=None, min_length=1)
+    forecast: bool = True
+    budgets: list[BudgetSpec] = []
+    eua_price: float | None = Field(default=None, alias="euaPrice", ge=0)
 
     @field_validator("url")
     @classmethod
@@ -104,6 +139,15 @@ class IntensitySourceSpec(BaseModel):
                 "(such as EM_TOKEN), not the secret itself"
             )
         return v
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """A resolved :class:`BudgetSpec`."""
+
+    domain: str
+    kg: float
+    window: Literal["day", "month"] = "day"
 
 
 @dataclass(frozen=True)
@@ -129,6 +173,14 @@ class IntensitySettings:
     retries: int = 2
     backoff_s: float = 1.0
     staleness_s: float = 3600.0
+    period_s: float = 300.0
+    policy: CapPolicy = DEFAULT_POLICY
+    # ``None``: the root(s) of the tree. Names are checked against the tree by the config
+    # loader, which knows it.
+    domains: tuple[str, ...] | None = None
+    forecast: bool = True
+    budgets: tuple[BudgetSettings, ...] = ()
+    eua_price_eur_per_t: float | None = None
 
 
 _ALIASES = {
@@ -183,6 +235,26 @@ def resolve_intensity_source(
     timeout = seconds_or_problem(spec.timeout, f"{where}.timeout", problems)
     backoff = seconds_or_problem(spec.backoff, f"{where}.backoff", problems)
     staleness = seconds_or_problem(spec.staleness, f"{where}.staleness", problems)
+    period = seconds_or_problem(spec.period, f"{where}.period", problems)
+    policy = DEFAULT_POLICY
+    try:
+        policy = CapPolicy.parse(spec.policy, spec.floor)
+    except ValueError as exc:
+        problems.append(f"{where}.policy: {exc}")
+    if spec.fallback_cap_fraction < spec.floor:
+        problems.append(
+            f"{where}.fallbackCapFraction: {spec.fallback_cap_fraction:g} is below the floor "
+            f"{spec.floor:g}; raise it or lower floor"
+        )
+    seen: set[tuple[str, str]] = set()
+    for i, budget in enumerate(spec.budgets):
+        key = (budget.domain, budget.window)
+        if key in seen:
+            problems.append(
+                f"{where}.budgets[{i}]: a second {budget.window} budget for {budget.domain}; "
+                "keep one"
+            )
+        seen.add(key)
     if problems:
         return None, problems
     return (
@@ -205,6 +277,91 @@ def resolve_intensity_source(
             retries=spec.retries,
             backoff_s=backoff,
             staleness_s=staleness,
+            period_s=period,
+            policy=policy,
+            domains=None if spec.domains is None else tuple(spec.domains),
+            forecast=spec.forecast,
+            budgets=tuple(BudgetSettings(b.domain, b.kg, b.window) for b in spec.budgets),
+            eua_price_eur_per_t=spec.eua_price,
         ),
         [],
     )
+
+
+def resolve_intensity(
+    raw: Any, tree: PowerTree, where: str = "intensity"
+) -> tuple[tuple[IntensitySettings, ...], list[str]]:
+    """Every source of an ``intensity:`` section — one mapping, or a list of them, one per
+    grid zone — resolved and checked against ``tree``; or ``()`` and the problems.
+
+    With more than one source each names its ``domains``, and no domain follows two
+    sources (neither listed twice nor below a domain another source lists): a domain's
+    power is on one grid. Budget and policy domains must exist; one window of one domain
+    has one budget in the whole section."""
+    if isinstance(raw, Mapping):
+        items: list[tuple[str, Any]] = [(where, raw)]
+    elif isinstance(raw, list) and raw:
+        items = [(f"{where}[{i}]", section) for i, section in enumerate(raw)]
+    else:
+        return (), [
+            f"{where}: expected a source (a mapping with kind:) or a list of them, one per "
+            "grid zone"
+        ]
+    problems: list[str] = []
+    resolved: list[tuple[str, IntensitySettings]] = []
+    for path, section in items:
+        try:
+            spec = IntensitySourceSpec.model_validate(section)
+        except ValidationError as exc:
+            problems += validation_problems(exc, "docs/carbon.md", prefix=path)
+            continue
+        settings, found = resolve_intensity_source(spec, path)
+        problems += found
+        if settings is not None:
+            if len(items) > 1 and settings.domains is None:
+                problems.append(
+                    f"{path}.domains: with more than one source, name the domains whose "
+                    "caps and emissions follow this one"
+                )
+            resolved.append((path, settings))
+    problems += _check_domains(resolved, tree)
+    if problems:
+        return (), problems
+    return tuple(settings for _, settings in resolved), []
+
+
+def _check_domains(resolved: Sequence[tuple[str, IntensitySettings]], tree: PowerTree) -> list[str]:
+    names = tuple(tree.names)
+    listing = ", ".join(names[:10]) + (", …" if len(names) > 10 else "")
+    problems: list[str] = []
+    covered: dict[int, str] = {}  # listed domain → the path of the source listing it
+    budgets: dict[tuple[str, str], str] = {}
+    for path, settings in resolved:
+        for i, name in enumerate(settings.domains or ()):
+            d = tree.index.get(name)
+            if d is None:
+                problems.append(
+                    f"{path}.domains[{i}]: unknown domain {name!r}; domains are: {listing}"
+                )
+                continue
+            for other, by in covered.items():
+                if by != path and (tree.membership[other, d] or tree.membership[d, other]):
+                    problems.append(
+                        f"{path}.domains[{i}]: {name} overlaps {names[other]} of {by}; a "
+                        "domain's power is on one grid, so it follows one source"
+                    )
+            covered.setdefault(d, path)
+        for i, b in enumerate(settings.budgets):
+            if b.domain not in tree.index:
+                problems.append(
+                    f"{path}.budgets[{i}].domain: unknown domain {b.domain!r}; domains are: "
+                    f"{listing}"
+                )
+            key = (b.domain, b.window)
+            first = budgets.setdefault(key, path)
+            if first != path:
+                problems.append(
+                    f"{path}.budgets[{i}]: {first} has a {b.window} budget for {b.domain} "
+                    "already; keep one"
+                )
+    return problems

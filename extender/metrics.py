@@ -266,3 +266,109 @@ class ControllerMetrics:
                 self.actions.labels(kind, domain, flag)
             for kind, reason in self.FAILURES:
                 self.failures.labels(kind, domain, reason)
+
+
+class CarbonMetrics:
+    """The live caps loop's metrics (``extender/carbon_loop.py``), registered on
+    ``registry`` when the config has an ``intensity:`` section.
+
+    * ``powercap_carbon_intensity_grams_per_kwh{source}`` — the intensity in use (NaN on
+      fallback);
+    * ``powercap_carbon_source_status{source,status}`` — 1 for the current status
+      (``live``, ``last-good``, ``fallback``), 0 for the others;
+    * ``powercap_carbon_source_errors_total{source,call}`` — polls whose ``latest`` or
+      ``forecast`` call failed (after retries);
+    * ``powercap_domain_cap_watts{domain}`` — the raw cap of the current slot; the
+      controller's gauge when a controller runs (``cap``), else one of its own;
+    * ``powercap_domain_cap_fraction{domain}`` — that cap over the configured one;
+    * ``powercap_emissions_kg_total{domain}`` — kg CO2e since start, from measured power
+      where fresh, else predicted;
+    * ``powercap_emissions_cost_eur_total{domain}`` — the same at the configured EUA price
+      (only with ``euaPrice``);
+    * ``powercap_emission_budget_remaining_kg{domain,window}``,
+      ``powercap_emission_budget_projected_kg{domain,window}`` — a budget's kg left and the
+      window's projection at the current rate;
+    * ``powercap_emission_budget_cap_fraction{domain,window}`` — the largest cap fraction
+      the budget allows now (1 when it does not bind);
+    * ``powercap_carbon_last_poll_timestamp_seconds`` — when the last poll finished.
+    """
+
+    STATUSES = ("live", "last-good", "fallback")
+    CALLS = ("latest", "forecast")
+
+    def __init__(self, registry: CollectorRegistry, cap: Gauge | None = None) -> None:
+        self.intensity = Gauge(
+            "powercap_carbon_intensity_grams_per_kwh",
+            "Grid carbon intensity in use, gCO2e/kWh (NaN on fallback).",
+            ["source"],
+            registry=registry,
+        )
+        self.status = Gauge(
+            "powercap_carbon_source_status",
+            "1 for the intensity source's current status: live, last-good or fallback.",
+            ["source", "status"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "powercap_carbon_source_errors",
+            "Polls whose call to the intensity source failed after retries, per call.",
+            ["source", "call"],
+            registry=registry,
+        )
+        self.cap = cap or Gauge(
+            "powercap_domain_cap_watts",
+            "Raw cap of the current slot per domain.",
+            ["domain"],
+            registry=registry,
+        )
+        self.cap_fraction = Gauge(
+            "powercap_domain_cap_fraction",
+            "Cap of the current slot over the configured cap, per domain.",
+            ["domain"],
+            registry=registry,
+        )
+        self.emissions = Counter(
+            "powercap_emissions_kg",
+            "Emissions in kg CO2e per domain: measured (else predicted) power × intensity.",
+            ["domain"],
+            registry=registry,
+        )
+        self.cost = Counter(
+            "powercap_emissions_cost_eur",
+            "Emissions priced at the configured EUA price, EUR per domain.",
+            ["domain"],
+            registry=registry,
+        )
+        self.budget_remaining = Gauge(
+            "powercap_emission_budget_remaining_kg",
+            "Emission budget left in the current window, kg CO2e (negative: over).",
+            ["domain", "window"],
+            registry=registry,
+        )
+        self.budget_projected = Gauge(
+            "powercap_emission_budget_projected_kg",
+            "Emissions projected for the whole window at the current rate, kg CO2e.",
+            ["domain", "window"],
+            registry=registry,
+        )
+        self.budget_fraction = Gauge(
+            "powercap_emission_budget_cap_fraction",
+            "Largest cap fraction the emission budget allows now (1: it does not bind).",
+            ["domain", "window"],
+            registry=registry,
+        )
+        self.last_poll = Gauge(
+            "powercap_carbon_last_poll_timestamp_seconds",
+            "Unix time the live caps loop last polled the intensity source.",
+            registry=registry,
+        )
+
+    def zero(self, source: str, domains: Iterable[str], priced: bool) -> None:
+        """Create the counters' series at 0 (a counter born at its first increment hides
+        that increment from increase() and rate())."""
+        for call in self.CALLS:
+            self.errors.labels(source, call)
+        for domain in domains:
+            self.emissions.labels(domain)
+            if priced:
+                self.cost.labels(domain)

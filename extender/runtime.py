@@ -10,21 +10,26 @@ Two shapes:
   the mirror's first full sync. With ``controller.enabled`` (and a ``power:`` section)
   the companion controller runs beside it, acting while it holds its Lease. With
   ``learn.refresh`` the profiles are re-learned from Prometheus every interval and
-  swapped in (:func:`swap_config`).
+  swapped in (:func:`swap_config`). With an ``intensity:`` section the caps follow the
+  grid's carbon intensity and any emission budget (:func:`add_carbon`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 from fastapi import FastAPI
+from numpy.typing import NDArray
 
 from extender.app import create_app
 from extender.binding import Binder, KubernetesBinder, StaticBinder
+from extender.carbon_loop import CarbonCaps, CarbonLoop
 from extender.config import (
     Config,
     PlannerSettings,
@@ -41,15 +46,17 @@ from extender.controller import (
 )
 from extender.decisions import Decider
 from extender.events import EventSink, KubernetesEventSink, RecordingEventSink
+from extender.intensity_sources import Resilient, build_source
 from extender.learn import ProfileRefresher
 from extender.lease import KubernetesLeaseApi, LeaderElector, LeaseApi
-from extender.metrics import ControllerMetrics, Telemetry
+from extender.metrics import CarbonMetrics, ControllerMetrics, Telemetry
 from extender.mirror import KubernetesSource, Mirror, RawObject
 from extender.planner import Planner
 from extender.pods import DemandResolver
 from extender.state import ClusterState, PodRecord
 from placement.problem import Problem
 from placement.scenario import load_problem
+from placement.validation import ProblemsError
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +78,7 @@ class Extender:
     controller_loop: ControllerLoop | None = None
     elector: LeaderElector | None = None
     refresher: ProfileRefresher | None = None
+    carbon_loop: CarbonLoop | None = None
 
     def ready(self) -> bool:
         return self.state.synced
@@ -89,8 +97,12 @@ class Extender:
             self.controller_loop.start()
         if self.refresher is not None:
             self.refresher.start()
+        if self.carbon_loop is not None:
+            self.carbon_loop.start()
 
     def stop(self) -> None:
+        if self.carbon_loop is not None:
+            self.carbon_loop.stop()
         if self.refresher is not None:
             self.refresher.stop()
         if self.controller_loop is not None:
@@ -219,6 +231,8 @@ def from_cluster(
     )
     if config.controller.enabled:
         add_controller(ext, core, cluster_api, lease_api, power_source)
+    if config.intensity:
+        add_carbon(ext)
     if config.learn is not None:
         settings = config.learn
         ext.refresher = ProfileRefresher(
@@ -306,3 +320,69 @@ def add_controller(
         settings.lease.name,
         elector.identity,
     )
+
+
+def add_carbon(ext: Extender, sources: list[Resilient] | None = None) -> None:
+    """Add the live caps loop (:mod:`extender.carbon_loop`) and its metrics to ``ext``.
+
+    ``sources`` (one per ``intensity:`` source, in order) default to the ones the section
+    describes; building them raises :class:`~placement.validation.ProblemsError` when a
+    secret's variable is unset or two sources are the same. The emissions use the
+    controller's measured power while its last tick is recent."""
+    zones = ext.config.intensity
+    if not zones:
+        raise ValueError("the live caps loop needs the intensity: section")
+    if sources is None:
+        problems: list[str] = []
+        sources = []
+        for i, settings in enumerate(zones):
+            where = "intensity" if len(zones) == 1 else f"intensity[{i}]"
+            try:
+                sources.append(build_source(settings, where=where))
+            except ProblemsError as exc:
+                problems += exc.problems
+        if not problems:  # with every source built, position i is intensity[i]
+            built = [s.source.name for s in sources]
+            problems = [
+                f"intensity[{i}]: the same source as intensity[{built.index(name)}] "
+                f"({name}); one source per grid zone"
+                for i, name in enumerate(built)
+                if built.index(name) != i
+            ]
+        if problems:
+            raise ProblemsError(problems, ext.config.source)
+    controller = ext.controller
+    metrics = CarbonMetrics(
+        ext.telemetry.registry,
+        cap=controller.metrics.cap if controller and controller.metrics else None,
+    )
+
+    def measured(now: float) -> NDArray[np.float64] | None:
+        if controller is None or controller.last is None:
+            return None
+        # Older than a few control periods: the controller is stuck, not measuring.
+        if now - controller.last.at > 3 * controller.settings.period_s:
+            return None
+        return controller.last.measured
+
+    caps = CarbonCaps(
+        list(zip(zones, sources, strict=True)),
+        ext.state,
+        ext.config.grid,
+        ext.config.tree.caps,
+        metrics,
+        measured,
+    )
+    ext.carbon_loop = CarbonLoop(caps, caps.period_s, clock=time.time)
+    names = ext.state.tree.names
+    for zone in caps.zones:
+        log.info(
+            "caps of %s follow %s every %gs (policy %s)%s",
+            ", ".join(names[d] for d in zone.domains),
+            zone.name,
+            zone.settings.period_s,
+            zone.settings.policy.describe(),
+            "".join(
+                f"; budget {b.kg:g} kg per {b.window} for {b.domain}" for b in zone.settings.budgets
+            ),
+        )

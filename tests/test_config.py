@@ -242,7 +242,7 @@ def test_power_section_is_resolved_with_the_rest_of_the_config() -> None:
 
 def test_intensity_section_is_resolved_with_the_rest_of_the_config() -> None:
     config = config_from_data(minimal(intensity={"kind": "ukci", "fallbackCapFraction": 0.8}))
-    assert config.intensity is not None
-    assert config_from_data(minimal()).intensity is None
+    assert [s.kind for s in config.intensity] == ["ukci"]
+    assert config_from_data(minimal()).intensity == ()
     found = problems_of(minimal(intensity={"kind": "electricitymaps"}))
     assert any(p.startswith("intensity.") for p in found), found

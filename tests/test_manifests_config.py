@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from extender.config import load_config
-from extender.metrics import ControllerMetrics, Telemetry
+from extender.metrics import CarbonMetrics, ControllerMetrics, Telemetry
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config"
@@ -140,9 +140,10 @@ def test_examples_use_the_scheduler() -> None:
 
 def _families() -> list[Any]:
     """Every metric family ``powercap serve`` can export: the extender's, and the
-    controller's, which join its registry only when a controller runs."""
+    controller's and the live caps loop's, which join its registry only when they run."""
     telemetry = Telemetry()
-    ControllerMetrics(telemetry.registry)
+    controller = ControllerMetrics(telemetry.registry)
+    CarbonMetrics(telemetry.registry, cap=controller.cap)
     return list(telemetry.registry.collect())
 
 
