@@ -232,7 +232,9 @@ def _servegen(data: Path) -> Any:
     )
 
 
-def bench_replay(data: Path, time_limit_s: float, first: int, last: int, speed: float) -> int:
+def bench_replay(
+    data: Path, time_limit_s: float, first: int, last: int, speed: float, baseline_speed: float
+) -> int:
     """Days ``first``..``last`` of the traces (1-based; training is days 1–7) replayed on
     the live placement, without then with the controller."""
     if not TRAIN_DAYS < first <= last:
@@ -249,8 +251,10 @@ def bench_replay(data: Path, time_limit_s: float, first: int, last: int, speed: 
     days = last - first + 1
     print(
         f"replay: {svc.size} services, demand {int(svc.demand.sum())} replicas on "
-        f"{problem.fleet.size} nodes; trace days {first}–{last} ({path}) at speed {speed:g} "
-        f"({days * DAY_S / speed / 60:.1f} min a run); cpsat planner {time_limit_s:g} s"
+        f"{problem.fleet.size} nodes; trace days {first}–{last} ({path}) without the "
+        f"controller at speed {baseline_speed:g} ({days * DAY_S / baseline_speed / 60:.1f} min), "
+        f"with it at speed {speed:g} ({days * DAY_S / speed / 60:.1f} min); "
+        f"cpsat planner {time_limit_s:g} s"
     )
     replay = ReplaySettings(
         watts=watts,
@@ -270,6 +274,7 @@ def bench_replay(data: Path, time_limit_s: float, first: int, last: int, speed: 
             planner_time_limit_s=time_limit_s,
             replay=replay,
             baseline=True,
+            baseline_speed=baseline_speed,
         ),
         _step("replay"),
     )
@@ -346,13 +351,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     rp.add_argument("--time-limit", type=float, default=30.0)
     rp.add_argument("--first-day", type=int, default=8, help="first trace day (1-based)")
     rp.add_argument("--last-day", type=int, default=14, help="last trace day (1-based)")
-    rp.add_argument("--speed", type=float, default=600.0, help="simulated s per wall s")
+    rp.add_argument(
+        "--speed", type=float, default=300.0, help="simulated s per wall s, with the controller"
+    )
+    rp.add_argument(
+        "--baseline-speed",
+        type=float,
+        default=600.0,
+        help="simulated s per wall s without the controller (nothing acts: only sampling)",
+    )
     args = parser.parse_args(argv)
     print(f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}")
     if args.which == "throughput":
         return bench_throughput(args.nodes, args.pods, args.planner)
     if args.which == "replay":
-        return bench_replay(args.data, args.time_limit, args.first_day, args.last_day, args.speed)
+        return bench_replay(
+            args.data,
+            args.time_limit,
+            args.first_day,
+            args.last_day,
+            args.speed,
+            args.baseline_speed,
+        )
     return bench_servegen(args.data, args.time_limit)
 
 

@@ -121,10 +121,15 @@ class StaticPods:
 
 def bound_pod(obj: Mapping[str, Any], gpu_resource: str = "nvidia.com/gpu") -> BoundPod | None:
     """A raw v1.Pod as the simulator sees it, or ``None`` while it is unbound, once it is
-    terminal, or when it names no service (``powercap.io/service`` or its owner)."""
+    terminating or terminal, or when it names no service (``powercap.io/service`` or its
+    owner). A terminating pod (``deletionTimestamp`` set, e.g. evicted) draws nothing: it
+    leaves its Service's endpoints at once, so no new requests reach it, and what it
+    still finishes is within the noise of a slot."""
     node = node_name_of(obj)
     service = pod_service(obj)
-    if node is None or service is None or is_terminal(obj):
+    meta = get_field(obj, "metadata")
+    terminating = isinstance(meta, Mapping) and bool(get_field(meta, "deletionTimestamp"))
+    if node is None or service is None or terminating or is_terminal(obj):
         return None
     try:
         gpus = pod_gpus(obj, gpu_resource)

@@ -5,8 +5,8 @@
 1. the power simulator (:mod:`e2e.powersim`) serves DCGM metrics for every fake node from
    the pods the API server reports bound (a periodic list: evicted pods disappear, their
    replacements appear), each drawing its service's replayed watts (services without a
-   series draw their profile); Prometheus (:mod:`e2e.prometheus`) scrapes it once a
-   simulated minute (at least every 0.1 wall seconds);
+   series draw their profile); Prometheus (:mod:`e2e.prometheus`) scrapes it every 30
+   simulated seconds (at most every 0.1 wall seconds);
 2. with the controller, ``powercap serve`` is restarted on the same port (kube-scheduler
    keeps calling it there) with the ``power:`` and ``controller:`` sections, its timings
    divided by the speed;
@@ -63,9 +63,9 @@ SAMPLE_S = 0.1
 # Wall seconds between the extender's restart and the window's start: its mirror syncs
 # and it takes the controller Lease in that time.
 LEAD_S = 8.0
-# The Prometheus scrape interval, simulated seconds (one control period by default);
+# The Prometheus scrape interval, simulated seconds (a common DCGM exporter interval);
 # never below FASTEST_S wall seconds.
-SCRAPE_SIM_S = 60.0
+SCRAPE_SIM_S = 30.0
 # How often the simulator re-lists the bound pods, wall seconds.
 FEED_S = 0.1
 # The fastest wall timing a replay asks of Prometheus or the controller.
@@ -323,9 +323,7 @@ def replay_window(
     with (
         _simulator(problem, replay, pods) as sim,
         PodFeed(core, pods, sim_now) as feed,
-        prometheus(
-            [ScrapeJob("powersim", [sim.address], scrape_interval(speed))], log_dir
-        ) as prom,
+        prometheus([ScrapeJob("powersim", [sim.address], scrape_interval(speed))], log_dir) as prom,
     ):
         prom.wait_for_targets()
         if replay.controller:

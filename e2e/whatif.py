@@ -250,7 +250,11 @@ def run_on_kwok(
                         c,
                         core,
                         problem,
-                        replace(settings.replay, controller=False),
+                        replace(
+                            settings.replay,
+                            controller=False,
+                            speed=settings.baseline_speed or settings.replay.speed,
+                        ),
                         choice,
                         running,
                         LOG_DIR,

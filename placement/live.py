@@ -46,11 +46,13 @@ class ReplaySettings:
     duration_s: int = 4 * 3600
     speed: float = 60.0
     controller: bool = True
-    period_s: float = 60.0
-    grace_s: float = 120.0
+    # The shipped controller defaults, but a 30 s period (15 s at speed 300 would ask for
+    # a tick every 50 ms of wall time).
+    period_s: float = 30.0
+    grace_s: float = 60.0
     settle_reshape_s: float = 300.0
     settle_evict_s: float = 60.0
-    settle_restore_s: float = 600.0
+    settle_restore_s: float = 300.0
     hold_s: float = float(DAY_S)
 
     def __post_init__(self) -> None:
@@ -140,7 +142,9 @@ class LiveSettings:
     With ``baseline`` a controlled replay is preceded by the same window with the
     controller off, on the same cluster and placement (nothing changes a placement
     without the controller, so the second window starts from the same pods): the fair
-    "without" figure, free of the run-to-run variation of placing twice."""
+    "without" figure, free of the run-to-run variation of placing twice. Nothing acts
+    in it, so it may run at its own ``baseline_speed`` (default: the replay's): the
+    speed only sets how often the ground truth is sampled."""
 
     scheduler: str = "powercap"
     stock_default: bool = True
@@ -150,6 +154,7 @@ class LiveSettings:
     settle_timeout_s: float = 900.0
     replay: ReplaySettings | None = None
     baseline: bool = False
+    baseline_speed: float | None = None
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:

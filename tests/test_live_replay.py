@@ -112,14 +112,15 @@ def test_replay_controller_timings_are_the_simulated_ones_divided_by_the_speed()
         ControllerSpec.model_validate(controller_section(replay))
     )
     assert not problems and settings is not None
-    # One simulated minute per period, to the millisecond: 60 s / 600.
-    assert settings.period_s == pytest.approx(0.1)
-    assert settings.breach.grace_s == pytest.approx(0.2)
+    # Simulated timings over the speed, to the millisecond, none below 0.1 s.
+    assert settings.period_s == pytest.approx(0.1)  # 30 s / 600 = 0.05, raised
+    assert settings.breach.grace_s == pytest.approx(0.1)
     assert settings.ladder.evict_settle_s == pytest.approx(0.1)
+    assert settings.ladder.reshape_settle_s == pytest.approx(0.5)
     assert settings.per_domain.window_s == pytest.approx(0.5)
     # The feedback hold is a simulated day.
     assert settings.hold_s == pytest.approx(144.0)
-    # Prometheus scrapes once a simulated minute, never faster than 0.1 s.
-    assert scrape_interval(600) == pytest.approx(0.1)
-    assert scrape_interval(60) == pytest.approx(1.0)
+    # Prometheus scrapes every 30 simulated seconds, never faster than every 0.1 s.
+    assert scrape_interval(300) == pytest.approx(0.1)
+    assert scrape_interval(60) == pytest.approx(0.5)
     assert scrape_interval(6000) == pytest.approx(0.1)
