@@ -3,10 +3,10 @@
 :func:`replay_window` runs after :func:`e2e.whatif.run_on_kwok` has placed a problem:
 
 1. the power simulator (:mod:`e2e.powersim`) serves DCGM metrics for every fake node from
-   the pods the API server reports bound (a periodic list: evicted pods disappear, their
-   replacements appear), each drawing its service's replayed watts (services without a
+   the pods the API server reports bound (a list+watch: evicted pods stop drawing, their
+   replacements start), each drawing its service's replayed watts (services without a
    series draw their profile); Prometheus (:mod:`e2e.prometheus`) scrapes it every 30
-   simulated seconds (at most every 0.1 wall seconds);
+   simulated seconds (at most every 0.2 wall seconds);
 2. with the controller, ``powercap serve`` is restarted on the same port (kube-scheduler
    keeps calling it there) with the ``power:`` and ``controller:`` sections, its timings
    divided by the speed;
@@ -54,6 +54,7 @@ from e2e.powersim import (
 )
 from e2e.prometheus import ScrapeJob, prometheus
 from e2e.scheduler import start_extender
+from extender.mirror import KubernetesSource, Reflector
 from placement.grid import Grid
 from placement.live import DAY_S, ReplayOutcome, ReplaySettings, speed_problem
 from placement.problem import Problem
@@ -66,10 +67,10 @@ LEAD_S = 8.0
 # The Prometheus scrape interval, simulated seconds (a common DCGM exporter interval);
 # never below FASTEST_S wall seconds.
 SCRAPE_SIM_S = 30.0
-# How often the simulator re-lists the bound pods, wall seconds.
-FEED_S = 0.1
-# The fastest wall timing a replay asks of Prometheus or the controller.
+# The fastest wall timing a replay asks of the controller, and of Prometheus (its scrape
+# timeout is its interval: a scrape of 320 nodes' GPUs needs slack on a busy machine).
 FASTEST_S = 0.1
+FASTEST_SCRAPE_S = 0.2
 # The default eviction rate window (5 minutes), simulated seconds.
 EVICTION_WINDOW_S = 300.0
 
@@ -123,7 +124,7 @@ def wall_seconds(sim_s: float, speed: float, minimum: float = 0.0) -> float:
 
 def scrape_interval(speed: float) -> float:
     """The Prometheus scrape interval of a replay at ``speed``, wall seconds."""
-    return wall_seconds(SCRAPE_SIM_S, speed, FASTEST_S)
+    return wall_seconds(SCRAPE_SIM_S, speed, FASTEST_SCRAPE_S)
 
 
 def controller_section(replay: ReplaySettings) -> dict[str, Any]:
@@ -160,59 +161,64 @@ def controller_section(replay: ReplaySettings) -> dict[str, Any]:
 
 
 class PodFeed:
-    """Keeps a :class:`StaticPods` equal to the API server's bound pods (a list every
-    ``every_s`` in a thread) and remembers each scenario pod's service and, once it has
-    gone, the simulated instant it was last seen."""
+    """Keeps a :class:`StaticPods` equal to the API server's bound, running scenario pods,
+    from a list+watch (:class:`extender.mirror.Reflector`, in a thread: changes arrive as
+    they happen and cost the API server nothing between them), and remembers each
+    scenario pod's service and the simulated instant it started terminating or went."""
 
-    def __init__(
-        self, core: Any, into: StaticPods, clock: Callable[[], float], every_s: float = FEED_S
-    ):
-        self.core = core
+    def __init__(self, core: Any, into: StaticPods, clock: Callable[[], float]) -> None:
         self.into = into
         self.clock = clock
-        self.every_s = every_s
         self.service: dict[str, str] = {}
         self.gone_at: dict[str, float] = {}
-        self._present: set[str] = set()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="replay-pod-feed", daemon=True)
+        # A short watch so that leaving the ``with`` waits at most that long.
+        self._reflector = Reflector(
+            "replay-pod-feed",
+            KubernetesSource(core, "pods"),
+            on_replace=self._replace,
+            on_event=self._event,
+            watch_timeout_s=5,
+        )
+        self._thread = threading.Thread(
+            target=self._reflector.run, args=(self._stop,), name="replay-pod-feed", daemon=True
+        )
 
-    def refresh(self) -> None:
-        listed = orjson.loads(
-            self.core.list_namespaced_pod(
-                NAMESPACE, label_selector=SERVICE_LABEL, _preload_content=False
-            ).data
-        )["items"]
-        now = self.clock()
-        present: set[str] = set()
-        pods = []
-        for obj in listed:
-            name = str(obj["metadata"]["name"])
-            present.add(name)
-            self.service[name] = str(obj["metadata"]["labels"][SERVICE_LABEL])
-            pod = bound_pod(obj)
-            if pod is not None:
-                pods.append(pod)
-        for name in self._present - present:
-            self.gone_at[name] = now
-        self._present = present
-        self.into.replace(pods)
+    @staticmethod
+    def _ours(obj: Mapping[str, Any]) -> bool:
+        meta = obj.get("metadata") or {}
+        return meta.get("namespace") == NAMESPACE and SERVICE_LABEL in (meta.get("labels") or {})
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            try:
-                self.refresh()
-            except Exception as exc:  # the API server busy: the next round will do
-                print(f"[replay] pod feed: {exc}", flush=True)
+    def _note(self, event: str, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        with self._lock:
+            self.service[name] = str(meta["labels"][SERVICE_LABEL])
+            if (event == "DELETED" or meta.get("deletionTimestamp")) and name not in self.gone_at:
+                self.gone_at[name] = self.clock()
+
+    def _replace(self, items: list[dict[str, Any]]) -> None:
+        ours = [obj for obj in items if self._ours(obj)]
+        for obj in ours:
+            self._note("ADDED", obj)
+        self.into.replace(p for obj in ours if (p := bound_pod(obj)) is not None)
+
+    def _event(self, event: str, obj: dict[str, Any]) -> None:
+        if self._ours(obj):
+            self._note(event, obj)
+            self.into.apply(event, obj)
 
     def __enter__(self) -> PodFeed:
-        self.refresh()
         self._thread.start()
+        if not self._reflector.synced.wait(60.0):
+            self._stop.set()
+            raise TimeoutError("could not list pods within 60s")
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
-        self._thread.join(5.0)
+        self._thread.join(15.0)
 
 
 @dataclass
@@ -371,7 +377,6 @@ def replay_window(
         meter.close()
         actions = controller_actions(extender[1]) if replay.controller and extender else {}
         evicted = evicted_pods(core) if replay.controller else set()
-        feed.refresh()
 
     priorities = {
         name: int(problem.services.priority[s]) for s, name in enumerate(problem.services.names)

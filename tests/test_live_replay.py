@@ -120,7 +120,7 @@ def test_replay_controller_timings_are_the_simulated_ones_divided_by_the_speed()
     assert settings.per_domain.window_s == pytest.approx(0.5)
     # The feedback hold is a simulated day.
     assert settings.hold_s == pytest.approx(144.0)
-    # Prometheus scrapes every 30 simulated seconds, never faster than every 0.1 s.
-    assert scrape_interval(300) == pytest.approx(0.1)
+    # Prometheus scrapes every 30 simulated seconds, never faster than every 0.2 s.
+    assert scrape_interval(100) == pytest.approx(0.3)
     assert scrape_interval(60) == pytest.approx(0.5)
-    assert scrape_interval(6000) == pytest.approx(0.1)
+    assert scrape_interval(300) == pytest.approx(0.2)
