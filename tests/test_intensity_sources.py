@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +26,7 @@ from extender.intensity_sources import (
     CarbonAwareSdk,
     CsvIntensity,
     ElectricityMaps,
+    IntensitySource,
     Resilient,
     SourceDataError,
     SourceRejected,
@@ -620,3 +621,95 @@ def test_build_source_csv(tmp_path: Path) -> None:
     assert problems == [] and settings is not None and settings.unit is Unit.lbs_per_mwh
     reading = build_source(settings, env={}).source.latest(NOW)
     assert reading is not None and reading.g_per_kwh == pytest.approx(500 * 0.45359237)
+
+
+# ---------------------------------------------------------------- every HTTP source alike
+
+SourceMaker = Callable[[str, float], IntensitySource]
+
+# name → (constructor from base URL and timeout, fixture per path, the path ``latest``
+# reads, the recorded value in g/kWh, the instant it holds from)
+EVERY_SOURCE: dict[str, tuple[SourceMaker, dict[str, str], str, float, int]] = {
+    "ukci": (
+        lambda url, t: UkCarbonIntensity(url, timeout_s=t),
+        {"/intensity": "ukci_intensity.json"},
+        "/intensity",
+        176.0,
+        utc("2026-03-02T12:00:00"),
+    ),
+    "electricitymaps": (
+        lambda url, t: ElectricityMaps("DE", "token", url, timeout_s=t),
+        {"/v3/carbon-intensity/latest": "electricitymaps_latest.json"},
+        "/v3/carbon-intensity/latest",
+        412.0,
+        utc("2026-03-02T12:00:00"),
+    ),
+    "watttime": (
+        lambda url, t: WattTime("CAISO_NORTH", "user", "pass", url, timeout_s=t),
+        {"/login": "watttime_login.json", "/v3/forecast": "watttime_forecast.json"},
+        "/v3/forecast",
+        800 * LBS_PER_MWH_TO_G_PER_KWH,
+        utc("2026-03-02T12:10:00"),
+    ),
+    "carbon-aware-sdk": (
+        lambda url, t: CarbonAwareSdk("eastus", url, timeout_s=t),
+        {"/emissions/bylocation": "carbon_aware_bylocation.json"},
+        "/emissions/bylocation",
+        398.25,
+        utc("2026-03-02T11:55:00"),
+    ),
+}
+
+
+def _serve(fake: Fake, routes: dict[str, str], path: str, *replies: Reply) -> None:
+    for p, fixture in routes.items():
+        fake.route(p, *(replies if p == path and replies else (Reply(fixture=fixture),)))
+
+
+@pytest.mark.parametrize("kind", sorted(EVERY_SOURCE))
+def test_every_source_times_out_retries_then_holds_the_last_good_value_then_falls_back(
+    fake: Fake, kind: str
+) -> None:
+    make, routes, path, value, at_s = EVERY_SOURCE[kind]
+    fixture = routes[path]
+    # Success, in g/kWh.
+    _serve(fake, routes, path)
+    reading = make(fake.url, 2.0).latest(NOW)
+    assert reading is not None and reading.at_s == at_s
+    assert reading.g_per_kwh == pytest.approx(value)
+    # A slow answer times out.
+    _serve(fake, routes, path, Reply(fixture=fixture, delay_s=1.0))
+    with pytest.raises(SourceUnavailable, match=r"timed out after 0\.2 s"):
+        make(fake.url, 0.2).latest(NOW)
+    # A timeout and a 5xx are retried with back-off; the third try is live.
+    _serve(
+        fake,
+        routes,
+        path,
+        Reply(fixture=fixture, delay_s=1.0),
+        Reply(503, body="{}"),
+        Reply(fixture=fixture),
+        Reply(502, body="{}"),
+    )
+    clock = Clock(NOW)
+    resilient = Resilient(
+        make(fake.url, 0.2),
+        retries=2,
+        backoff_s=0.5,
+        staleness_s=3600,
+        fallback_cap_fraction=0.7,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    live = resilient.latest()
+    assert live.status is Status.LIVE and live.attempts == 3 and clock.sleeps == [0.5, 1.0]
+    # The source now fails (502 from here on): the last good value holds while it is
+    # younger than the staleness limit, then the fallback cap.
+    clock.now = at_s + 3000
+    held = resilient.latest()
+    assert held.status is Status.LAST_GOOD and held.reading == live.reading
+    assert held.error is not None and "HTTP 502" in held.error
+    clock.now = at_s + 3601
+    gone = resilient.latest()
+    assert gone.status is Status.FALLBACK and gone.reading is None
+    assert gone.fallback_cap_fraction == 0.7
