@@ -57,6 +57,8 @@ bench: $(STAMP) tools
 	$(PY) -m benchmarks.planner
 	@echo ">> placement quality on a ServeGen-built scenario (../shared/data)"
 	$(PY) -m benchmarks.quality
+	@echo ">> carbon: emissions and EUA cost, aware vs oblivious, and emission budgets on GB/FR/DE grids"
+	$(PY) -m benchmarks.carbon
 	@echo ">> extender latency: compute and HTTP"
 	$(PY) -m benchmarks.extender
 	@echo ">> the real kube-scheduler on KWOK: 1,000 nodes, 10,000 pods, with and without the extender"

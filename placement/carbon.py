@@ -9,10 +9,11 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -138,6 +139,36 @@ def carbon_aware(
     """
     names = list(domains) if domains is not None else [root_name(problem)]
     caps = cap_schedule(problem, intensity, dict.fromkeys(names, policy))
+    return problem.with_caps(caps)
+
+
+def carbon_aware_rows(
+    problem: Problem,
+    intensity: NDArray[np.float64],
+    policy: CapPolicy = DEFAULT_POLICY,
+    domains: Sequence[str] | None = None,
+) -> Problem:
+    """Like :func:`carbon_aware`, with a (domains × T) intensity: each named domain's
+    cap follows its own row (the grid its site draws from, see
+    :func:`domain_intensity`). ``domains`` defaults to the site."""
+    tree = problem.tree
+    rows = np.asarray(intensity, dtype=np.float64)
+    if rows.shape != (tree.size, problem.grid.slots):
+        raise ValueError(
+            f"intensity is {rows.shape}; expected (domains, slots) = "
+            f"({tree.size}, {problem.grid.slots})"
+        )
+    names = list(domains) if domains is not None else [root_name(problem)]
+    unknown = [d for d in names if d not in tree.index]
+    if unknown:
+        raise ValueError(
+            f"unknown domain {unknown[0]!r}; domains are: {', '.join(tree.names[:10])}"
+            + (", …" if tree.size > 10 else "")
+        )
+    caps = np.array(tree.caps, dtype=np.float64)
+    for name in names:
+        d = tree.index[name]
+        caps[d] = caps[d] * policy.fractions_of(rows[d])
     return problem.with_caps(caps)
 
 
@@ -435,10 +466,12 @@ def allowance_position(
 class Savings:
     """A carbon-aware placement against a carbon-oblivious one over the same window.
 
-    A replica's profile does not depend on the node it runs on, so at equal hosted
-    replicas per service both emit the same; what carbon-aware caps save comes from
-    hosting less, or another mix, in dirty hours. ``kg_per_replica`` (above idle) puts
-    the two on a per-unit-of-service footing beside the totals.
+    A replica's profile does not depend on the node it runs on, so on one grid, at
+    equal hosted replicas per service, both emit the same; what carbon-aware caps save
+    comes from hosting less, or another mix, in dirty hours. (Sites on different grids
+    are another matter: see :class:`CarbonTerms` and ``cpsat``'s emissions tier.)
+    ``kg_per_replica`` (above idle) puts the two on a per-unit-of-service footing beside
+    the totals.
     """
 
     oblivious_kg: float
@@ -482,3 +515,234 @@ def savings(oblivious: Emissions, aware: Emissions, price: EuaPrice) -> Savings:
         per_replica(oblivious),
         per_replica(aware),
     )
+
+
+# ---------------------------------------------------------------- planning with emissions
+
+
+@dataclass(frozen=True)
+class CarbonTerms:
+    """What a strategy needs to count emissions: the intensity every domain's power is
+    drawn at and, optionally, an emission budget.
+
+    ``intensity`` is (domains × T) g/kWh on the problem's grid — for each grid slot the
+    mean over the window's ``periods`` (1 for a day; the number of days for a month).
+    A placement is a periodic plan, so its emissions over the window are exactly
+    ``periods · Σ_t intensity[d, t] · watts(t) · Δt`` per domain: using the window's
+    mean per slot is not an approximation. Nodes draw at the row of the domain they
+    hang off; a row of a higher domain only matters if nodes hang off it.
+
+    ``budget_kg`` (kg CO2e over the window) holds for ``budget_domain`` (default: the
+    site, the first root): idle of every node beneath it plus every replica placed
+    beneath it. Idle counts because it is drawn whatever is placed, so the budget must
+    at least cover it (see :func:`budget_allowance`).
+    """
+
+    intensity: NDArray[np.float64]
+    periods: float = 1.0
+    budget_kg: float | None = None
+    budget_domain: str | None = None
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        values = np.asarray(self.intensity, dtype=np.float64)
+        if values.ndim != 2:
+            raise ValueError("intensity must be a (domains × slots) matrix")
+        if not np.all(np.isfinite(values)) or np.any(values < 0):
+            raise ValueError("intensity values must be finite and non-negative")
+        if not (math.isfinite(self.periods) and self.periods > 0):
+            raise ValueError("periods must be a positive number of grid periods")
+        if self.budget_kg is not None and not (
+            math.isfinite(self.budget_kg) and self.budget_kg >= 0
+        ):
+            raise ValueError("emission_budget must be a finite, non-negative number of kg")
+        object.__setattr__(self, "intensity", read_only(values))
+
+
+class BudgetBelowIdleError(ValueError):
+    """An emission budget smaller than what the domain's idle nodes emit anyway."""
+
+    def __init__(self, domain: str, budget_kg: float, floor_kg: float) -> None:
+        super().__init__(
+            f"emission_budget {budget_kg:,.1f} kg for {domain!r} is below its idle floor of "
+            f"{floor_kg:,.1f} kg (the idle draw of its nodes over the window); raise it to "
+            f"at least {floor_kg:,.1f} kg or budget another domain"
+        )
+        self.domain = domain
+        self.budget_kg = budget_kg
+        self.floor_kg = floor_kg
+
+
+def domain_intensity(
+    problem: Problem, by_domain: Mapping[str, NDArray[np.float64]]
+) -> NDArray[np.float64]:
+    """(domains × T) intensity from (T,) profiles for some domains: every domain takes
+    the profile of the nearest named domain at or above it (a site's grid feeds its rows
+    and racks). Raises ``ValueError`` for an unknown domain, a profile of the wrong length
+    or a domain with nodes that no profile reaches."""
+    tree, slots = problem.tree, problem.grid.slots
+    unknown = [d for d in by_domain if d not in tree.index]
+    if unknown:
+        raise ValueError(
+            f"unknown domain {unknown[0]!r}; domains are: {', '.join(tree.names[:10])}"
+            + (", …" if tree.size > 10 else "")
+        )
+    out = np.full((tree.size, slots), np.nan)
+    named = np.zeros(tree.size, dtype=bool)
+    for name, values in by_domain.items():
+        row = np.asarray(values, dtype=np.float64)
+        if row.shape != (slots,):
+            raise ValueError(f"intensity for {name!r} has {row.size} values; the grid has {slots}")
+        out[tree.index[name]] = row
+        named[tree.index[name]] = True
+    for d in range(tree.size):  # parents come first, so theirs is settled
+        p = int(tree.parents[d])
+        if not named[d] and p >= 0 and not np.isnan(out[p, 0]):
+            out[d] = out[p]
+    used = np.unique(problem.fleet.domain)
+    missing = [tree.names[d] for d in used if np.isnan(out[d, 0])]
+    if missing:
+        raise ValueError(
+            f"domain {missing[0]!r} has nodes but no intensity; give one for it or a "
+            "domain above it"
+        )
+    return np.nan_to_num(out, nan=0.0)
+
+
+def with_carbon(problem: Problem, terms: CarbonTerms) -> Problem:
+    """``problem`` planned with ``terms``: strategies then count emissions, respect the
+    budget, and ``cpsat`` prefers the least-emitting placement among equally good ones.
+    Raises ``ValueError`` for a mis-shaped intensity or an unknown budget domain, and
+    :class:`BudgetBelowIdleError` for a budget below the idle floor."""
+    if terms.intensity.shape != (problem.tree.size, problem.grid.slots):
+        raise ValueError(
+            f"intensity is {terms.intensity.shape}; expected (domains, slots) = "
+            f"({problem.tree.size}, {problem.grid.slots})"
+        )
+    out = replace(problem, carbon=terms)
+    budget_allowance(out)
+    return out
+
+
+def replica_kg(
+    problem: Problem, profiles: NDArray[np.float64] | None = None
+) -> NDArray[np.float64]:
+    """(services × domains) kg one replica emits over the window when it runs on a node
+    of each domain (above node idle). ``profiles`` defaults to the services' own; the
+    baselines pass the flat profile they account at. Zeros without carbon terms."""
+    svc = problem.services
+    p = svc.profiles if profiles is None else profiles
+    terms = problem.carbon
+    if terms is None:
+        return np.zeros((svc.size, problem.tree.size))
+    factor = terms.periods * problem.grid.step_hours / 1e6  # g/kWh · W · h → kg
+    return np.asarray(np.clip(p, 0.0, None) @ terms.intensity.T * factor, dtype=np.float64)
+
+
+def idle_kg(problem: Problem) -> NDArray[np.float64]:
+    """(domains,) kg the idle nodes under each domain emit over the window."""
+    terms = problem.carbon
+    if terms is None:
+        return np.zeros(problem.tree.size)
+    factor = terms.periods * problem.grid.step_hours / 1e6
+    per_node = problem.fleet.idle_watts * terms.intensity[problem.fleet.domain].sum(axis=1)
+    leaf = np.zeros(problem.tree.size)
+    np.add.at(leaf, problem.fleet.domain, per_node * factor)
+    return np.asarray(problem.tree.membership.astype(np.float64) @ leaf, dtype=np.float64)
+
+
+def budget_allowance(problem: Problem) -> tuple[int, float] | None:
+    """The budgeted domain's index and the kg its replicas may emit above idle, or
+    ``None`` without a budget. Raises ``ValueError`` for an unknown domain and
+    :class:`BudgetBelowIdleError` when idle alone exceeds the budget."""
+    terms = problem.carbon
+    if terms is None or terms.budget_kg is None:
+        return None
+    name = terms.budget_domain if terms.budget_domain is not None else root_name(problem)
+    if name not in problem.tree.index:
+        raise ValueError(
+            f"unknown budget domain {name!r}; domains are: {', '.join(problem.tree.names[:10])}"
+            + (", …" if problem.tree.size > 10 else "")
+        )
+    d = problem.tree.index[name]
+    floor = float(idle_kg(problem)[d])
+    if terms.budget_kg < floor:
+        raise BudgetBelowIdleError(name, terms.budget_kg, floor)
+    return d, terms.budget_kg - floor
+
+
+@dataclass(frozen=True)
+class PlanEmissions:
+    """Emissions of a placement under a problem's carbon terms, kg over the window.
+    ``kg[d]`` includes the idle of every node under ``d`` (every level)."""
+
+    domains: tuple[str, ...]
+    kg: NDArray[np.float64]
+    idle_kg: NDArray[np.float64]
+    periods: float
+    budget_domain: str | None
+    budget_kg: float | None
+
+    def __post_init__(self) -> None:
+        read_only(self.kg)
+        read_only(self.idle_kg)
+
+    @property
+    def site_kg(self) -> float:
+        return float(self.kg[0])
+
+    @property
+    def budget_used_kg(self) -> float | None:
+        if self.budget_domain is None:
+            return None
+        return float(self.kg[self.domains.index(self.budget_domain)])
+
+    @property
+    def holds(self) -> bool | None:
+        """Whether the budget holds; ``None`` without one. A thousandth of a gram of
+        slack absorbs float summation order."""
+        used = self.budget_used_kg
+        if used is None or self.budget_kg is None:
+            return None
+        return used <= self.budget_kg + 1e-6
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "kg": round(self.site_kg, 3),
+            "idle_kg": round(float(self.idle_kg[0]), 3),
+            "periods": self.periods,
+            "by_domain_kg": {
+                n: round(float(k), 3) for n, k in zip(self.domains, self.kg, strict=True)
+            },
+            "budget": None,
+        }
+        if self.budget_domain is not None and self.budget_kg is not None:
+            used = self.budget_used_kg
+            assert used is not None
+            d = self.domains.index(self.budget_domain)
+            out["budget"] = {
+                "domain": self.budget_domain,
+                "budget_kg": self.budget_kg,
+                "emissions_kg": round(used, 3),
+                "idle_floor_kg": round(float(self.idle_kg[d]), 3),
+                "margin_kg": round(self.budget_kg - used, 3),
+                "holds": self.holds,
+            }
+        return out
+
+
+def plan_emissions(problem: Problem, assignment: Assignment) -> PlanEmissions:
+    """Emissions per domain of ``assignment`` under ``problem.carbon`` (required)."""
+    terms = problem.carbon
+    if terms is None:
+        raise ValueError("the problem has no carbon terms; plan it with with_carbon()")
+    node_dom = problem.fleet.domain
+    per_replica = replica_kg(problem)  # (S × D)
+    node_kg = (per_replica[:, node_dom] * assignment.counts).sum(axis=0)  # (N,)
+    leaf = np.zeros(problem.tree.size)
+    np.add.at(leaf, node_dom, node_kg)
+    idle = idle_kg(problem)
+    kg = problem.tree.membership.astype(np.float64) @ leaf + idle
+    budget = budget_allowance(problem)
+    name = None if budget is None else problem.tree.names[budget[0]]
+    return PlanEmissions(problem.tree.names, kg, idle, terms.periods, name, terms.budget_kg)

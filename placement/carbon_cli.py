@@ -12,8 +12,9 @@ carbon-oblivious against carbon-aware caps, over a day or a month of real intens
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -26,20 +27,25 @@ from rich.text import Text
 from placement.carbon import (
     DEFAULT_POLICY,
     AllowancePosition,
+    BudgetBelowIdleError,
     BudgetCheck,
     CapPolicy,
+    CarbonTerms,
     Emissions,
     EuaPrice,
     PriceSeriesError,
     Savings,
     allowance_position,
     carbon_aware,
+    carbon_aware_rows,
     check_budget,
+    domain_intensity,
     emission_cost_eur,
     placement_emissions,
     read_eua_csv,
     root_name,
     savings,
+    with_carbon,
 )
 from placement.intensity import (
     IntensityCsvError,
@@ -213,7 +219,7 @@ def report(
     problem = base._load(scenario)
     series = _read_intensity(base, intensity, time_column, value_column, tz, unit)
     eua = _read_price(base, price, price_series)
-    chosen = _day(base, series, problem, day)
+    chosen = _day(base, [series], problem, day)
     try:
         if window is WindowKind.day:
             slot_window = day_window(series, problem.grid, chosen)
@@ -300,10 +306,15 @@ def _read_price(base: Any, price: float | None, series: Path | None) -> EuaPrice
         raise base._fail(f"--price: {exc}") from None
 
 
-def _day(base: Any, series: IntensitySeries, problem: Problem, text: str | None) -> date:
-    covered = whole_days(series, problem.grid)
+def _day(base: Any, series: Sequence[IntensitySeries], problem: Problem, text: str | None) -> date:
+    """The day ``--day`` names, or the last whole day every series covers."""
+    common = set(whole_days(series[0], problem.grid))
+    for other in series[1:]:
+        common &= set(whole_days(other, problem.grid))
+    covered = sorted(common)
     if not covered:
-        raise base._fail("--intensity: the series does not cover one whole day of the grid")
+        what = "the series does not" if len(series) == 1 else "the series do not together"
+        raise base._fail(f"--intensity: {what} cover one whole day of the grid")
     if text is None:
         return covered[-1]
     try:
@@ -670,3 +681,233 @@ img {{ max-width: 100%; }}</style></head><body>
 <img src="carbon-emissions.png" alt="cumulative emissions">
 </body></html>
 """
+
+
+# ---------------------------------------------------------------- plan and compare
+
+# The options `powercap plan` and `powercap compare` take to plan with grid intensity;
+# CSV parsing and the policy are shared with `carbon report`.
+IntensitySpecsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--intensity",
+        help="Carbon-intensity CSV for the site, or DOMAIN=CSV for one domain's grid "
+        "(repeat for sites on different grids; a domain's racks inherit its grid).",
+        show_default=False,
+    ),
+]
+TimeColumnOpt = Annotated[
+    str | None, typer.Option("--time-column", help="Time column (default: the first).")
+]
+ValueColumnOpt = Annotated[
+    str | None,
+    typer.Option("--value-column", help="Intensity column (default: the only other one)."),
+]
+TzOpt = Annotated[
+    str, typer.Option("--tz", help="IANA time zone of times written without an offset.")
+]
+UnitOpt = Annotated[
+    str, typer.Option("--unit", help="Unit of the values: g/kWh, kg/MWh or lbs/MWh.")
+]
+DayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--day",
+        help="Day of the series to plan for, YYYY-MM-DD (default: the last whole day all "
+        "series cover).",
+    ),
+]
+WindowOpt = Annotated[
+    WindowKind,
+    typer.Option(
+        "--window",
+        help="Emission window: the day, or its calendar month (the plan is held all month; "
+        "emissions use the month's intensity per slot of the day).",
+    ),
+]
+PolicyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--policy",
+        "--cap-policy",
+        help="Carbon-aware caps: intensity:fraction pairs in g/kWh, e.g. "
+        f"'200:1.0,400:0.8,600:0.6' (with --floor or --domain alone: {DEFAULT_POLICY.describe()}).",
+        show_default=False,
+    ),
+]
+FloorOpt = Annotated[
+    float | None,
+    typer.Option("--floor", help="Lowest cap fraction of the policy.", show_default=False),
+]
+PolicyDomainsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--domain",
+        help="Domain whose cap follows the policy (repeat; default: the domains given a "
+        "grid with DOMAIN=CSV, else the site).",
+        show_default=False,
+    ),
+]
+BudgetOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--emission-budget",
+        help="kg CO2e over the window for --budget-domain, idle included: a constraint "
+        "every strategy respects.",
+        show_default=False,
+    ),
+]
+BudgetDomainOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--budget-domain", help="Domain the emission budget holds for (default: the site)."
+    ),
+]
+
+
+@dataclass(frozen=True)
+class CarbonOptions:
+    """The raw values of the options above, as one command received them."""
+
+    intensity: list[str] | None = None
+    time_column: str | None = None
+    value_column: str | None = None
+    tz: str = "UTC"
+    unit: str = "g/kWh"
+    day: str | None = None
+    window: WindowKind = WindowKind.day
+    policy: str | None = None
+    floor: float | None = None
+    domains: list[str] | None = None
+    budget: float | None = None
+    budget_domain: str | None = None
+
+
+@dataclass(frozen=True)
+class CarbonSetup:
+    """What ``plan``/``compare`` report about the carbon terms they planned with."""
+
+    window: str
+    sources: dict[str, str]
+    policy: CapPolicy | None
+    policy_domains: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        policy = None
+        if self.policy is not None:
+            policy = {
+                "points": [
+                    list(p)
+                    for p in zip(self.policy.intensities, self.policy.fractions, strict=True)
+                ],
+                "floor": self.policy.floor,
+                "domains": self.policy_domains,
+            }
+        return {"window": self.window, "intensity": self.sources, "policy": policy}
+
+
+def _specs(base: Any, problem: Problem, texts: list[str]) -> dict[str, Path]:
+    """``CSV`` (the site) or ``DOMAIN=CSV`` → {domain: path}; a path that exists as
+    written is a path even if it holds '='."""
+    tree = problem.tree
+    out: dict[str, Path] = {}
+    for text in texts:
+        if "=" in text and not Path(text).exists():
+            name, path = text.split("=", 1)
+            name = name.strip()
+            if name not in tree.index:
+                raise base._fail(
+                    f"--intensity: unknown domain {name!r} in {text!r}; domains are: "
+                    f"{', '.join(tree.names[:10])}{', …' if tree.size > 10 else ''}"
+                )
+        else:
+            name, path = root_name(problem), text
+        if name in out:
+            raise base._fail(
+                f"--intensity: two files for {name!r}; give one CSV per domain "
+                "(DOMAIN=CSV for all but the site)"
+            )
+        out[name] = Path(path)
+    return out
+
+
+def planning_problem(
+    base: Any, problem: Problem, opts: CarbonOptions
+) -> tuple[Problem, CarbonSetup | None]:
+    """``problem`` with the carbon terms (and carbon-aware caps) the options ask for;
+    ``(problem, None)`` without ``--intensity``. Bad input exits 2 naming the option."""
+    if not opts.intensity:
+        needs = [
+            flag
+            for flag, given in (
+                ("--emission-budget", opts.budget is not None),
+                ("--budget-domain", opts.budget_domain is not None),
+                ("--policy", opts.policy is not None),
+                ("--floor", opts.floor is not None),
+                ("--domain", bool(opts.domains)),
+                ("--day", opts.day is not None),
+            )
+            if given
+        ]
+        if needs:
+            raise base._fail(
+                f"{needs[0]} needs --intensity: give a carbon-intensity CSV "
+                "(or DOMAIN=CSV per site)"
+            )
+        return problem, None
+    if opts.budget_domain is not None and opts.budget is None:
+        raise base._fail("--budget-domain needs --emission-budget (kg CO2e over the window)")
+    if opts.budget is not None and not (opts.budget >= 0 and np.isfinite(opts.budget)):
+        raise base._fail("--emission-budget: give a finite, non-negative number of kg CO2e")
+    if opts.budget_domain is not None and opts.budget_domain not in problem.tree.index:
+        raise base._fail(
+            f"--budget-domain: unknown domain {opts.budget_domain!r}; domains are: "
+            f"{', '.join(problem.tree.names[:10])}{', …' if problem.tree.size > 10 else ''}"
+        )
+    specs = _specs(base, problem, opts.intensity)
+    series = {
+        name: _read_intensity(base, path, opts.time_column, opts.value_column, opts.tz, opts.unit)
+        for name, path in specs.items()
+    }
+    chosen = _day(base, list(series.values()), problem, opts.day)
+    grid = problem.grid
+    try:
+        if opts.window is WindowKind.day:
+            start, periods = chosen, 1
+            label = f"{chosen} (1 day)"
+        else:
+            start = chosen.replace(day=1)
+            periods = ((start + timedelta(days=32)).replace(day=1) - start).days
+            label = f"{start:%Y-%m} ({periods} days)"
+        rows = {name: on_grid(s, grid, start, periods) for name, s in series.items()}
+        intensity = domain_intensity(problem, rows)
+    except ValueError as exc:
+        raise base._fail(f"--intensity/--day/--window: {exc}") from None
+
+    policy = None
+    policy_domains: list[str] = []
+    if opts.policy is not None or opts.floor is not None or opts.domains:
+        try:
+            policy = _policy(opts.policy, opts.floor)
+        except ValueError as exc:
+            raise base._fail(f"--policy/--floor: {exc}") from None
+        policy_domains = list(opts.domains or specs)
+        try:
+            problem = carbon_aware_rows(problem, intensity, policy, policy_domains)
+        except ValueError as exc:
+            raise base._fail(f"--domain: {exc}") from None
+
+    terms = CarbonTerms(intensity, float(periods), opts.budget, opts.budget_domain, label=label)
+    try:
+        planned = with_carbon(problem, terms)
+    except BudgetBelowIdleError as exc:
+        raise base._fail(
+            f"--emission-budget: {exc.budget_kg:,.1f} kg is below the idle floor of "
+            f"{exc.domain!r}, {exc.floor_kg:,.1f} kg (its nodes' idle draw over {label}); "
+            f"raise --emission-budget to at least {exc.floor_kg:,.1f} or pick another "
+            "--budget-domain"
+        ) from None
+    except ValueError as exc:
+        raise base._fail(f"--emission-budget/--budget-domain: {exc}") from None
+    sources = {name: str(path) for name, path in specs.items()}
+    return planned, CarbonSetup(label, sources, policy, policy_domains)

@@ -38,6 +38,25 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from placement.carbon import PlanEmissions, plan_emissions
+from placement.carbon_cli import (
+    BudgetDomainOpt,
+    BudgetOpt,
+    CarbonOptions,
+    CarbonSetup,
+    DayOpt,
+    FloorOpt,
+    IntensitySpecsOpt,
+    PolicyDomainsOpt,
+    PolicyOpt,
+    TimeColumnOpt,
+    TzOpt,
+    UnitOpt,
+    ValueColumnOpt,
+    WindowKind,
+    WindowOpt,
+    planning_problem,
+)
 from placement.carbon_cli import register as register_carbon
 from placement.grid import parse_duration
 from placement.live import (
@@ -131,6 +150,13 @@ def _print_scenario_problems(exc: ScenarioError) -> None:
     )
     for problem in exc.problems:
         console.print(Text(f"  {problem}", style="red"))
+
+
+def _cli_module() -> Any:
+    """This module, for helpers (``carbon_cli``) that report errors through it."""
+    import sys
+
+    return sys.modules[__name__]
 
 
 def _load(scenario: Path | None) -> Problem:
@@ -309,7 +335,35 @@ def _describe(problem: Problem) -> str:
     )
 
 
-def _summary_table(problem: Problem, plan: Plan, metrics: dict[str, Metrics]) -> Table:
+def _emissions_of(problem: Problem, plans: dict[str, Plan]) -> dict[str, PlanEmissions]:
+    """Emissions of every plan, when the problem was planned with carbon terms."""
+    if problem.carbon is None:
+        return {}
+    return {name: plan_emissions(problem, p.assignment) for name, p in plans.items()}
+
+
+def _emissions_json(e: PlanEmissions, setup: CarbonSetup | None) -> dict[str, Any]:
+    out = e.as_dict()
+    if setup is not None:
+        out["window"] = setup.window
+    return out
+
+
+def _budget_text(e: PlanEmissions, short: bool = False) -> Text:
+    if e.budget_kg is None or e.budget_used_kg is None:
+        return Text("—", style="dim")
+    margin = e.budget_kg - e.budget_used_kg
+    if e.holds:
+        return Text(f"{margin:,.1f} left" if short else f"holds, {margin:,.1f} kg left", "green")
+    return Text(f"over {-margin:,.1f}" if short else f"over by {-margin:,.1f} kg", "bold red")
+
+
+def _summary_table(
+    problem: Problem,
+    plan: Plan,
+    metrics: dict[str, Metrics],
+    emissions: PlanEmissions | None = None,
+) -> Table:
     m = metrics[plan.strategy]
     g = _gains_of(plan.strategy, metrics)
     table = Table(
@@ -345,6 +399,16 @@ def _summary_table(problem: Problem, plan: Plan, metrics: dict[str, Metrics]) ->
     table.add_row("energy slack", f"{m.energy_slack_kwh:,.0f} kWh per period (root)")
     table.add_row("asynchrony", f"{m.asynchrony:.3f} (root; 1 = every replica peaks together)")
     table.add_row("GPUs", f"{m.gpus_used:,} / {m.gpus_total:,} in use")
+    if emissions is not None and problem.carbon is not None:
+        table.add_row(
+            "emissions",
+            f"{emissions.site_kg:,.1f} kg CO2e over {problem.carbon.label or 'the window'} "
+            f"(idle {emissions.idle_kg[0]:,.1f} kg)",
+        )
+        if emissions.budget_domain is not None:
+            budget = Text(f"{emissions.budget_kg:,.1f} kg for {emissions.budget_domain}: ")
+            budget.append_text(_budget_text(emissions))
+            table.add_row("emission budget", budget)
     table.add_row("solver", _solver_text(plan))
     return table
 
@@ -388,7 +452,12 @@ def _domain_table(problem: Problem, m: Metrics, all_domains: bool) -> Table:
     return table
 
 
-def _compare_table(problem: Problem, plans: dict[str, Plan], metrics: dict[str, Metrics]) -> Table:
+def _compare_table(
+    problem: Problem,
+    plans: dict[str, Plan],
+    metrics: dict[str, Metrics],
+    emissions: dict[str, PlanEmissions] | None = None,
+) -> Table:
     table = Table(
         title=f"[bold]{problem.name}[/] — strategies compared",
         caption=_describe(problem),
@@ -407,11 +476,21 @@ def _compare_table(problem: Problem, plans: dict[str, Plan], metrics: dict[str, 
         ("gap", "right"),
     ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    if emissions:
+        table.add_column("kg CO2e", justify="right")
+        if any(e.budget_kg is not None for e in emissions.values()):
+            table.add_column("budget kg", justify="right")
     demand = next(iter(metrics.values())).demand_total
     best = max(metrics[n].priority_weighted_hosted for n in plans)
     for name, plan in plans.items():
         m = metrics[name]
         g = _gains_of(name, metrics)
+        carbon: list[str | Text] = []
+        if emissions:
+            e = emissions[name]
+            carbon.append(f"{e.site_kg:,.1f}")
+            if e.budget_kg is not None:
+                carbon.append(_budget_text(e, short=True))
         table.add_row(
             Text(name, style="bold" if m.priority_weighted_hosted == best else ""),
             f"{m.hosted_total:,} / {demand:,}",
@@ -423,6 +502,7 @@ def _compare_table(problem: Problem, plans: dict[str, Plan], metrics: dict[str, 
             _kw(m.stranded_w),
             f"{plan.stats.wall_s:.2f}",
             "—" if plan.stats.gap is None else f"{plan.stats.gap:.2%}",
+            *carbon,
         )
     return table
 
@@ -472,12 +552,44 @@ def plan(
     all_domains: Annotated[
         bool, typer.Option("--all-domains", help="List every domain in the table.")
     ] = False,
+    intensity: IntensitySpecsOpt = None,
+    time_column: TimeColumnOpt = None,
+    value_column: ValueColumnOpt = None,
+    tz: TzOpt = "UTC",
+    unit: UnitOpt = "g/kWh",
+    day: DayOpt = None,
+    window: WindowOpt = WindowKind.day,
+    policy: PolicyOpt = None,
+    floor: FloorOpt = None,
+    domains: PolicyDomainsOpt = None,
+    emission_budget: BudgetOpt = None,
+    budget_domain: BudgetDomainOpt = None,
 ) -> None:
     """Place the scenario's services with one strategy and show the result.
 
     Gains are measured against the nameplate and peak-sum baselines, which are run too.
+    With --intensity, emissions are counted per domain, every strategy respects
+    --emission-budget, and cpsat prefers the least-emitting of equally good placements;
+    --policy makes caps follow the intensity.
     """
-    problem = _load(scenario)
+    problem, setup = planning_problem(
+        _cli_module(),
+        _load(scenario),
+        CarbonOptions(
+            intensity,
+            time_column,
+            value_column,
+            tz,
+            unit,
+            day,
+            window,
+            policy,
+            floor,
+            domains,
+            emission_budget,
+            budget_domain,
+        ),
+    )
     options = {"time_limit_s": time_limit, "workers": workers}
     with _progress() as progress:
         plans, metrics = _solve_all(progress, problem, [strategy], options)
@@ -485,18 +597,21 @@ def plan(
             _write_report(progress, report, problem, plans, metrics, strategy) if report else None
         )
     chosen = plans[strategy]
+    emissions = _emissions_of(problem, {strategy: chosen})
     if output is OutputFormat.json:
-        _emit_json(
-            {
-                "strategy": strategy,
-                "placement": chosen.assignment.as_mapping(problem),
-                "metrics": _metrics_json(strategy, metrics),
-                "solver": chosen.stats.as_dict(),
-            }
-        )
+        payload: dict[str, Any] = {
+            "strategy": strategy,
+            "placement": chosen.assignment.as_mapping(problem),
+            "metrics": _metrics_json(strategy, metrics),
+            "solver": chosen.stats.as_dict(),
+        }
+        if setup is not None:
+            payload["emissions"] = _emissions_json(emissions[strategy], setup)
+            payload["carbon"] = setup.as_dict()
+        _emit_json(payload)
     else:
         console = _stdout()
-        console.print(_summary_table(problem, chosen, metrics))
+        console.print(_summary_table(problem, chosen, metrics, emissions.get(strategy)))
         console.print(_domain_table(problem, metrics[strategy], all_domains))
     if index is not None:
         _stderr().print(f"report: {index}")
@@ -509,28 +624,62 @@ def compare(
     workers: WorkersOpt = 2,
     output: FormatOpt = OutputFormat.table,
     report: ReportOpt = None,
+    intensity: IntensitySpecsOpt = None,
+    time_column: TimeColumnOpt = None,
+    value_column: ValueColumnOpt = None,
+    tz: TzOpt = "UTC",
+    unit: UnitOpt = "g/kWh",
+    day: DayOpt = None,
+    window: WindowOpt = WindowKind.day,
+    policy: PolicyOpt = None,
+    floor: FloorOpt = None,
+    domains: PolicyDomainsOpt = None,
+    emission_budget: BudgetOpt = None,
+    budget_domain: BudgetDomainOpt = None,
 ) -> None:
-    """Run every strategy on the scenario and compare them side by side."""
-    problem = _load(scenario)
+    """Run every strategy on the scenario and compare them side by side.
+
+    The carbon options are those of ``plan``: with --intensity every strategy's
+    emissions are shown, and --emission-budget binds them all.
+    """
+    problem, setup = planning_problem(
+        _cli_module(),
+        _load(scenario),
+        CarbonOptions(
+            intensity,
+            time_column,
+            value_column,
+            tz,
+            unit,
+            day,
+            window,
+            policy,
+            floor,
+            domains,
+            emission_budget,
+            budget_domain,
+        ),
+    )
     options = {"time_limit_s": time_limit, "workers": workers}
     with _progress() as progress:
         plans, metrics = _solve_all(progress, problem, STRATEGY_NAMES, options)
         index = _write_report(progress, report, problem, plans, metrics, None) if report else None
+    emissions = _emissions_of(problem, plans)
     if output is OutputFormat.json:
-        _emit_json(
-            {
-                "scenario": problem.name,
-                "strategies": {
-                    name: {
-                        "metrics": _metrics_json(name, metrics, with_domains=False),
-                        "solver": plan.stats.as_dict(),
-                    }
-                    for name, plan in plans.items()
-                },
+        strategies: dict[str, Any] = {}
+        for name, plan in plans.items():
+            strategies[name] = {
+                "metrics": _metrics_json(name, metrics, with_domains=False),
+                "solver": plan.stats.as_dict(),
             }
-        )
+            if setup is not None:
+                strategies[name]["emissions"] = _emissions_json(emissions[name], setup)
+        payload: dict[str, Any] = {"scenario": problem.name, "strategies": strategies}
+        if setup is not None:
+            payload["carbon"] = setup.as_dict()
+        _emit_json(payload)
     else:
-        _stdout().print(_compare_table(problem, plans, metrics))
+        _stdout().print(_compare_table(problem, plans, metrics, emissions))
     if index is not None:
         _stderr().print(f"report: {index}")
 

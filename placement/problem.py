@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -12,11 +13,17 @@ from placement.grid import Grid
 from placement.services import Services
 from placement.tree import PowerTree
 
+if TYPE_CHECKING:
+    from placement.carbon import CarbonTerms
+
 
 @dataclass(frozen=True)
 class Problem:
     """Everything a strategy needs. ``current`` is an optional (services × nodes)
-    replica count matrix: where replicas run now, so a re-plan can avoid moves."""
+    replica count matrix: where replicas run now, so a re-plan can avoid moves.
+    ``carbon`` (see :func:`placement.carbon.with_carbon`) adds grid intensity and an
+    optional emission budget: every strategy then respects the budget, and ``cpsat``
+    prefers the least-emitting of equally good placements."""
 
     name: str
     grid: Grid
@@ -25,6 +32,7 @@ class Problem:
     services: Services
     headroom: float = 0.0
     current: NDArray[np.int64] | None = None
+    carbon: CarbonTerms | None = None
 
     @property
     def effective_caps(self) -> NDArray[np.float64]:

@@ -55,10 +55,22 @@ def place_sequentially(
     A replica goes to the node of the cheapest fitting leaf domain; among nodes of
     that domain, ``pack`` picks the fullest node that still fits (fewer stranded
     GPUs), otherwise the emptiest (spread). A replica that fits nowhere stays unplaced.
+
+    With an emission budget (``problem.carbon``) a replica is admitted under the budgeted
+    domain only while the emissions of everything admitted there, at the accounted
+    profile, stay within the budget: the check an online scheduler can make one pod at
+    a time. Nodes outside the budgeted domain are not limited by it.
     """
+    from placement.carbon import budget_allowance, replica_kg
+
     fleet = problem.fleet
     caps = problem.effective_caps
     ledger = Ledger(problem.tree, problem.idle_by_domain)
+    budget = budget_allowance(problem)
+    if budget is not None:
+        budget_dom, left_kg = budget
+        emits = replica_kg(problem, accounted)[:, fleet.domain]  # (S × N)
+        budgeted = problem.tree.membership[budget_dom, fleet.domain]  # (N,)
     counts = np.zeros((problem.services.size, fleet.size), dtype=np.int64)
     free = fleet.gpus.copy()
     exhausted: set[int] = set()  # a service that failed once fails again until load drops
@@ -69,6 +81,8 @@ def place_sequentially(
         profile = accounted[s]
         fits = fitting_domains(ledger, profile, caps)
         node_ok = (free >= need) & fits[fleet.domain]
+        if budget is not None:
+            node_ok &= ~budgeted | (emits[s] <= left_kg)
         if not node_ok.any():
             exhausted.add(s)
             continue
@@ -83,4 +97,6 @@ def place_sequentially(
         counts[s, node] += 1
         free[node] -= need
         ledger.add(profile, int(fleet.domain[node]))
+        if budget is not None and budgeted[node]:
+            left_kg -= float(emits[s, node])
     return Assignment(counts)
