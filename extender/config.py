@@ -41,7 +41,11 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from extender.controller_config import ControllerSettings, ControllerSpec, resolve_controller
-from extender.intensity_config import IntensitySettings, resolve_intensity
+from extender.intensity_config import (
+    IntensitySettings,
+    intensity_schema_problems,
+    resolve_intensity,
+)
 from extender.learn_config import LearnRefreshSettings, LearnSpec, resolve_learn
 from extender.power_config import PowerSettings, PowerSourceSpec, resolve_power_source
 from placement.grid import Grid
@@ -412,7 +416,9 @@ def config_from_data(data: Any, base_dir: Path = Path("."), source: str = "confi
     try:
         spec = ConfigSpec.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_pydantic_problems(exc), source) from exc
+        # intensity: is checked against the tree later; its own fields are reported now.
+        extra = intensity_schema_problems(data.get("intensity"))
+        raise ConfigError(_pydantic_problems(exc) + extra, source) from exc
     return config_from_spec(spec, base_dir, source)
 
 

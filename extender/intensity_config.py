@@ -288,6 +288,35 @@ def resolve_intensity_source(
     )
 
 
+def _sections(raw: Any, where: str) -> list[tuple[str, Any]] | None:
+    """``(path, section)`` for one source or a list of them; ``None`` for anything else."""
+    if isinstance(raw, Mapping):
+        return [(where, raw)]
+    if isinstance(raw, list) and raw:
+        return [(f"{where}[{i}]", section) for i, section in enumerate(raw)]
+    return None
+
+
+def intensity_schema_problems(raw: Any, where: str = "intensity") -> list[str]:
+    """The problems of each source's fields alone (no tree needed), so a config with
+    errors elsewhere reports these with them rather than after they are fixed."""
+    items = _sections(raw, where)
+    if items is None:
+        return [] if raw is None else [_SHAPE_PROBLEM.format(where=where)]
+    problems: list[str] = []
+    for path, section in items:
+        try:
+            IntensitySourceSpec.model_validate(section)
+        except ValidationError as exc:
+            problems += validation_problems(exc, "docs/carbon.md", prefix=path)
+    return problems
+
+
+_SHAPE_PROBLEM = (
+    "{where}: expected a source (a mapping with kind:) or a list of them, one per grid zone"
+)
+
+
 def resolve_intensity(
     raw: Any, tree: PowerTree, where: str = "intensity"
 ) -> tuple[tuple[IntensitySettings, ...], list[str]]:
@@ -298,15 +327,9 @@ def resolve_intensity(
     sources (neither listed twice nor below a domain another source lists): a domain's
     power is on one grid. Budget and policy domains must exist; one window of one domain
     has one budget in the whole section."""
-    if isinstance(raw, Mapping):
-        items: list[tuple[str, Any]] = [(where, raw)]
-    elif isinstance(raw, list) and raw:
-        items = [(f"{where}[{i}]", section) for i, section in enumerate(raw)]
-    else:
-        return (), [
-            f"{where}: expected a source (a mapping with kind:) or a list of them, one per "
-            "grid zone"
-        ]
+    items = _sections(raw, where)
+    if items is None:
+        return (), [_SHAPE_PROBLEM.format(where=where)]
     problems: list[str] = []
     resolved: list[tuple[str, IntensitySettings]] = []
     for path, section in items:

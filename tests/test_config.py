@@ -246,3 +246,18 @@ def test_intensity_section_is_resolved_with_the_rest_of_the_config() -> None:
     assert config_from_data(minimal()).intensity == ()
     found = problems_of(minimal(intensity={"kind": "electricitymaps"}))
     assert any(p.startswith("intensity.") for p in found), found
+
+
+def test_intensity_problems_come_with_the_other_sections_problems() -> None:
+    # A schema error elsewhere stops validation before the tree exists; the intensity
+    # section's own field errors are still reported in the same pass.
+    data = minimal(
+        intensity=[{"kind": "ukci"}, {"kind": "nope", "fallbackCapFraction": 0.8}],
+        controller={"enabled": "perhaps"},
+    )
+    found = problems_of(data)
+    assert any(p.startswith("controller.enabled") for p in found), found
+    assert any(p.startswith("intensity[0].fallbackCapFraction") for p in found), found
+    assert any(p.startswith("intensity[1].kind") for p in found), found
+    shape = problems_of(minimal(intensity="ukci", controller={"enabled": "perhaps"}))
+    assert any(p.startswith("intensity: expected a source") for p in shape), shape
