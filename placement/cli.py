@@ -7,7 +7,7 @@
     powercap compare site.yaml --report out/report
     powercap whatif site.yaml --scale-caps 0.9 --add-nodes 10% --scale-demand 1.2
     powercap whatif site.yaml --kwok --replay week.json --replay-day 2 --start 08:00 \
-        --duration 4h --speed 600 --controller on --format json
+        --duration 4h --speed 600 --controller both --format json
     powercap scenario default -o site.yaml
     powercap scenario validate site.yaml
 
@@ -112,9 +112,13 @@ class OutputFormat(StrEnum):
     json = "json"
 
 
-class OnOff(StrEnum):
+class ControllerChoice(StrEnum):
+    """``--controller``: ``both`` replays the window without, then with the controller on
+    the same placement."""
+
     on = "on"
     off = "off"
+    both = "both"
 
 
 class SchedulerChoice(StrEnum):
@@ -766,8 +770,12 @@ def whatif(
         ),
     ] = None,
     controller: Annotated[
-        OnOff | None,
-        typer.Option("--controller", help="With --replay: run the companion controller (on)."),
+        ControllerChoice | None,
+        typer.Option(
+            "--controller",
+            help="With --replay: run the companion controller (on), or replay the window "
+            "without then with it on the same placement (both).",
+        ),
     ] = None,
 ) -> None:
     """Plan before and after a change to caps, nodes or demand, and show the difference.
@@ -800,13 +808,17 @@ def whatif(
             and replay_settings.controller
             and schedulers != ["powercap"]
         ):
-            raise _fail("--controller on needs --scheduler powercap (it runs in the extender)")
+            raise _fail(
+                f"--controller {controller or 'on'} needs --scheduler powercap "
+                "(it runs in the extender)"
+            )
         _whatif_live(
             changed,
             schedulers,
             planner=planner,
             reserve_plan=reserve_plan,
             replay=replay_settings,
+            baseline=controller is ControllerChoice.both,
             options={"time_limit_s": time_limit, "workers": workers},
             output=output,
             report=report,
@@ -850,7 +862,7 @@ def _replay_settings(
     start: str | None,
     duration: str | None,
     speed: float | None,
-    controller: OnOff | None,
+    controller: ControllerChoice | None,
     kwok: bool,
 ) -> ReplaySettings | None:
     """The replay options checked and resolved; exit 2 naming the option at fault."""
@@ -889,7 +901,7 @@ def _replay_settings(
     except ValueError as exc:
         raise _fail(f"--duration: {exc}") from None
     speed_value = 60.0 if speed is None else speed
-    on = controller is not OnOff.off
+    on = controller is not ControllerChoice.off
     if speed_value <= 0:
         raise _fail(f"--speed must be > 0, got {speed_value:g}")
     if on and (why := speed_problem(problem.grid, speed_value)) is not None:
@@ -989,9 +1001,11 @@ def _whatif_live(
     report: Path | None,
     all_domains: bool,
     replay: ReplaySettings | None = None,
+    baseline: bool = False,
 ) -> None:
     """``whatif --kwok``: the problem through each scheduler on a fresh cluster, judged by
-    the shared evaluator beside the baselines and the offline cpsat plan."""
+    the shared evaluator beside the baselines and the offline cpsat plan. With
+    ``baseline`` the replay runs first without the controller on the same placement."""
     backend = _cluster_backend("kwok")
     runs: dict[str, ClusterRun] = {}
     with _progress() as progress:
@@ -1003,6 +1017,7 @@ def _whatif_live(
                 reserve_plan=reserve_plan,
                 planner_time_limit_s=float(options["time_limit_s"]),
                 replay=replay,
+                baseline=baseline,
             )
             name = _live_name(scheduler)
             runs[name] = run = _run_live(progress, backend, problem, settings)
@@ -1036,17 +1051,25 @@ def _whatif_live(
         console.print(_compare_table(problem, plans, metrics))
         for name, run in runs.items():
             console.print(_live_line(name, run, metrics[name]))
-            if run.replay is not None:
-                console.print(_replay_table(name, run.replay))
+            for outcome in (run.baseline, run.replay):
+                if outcome is not None:
+                    console.print(_replay_table(name, outcome))
     if index is not None:
         _stderr().print(f"report: {index}")
 
 
 def _replay_json(run: ClusterRun) -> dict[str, Any]:
-    """The replay keys of a live run's JSON object (none without a replay)."""
-    r = run.replay
-    if r is None:
+    """The replay keys of a live run's JSON object (none without a replay); with a
+    baseline, the same keys for it under ``"baseline"``."""
+    if run.replay is None:
         return {}
+    out = _outcome_json(run.replay)
+    if run.baseline is not None:
+        out["baseline"] = _outcome_json(run.baseline)
+    return out
+
+
+def _outcome_json(r: ReplayOutcome) -> dict[str, Any]:
     return {
         "breach_domain_minutes": r.breach_domain_minutes,
         "actions": dict(r.actions),

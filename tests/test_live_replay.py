@@ -3,6 +3,7 @@ breach meter and the CLI's option checks (no cluster)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -13,7 +14,7 @@ from e2e.replay import BreachMeter, compress, controller_section, scrape_interva
 from extender.controller_config import ControllerSpec, resolve_controller
 from placement.cli import app
 from placement.grid import Grid
-from placement.live import ReplaySettings, read_replay, speed_problem
+from placement.live import LiveSettings, ReplaySettings, read_replay, speed_problem
 from placement.scenario import problem_from_spec, spec_from_data
 
 SCENARIO = {
@@ -99,6 +100,11 @@ def test_cli_replay_options_are_checked(tmp_path: Path) -> None:
         (["--kwok", "--replay", str(replay), "--start", "25:00"], "--start must be HH:MM"),
         (["--kwok", "--replay", str(replay), "--speed", "700"], "--speed must divide"),
         (["--kwok", "--replay", str(replay), "--duration", "x"], "--duration"),
+        (
+            ["--kwok", "--replay", str(replay), "--controller", "both", "--scheduler", "default"],
+            "--controller both needs --scheduler powercap",
+        ),
+        (["--kwok", "--replay", str(replay), "--controller", "twice"], "--controller"),
     ]
     for args, message in cases:
         result = runner.invoke(app, ["whatif", str(scenario), *args])
@@ -124,3 +130,12 @@ def test_replay_controller_timings_are_the_simulated_ones_divided_by_the_speed()
     assert scrape_interval(100) == pytest.approx(0.3)
     assert scrape_interval(60) == pytest.approx(0.5)
     assert scrape_interval(300) == pytest.approx(0.2)
+
+
+def test_a_baseline_precedes_a_controlled_replay_only() -> None:
+    replay = ReplaySettings(watts={"a": [1.0] * 144})
+    assert LiveSettings(replay=replay, baseline=True, baseline_speed=600).baseline
+    with pytest.raises(ValueError, match="baseline"):
+        LiveSettings(replay=replace(replay, controller=False), baseline=True)
+    with pytest.raises(ValueError, match="baseline"):
+        LiveSettings(baseline=True)
