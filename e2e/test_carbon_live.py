@@ -323,6 +323,7 @@ def test_a_dirtier_grid_lowers_the_cap_the_controller_sheds_and_filter_admits_le
                 for node in RACK_1:
                     message = failed[node]
                     assert "rack-1" in message and f"cap {LOWERED_W:.0f} W" in message, message
+                    assert "lowered from 6000 W by the live carbon caps" in message, message
                 assert set(answer.get("NodeNames") or []) == set(RACK_2), answer
 
                 # 4. The controller sheds rack 1 to its lowered cap; replacements go to rack 2.

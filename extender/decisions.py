@@ -110,6 +110,9 @@ class _Explainer:
             args = (state.tree.names[k], state.slot_labels[t], float(self.worst[k]))
             cap = float(state.caps[k, t])
             message = held_text(*args, cap) if held else breach_text(*args, cap)
+            configured = float(state.configured_caps[k, t])
+            if cap < configured - 0.5:  # say why the cap is not the one in the config
+                message += f"; lowered from {configured:.0f} W by the live carbon caps"
             self.messages[leaf] = message
         return message
 

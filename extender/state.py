@@ -60,6 +60,9 @@ class ClusterState:
         self.tree = tree
         self.headroom = headroom
         self.caps: NDArray[np.float64] = tree.caps * (1.0 - headroom)
+        # The caps as configured; set_caps (live carbon caps) never changes them, so a
+        # message can say when a cap in force is lower than its configured value.
+        self.configured_caps: NDArray[np.float64] = self.caps.copy()
         self.ledger = Ledger(tree, np.zeros(tree.size))
         self.is_leaf = np.zeros(tree.size, dtype=bool)
         self.is_leaf[tree.leaves] = True

@@ -86,6 +86,21 @@ def test_filter_names_domain_time_and_watts_of_a_breach() -> None:
     assert " W (cap 10000 W)" in message
 
 
+def test_filter_says_when_the_cap_in_force_was_lowered_by_live_carbon_caps() -> None:
+    ext = small_extender(small_problem(rack_cap=10_000))
+    assert bind(ext, pod("eu-0"), "gpu-1a") == ""
+    state = ext.state
+    caps = state.tree.caps.copy()
+    caps[state.tree.index["rack-1"]] *= 0.8  # what the carbon loop does on a dirty grid
+    state.set_caps(caps)
+    message = run_filter(ext, pod("eu-1")).failed["gpu-1b"]
+    assert " W (cap 8000 W); lowered from 10000 W by the live carbon caps" in message
+    # A rack at its configured cap says nothing of the kind.
+    ext = small_extender(small_problem(rack_cap=10_000))
+    assert bind(ext, pod("eu-0"), "gpu-1a") == ""
+    assert "lowered" not in run_filter(ext, pod("eu-1")).failed["gpu-1b"]
+
+
 def test_filter_gpu_shortage_and_too_small_nodes() -> None:
     ext = small_extender()
     assert bind(ext, pod("eu-0"), "gpu-1a") == ""
