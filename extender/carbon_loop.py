@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +68,7 @@ from extender.intensity_sources import (
     Status,
 )
 from extender.metrics import CarbonMetrics
+from extender.periodic import PeriodicLoop
 from extender.state import ClusterState
 from placement.carbon import CapPolicy
 from placement.grid import Grid
@@ -492,7 +492,7 @@ class CarbonCaps:
         m.last_poll.set(report.at)
 
 
-class CarbonLoop:
+class CarbonLoop(PeriodicLoop):
     """Runs :meth:`CarbonCaps.tick` every ``period_s`` (the shortest source period) in a
     daemon thread, once the mirror has synced (before that the predicted power is not the
     cluster's)."""
@@ -504,33 +504,7 @@ class CarbonLoop:
         clock: Callable[[], float] = time.time,
         ready: Callable[[], bool] | None = None,
     ) -> None:
+        super().__init__(
+            "powercap-carbon", caps.tick, period_s, ready or (lambda: caps.state.synced), clock
+        )
         self.caps = caps
-        self.period_s = period_s
-        self.clock = clock
-        self.ready = ready or (lambda: caps.state.synced)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="powercap-carbon", daemon=True)
-        self._thread.start()
-
-    def run(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            ready = self.ready()
-            if ready:
-                try:
-                    self.caps.tick(self.clock())
-                except Exception:  # the loop outlives one bad poll
-                    log.exception("carbon caps tick failed")
-            spent = time.monotonic() - started
-            # Until the mirror has synced, look again soon rather than a whole period later.
-            wait = self.period_s if ready else min(self.period_s, 0.5)
-            if self._stop.wait(max(0.0, wait - spent)):
-                return
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)

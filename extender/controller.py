@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +62,7 @@ from extender.controller_config import ControllerSettings
 from extender.events import Event, EventSink
 from extender.metrics import ControllerMetrics
 from extender.mirror import RawObject, pod_record
+from extender.periodic import PeriodicLoop
 from extender.pods import DemandResolver, PodRef
 from extender.power import PowerReadings, leaf_watts, rollup_watts
 from extender.state import ClusterState, PodRecord
@@ -898,7 +898,7 @@ class Controller:
 
 
 # --- the loop ------------------------------------------------------------------------------------
-class ControllerLoop:
+class ControllerLoop(PeriodicLoop):
     """Runs :meth:`Controller.tick` every period in a daemon thread, once the mirror has
     synced (before that every pod would look absent). ``clock`` gives wall time."""
 
@@ -909,30 +909,11 @@ class ControllerLoop:
         clock: Callable[[], float] = time.time,
         ready: Callable[[], bool] | None = None,
     ) -> None:
+        super().__init__(
+            "powercap-controller",
+            controller.tick,
+            period_s,
+            ready or (lambda: controller.state.synced),
+            clock,
+        )
         self.controller = controller
-        self.period_s = period_s
-        self.clock = clock
-        self.ready = ready or (lambda: controller.state.synced)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="powercap-controller", daemon=True)
-        self._thread.start()
-
-    def run(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            if self.ready():
-                try:
-                    self.controller.tick(self.clock())
-                except Exception:  # the loop outlives one bad period
-                    log.exception("controller tick failed")
-            spent = time.monotonic() - started
-            if self._stop.wait(max(0.0, self.period_s - spent)):
-                return
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
