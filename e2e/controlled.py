@@ -3,7 +3,6 @@ pods into the power simulator, the controller's Eviction events and flat metric 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from e2e.deploy import NAMESPACE, SCHEDULER_NAME, SERVICE_LABEL, wait_for
+from e2e.deploy import NAMESPACE, SCHEDULER_NAME, SERVICE_LABEL, pod_watch, wait_for
 from e2e.powersim import StaticPods, bound_pod
 
 
@@ -36,26 +35,14 @@ def pods(core: Any) -> list[dict[str, Any]]:
 
 
 @contextmanager
-def pod_feed(core: Any, into: StaticPods, every_s: float = 0.3) -> Iterator[None]:
-    """Keep the simulator's pods the API server's bound pods, polling in a thread."""
-    stop = threading.Event()
+def pod_feed(core: Any, into: StaticPods) -> Iterator[None]:
+    """Keep the simulator's pods the API server's bound pods, from a list+watch."""
 
-    def run() -> None:
-        while not stop.is_set():
-            try:
-                listed = orjson.loads(core.list_pod_for_all_namespaces(_preload_content=False).data)
-                into.replace(p for p in map(bound_pod, listed["items"]) if p is not None)
-            except Exception as exc:  # the API server busy: next round
-                print(f"[e2e] pod feed: {exc}", flush=True)
-            stop.wait(every_s)
+    def replace(items: list[dict[str, Any]]) -> None:
+        into.replace(p for p in map(bound_pod, items) if p is not None)
 
-    thread = threading.Thread(target=run, name="pod-feed", daemon=True)
-    thread.start()
-    try:
+    with pod_watch(core, "pod-feed", replace, into.apply):
         yield
-    finally:
-        stop.set()
-        thread.join(5.0)
 
 
 def samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -7,8 +7,10 @@ classes add nothing here), and the placement is read back as an :class:`Assignme
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import numpy as np
 import orjson
 
 from extender.config import config_from_data
+from extender.mirror import KubernetesSource, Reflector
 from placement.assignment import Assignment
 from placement.problem import Problem
 from placement.scenario import spec_from_problem
@@ -155,6 +158,38 @@ def powercap_config(problem: Problem, planner: PlannerChoice | None = None) -> d
 def write_config(problem: Problem, path: Path, planner: PlannerChoice | None = None) -> Path:
     path.write_bytes(orjson.dumps(powercap_config(problem, planner), option=orjson.OPT_INDENT_2))
     return path
+
+
+@contextmanager
+def pod_watch(
+    core: Any,
+    name: str,
+    on_replace: Callable[[list[dict[str, Any]]], None],
+    on_event: Callable[[str, dict[str, Any]], None],
+    sync_timeout_s: float = 60.0,
+) -> Iterator[None]:
+    """Every pod of the cluster, list+watched in a thread named ``name`` for the body of
+    the ``with``, by the extender's own :class:`extender.mirror.Reflector` (resume, ``410``
+    relist, back-off) into ``on_replace`` (each full list) and ``on_event``; entry returns
+    once the first list is in."""
+    stop = threading.Event()
+    # A short watch so that leaving the ``with`` waits at most that long.
+    reflector = Reflector(
+        name,
+        KubernetesSource(core, "pods"),
+        on_replace=on_replace,
+        on_event=on_event,
+        watch_timeout_s=5,
+    )
+    thread = threading.Thread(target=reflector.run, args=(stop,), name=name, daemon=True)
+    thread.start()
+    try:
+        if not reflector.synced.wait(sync_timeout_s):
+            raise TimeoutError(f"could not list pods within {sync_timeout_s:.0f}s")
+        yield
+    finally:
+        stop.set()
+        thread.join(15.0)
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout_s: float, every_s: float = 0.5) -> None:

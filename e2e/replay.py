@@ -41,7 +41,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.cluster import Cluster, Process
-from e2e.deploy import NAMESPACE, SERVICE_LABEL, PlannerChoice, powercap_config
+from e2e.deploy import NAMESPACE, SERVICE_LABEL, PlannerChoice, pod_watch, powercap_config
 from e2e.powersim import (
     PowerSimulator,
     Profile,
@@ -54,7 +54,6 @@ from e2e.powersim import (
 )
 from e2e.prometheus import ScrapeJob, prometheus
 from e2e.scheduler import start_extender
-from extender.mirror import KubernetesSource, Reflector
 from placement.grid import Grid
 from placement.live import DAY_S, ReplayOutcome, ReplaySettings, speed_problem
 from placement.problem import Problem
@@ -172,18 +171,7 @@ class PodFeed:
         self.service: dict[str, str] = {}
         self.gone_at: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        # A short watch so that leaving the ``with`` waits at most that long.
-        self._reflector = Reflector(
-            "replay-pod-feed",
-            KubernetesSource(core, "pods"),
-            on_replace=self._replace,
-            on_event=self._event,
-            watch_timeout_s=5,
-        )
-        self._thread = threading.Thread(
-            target=self._reflector.run, args=(self._stop,), name="replay-pod-feed", daemon=True
-        )
+        self._watch = pod_watch(core, "replay-pod-feed", self._replace, self._event)
 
     @staticmethod
     def _ours(obj: Mapping[str, Any]) -> bool:
@@ -210,15 +198,11 @@ class PodFeed:
             self.into.apply(event, obj)
 
     def __enter__(self) -> PodFeed:
-        self._thread.start()
-        if not self._reflector.synced.wait(60.0):
-            self._stop.set()
-            raise TimeoutError("could not list pods within 60s")
+        self._watch.__enter__()
         return self
 
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(15.0)
+    def __exit__(self, *exc: Any) -> None:
+        self._watch.__exit__(*exc)
 
 
 @dataclass

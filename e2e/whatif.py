@@ -37,12 +37,12 @@ from e2e.deploy import (
     create_deployments,
     create_nodes,
     observe,
+    pod_watch,
     wait_for,
     write_config,
 )
 from e2e.extender_view import plan_gauges
 from e2e.scheduler import start_extender, start_scheduler
-from extender.mirror import KubernetesSource, Reflector
 from placement.live import ClusterRun, LiveSettings, ReplayOutcome
 from placement.problem import Problem
 
@@ -63,30 +63,15 @@ class BindClock:
     def __init__(self, core: Any) -> None:
         self.bound_at: dict[str, float] = {}
         self.created: set[str] = set()
-        self._stop = threading.Event()
         self._lock = threading.Lock()
-        # A short watch so that leaving the ``with`` waits at most that long.
-        self._reflector = Reflector(
-            "bind-clock",
-            KubernetesSource(core, "pods"),
-            on_replace=self._replace,
-            on_event=self._event,
-            watch_timeout_s=5,
-        )
-        self._thread = threading.Thread(
-            target=self._reflector.run, args=(self._stop,), name="bind-clock", daemon=True
-        )
+        self._watch = pod_watch(core, "bind-clock", self._replace, self._event)
 
     def __enter__(self) -> BindClock:
-        self._thread.start()
-        if not self._reflector.synced.wait(60.0):
-            self._stop.set()
-            raise TimeoutError("could not list pods within 60s")
+        self._watch.__enter__()
         return self
 
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15)
+    def __exit__(self, *exc: Any) -> None:
+        self._watch.__exit__(*exc)
 
     @property
     def pods(self) -> int:
