@@ -36,8 +36,8 @@ compare: $(STAMP)
 	$(VENV)/bin/powercap compare --report $(REPORT_DIR)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check placement extender tests benchmarks e2e
-	$(VENV)/bin/ruff format --check placement extender tests benchmarks e2e
+	$(VENV)/bin/ruff check placement extender powercap tests benchmarks e2e
+	$(VENV)/bin/ruff format --check placement extender powercap tests benchmarks e2e
 	$(VENV)/bin/mypy
 
 typecheck: lint

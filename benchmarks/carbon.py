@@ -41,19 +41,16 @@ from pathlib import Path
 
 import numpy as np
 
-from placement.carbon import (
-    CarbonTerms,
-    EuaPrice,
-    domain_intensity,
-    plan_emissions,
-    read_eua_csv,
-    with_carbon,
-)
-from placement.intensity import IntensitySeries, on_grid, read_intensity_csv
+from placement.carbon.emissions import domain_intensity, plan_emissions, with_carbon
+from placement.carbon.intensity import IntensitySeries, on_grid
+from placement.carbon.intensity_csv import read_intensity_csv
+from placement.carbon.market import EuaPrice
+from placement.carbon.price_csv import read_eua_csv
+from placement.carbon.terms import CarbonTerms
 from placement.metrics import priority_weights
 from placement.problem import Problem
-from placement.scenario import problem_from_spec
-from placement.servegen import Topology, build_servegen
+from placement.scenario.building import problem_from_spec
+from placement.scenario.servegen import Topology, build_servegen
 from placement.strategies import Plan, run_strategy
 from placement.tree import PowerTree
 

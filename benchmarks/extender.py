@@ -33,10 +33,11 @@ import orjson
 
 from benchmarks.synthetic import synthetic_problem
 from extender import runtime
-from extender.config import PlannerSettings, ScoringSpec, config_from_problem
-from extender.planner import Planner
-from extender.protocol import ExtenderArgs, parse
-from extender.state import PodRecord
+from extender.cluster.state import PodRecord
+from extender.config.loading import config_from_problem
+from extender.config.model import PlannerSettings, ScoringSpec
+from extender.webhook.planner import Planner
+from extender.webhook.protocol import ExtenderArgs, parse
 from placement.problem import Problem
 from placement.strategies import run_strategy
 
@@ -214,7 +215,7 @@ def _failing_share(cluster: Cluster) -> float:
 
 def _handlers(ext: runtime.Extender) -> tuple[Any, Any]:
     """The byte-in/byte-out work the app does per request, without the HTTP server."""
-    from extender.app import create_app
+    from extender.webhook.app import create_app
 
     app = create_app(ext.decider, ext.telemetry, ext.ready)
     found: dict[str, Any] = {}

@@ -15,7 +15,7 @@ Quality bars (DESIGN / issue 4):
   runs (16 GPUs a node, caps at the racks' nameplate), so both runs do the same
   scheduling work and the difference is the extender's cost. Pods are created before the
   scheduler starts; the rate is pods bound per second between the first and the last
-  binding, timed from a pod watch (see ``e2e/whatif.py``).
+  binding, timed from a pod watch (see ``e2e/backend.py``).
 * **servegen** — on the ServeGen-built scenario of ``benchmarks.quality`` (40 services,
   320 nodes), replicas hosted through kube-scheduler + extender (cpsat planner,
   ``reservePlan``) ≥ 97% of the offline cpsat plan, with zero predicted violations.
@@ -36,13 +36,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from e2e.whatif import run_on_kwok
-from placement.live import DAY_S, ClusterRun, LiveSettings, ReplaySettings
+from e2e.backend import run_on_kwok
+from placement.cluster_run import DAY_S, ClusterRun, LiveSettings, ReplaySettings
 from placement.metrics import evaluate
 from placement.powermodel import H100_LLAMA70B_TP4
 from placement.problem import Problem
-from placement.scenario import problem_from_spec, spec_from_data
-from placement.servegen import Topology, build_servegen, replay_watts, write_replay
+from placement.replay_file import write_replay
+from placement.scenario.building import problem_from_spec
+from placement.scenario.servegen import Topology, build_servegen, replay_watts
+from placement.scenario.spec import spec_from_data
 from placement.strategies import run_strategy
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "servegen"

@@ -7,7 +7,7 @@
 Quality bar (DESIGN): on trace-derived scenarios, ≥ 30% more replicas than
 ``nameplate`` and ≥ 13% more than ``peak-sum``, with zero predicted violations.
 
-The scenario is :func:`placement.servegen.build_servegen` over the ServeGen m-large and
+The scenario is :func:`placement.scenario.servegen.build_servegen` over the ServeGen m-large and
 m-mid clients (alibaba/ServeGen, arXiv 2505.09999; Apache-2.0), sized with the H100 /
 Llama-3-70B TP4 power curve (grantwilkins/powertrace-sim, see
 ``placement/powermodel.py``), on 4 rows × 10 racks × 8 nodes of 8×H100 (2 kW idle,
@@ -41,9 +41,9 @@ from placement.assignment import Assignment
 from placement.metrics import Metrics, evaluate, gain
 from placement.powermodel import H100_LLAMA70B_TP4
 from placement.problem import Problem
-from placement.scenario import problem_from_spec
-from placement.servegen import TIER_PRIORITIES as TIERS
-from placement.servegen import Topology, build_servegen, replay_watts
+from placement.scenario.building import problem_from_spec
+from placement.scenario.servegen import TIER_PRIORITIES as TIERS
+from placement.scenario.servegen import Topology, build_servegen, replay_watts
 from placement.strategies import run_strategy
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "servegen"

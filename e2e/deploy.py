@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import orjson
 
-from extender.config import config_from_data
-from extender.mirror import KubernetesSource, Reflector
+from extender.cluster.mirror import KubernetesSource, Reflector
+from extender.config.loading import config_from_data
 from placement.assignment import Assignment
 from placement.problem import Problem
-from placement.scenario import spec_from_problem
+from placement.scenario.building import spec_from_problem
 
 SCHEDULER_NAME = "powercap-scheduler"
 DOMAIN_LABEL = "powercap.io/domain"
@@ -169,7 +169,7 @@ def pod_watch(
     sync_timeout_s: float = 60.0,
 ) -> Iterator[None]:
     """Every pod of the cluster, list+watched in a thread named ``name`` for the body of
-    the ``with``, by the extender's own :class:`extender.mirror.Reflector` (resume, ``410``
+    the ``with``, by the extender's own :class:`extender.cluster.mirror.Reflector` (resume, ``410``
     relist, back-off) into ``on_replace`` (each full list) and ``on_event``; entry returns
     once the first list is in."""
     stop = threading.Event()

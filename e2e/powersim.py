@@ -52,8 +52,8 @@ import orjson
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from extender.pods import is_terminal, node_name_of, pod_gpus, pod_ref, pod_service
-from extender.protocol import ProtocolError, get_field
+from extender.cluster.pods import is_terminal, node_name_of, pod_gpus, pod_ref, pod_service
+from extender.webhook.protocol import ProtocolError, get_field
 from placement.assignment import Assignment
 from placement.grid import Grid
 from placement.problem import Problem

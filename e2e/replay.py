@@ -1,6 +1,6 @@
 """Replayed power on a placed KWOK cluster, with or without the companion controller.
 
-:func:`replay_window` runs after :func:`e2e.whatif.run_on_kwok` has placed a problem:
+:func:`replay_window` runs after :func:`e2e.backend.run_on_kwok` has placed a problem:
 
 1. the power simulator (:mod:`e2e.powersim`) serves DCGM metrics for every fake node from
    the pods the API server reports bound (a list+watch: evicted pods stop drawing, their
@@ -54,8 +54,8 @@ from e2e.powersim import (
 )
 from e2e.prometheus import ScrapeJob, prometheus
 from e2e.scheduler import start_extender
+from placement.cluster_run import DAY_S, ReplayOutcome, ReplaySettings, speed_problem
 from placement.grid import Grid
-from placement.live import DAY_S, ReplayOutcome, ReplaySettings, speed_problem
 from placement.problem import Problem
 
 # Wall seconds between two ground-truth samples (at speed 600: one simulated minute).
@@ -161,7 +161,7 @@ def controller_section(replay: ReplaySettings) -> dict[str, Any]:
 
 class PodFeed:
     """Keeps a :class:`StaticPods` equal to the API server's bound, running scenario pods,
-    from a list+watch (:class:`extender.mirror.Reflector`, in a thread: changes arrive as
+    from a list+watch (:class:`extender.cluster.mirror.Reflector`, in a thread: changes arrive as
     they happen and cost the API server nothing between them), and remembers each
     scenario pod's service and the simulated instant it started terminating or went."""
 

@@ -28,7 +28,7 @@ def powercap_command() -> list[str]:
     script = Path(sys.executable).with_name("powercap")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from placement.cli import main; main()"]
+    return [sys.executable, "-c", "from powercap.cli import main; main()"]
 
 
 def powercap_json(*args: str, timeout_s: float | None = None) -> dict[str, Any]:

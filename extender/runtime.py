@@ -27,35 +27,25 @@ import orjson
 from fastapi import FastAPI
 from numpy.typing import NDArray
 
-from extender.app import create_app
-from extender.binding import Binder, KubernetesBinder, StaticBinder
-from extender.carbon_loop import CarbonCaps, CarbonLoop
-from extender.config import (
-    Config,
-    PlannerSettings,
-    PolicySpec,
-    ScoringSpec,
-    config_from_problem,
-)
-from extender.controller import (
-    ClusterApi,
-    Controller,
-    ControllerLoop,
-    KubernetesClusterApi,
-    PowerSource,
-)
-from extender.decisions import Decider
-from extender.events import EventSink, KubernetesEventSink, RecordingEventSink
-from extender.intensity_sources import Resilient, build_source
-from extender.learn import ProfileRefresher
-from extender.lease import KubernetesLeaseApi, LeaderElector, LeaseApi
-from extender.metrics import CarbonMetrics, ControllerMetrics, Telemetry
-from extender.mirror import KubernetesSource, Mirror, RawObject
-from extender.planner import Planner
-from extender.pods import DemandResolver
-from extender.state import ClusterState, PodRecord
+from extender.carbon.loop import CarbonCaps, CarbonLoop
+from extender.carbon.sources import Resilient, build_source
+from extender.cluster.events import EventSink, KubernetesEventSink, RecordingEventSink
+from extender.cluster.lease import KubernetesLeaseApi, LeaderElector, LeaseApi
+from extender.cluster.mirror import KubernetesSource, Mirror, RawObject
+from extender.cluster.pods import DemandResolver
+from extender.cluster.state import ClusterState, PodRecord
+from extender.config.loading import config_from_problem
+from extender.config.model import Config, PlannerSettings, PolicySpec, ScoringSpec
+from extender.controller.actions import ClusterApi, KubernetesClusterApi
+from extender.controller.loop import Controller, ControllerLoop, PowerSource
+from extender.profiles.refresh import ProfileRefresher
+from extender.telemetry import CarbonMetrics, ControllerMetrics, Telemetry
+from extender.webhook.app import create_app
+from extender.webhook.binding import Binder, KubernetesBinder, StaticBinder
+from extender.webhook.decisions import Decider
+from extender.webhook.planner import Planner
 from placement.problem import Problem
-from placement.scenario import load_problem
+from placement.scenario.files import load_problem
 from placement.validation import ProblemsError
 
 log = logging.getLogger(__name__)
@@ -216,7 +206,7 @@ def from_cluster(
                 return None
             raise
         data: RawObject = orjson.loads(response.data)
-        response.release_conn()  # back to the pool (see extender/binding.py)
+        response.release_conn()  # back to the pool (see extender/webhook/binding.py)
         return data
 
     ext = _assemble(config, KubernetesBinder(core), KubernetesEventSink(core), lookup)
@@ -278,7 +268,7 @@ def add_controller(
     """Add the companion controller, its Lease and its metrics to ``ext``."""
     settings = ext.config.controller
     if power_source is None:
-        from extender.power import PrometheusPowerSource
+        from extender.controller.power import PrometheusPowerSource
 
         if ext.config.power is None:  # the config loader refuses this; keep mypy sure
             raise ValueError("the controller needs the power: section")
@@ -323,7 +313,7 @@ def add_controller(
 
 
 def add_carbon(ext: Extender, sources: list[Resilient] | None = None) -> None:
-    """Add the live caps loop (:mod:`extender.carbon_loop`) and its metrics to ``ext``.
+    """Add the live caps loop (:mod:`extender.carbon.loop`) and its metrics to ``ext``.
 
     ``sources`` (one per ``intensity:`` source, in order) default to the ones the section
     describes; building them raises :class:`~placement.validation.ProblemsError` when a

@@ -14,14 +14,14 @@ from placement.services import Services
 from placement.tree import PowerTree
 
 if TYPE_CHECKING:
-    from placement.carbon import CarbonTerms
+    from placement.carbon.terms import CarbonTerms
 
 
 @dataclass(frozen=True)
 class Problem:
     """Everything a strategy needs. ``current`` is an optional (services × nodes)
     replica count matrix: where replicas run now, so a re-plan can avoid moves.
-    ``carbon`` (see :func:`placement.carbon.with_carbon`) adds grid intensity and an
+    ``carbon`` (see :func:`placement.carbon.emissions.with_carbon`) adds grid intensity and an
     optional emission budget: every strategy then respects the budget, and ``cpsat``
     prefers the least-emitting of equally good placements."""
 

@@ -8,7 +8,8 @@ import numpy as np
 from hypothesis import strategies as st
 
 from placement.problem import Problem
-from placement.scenario import problem_from_spec, spec_from_data
+from placement.scenario.building import problem_from_spec
+from placement.scenario.spec import spec_from_data
 
 SMALL_GRID = {"period": "24h", "step": "2h"}  # T = 12 keeps property tests fast
 

@@ -14,7 +14,8 @@ from typing import Any
 import orjson
 
 from extender import runtime
-from extender.config import PlannerSettings, PolicySpec, config_from_problem
+from extender.config.loading import config_from_problem
+from extender.config.model import PlannerSettings, PolicySpec
 from placement.problem import Problem
 from tests.problems import problem_from_dict
 

@@ -9,8 +9,8 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from extender.app import create_app
 from extender.runtime import Extender
+from extender.webhook.app import create_app
 from tests.scheduler_payloads import bind_body, filter_body, node, pod, small_extender
 
 ALL = ["gpu-1a", "gpu-1b", "gpu-2a", "gpu-2b", "gpu-3a", "gpu-3b", "gpu-4a", "gpu-4b"]
@@ -156,8 +156,8 @@ def test_metrics(client: TestClient) -> None:
 def test_kubernetes_binder_posts_a_v1_binding() -> None:
     from kubernetes.client.exceptions import ApiException
 
-    from extender.binding import BindError, KubernetesBinder
-    from extender.pods import PodRef
+    from extender.cluster.pods import PodRef
+    from extender.webhook.binding import BindError, KubernetesBinder
 
     class Reply:
         def __init__(self) -> None:
@@ -207,8 +207,8 @@ def test_kubernetes_binder_posts_a_v1_binding() -> None:
 def test_kubernetes_event_body() -> None:
     from datetime import UTC, datetime
 
-    from extender.events import Event, event_body
-    from extender.pods import PodRef
+    from extender.cluster.events import Event, event_body
+    from extender.cluster.pods import PodRef
 
     body = event_body(
         Event(PodRef("llm", "eu-0", "u-1"), "PowercapProfileRejected", "x" * 2000),

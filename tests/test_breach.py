@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from placement.breach import (
+from placement.control.breach import (
     BreachSettings,
     BreachState,
     TickEvents,

@@ -12,22 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from placement.assignment import Assignment
-from placement.carbon import (
-    DEFAULT_POLICY,
-    CapPolicy,
+from placement.carbon.emissions import check_budget, emissions_kg, placement_emissions
+from placement.carbon.intensity import IntensitySeries, day_window, on_grid
+from placement.carbon.intensity_csv import read_intensity_csv
+from placement.carbon.market import (
     EuaPrice,
     PriceSeriesError,
     allowance_position,
-    cap_schedule,
-    carbon_aware,
-    check_budget,
     emission_cost_eur,
-    emissions_kg,
-    placement_emissions,
-    read_eua_csv,
     savings,
 )
-from placement.intensity import IntensitySeries, day_window, on_grid, read_intensity_csv
+from placement.carbon.policy import DEFAULT_POLICY, CapPolicy, cap_schedule, carbon_aware
+from placement.carbon.price_csv import read_eua_csv
 from placement.problem import Problem
 from tests.problems import SMALL_GRID, problem_from_dict, problems
 
@@ -191,7 +187,7 @@ def test_window_longer_than_the_period_repeats_the_profile() -> None:
     problem = site()
     assignment = counts(problem, {("day", "b"): 1})
     series = series_of([100.0] * 12 + [300.0] * 12)  # two days
-    from placement.intensity import on_window
+    from placement.carbon.intensity import on_window
 
     window = on_window(series, problem.grid, T0, 24)
     e = placement_emissions(problem, assignment, window)

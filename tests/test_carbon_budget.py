@@ -10,15 +10,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from placement.admission import violations
-from placement.carbon import (
+from placement.carbon.emissions import (
     BudgetBelowIdleError,
-    CarbonTerms,
     domain_intensity,
     idle_kg,
     plan_emissions,
     replica_kg,
     with_carbon,
 )
+from placement.carbon.terms import CarbonTerms
 from placement.metrics import priority_weights
 from placement.problem import Problem
 from placement.strategies import STRATEGY_NAMES, run_strategy

@@ -13,11 +13,13 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from placement.carbon import CapPolicy, carbon_aware, placement_emissions
-from placement.carbon_cli import register
-from placement.intensity import day_window, on_grid, read_intensity_csv
-from placement.scenario import load_problem
+from placement.carbon.emissions import placement_emissions
+from placement.carbon.intensity import day_window, on_grid
+from placement.carbon.intensity_csv import read_intensity_csv
+from placement.carbon.policy import CapPolicy, carbon_aware
+from placement.scenario.files import load_problem
 from placement.strategies import run_strategy
+from powercap.commands.carbon import register
 
 runner = CliRunner()
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -1,4 +1,4 @@
-"""The live caps loop (extender/carbon_loop.py): intensity → cap fractions now and ahead,
+"""The live caps loop (extender/carbon/loop.py): intensity → cap fractions now and ahead,
 fallback through ``Resilient``, caps restored when the grid cleans up, the emission
 budget's projection and throttle, the metrics, and the ``intensity:`` settings it reads."""
 
@@ -15,7 +15,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from extender.carbon_loop import (
+from extender.carbon.loop import (
     CarbonCaps,
     budget_cap_fraction,
     emitted_kg,
@@ -23,13 +23,14 @@ from extender.carbon_loop import (
     live_caps,
     window_bounds,
 )
-from extender.config import Config, ConfigError, config_from_data
-from extender.intensity_sources import Reading, Resilient, SourceUnavailable
-from extender.metrics import CarbonMetrics
-from extender.state import ClusterState
-from placement.carbon import CapPolicy
+from extender.carbon.sources import Reading, Resilient, SourceUnavailable
+from extender.cluster.state import ClusterState
+from extender.config.loading import config_from_data
+from extender.config.model import Config, ConfigError
+from extender.telemetry import CarbonMetrics
+from placement.carbon.intensity import IntensitySeries
+from placement.carbon.policy import CapPolicy
 from placement.grid import Grid
-from placement.intensity import IntensitySeries
 
 GRID = Grid(period_s=86400, step_s=3600)
 POLICY = CapPolicy((150.0, 450.0), (1.0, 0.5), floor=0.5)
@@ -493,9 +494,9 @@ def test_the_documented_examples_load() -> None:
 
 
 def test_serve_wires_the_loop_and_its_metrics_into_the_extender() -> None:
-    from extender.binding import StaticBinder
-    from extender.events import RecordingEventSink
+    from extender.cluster.events import RecordingEventSink
     from extender.runtime import _assemble, add_carbon
+    from extender.webhook.binding import StaticBinder
 
     cfg = config(euaPrice=70.0)
     ext = _assemble(cfg, StaticBinder(), RecordingEventSink())
@@ -513,7 +514,7 @@ def test_serve_wires_the_loop_and_its_metrics_into_the_extender() -> None:
 
 
 def test_the_loop_thread_polls_once_synced_and_stops() -> None:
-    from extender.carbon_loop import CarbonLoop
+    from extender.carbon.loop import CarbonLoop
 
     rig = Rig(g_per_kwh=450.0)
     rig.state.synced = False
@@ -538,7 +539,7 @@ def test_serve_refuses_to_start_when_a_secret_is_not_set(
     import typer
     from typer.testing import CliRunner
 
-    from extender.cli import register
+    from powercap.commands.serve import register
 
     monkeypatch.delenv("EM_TOKEN_FOR_THIS_TEST", raising=False)
     kubeconfig = tmp_path / "kubeconfig"

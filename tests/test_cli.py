@@ -14,8 +14,8 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from placement import cli
-from placement.scenario import load_problem
+from placement.scenario.files import load_problem
+from powercap import cli
 
 runner = CliRunner()
 

@@ -12,11 +12,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from placement import cli
 from placement.assignment import Assignment
-from placement.carbon import CarbonTerms, domain_intensity, plan_emissions, with_carbon
-from placement.intensity import on_grid, read_intensity_csv
-from placement.scenario import load_problem
+from placement.carbon.emissions import domain_intensity, plan_emissions, with_carbon
+from placement.carbon.intensity import on_grid
+from placement.carbon.intensity_csv import read_intensity_csv
+from placement.carbon.terms import CarbonTerms
+from placement.scenario.files import load_problem
+from powercap import cli
 
 runner = CliRunner()
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -12,8 +12,9 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from extender.cli import register
-from extender.config import ConfigError, config_from_data, load_config
+from extender.config.loading import config_from_data, load_config
+from extender.config.model import ConfigError
+from powercap.commands.serve import register
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config"
@@ -213,7 +214,7 @@ def test_kube_scheduler_config_uses_real_field_names() -> None:
     (managed,) = extender["managedResources"]
     assert managed == {"name": "nvidia.com/gpu", "ignoredByScheduler": False}
     # the verbs are the app's routes
-    from extender.app import create_app
+    from extender.webhook.app import create_app
     from tests.scheduler_payloads import small_extender
 
     ext = small_extender()

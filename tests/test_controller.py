@@ -18,22 +18,23 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
-from extender.config import Config, ConfigError, config_from_data
-from extender.controller import (
+from extender.cluster.events import RecordingEventSink, event_body
+from extender.cluster.mirror import pod_record
+from extender.cluster.pods import DemandResolver
+from extender.cluster.state import ClusterState, NodeRecord
+from extender.config.loading import config_from_data
+from extender.config.model import Config, ConfigError
+from extender.controller.actions import KubernetesClusterApi
+from extender.controller.loop import (
     Controller,
-    KubernetesClusterApi,
     TickReport,
     pod_watts,
     scaled_object_service,
     selector_matches,
 )
-from extender.events import RecordingEventSink, event_body
-from extender.metrics import ControllerMetrics
-from extender.mirror import pod_record
-from extender.pods import DemandResolver
-from extender.power import PowerReadings, failed_readings, readings_from_vectors
-from extender.state import ClusterState, NodeRecord
-from placement.ladder import Evict, Reshape, Restore, Wait
+from extender.controller.power import PowerReadings, failed_readings, readings_from_vectors
+from extender.telemetry import ControllerMetrics
+from placement.control.ladder import Evict, Reshape, Restore, Wait
 from tests.scheduler_payloads import pod
 
 T0 = 1_795_730_400.0  # a whole hour, so one slot spans the test
@@ -691,7 +692,7 @@ def test_from_cluster_adds_the_controller_its_lease_and_metrics() -> None:
 def test_the_loop_waits_for_the_mirror_and_outlives_a_failing_tick() -> None:
     import threading
 
-    from extender.controller import ControllerLoop
+    from extender.controller.loop import ControllerLoop
 
     rig = Rig()
     ticks: list[float] = []

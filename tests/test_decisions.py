@@ -10,18 +10,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from numpy.typing import NDArray
 
-from extender.binding import BindError
-from extender.decisions import Decider, breach_text, worst_on_path
-from extender.events import RecordingEventSink
-from extender.pods import PodRef, pod_gpus, pod_service
-from extender.protocol import (
+from extender.cluster.events import RecordingEventSink
+from extender.cluster.pods import PodRef, pod_gpus, pod_service
+from extender.runtime import Extender
+from extender.webhook.binding import BindError
+from extender.webhook.decisions import Decider, breach_text, worst_on_path
+from extender.webhook.protocol import (
     ExtenderArgs,
     ExtenderBindingArgs,
     ExtenderPreemptionArgs,
     ProtocolError,
     parse,
 )
-from extender.runtime import Extender
 from placement.admission import Breach, first_breach
 from placement.problem import Problem
 from placement.strategies import run_strategy

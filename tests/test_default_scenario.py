@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from placement.default_scenario import default_problem, default_spec
 from placement.metrics import evaluate
+from placement.scenario.default import default_problem, default_spec
 from placement.strategies import run_strategy
 
 

@@ -10,20 +10,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from placement.grid import Grid
-from placement.intensity import (
-    IntensityCsvError,
+from placement.carbon.intensity import (
     IntensitySeries,
     Unit,
     day_window,
     month_window,
     on_grid,
     on_window,
-    parse_intensity_csv,
     parse_unit,
-    read_intensity_csv,
     whole_days,
 )
+from placement.carbon.intensity_csv import (
+    IntensityCsvError,
+    parse_intensity_csv,
+    read_intensity_csv,
+)
+from placement.grid import Grid
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

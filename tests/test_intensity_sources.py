@@ -16,12 +16,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from pydantic import ValidationError
 
-from extender.intensity_config import (
-    IntensitySettings,
-    IntensitySourceSpec,
-    resolve_intensity_source,
-)
-from extender.intensity_sources import (
+from extender.carbon.sources import (
     LBS_PER_MWH_TO_G_PER_KWH,
     CarbonAwareSdk,
     CsvIntensity,
@@ -36,7 +31,12 @@ from extender.intensity_sources import (
     WattTime,
     build_source,
 )
-from placement.intensity import Unit
+from extender.config.intensity import (
+    IntensitySettings,
+    IntensitySourceSpec,
+    resolve_intensity_source,
+)
+from placement.carbon.intensity import Unit
 from placement.validation import ProblemsError, validation_problems
 
 FIXTURES = Path(__file__).parent / "fixtures" / "intensity"

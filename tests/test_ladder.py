@@ -9,8 +9,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from placement.breach import BreachSettings, BreachState, step
-from placement.ladder import (
+from placement.control.breach import BreachSettings, BreachState, step
+from placement.control.ladder import (
     DomainStatus,
     Evict,
     Idle,

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from extender import runtime
-from extender.config import ConfigError, config_from_data
+from extender.config.loading import config_from_data
+from extender.config.model import ConfigError
 from tests.scheduler_payloads import small_extender
 
 

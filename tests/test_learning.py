@@ -1,5 +1,5 @@
 """Learned profiles: per-slot quantiles (placement.learning) and the learner's pure edge
-(windows, PromQL, parsing and documents in extender.learn)."""
+(windows, PromQL, parsing and documents in extender.profiles.samples)."""
 
 from __future__ import annotations
 
@@ -14,21 +14,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from extender.config import ProfileDocument, config_from_data
-from extender.learn import (
-    MAX_POINTS,
+from extender.config.learn import MAX_POINTS, LearnRefreshSettings, LearnSpec, resolve_learn
+from extender.config.loading import config_from_data
+from extender.config.model import ProfileDocument
+from extender.profiles.documents import output_files
+from extender.profiles.refresh import ProfileRefresher
+from extender.profiles.samples import (
     LearnResult,
     LearnSettings,
-    ProfileRefresher,
     add_matrix,
     default_query,
     learn,
-    output_files,
     promql_label,
     windows,
 )
-from extender.learn_config import LearnRefreshSettings, LearnSpec, resolve_learn
-from placement.cli import app, load_plugins
 from placement.grid import Grid
 from placement.learning import (
     fill_nearest,
@@ -38,6 +37,7 @@ from placement.learning import (
     slots_of,
     thin_problems,
 )
+from powercap.cli import app, load_plugins
 
 DAY = 86400
 HOUR_GRID = Grid(period_s=DAY, step_s=3600)  # T = 24, small enough to reason about
@@ -319,7 +319,7 @@ def test_a_thin_service_is_reported() -> None:
 
 
 def test_add_matrix_refuses_an_instant_answer() -> None:
-    from extender.learn import LearnError, Samples
+    from extender.profiles.samples import LearnError, Samples
 
     with pytest.raises(LearnError, match="--query"):
         add_matrix(Samples(), [{"metric": {}, "value": [1, "2"]}], "x")

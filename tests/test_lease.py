@@ -14,8 +14,8 @@ import orjson
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from extender.controller_config import LeaseSettings
-from extender.lease import KubernetesLeaseApi, LeaderElector, LeaseConflict, micro_time
+from extender.cluster.lease import KubernetesLeaseApi, LeaderElector, LeaseConflict, micro_time
+from extender.config.controller import LeaseSettings
 
 SETTINGS = LeaseSettings(
     name="powercap-controller",

@@ -11,11 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from e2e.replay import BreachMeter, compress, controller_section, scrape_interval
-from extender.controller_config import ControllerSpec, resolve_controller
-from placement.cli import app
+from extender.config.controller import ControllerSpec, resolve_controller
+from placement.cluster_run import LiveSettings, ReplaySettings, speed_problem
 from placement.grid import Grid
-from placement.live import LiveSettings, ReplaySettings, read_replay, speed_problem
-from placement.scenario import problem_from_spec, spec_from_data
+from placement.replay_file import read_replay
+from placement.scenario.building import problem_from_spec
+from placement.scenario.spec import spec_from_data
+from powercap.cli import app
 
 SCENARIO = {
     "apiVersion": "powercap.io/v1alpha1",

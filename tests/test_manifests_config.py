@@ -4,7 +4,7 @@ kustomize reads nothing outside its directory, so ``manifests/base/config/`` hol
 the ``config/`` files the deployed scheduler runs. They must stay byte-for-byte equal to their
 originals (there are no intended differences: ``config/kube-scheduler.yaml`` is written for the
 sidecar layout already). The names that tie the pieces together — ports, paths, the Lease, the
-scheduler name, metric names in alerts — must match too. ``e2e/test_manifests.py`` checks that
+scheduler name, metric names in alerts — must match too. ``e2e/tests/test_manifests.py`` checks that
 the API server and each component accept the files.
 """
 
@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from extender.config import load_config
-from extender.metrics import CarbonMetrics, ControllerMetrics, Telemetry
+from extender.config.loading import load_config
+from extender.telemetry import CarbonMetrics, ControllerMetrics, Telemetry
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config"

@@ -16,8 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from kubernetes.client.exceptions import ApiException
 
-from extender.config import Config, PolicySpec, config_from_problem
-from extender.mirror import (
+from extender.cluster.mirror import (
     Backoff,
     Gone,
     KubernetesSource,
@@ -31,8 +30,10 @@ from extender.mirror import (
     replace_pods,
     split_events,
 )
-from extender.pods import DemandResolver
-from extender.state import ClusterState
+from extender.cluster.pods import DemandResolver
+from extender.cluster.state import ClusterState
+from extender.config.loading import config_from_problem
+from extender.config.model import Config, PolicySpec
 from tests.scheduler_payloads import node, pod, small_problem
 
 
@@ -373,7 +374,7 @@ def test_mirror_becomes_ready_after_both_lists(config: Config, state: ClusterSta
 def test_mirror_counts_relists_after_410_in_its_metrics(
     config: Config, state: ClusterState
 ) -> None:
-    from extender.metrics import Telemetry
+    from extender.telemetry import Telemetry
 
     nodes = ScriptedSource([([node("gpu-1a", "rack-1")], "5")], [])
     # The first pods watch expires; the relist finds a pod bound meanwhile.

@@ -6,9 +6,9 @@ import time
 
 import numpy as np
 
-from extender.config import PlannerSettings
-from extender.planner import Planner, planning_problem
-from extender.state import PodRecord
+from extender.cluster.state import PodRecord
+from extender.config.model import PlannerSettings
+from extender.webhook.planner import Planner, planning_problem
 from tests.scheduler_payloads import small_extender, small_problem
 
 

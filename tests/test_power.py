@@ -32,7 +32,14 @@ from e2e.powersim import (
     replay_profiles,
     sim_nodes,
 )
-from extender.power import (
+from extender.cluster.state import ClusterState
+from extender.config.power import (
+    PowerSettings,
+    PowerSourceSpec,
+    preset_queries,
+    resolve_power_source,
+)
+from extender.controller.power import (
     Freshness,
     PowerQueryError,
     PrometheusPowerSource,
@@ -42,13 +49,6 @@ from extender.power import (
     readings_from_vectors,
     rollup_watts,
 )
-from extender.power_config import (
-    PowerSettings,
-    PowerSourceSpec,
-    preset_queries,
-    resolve_power_source,
-)
-from extender.state import ClusterState
 from placement.assignment import Assignment
 from placement.grid import Grid
 from placement.tree import PowerTree

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from extender.protocol import (
+from extender.webhook.protocol import (
     ExtenderArgs,
     ExtenderBindingArgs,
     ExtenderBindingResult,

@@ -11,8 +11,8 @@ import pytest
 
 from placement.metrics import Metrics, evaluate
 from placement.problem import Problem
-from placement.report import best_strategy, domain_order, write_report
 from placement.strategies import Plan, run_strategy
+from powercap.report import best_strategy, domain_order, write_report
 from tests.problems import SMALL_GRID, problem_from_dict
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

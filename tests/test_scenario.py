@@ -9,13 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from placement.scenario import (
-    ScenarioError,
-    load_problem,
-    problem_from_spec,
-    spec_from_data,
-    spec_from_problem,
-)
+from placement.scenario.building import problem_from_spec, spec_from_problem
+from placement.scenario.files import load_problem
+from placement.scenario.spec import ScenarioError, spec_from_data
 from tests.problems import problem_from_dict
 
 T = 144

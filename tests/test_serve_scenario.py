@@ -21,7 +21,7 @@ from extender.runtime import from_scenario_file
 from placement.assignment import Assignment
 from placement.metrics import evaluate
 from placement.problem import Problem
-from placement.servegen import scenario_from_servegen
+from placement.scenario.servegen import scenario_from_servegen
 from placement.strategies import run_strategy
 from placement.strategies.sequential import replica_queue
 from tests.scheduler_payloads import bind_body, filter_body, pod

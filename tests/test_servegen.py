@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from placement.powermodel import H100_LLAMA70B_TP4
-from placement.scenario import load_problem, problem_from_spec
-from placement.servegen import (
+from placement.replay_file import write_replay
+from placement.scenario.building import problem_from_spec
+from placement.scenario.files import load_problem, write_spec
+from placement.scenario.servegen import (
     ServeGenScenario,
     Topology,
     build_servegen,
@@ -19,8 +21,6 @@ from placement.servegen import (
     scenario_from_servegen,
     size_clients,
     trace_files,
-    write_replay,
-    write_spec,
 )
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "servegen"

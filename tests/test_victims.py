@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from placement.victims import (
+from placement.control.victims import (
     WATT_SCALE,
     Candidates,
     VictimChoice,

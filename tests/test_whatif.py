@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from placement.problem import Problem
-from placement.whatif import WhatIf, add_nodes, resolve_node_count, scale_caps, scale_demand
+from placement.variants import WhatIf, add_nodes, resolve_node_count, scale_caps, scale_demand
 from tests.problems import SMALL_GRID, problem_from_dict, problems
 
 

@@ -263,7 +263,7 @@ def _emission_terms(
 ) -> tuple[IntArray, BoolArray, int | None]:
     """Per-replica emissions per host in model units, the hosts the budget covers and
     the budget above idle (``None`` without one); zeros without carbon terms."""
-    from placement.carbon import budget_allowance, replica_kg
+    from placement.carbon.emissions import budget_allowance, replica_kg
 
     em = np.ceil(replica_kg(problem)[:, hosts] * EMISSION_SCALE).astype(_INT)
     budget = budget_allowance(problem)
@@ -1240,7 +1240,7 @@ def plan_cpsat(
     ``slot_constraints`` the (domain, slot) power constraints emitted. ``extra`` has
     per-stage details, ``hosted``, ``moves``, ``peak_util_permille``, ``unpacked``,
     ``idle_over_cap``, ``fallback`` and, with carbon terms, ``emissions``
-    (:meth:`placement.carbon.PlanEmissions.as_dict`).
+    (:meth:`placement.carbon.emissions.PlanEmissions.as_dict`).
     """
     start = time.perf_counter()
     svc, fleet = problem.services, problem.fleet
@@ -1421,7 +1421,7 @@ def plan_cpsat(
     extra["moves"] = _moves(x_final, current)
     extra["util_constraints"] = int(model.gen_util.sum())
     if problem.carbon is not None:
-        from placement.carbon import plan_emissions
+        from placement.carbon.emissions import plan_emissions
 
         extra["emissions"] = plan_emissions(problem, assignment).as_dict()
     extra["solves"] = planner.solves

@@ -61,7 +61,7 @@ def place_sequentially(
     profile, stay within the budget: the check an online scheduler can make one pod at
     a time. Nodes outside the budgeted domain are not limited by it.
     """
-    from placement.carbon import budget_allowance, replica_kg
+    from placement.carbon.emissions import budget_allowance, replica_kg
 
     fleet = problem.fleet
     caps = problem.effective_caps

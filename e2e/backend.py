@@ -1,0 +1,265 @@
+"""A scenario through the real kube-scheduler on a throwaway KWOK cluster, read back.
+
+This is the ``powercap.clusters`` backend ``kwok`` behind ``powercap whatif --kwok``:
+
+1. start a cluster (:func:`e2e.cluster.cluster`), create one fake node per scenario node
+   and wait until kwok has made them Ready;
+2. create one Deployment per service and wait until the ReplicaSet controller has created
+   every pod — no scheduler runs yet, so they all wait Pending;
+3. for ``powercap``: start the extender on the generated config and wait for its first
+   plan; then start kube-scheduler (``config/kube-scheduler.yaml``; for ``default`` the
+   same file without the extender);
+4. wait until every pod is bound, or the rest have a FailedScheduling event and nothing
+   has changed for a while, and read the placement back;
+5. with ``settings.replay``, replay measured power on that placement, with or without
+   the companion controller (:func:`e2e.replay.replay_window`).
+
+Pods exist before the scheduler starts so that the scheduling window measures the
+scheduler (and the extender), not the ReplicaSet controller's creation rate; binding
+times come from a pod watch, so 10,000 pods cost one stream rather than repeated lists.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from e2e.cluster import Process, cluster
+from e2e.deploy import (
+    SERVICE_LABEL,
+    Observed,
+    PlannerChoice,
+    api_client,
+    create_deployments,
+    create_nodes,
+    observe,
+    pod_watch,
+    wait_for,
+    write_config,
+)
+from e2e.extender_view import plan_gauges
+from e2e.scheduler import start_extender, start_scheduler
+from placement.cluster_run import ClusterRun, LiveSettings, ReplayOutcome
+from placement.problem import Problem
+
+LOG_DIR = Path("out") / "e2e-logs"
+# Without a new binding for this long, a run whose remaining pods all carry a
+# FailedScheduling event is settled (the scheduler retries them with backoff).
+QUIET_S = 10.0
+
+
+class BindClock:
+    """When each pod was first seen bound, from the extender's own list+watch machinery
+    (:class:`extender.cluster.mirror.Reflector`: resume, ``410`` relist, back-off) in a thread.
+
+    Use it as a context manager (the thread runs inside the ``with``; entry returns once
+    the first list is in). Times are ``time.monotonic()`` of the event's arrival; pods
+    already bound on entry get the entry time."""
+
+    def __init__(self, core: Any) -> None:
+        self.bound_at: dict[str, float] = {}
+        self.created: set[str] = set()
+        self._lock = threading.Lock()
+        self._watch = pod_watch(core, "bind-clock", self._replace, self._event)
+
+    def __enter__(self) -> BindClock:
+        self._watch.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._watch.__exit__(*exc)
+
+    @property
+    def pods(self) -> int:
+        """Scenario pods seen so far (created, bound or not)."""
+        with self._lock:
+            return len(self.created)
+
+    @property
+    def bound(self) -> int:
+        with self._lock:
+            return len(self.bound_at)
+
+    def binding_times(self) -> list[float]:
+        with self._lock:
+            return sorted(self.bound_at.values())
+
+    def _note(self, obj: dict[str, Any], now: float) -> None:
+        meta = obj.get("metadata") or {}
+        if SERVICE_LABEL not in (meta.get("labels") or {}):
+            return
+        uid = str(meta.get("uid", ""))
+        with self._lock:
+            self.created.add(uid)
+            if (obj.get("spec") or {}).get("nodeName") and uid not in self.bound_at:
+                self.bound_at[uid] = now
+
+    def _replace(self, items: list[dict[str, Any]]) -> None:
+        now = time.monotonic()
+        for obj in items:
+            self._note(obj, now)
+
+    def _event(self, kind: str, obj: dict[str, Any]) -> None:
+        if kind in ("ADDED", "MODIFIED"):
+            self._note(obj, time.monotonic())
+
+
+def throughput(times: list[float]) -> tuple[float | None, float]:
+    """Bindings per second between the first and the last binding, and that window."""
+    if len(times) < 2:
+        return None, 0.0
+    window = times[-1] - times[0]
+    return ((len(times) - 1) / window if window > 0 else None), window
+
+
+def wait_scheduled(
+    client: Any,
+    problem: Problem,
+    clock: BindClock,
+    timeout_s: float,
+    alive: Callable[[], None],
+) -> Observed:
+    """Wait until every pod is bound, or no binding happened for :data:`QUIET_S` and every
+    Pending pod has a FailedScheduling event; then read the placement back."""
+    wanted = int(problem.services.demand.sum())
+    deadline = time.monotonic() + timeout_s
+    last_count, since = -1, time.monotonic()
+    while True:
+        alive()
+        count = clock.bound
+        if count != last_count:
+            last_count, since = count, time.monotonic()
+        if count >= wanted:
+            return observe(client, problem)
+        if time.monotonic() - since >= QUIET_S:
+            seen = observe(client, problem)
+            if all(seen.pending.values()) and seen.pods == wanted:
+                return seen
+            since = time.monotonic()  # some still without an event: look again later
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"scheduling did not settle in {timeout_s:.0f}s: {count}/{wanted} pods bound"
+            )
+        time.sleep(0.5)
+
+
+def run_on_kwok(
+    problem: Problem, settings: LiveSettings, step: Callable[[str], None]
+) -> ClusterRun:
+    """Schedule ``problem`` on a fresh KWOK cluster (see the module doc)."""
+    from kubernetes import client as k8s
+
+    timings: dict[str, float] = {}
+    marks = [time.monotonic()]
+
+    def lap(name: str) -> None:
+        now = time.monotonic()
+        timings[name] = round(now - marks[-1], 2)
+        marks.append(now)
+
+    wanted = int(problem.services.demand.sum())
+    step("starting a KWOK cluster (etcd, kube-apiserver, kube-controller-manager, kwok)")
+    with cluster(LOG_DIR) as c:
+        client = api_client(c.kubeconfig)
+        core: Any = k8s.CoreV1Api(client)
+        lap("cluster_s")
+        step(f"creating {problem.fleet.size:,} fake GPU nodes")
+        create_nodes(client, problem, timeout_s=60.0 + 0.2 * problem.fleet.size)
+        lap("nodes_s")
+        # One watch counts the pods as they are created and times their bindings.
+        with BindClock(core) as clock:
+            step(f"creating {problem.services.size} Deployments, {wanted:,} pods")
+            create_deployments(client, problem)
+            wait_for(
+                f"{wanted} pods to be created",
+                lambda: clock.pods >= wanted,
+                timeout_s=120.0 + 0.1 * wanted,
+                every_s=1.0,
+            )
+            lap("pods_s")
+
+            planner: dict[str, float] = {}
+            extender_port: int | None = None
+            extender: Process | None = None
+            watched: list[Process] = []
+            choice = PlannerChoice(
+                strategy=settings.planner,
+                reserve_plan=settings.reserve_plan,
+                time_limit_s=settings.planner_time_limit_s,
+            )
+            if settings.scheduler == "powercap":
+                config = write_config(problem, c.run_dir / "powercap.json", choice)
+                step(f"starting the extender; {settings.planner} plans the cluster")
+                extender, extender_port = start_extender(c, config)
+                watched.append(extender)
+                port = extender_port
+                wait_for(
+                    "the extender's first plan",
+                    lambda: bool(plan_gauges(port)),
+                    timeout_s=settings.planner_time_limit_s + 120.0,
+                    every_s=1.0,
+                )
+                planner = plan_gauges(port)
+                lap("plan_s")
+
+            step(f"kube-scheduler ({settings.scheduler}) scheduling {wanted:,} pods")
+            watched.append(
+                start_scheduler(
+                    c,
+                    extender_port,
+                    stock=settings.scheduler == "default" and settings.stock_default,
+                )
+            )
+
+            def alive() -> None:
+                for proc in watched:
+                    if not proc.alive():
+                        raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
+
+            seen = wait_scheduled(client, problem, clock, settings.settle_timeout_s, alive)
+            lap("schedule_s")
+            replayed: ReplayOutcome | None = None
+            baseline: ReplayOutcome | None = None
+            if settings.replay is not None:
+                from e2e.replay import replay_window
+
+                running = (
+                    None if extender is None or extender_port is None else (extender, extender_port)
+                )
+                if settings.baseline:
+                    baseline, _ = replay_window(
+                        c,
+                        core,
+                        problem,
+                        replace(
+                            settings.replay,
+                            controller=False,
+                            speed=settings.baseline_speed or settings.replay.speed,
+                        ),
+                        choice,
+                        running,
+                        LOG_DIR,
+                        step,
+                    )
+                    lap("baseline_s")
+                replayed, _ = replay_window(
+                    c, core, problem, settings.replay, choice, running, LOG_DIR, step
+                )
+                lap("replay_s")
+
+    rate, window = throughput(clock.binding_times())
+    return ClusterRun(
+        scheduler=settings.scheduler,
+        assignment=seen.assignment,
+        pending=dict(seen.pending),
+        throughput_pods_per_s=rate,
+        schedule_s=round(window, 3),
+        timings=timings,
+        planner=planner,
+        replay=replayed,
+        baseline=baseline,
+    )

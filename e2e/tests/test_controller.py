@@ -1,0 +1,316 @@
+"""The companion controller on a real cluster, with measured power through a real Prometheus.
+
+Two racks of two 8-GPU fake nodes, capped at 6 kW and 5 kW; three 1-GPU services drawing a
+constant 800 W per replica: ``chat`` (priority 5, the lowest, but a PodDisruptionBudget
+allows it no disruption), ``batch`` (priority 10, scaled by a KEDA ScaledObject) and
+``vip`` (priority 2000, above ``protectPriority``). Rack 2 starts cordoned, so all five
+replicas land in rack 1 (5 kW predicted); then it is opened and the power simulator —
+fed from the pods the API server reports, scraped by Prometheus — surges rack 1 by 1 kW
+per node (7 kW measured). ``powercap serve --config`` with the controller enabled must:
+
+* reshape first: lower the ScaledObject's ``maxReplicaCount`` keeping the original in the
+  annotation. KEDA's operator does not run here, so nothing scales down and the breach
+  holds — which is what sends the ladder on to evictions;
+* evict ``batch`` pods only — never the budget-protected ``chat`` pod, though its priority
+  is the lowest, and never ``vip`` — through policy/v1 Evictions, with Events;
+* while rack 1 is in breach, the measured overage in the extender's ledger sends the
+  replacements (recreated by the Deployment) to rack 2 — which, with its smaller cap and
+  the planner off, the extender's scoring would otherwise rank below rack 1, where one
+  more replica is predicted to fit;
+* bring rack 1's measured power under its cap (and out of breach) within a bounded number
+  of control periods;
+* once the surge ends, restore ``maxReplicaCount`` and remove the annotations.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from e2e import crds, toolchain
+from e2e.cluster import cluster
+from e2e.controlled import k8s_apis, pod_feed, pods, samples
+from e2e.deploy import (
+    NAMESPACE,
+    SERVICE_LABEL,
+    api_client,
+    create_nodes,
+    deployment_object,
+    powercap_config,
+    wait_for,
+)
+from e2e.powersim import PowerSimulator, SimClock, StaticPods, grid_profiles, sim_nodes
+from e2e.prometheus import ScrapeJob, prometheus
+from e2e.scheduler import start_extender, start_scheduler
+from placement.problem import Problem
+from placement.scenario.building import problem_from_spec
+from placement.scenario.spec import spec_from_data
+
+pytestmark = [pytest.mark.e2e, pytest.mark.controller]
+
+LOG_DIR = Path(__file__).resolve().parents[2] / "out" / "e2e-logs"
+
+RACK_CAP_W = 6000.0
+# Smaller: one more replica raises its peak utilisation more than rack 1's, so only the
+# controller's feedback makes rack 2 the extender's choice for the replacements.
+RACK_2_CAP_W = 5000.0
+REPLICA_W = 800.0
+IDLE_W = 500.0
+SURGE_W = 1000.0  # per rack-1 node
+PERIOD_S = 1
+# Grace 2 s, reshape settle 3 s, then evictions 3 s apart, each seen one scrape and one
+# period later: about 15 periods; the bound leaves room for a slow machine.
+MAX_PERIODS = 45
+SERVICES = {"chat": (5, 1), "batch": (10, 3), "vip": (2000, 1)}  # priority, replicas
+RACK_1 = ("gpu-a1", "gpu-a2")
+RACK_2 = ("gpu-b1", "gpu-b2")
+
+SCENARIO: dict[str, Any] = {
+    "apiVersion": "powercap.io/v1alpha1",
+    "kind": "Scenario",
+    "metadata": {"name": "e2e-controller"},
+    "grid": {"period": "24h", "step": "1h"},
+    "domains": [
+        {"name": "site", "cap": RACK_CAP_W + RACK_2_CAP_W},
+        {"name": "rack-1", "parent": "site", "cap": RACK_CAP_W},
+        {"name": "rack-2", "parent": "site", "cap": RACK_2_CAP_W},
+    ],
+    "nodes": [
+        {"name": name, "domain": rack, "gpus": 8, "idleWatts": IDLE_W}
+        for rack, names in (("rack-1", RACK_1), ("rack-2", RACK_2))
+        for name in names
+    ],
+    "services": [
+        {
+            "name": name,
+            "replicas": replicas,
+            "gpusPerReplica": 1,
+            "priority": priority,
+            "nameplateWatts": REPLICA_W,
+            "profile": [REPLICA_W] * 24,
+        }
+        for name, (priority, replicas) in SERVICES.items()
+    ],
+}
+
+
+def install_scaled_object_crd(extensions: Any) -> None:
+    """KEDA's own ScaledObject CRD (pinned, from ``make tools``), Established."""
+    (path,) = [p for p in crds.installed(toolchain.cache_root()) if "scaledobjects" in p.name]
+    crd = yaml.safe_load(path.read_text())
+    extensions.create_custom_resource_definition(crd)
+
+    def established() -> bool:
+        got = extensions.read_custom_resource_definition(crd["metadata"]["name"])
+        return any(
+            c.type == "Established" and c.status == "True" for c in got.status.conditions or []
+        )
+
+    wait_for("the ScaledObject CRD", established, 60.0, every_s=0.2)
+
+
+def scaled_object(name: str, max_replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {SERVICE_LABEL: name}},
+        "spec": {
+            "scaleTargetRef": {"name": name},
+            "minReplicaCount": 1,
+            "maxReplicaCount": max_replicas,
+            "triggers": [{"type": "cpu", "metricType": "Utilization", "metadata": {"value": "60"}}],
+        },
+    }
+
+
+def no_disruption_budget(service: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": service, "namespace": NAMESPACE},
+        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {SERVICE_LABEL: service}}},
+    }
+
+
+def rack_1(port: int) -> tuple[float, float]:
+    """Rack 1's (measured watts, in breach) as the controller exports them."""
+    m = samples(port)
+    labels = (("domain", "rack-1"),)
+    return (
+        m.get(("powercap_domain_measured_watts", labels), float("nan")),
+        m.get(("powercap_domain_in_breach", labels), float("nan")),
+    )
+
+
+def test_a_surge_is_shed_by_reshape_then_eviction_and_replacements_land_elsewhere() -> None:
+    problem: Problem = problem_from_spec(spec_from_data(SCENARIO))
+    with cluster(LOG_DIR, prefix="powercap-ctl") as c:
+        client = api_client(c.kubeconfig)
+        core, apps, custom, policy, extensions = k8s_apis(client)
+        install_scaled_object_crd(extensions)
+        create_nodes(client, problem)
+        for name in RACK_2:
+            core.patch_node(name, {"spec": {"unschedulable": True}})
+
+        sim_pods = StaticPods()
+        sim = PowerSimulator(
+            sim_nodes(problem),
+            grid_profiles(problem),
+            sim_pods,
+            SimClock(start_s=time.time(), speed=1.0),
+        )
+        address = sim.start()
+        try:
+            with (
+                pod_feed(core, sim_pods),
+                prometheus([ScrapeJob("powersim", [address])], LOG_DIR) as prom,
+            ):
+                prom.wait_for_targets()
+                config = powercap_config(problem)
+                # Scoring alone decides where replacements go (no plan to steer them).
+                config["planner"]["enabled"] = False
+                config["power"] = {
+                    "url": prom.url,
+                    "nonGpuWatts": {"default": sim.non_gpu_watts(RACK_1[0])},
+                    "staleness": "5s",
+                    "timeout": "2s",
+                }
+                config["controller"] = {
+                    "enabled": True,
+                    "period": f"{PERIOD_S}s",
+                    "grace": "2s",
+                    "settle": {"reshape": "3s", "evict": "3s", "restore": "3s"},
+                    "restoreMargin": 0.05,
+                    "protectPriority": 1000,
+                    "lease": {
+                        "namespace": NAMESPACE,
+                        "duration": "4s",
+                        "renewDeadline": "3s",
+                        "retryPeriod": "1s",
+                    },
+                }
+                path = c.run_dir / "powercap.json"
+                path.write_bytes(orjson.dumps(config))
+                extender, port = start_extender(c, path)
+                scheduler = start_scheduler(c, port)
+
+                def logs() -> str:
+                    return (
+                        f"\n--- powercap serve (tail) ---\n{extender.tail(40)}"
+                        f"\n--- kube-scheduler (tail) ---\n{scheduler.tail(15)}"
+                    )
+
+                custom.create_namespaced_custom_object(
+                    "keda.sh", "v1alpha1", NAMESPACE, "scaledobjects", scaled_object("batch", 3)
+                )
+                policy.create_namespaced_pod_disruption_budget(
+                    NAMESPACE, no_disruption_budget("chat")
+                )
+                for s in range(problem.services.size):
+                    apps.create_namespaced_deployment(NAMESPACE, deployment_object(problem, s))
+
+                wanted = sum(r for _, r in SERVICES.values())
+
+                def all_bound() -> bool:
+                    return sum(1 for p in pods(core) if p["spec"].get("nodeName")) == wanted
+
+                wait_for("every replica bound in rack 1", all_bound, 90.0)
+                before = {p["metadata"]["name"]: p for p in pods(core)}
+                assert {p["spec"]["nodeName"] for p in before.values()} <= set(RACK_1)
+                for name in RACK_2:
+                    core.patch_node(name, {"spec": {"unschedulable": False}})
+
+                # Calm: the controller reads 5 kW in rack 1 (idle + five replicas).
+                calm = IDLE_W * 2 + REPLICA_W * wanted
+
+                def reads_calm() -> bool:
+                    watts, breach = rack_1(port)
+                    return watts == pytest.approx(calm, abs=1.0) and breach == 0.0
+
+                wait_for(f"the controller to read {calm:.0f} W in rack 1", reads_calm, 60.0)
+                scrape_now = samples(port)
+                assert scrape_now[("powercap_controller_leader", ())] == 1.0, logs()
+                assert scrape_now[("powercap_power_data_stale", ())] == 0.0
+
+                sim.surge(extra_watts=SURGE_W, domains=["rack-1"])
+                surged_at = time.monotonic()
+                seen_breach = False
+
+                def shed() -> bool:
+                    nonlocal seen_breach
+                    watts, breach = rack_1(port)
+                    seen_breach = seen_breach or breach == 1.0
+                    return seen_breach and breach == 0.0 and watts < RACK_CAP_W
+
+                try:
+                    wait_for(
+                        "rack 1 in breach and then back under its cap",
+                        shed,
+                        MAX_PERIODS * PERIOD_S,
+                        every_s=0.25,
+                    )
+                except TimeoutError as exc:
+                    raise AssertionError(f"{exc}; rack 1 now {rack_1(port)}{logs()}") from exc
+                periods = (time.monotonic() - surged_at) / PERIOD_S
+                print(f"[e2e] rack 1 back under its cap after {periods:.0f} periods", flush=True)
+
+                # Reshape came first: lowered, original kept (KEDA does not run here).
+                so = custom.get_namespaced_custom_object(
+                    "keda.sh", "v1alpha1", NAMESPACE, "scaledobjects", "batch"
+                )
+                annotations = so["metadata"].get("annotations") or {}
+                assert so["spec"]["maxReplicaCount"] < 3, so
+                assert annotations["powercap.io/original-max-replicas"] == "3"
+                assert annotations["powercap.io/reshaped-by"] == "rack-1"
+
+                # Evictions: batch only; chat (budget) and vip (priority) untouched.
+                after = {p["metadata"]["name"]: p for p in pods(core)}
+                gone = set(before) - set(after)
+                assert gone, f"nothing was evicted{logs()}"
+                assert all(before[n]["metadata"]["labels"][SERVICE_LABEL] == "batch" for n in gone)
+                for name, p in before.items():
+                    if p["metadata"]["labels"][SERVICE_LABEL] != "batch":
+                        assert name in after and not after[name]["metadata"].get(
+                            "deletionTimestamp"
+                        ), f"{name} was evicted{logs()}"
+                events = orjson.loads(
+                    core.list_namespaced_event(
+                        NAMESPACE, field_selector="reason=PowerCapEvict", _preload_content=False
+                    ).data
+                )["items"]
+                assert {e["involvedObject"]["name"] for e in events} == gone
+                assert all(e["source"]["component"] == "powercap-controller" for e in events)
+
+                # The replacements were placed by the extender in rack 2.
+                def replaced() -> bool:
+                    now = pods(core)
+                    fresh = [p for p in now if p["metadata"]["name"] not in before]
+                    return len(fresh) == len(gone) and all(p["spec"].get("nodeName") for p in fresh)
+
+                wait_for("the replacements bound", replaced, 30.0)
+                fresh = [p for p in pods(core) if p["metadata"]["name"] not in before]
+                assert {p["spec"]["nodeName"] for p in fresh} <= set(RACK_2), fresh
+                assert all(p["spec"]["schedulerName"] == "powercap-scheduler" for p in fresh)
+
+                # The surge ends: headroom returns and the maximum is restored.
+                sim.clear_surges()
+
+                def restored() -> bool:
+                    got = custom.get_namespaced_custom_object(
+                        "keda.sh", "v1alpha1", NAMESPACE, "scaledobjects", "batch"
+                    )
+                    return got["spec"]["maxReplicaCount"] == 3 and not (
+                        got["metadata"].get("annotations") or {}
+                    ).get("powercap.io/original-max-replicas")
+
+                try:
+                    wait_for("maxReplicaCount restored", restored, 30.0, every_s=0.25)
+                except TimeoutError as exc:
+                    raise AssertionError(f"{exc}{logs()}") from exc
+        finally:
+            sim.stop()

@@ -1,0 +1,207 @@
+"""Two controllers, one Lease: only the holder acts; SIGKILL it and the other takes over.
+
+One rack of two 8-GPU fake nodes (cap 6 kW) carrying twelve ``batch`` pods bound by the
+test (no scheduler: evicted pods are not replaced, so every eviction shows), the power
+simulator fed from the API server's pods, a real Prometheus scraping it, and two
+``powercap serve --config`` processes, ``a`` and ``b``, on different ports with the same
+config: the controller on, a 3 s Lease (renew deadline 2 s, retry every 1 s), one
+eviction per 4 s window. Then:
+
+1. exactly one of them leads (``powercap_controller_leader`` 1 there, 0 in the other) and
+   holds the Lease;
+2. rack 1 surges far over its cap, more than evicting every pod could shed, so the breach
+   goes on: the leader evicts (its ``powercap_controller_actions_total`` moves, one
+   ``PowerCapEvict`` Event per eviction) and the other process takes no step, though it
+   tracks the same breach;
+3. the leader is SIGKILLed (no release of the Lease, as in a crash): the other takes the
+   Lease within ``leaseDuration`` + two retry periods + a margin and evicts on the breach
+   that continues.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from e2e.cluster import cluster
+from e2e.controlled import (
+    create_bare_pods,
+    evict_events,
+    fast_controller,
+    k8s_apis,
+    pod_feed,
+    samples,
+)
+from e2e.deploy import NAMESPACE, api_client, create_nodes, powercap_config, wait_for
+from e2e.powersim import PowerSimulator, SimClock, StaticPods, grid_profiles, sim_nodes
+from e2e.prometheus import ScrapeJob, prometheus
+from e2e.scheduler import start_extender
+from placement.scenario.building import problem_from_spec
+from placement.scenario.spec import spec_from_data
+
+pytestmark = [pytest.mark.e2e, pytest.mark.controller]
+
+LOG_DIR = Path(__file__).resolve().parents[2] / "out" / "e2e-logs"
+
+LEASE = "powercap-controller"
+LEASE_S = 3
+RETRY_S = 1
+TAKEOVER_MARGIN_S = 4.0  # a loaded 2-core machine: process scheduling, a slow API call
+RACK_CAP_W = 6000.0
+IDLE_W = 500.0
+REPLICA_W = 400.0
+NODES = ("gpu-a1", "gpu-a2")
+PODS = 12
+SURGE_W = 5000.0  # per node: 15 kW measured; all twelve pods shed 4.8 kW
+
+SCENARIO: dict[str, Any] = {
+    "apiVersion": "powercap.io/v1alpha1",
+    "kind": "Scenario",
+    "metadata": {"name": "e2e-failover"},
+    "grid": {"period": "24h", "step": "1h"},
+    "domains": [
+        {"name": "site", "cap": 2 * RACK_CAP_W},
+        {"name": "rack-1", "parent": "site", "cap": RACK_CAP_W},
+    ],
+    "nodes": [{"name": n, "domain": "rack-1", "gpus": 8, "idleWatts": IDLE_W} for n in NODES],
+    "services": [
+        {
+            "name": "batch",
+            "replicas": PODS,
+            "gpusPerReplica": 1,
+            "priority": 10,
+            "nameplateWatts": REPLICA_W,
+            "profile": [REPLICA_W] * 24,
+        }
+    ],
+}
+
+
+def leader(port: int) -> float:
+    return samples(port).get(("powercap_controller_leader", ()), float("nan"))
+
+
+def evictions(port: int) -> float:
+    """Evictions ``powercap serve`` on ``port`` has taken."""
+    return sum(
+        v
+        for (name, labels), v in samples(port).items()
+        if name == "powercap_controller_actions_total" and ("kind", "evict") in labels
+    )
+
+
+def holder(coordination: Any) -> str:
+    lease = orjson.loads(
+        coordination.read_namespaced_lease(LEASE, NAMESPACE, _preload_content=False).data
+    )
+    return str(lease["spec"].get("holderIdentity") or "")
+
+
+def test_only_the_lease_holder_acts_and_the_other_takes_over_when_it_dies() -> None:
+    from kubernetes import client as k8s
+
+    problem = problem_from_spec(spec_from_data(SCENARIO))
+    with cluster(LOG_DIR, prefix="powercap-failover") as c:
+        client = api_client(c.kubeconfig)
+        core = k8s_apis(client)[0]
+        coordination = k8s.CoordinationV1Api(client)
+        create_nodes(client, problem)
+        create_bare_pods(core, [NODES[i % 2] for i in range(PODS)])
+        sim_pods = StaticPods()
+        sim = PowerSimulator(
+            sim_nodes(problem), grid_profiles(problem), sim_pods, SimClock(start_s=time.time())
+        )
+        address = sim.start()
+        try:
+            with (
+                pod_feed(core, sim_pods),
+                prometheus([ScrapeJob("powersim", [address])], LOG_DIR) as prom,
+            ):
+                prom.wait_for_targets()
+                config = powercap_config(problem)
+                config["planner"]["enabled"] = False
+                lease = {
+                    "name": LEASE,
+                    "namespace": NAMESPACE,
+                    "duration": f"{LEASE_S}s",
+                    "renewDeadline": f"{LEASE_S - 1}s",
+                    "retryPeriod": f"{RETRY_S}s",
+                }
+                config |= fast_controller(prom.url, sim.non_gpu_watts(NODES[0]), 4, lease)
+                path = c.run_dir / "powercap.json"
+                path.write_bytes(orjson.dumps(config))
+                procs = dict(
+                    zip(
+                        "ab",
+                        (start_extender(c, path, name=f"powercap-{n}") for n in "ab"),
+                        strict=True,
+                    )
+                )
+
+                def logs() -> str:
+                    return "".join(
+                        f"\n--- powercap serve {n} (tail) ---\n{p.tail(25)}"
+                        for n, (p, _) in procs.items()
+                    )
+
+                def one_leader() -> bool:
+                    return sorted(leader(port) for _, port in procs.values()) == [0.0, 1.0]
+
+                wait_for("exactly one leader", one_leader, 20.0, every_s=0.25)
+                first = next(n for n, (_, port) in procs.items() if leader(port) == 1.0)
+                other = "b" if first == "a" else "a"
+                first_proc, first_port = procs[first]
+                _, other_port = procs[other]
+                first_identity = holder(coordination)
+                assert first_identity, "the leader holds no Lease"
+
+                sim.surge(extra_watts=SURGE_W, domains=["rack-1"])
+                try:
+                    wait_for(
+                        f"two evictions by the leader ({first})",
+                        lambda: evictions(first_port) >= 2.0,
+                        30.0,
+                        every_s=0.25,
+                    )
+                except TimeoutError as exc:
+                    raise AssertionError(f"{exc}{logs()}") from exc
+                # The other tracks the same breach but takes no step.
+                rack = (("domain", "rack-1"),)
+                assert samples(other_port)[("powercap_domain_in_breach", rack)] == 1.0
+                assert evictions(other_port) == 0.0, logs()
+                assert leader(other_port) == 0.0
+                before_kill = len(evict_events(core))
+                assert before_kill == evictions(first_port)
+
+                first_proc.kill()
+                killed_at = time.monotonic()
+                bound = LEASE_S + 2 * RETRY_S + TAKEOVER_MARGIN_S
+                try:
+                    wait_for(
+                        f"{other} to take the Lease",
+                        lambda: leader(other_port) == 1.0,
+                        bound,
+                        every_s=0.1,
+                    )
+                except TimeoutError as exc:
+                    raise AssertionError(f"{exc}{logs()}") from exc
+                took_s = time.monotonic() - killed_at
+                print(f"[e2e] {other} took the Lease {took_s:.1f}s after the kill", flush=True)
+                assert holder(coordination) not in ("", first_identity)
+
+                try:
+                    wait_for(
+                        f"an eviction by {other}",
+                        lambda: evictions(other_port) >= 1.0,
+                        15.0,
+                        every_s=0.25,
+                    )
+                except TimeoutError as exc:
+                    raise AssertionError(f"{exc}{logs()}") from exc
+                assert len(evict_events(core)) > before_kill
+        finally:
+            sim.stop()

@@ -1,0 +1,334 @@
+"""The monitoring manifests against a real Prometheus scraping a real ``powercap serve``.
+
+One rack-pair cluster (KWOK, one 8-GPU node per rack), four ``batch`` pods bound to rack 1
+by the test itself (no kube-scheduler: the controller's metrics do not need one, and the
+extender's decision metrics get a sample from one malformed request), the power simulator
+fed from the API server's pods, and two Prometheus servers:
+
+* the **data** Prometheus scrapes the simulator; it is the controller's ``power.url``;
+* the **monitoring** Prometheus scrapes ``powercap serve`` as the job
+  ``powercap-scheduler`` (as the ServiceMonitor's Service name makes it) and evaluates the
+  rules of ``manifests/monitoring/prometheusrule.yaml`` (its ``spec.groups``, written to a
+  rules file).
+
+The test copy of the rules is the manifest's except that ``PowercapPowerDataStale`` holds
+for ``2s`` instead of ``5m``, so the alert can fire within the test; nothing else changes.
+
+Then:
+
+1. **Prometheus down → no action, and the stale-data alert fires.** The data Prometheus
+   is stopped and rack 1 surges far over its cap. The controller cannot read power: it
+   must take no step (``powercap_controller_actions_total`` stays 0, no Eviction, no
+   ``PowerCapEvict`` Event, every pod still there), while the monitoring Prometheus shows
+   ``PowercapPowerDataStale`` in ``ALERTS{alertstate="firing"}``.
+2. A data Prometheus comes back on the same address: the controller sees the surge,
+   enters breach and evicts — so the action counters have moved.
+3. **Every expression parses and returns series.** Every rule loaded with health ``ok``;
+   every dashboard query (Grafana variables replaced: ``$domain`` → ``rack-1``,
+   ``$__rate_interval`` → ``1m``) returns at least one series through the HTTP API; so
+   does every alert's operand — its expression without the final threshold comparison
+   (and, for ``absent(x)``, ``x``), since an alert's own expression returns series only
+   while it fires. The config has an ``intensity:`` section (a CSV at a clean 100 g/kWh,
+   a budget too large to bind), so the live caps loop's series exist without moving a cap.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from e2e.cluster import cluster
+from e2e.controlled import (
+    create_bare_pods,
+    evict_events,
+    fast_controller,
+    k8s_apis,
+    pod_feed,
+    samples,
+)
+from e2e.deploy import (
+    NAMESPACE,
+    api_client,
+    create_nodes,
+    powercap_config,
+    wait_for,
+)
+from e2e.powersim import PowerSimulator, SimClock, StaticPods, grid_profiles, sim_nodes
+from e2e.prometheus import Prometheus, ScrapeJob, prometheus
+from e2e.scheduler import start_extender
+from placement.scenario.building import problem_from_spec
+from placement.scenario.spec import spec_from_data
+
+pytestmark = [pytest.mark.e2e, pytest.mark.controller]
+
+REPO = Path(__file__).resolve().parents[2]
+LOG_DIR = REPO / "out" / "e2e-logs"
+RULES = REPO / "manifests" / "monitoring" / "prometheusrule.yaml"
+DASHBOARD = REPO / "manifests" / "monitoring" / "grafana-dashboard.json"
+JOB = "powercap-scheduler"  # the Service's name: the job label the ServiceMonitor gives
+STALE_ALERT = "PowercapPowerDataStale"
+STALE_FOR = "2s"  # the manifest says 5m
+RACK_CAP_W = 4000.0
+IDLE_W = 500.0
+REPLICA_W = 500.0
+PODS = 4
+SURGE_W = 4000.0
+# Grafana's variables, as the dashboard would fill them for one domain.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$domain": "rack-1"}
+
+SCENARIO: dict[str, Any] = {
+    "apiVersion": "powercap.io/v1alpha1",
+    "kind": "Scenario",
+    "metadata": {"name": "e2e-observability"},
+    "grid": {"period": "24h", "step": "1h"},
+    "domains": [
+        {"name": "site", "cap": 2 * RACK_CAP_W},
+        {"name": "rack-1", "parent": "site", "cap": RACK_CAP_W},
+        {"name": "rack-2", "parent": "site", "cap": RACK_CAP_W},
+    ],
+    "nodes": [
+        {"name": "gpu-a1", "domain": "rack-1", "gpus": 8, "idleWatts": IDLE_W},
+        {"name": "gpu-b1", "domain": "rack-2", "gpus": 8, "idleWatts": IDLE_W},
+    ],
+    "services": [
+        {
+            "name": "batch",
+            "replicas": PODS,
+            "gpusPerReplica": 1,
+            "priority": 10,
+            "nameplateWatts": REPLICA_W,
+            "profile": [REPLICA_W] * 24,
+        }
+    ],
+}
+
+
+def rules_for_test() -> list[dict[str, Any]]:
+    """The PrometheusRule's groups, with the stale-data alert's ``for`` shortened."""
+    groups: list[dict[str, Any]] = yaml.safe_load(RULES.read_text())["spec"]["groups"]
+    found = 0
+    for group in groups:
+        for rule in group["rules"]:
+            if rule.get("alert") == STALE_ALERT:
+                rule["for"] = STALE_FOR
+                found += 1
+    assert found == 1, f"{STALE_ALERT} is not in {RULES.name} exactly once"
+    return groups
+
+
+def alert_exprs() -> dict[str, str]:
+    return {
+        r["alert"]: r["expr"]
+        for g in yaml.safe_load(RULES.read_text())["spec"]["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
+
+
+def dashboard_exprs() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    out: list[str] = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = str(target["expr"])
+            for name, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(name, value)
+            assert "$" not in expr, f"a Grafana variable the test does not fill: {expr}"
+            out.append(expr)
+    assert out
+    return out
+
+
+_THRESHOLD = re.compile(r"^(?P<operand>.*\S)\s*(==|!=|>=|<=|>|<)\s*-?[0-9.]+(e[+-]?[0-9]+)?$")
+_ABSENT = re.compile(r"^absent\((?P<inner>.*)\)$", re.S)
+
+
+def operand(expr: str) -> str:
+    """An alert expression without its final threshold comparison (the value it
+    compares); for ``absent(x)``, the operand of ``x``."""
+    expr = " ".join(expr.split())
+    inner = _ABSENT.match(expr)
+    if inner:
+        expr = inner.group("inner")
+    match = _THRESHOLD.match(expr)
+    assert match, f"no threshold comparison at the end of {expr!r}"
+    return match.group("operand")
+
+
+def actions(port: int) -> float:
+    """Every step ``powercap serve`` on ``port`` has counted (taken or failed)."""
+    return sum(
+        v
+        for (name, _), v in samples(port).items()
+        if name
+        in ("powercap_controller_actions_total", "powercap_controller_action_failures_total")
+    )
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    return samples(port).get(key, float("nan"))
+
+
+def pod_names(core: Any) -> set[str]:
+    listed = orjson.loads(core.list_namespaced_pod(NAMESPACE, _preload_content=False).data)
+    return {
+        p["metadata"]["name"] for p in listed["items"] if not p["metadata"].get("deletionTimestamp")
+    }
+
+
+def bad_request(port: int) -> None:
+    """One filter request the extender cannot parse: a ``bad_request`` decision."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/filter", data=b"{not json", method="POST"
+    )
+    request.add_header("Content-Type", "application/json")
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(request, timeout=5)
+    assert raised.value.code == 400
+
+
+def carbon_section(csv_path: Path) -> dict[str, Any]:
+    """An ``intensity:`` section that gives the carbon panels and alerts their series
+    without changing any cap: a CSV source at a clean 100 g/kWh (full caps under the
+    default policy) around now, a budget too large to throttle, and an EUA price."""
+    hour = int(time.time()) // 3600 * 3600
+    rows = [f"{t},100" for t in range(hour - 86400, hour + 86400, 3600)]
+    csv_path.write_text("time,intensity\n" + "\n".join(rows) + "\n")
+    return {
+        "kind": "csv",
+        "path": str(csv_path),
+        "fallbackCapFraction": 0.8,
+        "period": "1s",
+        "domains": ["rack-1"],
+        "budgets": [{"domain": "rack-1", "kg": 1_000_000, "window": "day"}],
+        "euaPrice": 80,
+    }
+
+
+def check_queries(prom: Prometheus) -> None:
+    """Every rule healthy; every dashboard query and alert operand returns series."""
+    for group in prom.rule_groups():
+        for rule in group["rules"]:
+            assert rule["health"] == "ok", f"rule {rule['name']}: {rule.get('lastError')}"
+    loaded = {r["name"] for g in prom.rule_groups() for r in g["rules"]}
+    assert set(alert_exprs()) <= loaded
+    empty: list[str] = []
+    for expr in [*dashboard_exprs(), *map(operand, alert_exprs().values())]:
+        answer = prom.query_answer(expr)
+        assert answer["status"] == "success", f"{expr}: {answer.get('error')}"
+        if not answer["data"]["result"]:
+            empty.append(expr)
+    assert not empty, "queries without a series:\n" + "\n".join(empty)
+
+
+def test_stale_data_alert_no_action_and_every_query_returns_series() -> None:
+    problem = problem_from_spec(spec_from_data(SCENARIO))
+    with cluster(LOG_DIR, prefix="powercap-obs") as c:
+        client = api_client(c.kubeconfig)
+        core = k8s_apis(client)[0]
+        create_nodes(client, problem)
+        create_bare_pods(core, ["gpu-a1"] * PODS)
+        sim_pods = StaticPods()
+        sim = PowerSimulator(
+            sim_nodes(problem), grid_profiles(problem), sim_pods, SimClock(start_s=time.time())
+        )
+        address = sim.start()
+        try:
+            with pod_feed(core, sim_pods):
+                data_jobs = [ScrapeJob("powersim", [address])]
+                with prometheus(data_jobs, LOG_DIR) as data:
+                    data.wait_for_targets()
+                    data_port = int(data.url.rsplit(":", 1)[1])
+                    config = powercap_config(problem)
+                    # CP-SAT reports a gap, so the dashboard's plan-gap panel has a value.
+                    config["planner"].update({"strategy": "cpsat", "timeLimit": "2s"})
+                    lease = {
+                        "namespace": NAMESPACE,
+                        "duration": "3s",
+                        "renewDeadline": "2s",
+                        "retryPeriod": "1s",
+                    }
+                    config |= fast_controller(data.url, sim.non_gpu_watts("gpu-a1"), 60, lease)
+                    config["intensity"] = carbon_section(c.run_dir / "intensity.csv")
+                    path = c.run_dir / "powercap.json"
+                    path.write_bytes(orjson.dumps(config))
+                    extender, port = start_extender(c, path)
+
+                    def logs() -> str:
+                        return f"\n--- powercap serve (tail) ---\n{extender.tail(30)}"
+
+                    calm = IDLE_W + REPLICA_W * PODS
+
+                    def reads_calm() -> bool:
+                        m = samples(port)
+                        rack = (("domain", "rack-1"),)
+                        return (
+                            m.get(("powercap_controller_leader", ())) == 1.0
+                            and m.get(("powercap_domain_measured_watts", rack)) == calm
+                        )
+
+                    wait_for("the leader to read rack 1 calm", reads_calm, 30.0, every_s=0.25)
+
+                    monitoring = prometheus(
+                        [ScrapeJob(JOB, [f"127.0.0.1:{port}"])],
+                        LOG_DIR,
+                        rule_groups=rules_for_test(),
+                    )
+                    with monitoring as mon:
+                        mon.wait_for_targets()
+                        bad_request(port)
+                        assert not mon.firing(STALE_ALERT)
+
+                        # 1. The controller's Prometheus goes away; rack 1 surges.
+                        data.process.stop()
+                        sim.surge(extra_watts=SURGE_W, domains=["rack-1"])
+                        down_at = time.monotonic()
+                        try:
+                            wait_for(
+                                f"{STALE_ALERT} firing",
+                                lambda: bool(mon.firing(STALE_ALERT)),
+                                30.0,
+                                every_s=0.25,
+                            )
+                        except TimeoutError as exc:
+                            raise AssertionError(f"{exc}{logs()}") from exc
+                        # A few periods more than the grace: with data it would have acted.
+                        time.sleep(max(0.0, 4.0 - (time.monotonic() - down_at)))
+                        assert metric(port, "powercap_power_data_stale") == 1.0
+                        assert actions(port) == 0.0, logs()
+                        assert not evict_events(core)
+                        assert pod_names(core) == {f"batch-{i}" for i in range(PODS)}
+                        rack_breach = metric(port, "powercap_domain_in_breach", domain="rack-1")
+                        assert rack_breach == 0.0
+
+                        # 2. Power data back at the same address: the surge is seen, acted on.
+                        with prometheus(data_jobs, LOG_DIR, port=data_port) as again:
+                            again.wait_for_targets()
+                            try:
+                                wait_for(
+                                    "an eviction in rack 1",
+                                    lambda: actions(port) >= 1.0,
+                                    30.0,
+                                    every_s=0.25,
+                                )
+                            except TimeoutError as exc:
+                                raise AssertionError(f"{exc}{logs()}") from exc
+                            assert evict_events(core)
+                            assert metric(port, "powercap_power_data_stale") == 0.0
+                            # Two scrapes of the moved counters, for increase() and rate().
+                            time.sleep(2.5)
+
+                            # 3. Every query of the rules and the dashboard.
+                            check_queries(mon)
+        finally:
+            sim.stop()

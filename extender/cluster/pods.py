@@ -1,0 +1,241 @@
+"""What a pod is to powercap: managed or not, its service, its GPUs and its profile.
+
+* Managed: the pod requests the GPU resource (``nvidia.com/gpu``) or carries a
+  ``powercap.io/`` label or annotation. Everything else passes the extender untouched.
+* Service: the ``powercap.io/service`` label; else KServe's
+  ``serving.kserve.io/inferenceservice`` label; else the controlling owner (a
+  ReplicaSet's name minus its pod-template-hash suffix, i.e. the Deployment).
+* Profile: the named profile of the ``powercap.io/profile`` annotation; else the
+  service's profile in the config. When neither gives one, the policy decides:
+  ``reject`` (the pod fits nowhere, with a message) or ``nameplate`` (admitted at the
+  service's nameplate watts, else the default nameplate, in every slot).
+
+The raw pod is the dict the scheduler or the API server sent; struct fields are read
+case-insensitively as Go reads them, label and annotation keys exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from extender.config.model import Config
+from extender.webhook.protocol import ProtocolError, get_field
+
+PREFIX = "powercap.io/"
+SERVICE_LABEL = "powercap.io/service"
+PROFILE_ANNOTATION = "powercap.io/profile"
+KSERVE_LABEL = "serving.kserve.io/inferenceservice"
+TEMPLATE_HASH_LABEL = "pod-template-hash"
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+@dataclass(frozen=True, slots=True)
+class PodRef:
+    """Who a pod is, for messages, events and the binding."""
+
+    namespace: str
+    name: str
+    uid: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """A pod's claim on power and GPUs.
+
+    ``profile`` is the (T,) watts it is admitted at, ``None`` for unmanaged pods and
+    for managed pods rejected by policy (``problem`` says why). ``profile_key``
+    identifies the profile for caching (equal keys, equal profiles).
+    """
+
+    pod: PodRef
+    managed: bool
+    gpus: int
+    service: str | None = None
+    profile: NDArray[np.float64] | None = None
+    profile_key: str = ""
+    problem: str | None = None  # what is wrong with the pod's profile, if anything
+    rejected: bool = False  # the problem fails the pod everywhere (policy reject)
+
+    @property
+    def fallback(self) -> bool:
+        """Admitted at nameplate watts because its profile is missing or invalid."""
+        return self.problem is not None and not self.rejected
+
+
+def _mapping(obj: Any, field: str) -> Mapping[str, Any]:
+    value = get_field(obj, field) if isinstance(obj, Mapping) else None
+    return value if isinstance(value, Mapping) else {}
+
+
+def pod_ref(pod: Mapping[str, Any]) -> PodRef:
+    meta = _mapping(pod, "metadata")
+    return PodRef(
+        namespace=str(get_field(meta, "namespace") or "default"),
+        name=str(get_field(meta, "name") or ""),
+        uid=str(get_field(meta, "uid") or ""),
+    )
+
+
+def _quantity(value: Any, where: str) -> int:
+    """An extended-resource quantity: a whole number (``8``, ``"8"``)."""
+    if isinstance(value, bool):
+        raise ProtocolError(f"{where}: expected a whole number of devices, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            return int(text)
+        # Kubernetes may canonicalise small integers with a suffix ("1k"); accept the
+        # decimal SI ones, never fractions: devices are whole.
+        for suffix, factor in (("k", 10**3), ("M", 10**6)):
+            if text.endswith(suffix) and text[:-1].isdigit():
+                return int(text[:-1]) * factor
+    raise ProtocolError(f"{where}: expected a whole number of devices, got {value!r}")
+
+
+def _container_gpus(container: Any, resource: str, where: str) -> int:
+    resources = _mapping(container, "resources")
+    requests = _mapping(resources, "requests")
+    limits = _mapping(resources, "limits")
+    # Extended resources cannot be overcommitted: a limit alone implies the request.
+    if resource in requests:
+        return _quantity(requests[resource], f"{where}.resources.requests.{resource}")
+    if resource in limits:
+        return _quantity(limits[resource], f"{where}.resources.limits.{resource}")
+    return 0
+
+
+def pod_gpus(pod: Mapping[str, Any], resource: str = "nvidia.com/gpu") -> int:
+    """Devices of ``resource`` the pod holds while running, as the scheduler counts:
+    the larger of the containers' sum and any one init container."""
+    spec = _mapping(pod, "spec")
+    total = 0
+    for i, c in enumerate(get_field(spec, "containers") or ()):
+        total += _container_gpus(c, resource, f"Pod.spec.containers[{i}]")
+    init = 0
+    for i, c in enumerate(get_field(spec, "initContainers") or ()):
+        init = max(init, _container_gpus(c, resource, f"Pod.spec.initContainers[{i}]"))
+    return max(total, init)
+
+
+def _strip_template_hash(replicaset: str, labels: Mapping[str, Any]) -> str:
+    template_hash = labels.get(TEMPLATE_HASH_LABEL)
+    if isinstance(template_hash, str) and replicaset.endswith("-" + template_hash):
+        return replicaset[: -len(template_hash) - 1]
+    head, sep, _ = replicaset.rpartition("-")
+    return head if sep and head else replicaset
+
+
+def pod_service(pod: Mapping[str, Any]) -> str | None:
+    """The service a pod belongs to (see the module doc), or ``None``."""
+    meta = _mapping(pod, "metadata")
+    labels = _mapping(meta, "labels")
+    for label in (SERVICE_LABEL, KSERVE_LABEL):
+        value = labels.get(label)
+        if isinstance(value, str) and value:
+            return value
+    owners = get_field(meta, "ownerReferences") or ()
+    chosen: Mapping[str, Any] | None = None
+    for owner in owners:
+        if isinstance(owner, Mapping) and get_field(owner, "controller"):
+            chosen = owner
+            break
+    if chosen is None and owners and isinstance(owners[0], Mapping):
+        chosen = owners[0]
+    if chosen is None:
+        return None
+    name = get_field(chosen, "name")
+    if not isinstance(name, str) or not name:
+        return None
+    if get_field(chosen, "kind") == "ReplicaSet":
+        return _strip_template_hash(name, labels)
+    return name
+
+
+def is_terminal(pod: Mapping[str, Any]) -> bool:
+    return get_field(_mapping(pod, "status"), "phase") in TERMINAL_PHASES
+
+
+def node_name_of(pod: Mapping[str, Any]) -> str | None:
+    name = get_field(_mapping(pod, "spec"), "nodeName")
+    return name if isinstance(name, str) and name else None
+
+
+def _carries_powercap_keys(meta: Mapping[str, Any]) -> bool:
+    for field in ("labels", "annotations"):
+        if any(isinstance(k, str) and k.startswith(PREFIX) for k in _mapping(meta, field)):
+            return True
+    return False
+
+
+class DemandResolver:
+    """Turns raw pods into :class:`Demand` under one config.
+
+    Constant nameplate profiles are built once per wattage and shared, so equal
+    fallbacks compare (and cache) as one profile.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._flat: dict[float, NDArray[np.float64]] = {}
+
+    def flat_profile(self, watts: float) -> NDArray[np.float64]:
+        profile = self._flat.get(watts)
+        if profile is None:
+            profile = np.full(self.config.grid.slots, watts, dtype=np.float64)
+            profile.setflags(write=False)
+            self._flat[watts] = profile
+        return profile
+
+    def resolve(self, pod: Mapping[str, Any]) -> Demand:
+        """The pod's demand; raises :class:`ProtocolError` for an unreadable GPU request."""
+        ref = pod_ref(pod)
+        gpus = pod_gpus(pod, self.config.nodes.gpu_resource)
+        meta = _mapping(pod, "metadata")
+        if gpus <= 0 and not _carries_powercap_keys(meta):
+            return Demand(pod=ref, managed=False, gpus=gpus)
+        service = pod_service(pod)
+        entry = self.config.services.get(service) if service is not None else None
+        annotations = _mapping(meta, "annotations")
+        named = annotations.get(PROFILE_ANNOTATION)
+        problem: str | None = None
+        if named is not None:
+            profile = self.config.profiles.get(named) if isinstance(named, str) else None
+            if profile is not None:
+                return Demand(ref, True, gpus, service, profile, f"profile:{named}")
+            known = ", ".join(sorted(self.config.profiles)[:8]) or "none"
+            problem = (
+                f"annotation {PROFILE_ANNOTATION}={named!r} names no profile in the powercap "
+                f"config (known: {known})"
+            )
+        elif entry is not None and entry.profile is not None:
+            return Demand(ref, True, gpus, service, entry.profile, f"service:{service}")
+        elif service is None:
+            problem = (
+                f"cannot tell the pod's service: set the {SERVICE_LABEL} label "
+                f"or the {PROFILE_ANNOTATION} annotation"
+            )
+        elif entry is None:
+            problem = (
+                f"service {service!r} has no entry in the powercap config and the pod has no "
+                f"{PROFILE_ANNOTATION} annotation"
+            )
+        else:
+            problem = f"service {service!r} has no profile in the powercap config"
+        if self.config.policy.missing_profile == "reject":
+            return Demand(ref, True, gpus, service, None, "", problem, rejected=True)
+        watts = self.config.nameplate_of(service)
+        return Demand(
+            ref, True, gpus, service, self.flat_profile(watts), f"nameplate:{watts:g}", problem
+        )

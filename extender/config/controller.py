@@ -1,0 +1,224 @@
+"""How the companion controller acts: the ``controller:`` section of the powercap config.
+
+::
+
+    controller:
+      enabled: true
+      dryRun: false                 # decide and report (Events, logs, metrics); change nothing
+      period: 15s                   # one control tick
+      tolerance: 0.0                # over = measured > cap × (1 + tolerance)
+      hysteresis: 0.05              # clears when measured < cap × (1 − hysteresis)
+      grace: 60s                    # over on every tick this long before acting
+      settle: {reshape: 5m, evict: 60s, restore: 5m}
+      reshapeRounds: 1
+      restoreMargin: 0.10           # restore only into cap × (1 − restoreMargin)
+      protectPriority: 1000         # services and pods at or above it are never touched
+      evictions:
+        perDomain: {limit: 2, window: 5m}
+        cluster: {limit: 5, window: 5m}
+      victimTimeLimit: 1s           # CP-SAT time for choosing eviction victims
+      feedback: {hold: 24h}         # keep a breach's overage in its slot this long
+      priorityLabel: powercap.io/priority
+      scaledObjects:
+        serviceLabel: powercap.io/service   # else the scaleTargetRef's name
+        namespaces: []                       # empty: every namespace
+      annotations:
+        originalMaxReplicas: powercap.io/original-max-replicas
+        reshapedBy: powercap.io/reshaped-by
+      lease: {name: powercap-controller, namespace: powercap-system,
+              duration: 15s, renewDeadline: 10s, retryPeriod: 2s}
+
+:func:`resolve_controller` turns durations into seconds and checks cross-field rules,
+returning ``controller.<field>: message`` problems so the config loader reports them with
+every other problem at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from placement.control.breach import BreachSettings
+from placement.control.ladder import LadderSettings, RateLimit
+from placement.validation import seconds_or_problem
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class SettleSpec(_Model):
+    """How long each rung gets to show its effect before the next step."""
+
+    reshape: str | int = "5m"
+    evict: str | int = "60s"
+    restore: str | int = "5m"
+
+
+class RateSpec(_Model):
+    limit: int = Field(ge=0)
+    window: str | int = "5m"
+
+
+class EvictionsSpec(_Model):
+    per_domain: RateSpec = Field(default=RateSpec(limit=2), alias="perDomain")
+    cluster: RateSpec = RateSpec(limit=5)
+
+
+class ScaledObjectsSpec(_Model):
+    """Which KEDA ScaledObjects the controller may reshape and whose service each is."""
+
+    service_label: str = Field(default="powercap.io/service", alias="serviceLabel", min_length=1)
+    namespaces: list[str] = []
+
+
+class AnnotationsSpec(_Model):
+    original_max_replicas: str = Field(
+        default="powercap.io/original-max-replicas", alias="originalMaxReplicas", min_length=1
+    )
+    reshaped_by: str = Field(default="powercap.io/reshaped-by", alias="reshapedBy", min_length=1)
+
+
+class FeedbackSpec(_Model):
+    """How long the measured overage of a breach stays in the extender's ledger, in the
+    slot of the period where it was measured, after it was last seen (0: only while the
+    breach lasts)."""
+
+    hold: str | int = "24h"
+
+
+class LeaseSpec(_Model):
+    name: str = Field(default="powercap-controller", min_length=1)
+    namespace: str = Field(default="powercap-system", min_length=1)
+    duration: str | int = "15s"
+    renew_deadline: str | int = Field(default="10s", alias="renewDeadline")
+    retry_period: str | int = Field(default="2s", alias="retryPeriod")
+
+
+class ControllerSpec(_Model):
+    """The ``controller:`` section, as written."""
+
+    enabled: bool = False
+    dry_run: bool = Field(default=False, alias="dryRun")
+    period: str | int = "15s"
+    tolerance: float = Field(default=0.0, ge=0)
+    hysteresis: float = Field(default=0.05, ge=0, lt=1)
+    grace: str | int = "60s"
+    settle: SettleSpec = SettleSpec()
+    reshape_rounds: int = Field(default=1, ge=0, alias="reshapeRounds")
+    restore_margin: float = Field(default=0.10, ge=0, lt=1, alias="restoreMargin")
+    protect_priority: int = Field(default=1000, alias="protectPriority")
+    evictions: EvictionsSpec = EvictionsSpec()
+    victim_time_limit: str | int = Field(default="1s", alias="victimTimeLimit")
+    feedback: FeedbackSpec = FeedbackSpec()
+    priority_label: str = Field(default="powercap.io/priority", alias="priorityLabel", min_length=1)
+    scaled_objects: ScaledObjectsSpec = Field(default=ScaledObjectsSpec(), alias="scaledObjects")
+    annotations: AnnotationsSpec = AnnotationsSpec()
+    lease: LeaseSpec = LeaseSpec()
+
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    name: str = "powercap-controller"
+    namespace: str = "powercap-system"
+    duration_s: float = 15.0
+    renew_deadline_s: float = 10.0
+    retry_period_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """The resolved ``controller:`` section: what :class:`extender.controller.loop.Controller`
+    runs on."""
+
+    enabled: bool = False
+    dry_run: bool = False
+    period_s: float = 15.0
+    breach: BreachSettings = field(default_factory=BreachSettings)
+    ladder: LadderSettings = field(default_factory=lambda: LadderSettings(protect_priority=1000))
+    per_domain: RateLimit = field(default_factory=lambda: RateLimit(2, 300.0))
+    cluster: RateLimit = field(default_factory=lambda: RateLimit(5, 300.0))
+    victim_time_limit_s: float = 1.0
+    hold_s: float = 86400.0
+    priority_label: str = "powercap.io/priority"
+    service_label: str = "powercap.io/service"
+    namespaces: tuple[str, ...] = ()
+    original_max_annotation: str = "powercap.io/original-max-replicas"
+    reshaped_by_annotation: str = "powercap.io/reshaped-by"
+    lease: LeaseSettings = field(default_factory=LeaseSettings)
+
+
+def resolve_controller(
+    spec: ControllerSpec, where: str = "controller"
+) -> tuple[ControllerSettings | None, list[str]]:
+    """Settings from a spec, or ``None`` and the ``where.field: message`` problems."""
+    problems: list[str] = []
+
+    def secs(value: str | int, field: str, zero: bool = False) -> float:
+        # A grace or settle period of nothing is meaningful (act on the first tick over);
+        # durations elsewhere must be positive.
+        if zero and str(value).strip() in ("0", "0s"):
+            return 0.0
+        return seconds_or_problem(value, f"{where}.{field}", problems)
+
+    period = secs(spec.period, "period")
+    grace = secs(spec.grace, "grace", zero=True)
+    settle = {
+        k: secs(getattr(spec.settle, k), f"settle.{k}", zero=True)
+        for k in ("reshape", "evict", "restore")
+    }
+    per_domain_window = secs(spec.evictions.per_domain.window, "evictions.perDomain.window")
+    cluster_window = secs(spec.evictions.cluster.window, "evictions.cluster.window")
+    victim_limit = secs(spec.victim_time_limit, "victimTimeLimit")
+    hold = secs(spec.feedback.hold, "feedback.hold", zero=True)
+    duration = secs(spec.lease.duration, "lease.duration")
+    renew = secs(spec.lease.renew_deadline, "lease.renewDeadline")
+    retry = secs(spec.lease.retry_period, "lease.retryPeriod")
+    if duration and renew and renew >= duration:
+        problems.append(
+            f"{where}.lease.renewDeadline: must be shorter than lease.duration "
+            f"({renew:g}s ≥ {duration:g}s), or a leader could act after another took over"
+        )
+    if renew and retry and retry >= renew:
+        problems.append(
+            f"{where}.lease.retryPeriod: must be shorter than lease.renewDeadline "
+            f"({retry:g}s ≥ {renew:g}s), or the leader loses the lease between two tries"
+        )
+    if spec.annotations.original_max_replicas == spec.annotations.reshaped_by:
+        problems.append(f"{where}.annotations: originalMaxReplicas and reshapedBy must differ")
+    if problems:
+        return None, problems
+    return (
+        ControllerSettings(
+            enabled=spec.enabled,
+            dry_run=spec.dry_run,
+            period_s=period,
+            breach=BreachSettings(spec.tolerance, spec.hysteresis, grace),
+            ladder=LadderSettings(
+                protect_priority=spec.protect_priority,
+                reshape_settle_s=settle["reshape"],
+                evict_settle_s=settle["evict"],
+                restore_settle_s=settle["restore"],
+                reshape_rounds=spec.reshape_rounds,
+                restore_margin=spec.restore_margin,
+            ),
+            per_domain=RateLimit(spec.evictions.per_domain.limit, per_domain_window),
+            cluster=RateLimit(spec.evictions.cluster.limit, cluster_window),
+            victim_time_limit_s=victim_limit,
+            hold_s=hold,
+            priority_label=spec.priority_label,
+            service_label=spec.scaled_objects.service_label,
+            namespaces=tuple(spec.scaled_objects.namespaces),
+            original_max_annotation=spec.annotations.original_max_replicas,
+            reshaped_by_annotation=spec.annotations.reshaped_by,
+            lease=LeaseSettings(
+                name=spec.lease.name,
+                namespace=spec.lease.namespace,
+                duration_s=duration,
+                renew_deadline_s=renew,
+                retry_period_s=retry,
+            ),
+        ),
+        [],
+    )

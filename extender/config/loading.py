@@ -1,0 +1,312 @@
+"""The powercap config: the power tree, named profiles, services and policies.
+
+A YAML or JSON document, ``apiVersion: powercap.io/v1alpha1``, ``kind: PowercapConfig``::
+
+    grid: {period: 24h, step: 10m}
+    headroom: 0.05                       # admit up to cap × (1 − headroom)
+    domains:                             # as in scenario files
+      - {name: site, cap: 400000}
+      - {name: rack-1, parent: site, cap: 41000}
+    nodes: {domainLabel: powercap.io/domain, defaultIdleWatts: 2000}
+    profiles:                            # named profiles: T values or a shorthand
+      chat-eu: {diurnal: {low: 2500, high: 5200, peakAt: "10:00", width: 8h}}
+    profileFiles: [profiles/*.yaml]      # more named profiles, kind PowerProfile
+    services:
+      chat-eu: {profile: chat-eu, priority: 100, gpusPerReplica: 8,
+                nameplateWatts: 5600, replicas: 24}
+    policy: {missingProfile: nameplate, defaultNameplateWatts: 5600}
+    planner: {enabled: true, strategy: cpsat, debounce: 5s, timeLimit: 30s, interval: 15m}
+    scoring: {planWeight: 0.6}
+    power: {url: "http://prometheus:9090"}   # measured power (docs/power.md)
+    intensity: {kind: ukci, fallbackCapFraction: 0.8}   # live carbon intensity (docs/carbon.md)
+    controller: {enabled: true}              # the companion controller (docs/controller.md)
+    learn: {refresh: 6h}                     # re-learn profiles from power.url's history
+
+:func:`load_config` validates everything at start and raises :class:`ConfigError`
+listing every problem as ``path: what is wrong and the fix``.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import yaml
+from numpy.typing import NDArray
+from pydantic import ValidationError
+
+from extender.config.controller import ControllerSettings, resolve_controller
+from extender.config.intensity import (
+    IntensitySettings,
+    intensity_schema_problems,
+    resolve_intensity,
+)
+from extender.config.learn import LearnRefreshSettings, resolve_learn
+from extender.config.model import (
+    Config,
+    ConfigError,
+    ConfigSpec,
+    PlannerSettings,
+    PolicySpec,
+    ProfileDocument,
+    ProfileValue,
+    ScoringSpec,
+    ServiceEntry,
+)
+from extender.config.power import PowerSettings, resolve_power_source
+from placement.grid import Grid
+from placement.problem import Problem
+from placement.scenario.building import problem_from_spec
+from placement.scenario.profile_csv import csv_profile
+from placement.scenario.profiles import diurnal_profile
+from placement.scenario.spec import (
+    API_VERSION,
+    ScenarioError,
+    ScenarioSpec,
+)
+from placement.validation import seconds_or_problem, validation_problems
+
+
+def _pydantic_problems(err: ValidationError, prefix: str = "") -> list[str]:
+    return validation_problems(
+        err, reference="config/powercap.yaml", prefix=prefix, kind_name="a powercap config"
+    )
+
+
+def resolve_profile(value: ProfileValue, grid: Grid, base_dir: Path) -> NDArray[np.float64]:
+    """A (T,) profile from T values or a shorthand; raises ``ValueError`` saying why not."""
+    if isinstance(value, list):
+        values = np.asarray(value, dtype=np.float64)
+    else:
+        given = [k for k in ("diurnal", "constant", "csv") if getattr(value, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of a list of values, diurnal, constant or csv")
+        if value.diurnal is not None:
+            values = diurnal_profile(value.diurnal, grid)
+        elif value.constant is not None:
+            values = np.full(grid.slots, float(value.constant))
+        else:
+            assert value.csv is not None
+            values = csv_profile(value.csv, grid, base_dir)
+    if values.shape != (grid.slots,):
+        raise ValueError(f"{values.size} values, the grid has {grid.slots} slots")
+    if not np.isfinite(values).all():
+        raise ValueError(f"value {int(np.flatnonzero(~np.isfinite(values))[0])} is not finite")
+    if (values < 0).any():
+        bad = int(np.flatnonzero(values < 0)[0])
+        raise ValueError(f"value {bad} is negative ({values[bad]:g} W); watts must be >= 0")
+    values.setflags(write=False)
+    return values
+
+
+def _read_document(path: Path) -> Any:
+    text = path.read_bytes()
+    if path.suffix == ".json":
+        return orjson.loads(text)
+    return yaml.safe_load(text)
+
+
+def config_from_spec(
+    spec: ConfigSpec, base_dir: Path = Path("."), source: str = "config"
+) -> Config:
+    """Check cross-references and build the :class:`Config`; raises :class:`ConfigError`."""
+    problems: list[str] = []
+    # The tree and its caps are validated exactly as a scenario's are.
+    try:
+        skeleton = ScenarioSpec.model_validate(
+            {
+                "apiVersion": API_VERSION,
+                "kind": "Scenario",
+                "metadata": spec.metadata.model_dump(),
+                "grid": spec.grid.model_dump(),
+                "headroom": spec.headroom,
+                "domains": [d.model_dump(exclude_none=True) for d in spec.domains],
+            }
+        )
+        problem = problem_from_spec(skeleton, base_dir)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_problems(exc), source) from exc
+    except ScenarioError as exc:
+        raise ConfigError(exc.problems, source) from exc
+    grid, tree = problem.grid, problem.tree
+
+    profiles: dict[str, NDArray[np.float64]] = {}
+    for name, value in spec.profiles.items():
+        try:
+            profiles[name] = resolve_profile(value, grid, base_dir)
+        except ValueError as exc:
+            problems.append(f"profiles.{name}: {exc}")
+    for i, pattern in enumerate(spec.profile_files):
+        full = pattern if Path(pattern).is_absolute() else str(base_dir / pattern)
+        matches = sorted(glob.glob(full))
+        if not matches:
+            problems.append(f"profileFiles[{i}]: {pattern!r} matches no file")
+        for path in map(Path, matches):
+            where = f"profileFiles[{i}] ({path.name})"
+            try:
+                doc = ProfileDocument.model_validate(_read_document(path))
+            except (OSError, yaml.YAMLError, orjson.JSONDecodeError) as exc:
+                problems.append(f"{where}: cannot read: {exc}")
+                continue
+            except ValidationError as exc:
+                problems += _pydantic_problems(exc, where)
+                continue
+            if doc.metadata.name in profiles:
+                problems.append(f"{where}: profile {doc.metadata.name!r} is defined twice")
+                continue
+            try:
+                profiles[doc.metadata.name] = resolve_profile(doc.profile, grid, path.parent)
+            except ValueError as exc:
+                problems.append(f"{where}.profile: {exc}")
+
+    services: dict[str, ServiceEntry] = {}
+    for name, svc in spec.services.items():
+        where = f"services.{name}.profile"
+        profile: NDArray[np.float64] | None = None
+        profile_name: str | None = None
+        if isinstance(svc.profile, str):
+            profile_name = svc.profile
+            profile = profiles.get(svc.profile)
+            # A named profile that failed to resolve was reported above already.
+            if profile is None and svc.profile not in spec.profiles:
+                known = ", ".join(sorted(profiles)) or "none defined"
+                problems.append(
+                    f"{where}: unknown profile {svc.profile!r} (known: {known}); define it "
+                    "under profiles or in a profileFiles document"
+                )
+        elif svc.profile is not None:
+            try:
+                profile = resolve_profile(svc.profile, grid, base_dir)
+                profile_name = name
+            except ValueError as exc:
+                problems.append(f"{where}: {exc}")
+        services[name] = ServiceEntry(
+            name=name,
+            profile=profile,
+            profile_name=profile_name,
+            priority=svc.priority,
+            gpus_per_replica=svc.gpus_per_replica,
+            nameplate_watts=svc.nameplate_watts,
+            replicas=svc.replicas,
+        )
+
+    planner = PlannerSettings(
+        enabled=spec.planner.enabled,
+        strategy=spec.planner.strategy,
+        debounce_s=seconds_or_problem(spec.planner.debounce, "planner.debounce", problems),
+        time_limit_s=seconds_or_problem(spec.planner.time_limit, "planner.timeLimit", problems),
+        interval_s=seconds_or_problem(spec.planner.interval, "planner.interval", problems),
+        workers=spec.planner.workers,
+    )
+    power: PowerSettings | None = None
+    if spec.power is not None:
+        power, power_problems = resolve_power_source(spec.power, "power")
+        problems += power_problems
+    intensity: tuple[IntensitySettings, ...] = ()
+    if spec.intensity is not None:
+        intensity, intensity_problems = resolve_intensity(spec.intensity, tree, "intensity")
+        problems += intensity_problems
+    controller, controller_problems = resolve_controller(spec.controller, "controller")
+    problems += controller_problems
+    if spec.controller.enabled and spec.power is None:
+        problems.append(
+            "controller.enabled: the controller acts on measured power; add a power: "
+            "section (where Prometheus is), or set controller.enabled: false"
+        )
+    learn: LearnRefreshSettings | None = None
+    # Only a written learn: section is checked: without one there is nothing to refresh,
+    # and a config without power: must not be asked where Prometheus is.
+    if "learn" in spec.model_fields_set:
+        learn, learn_problems = resolve_learn(
+            spec.learn, power.url if power is not None else None, grid.step_s, "learn"
+        )
+        problems += learn_problems
+    if problems:
+        raise ConfigError(problems, source)
+    return Config(
+        name=spec.metadata.name,
+        grid=grid,
+        tree=tree,
+        headroom=spec.headroom,
+        profiles=profiles,
+        services=services,
+        nodes=spec.nodes,
+        policy=spec.policy,
+        planner=planner,
+        scoring=spec.scoring,
+        power=power,
+        intensity=intensity,
+        controller=controller or ControllerSettings(),
+        learn=learn,
+        source=source,
+    )
+
+
+def config_from_data(data: Any, base_dir: Path = Path("."), source: str = "config") -> Config:
+    """Validate already-parsed YAML/JSON; raises :class:`ConfigError`."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            ["(top level): expected a mapping with apiVersion, kind: PowercapConfig, domains"],
+            source,
+        )
+    try:
+        spec = ConfigSpec.model_validate(data)
+    except ValidationError as exc:
+        # intensity: is checked against the tree later; its own fields are reported now.
+        extra = intensity_schema_problems(data.get("intensity"))
+        raise ConfigError(_pydantic_problems(exc) + extra, source) from exc
+    return config_from_spec(spec, base_dir, source)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a config file; raises :class:`ConfigError`."""
+    try:
+        data = _read_document(path)
+    except OSError as exc:
+        raise ConfigError([f"cannot read file: {exc.strerror}"], str(path)) from exc
+    except (yaml.YAMLError, orjson.JSONDecodeError) as exc:
+        raise ConfigError([f"not valid YAML/JSON: {exc}"], str(path)) from exc
+    return config_from_data(data, path.parent, str(path))
+
+
+def config_from_problem(
+    problem: Problem,
+    policy: PolicySpec | None = None,
+    planner: PlannerSettings | None = None,
+    scoring: ScoringSpec | None = None,
+    source: str = "scenario",
+) -> Config:
+    """The config of a scenario: every service is its own named profile, and the
+    scenario's fleet is kept as the static cluster (``serve --scenario``)."""
+    svc = problem.services
+    rows = [svc.profiles[s] for s in range(svc.size)]
+    profiles = dict(zip(svc.names, rows, strict=True))
+    services = {
+        name: ServiceEntry(
+            name=name,
+            profile=rows[s],
+            profile_name=name,
+            priority=int(svc.priority[s]),
+            gpus_per_replica=int(svc.gpus[s]),
+            nameplate_watts=float(svc.nameplate[s]),
+            replicas=int(svc.demand[s]),
+        )
+        for s, name in enumerate(svc.names)
+    }
+    return Config(
+        name=problem.name,
+        grid=problem.grid,
+        tree=problem.tree,
+        headroom=problem.headroom,
+        profiles=profiles,
+        services=services,
+        policy=policy or PolicySpec(),
+        planner=planner or PlannerSettings(),
+        scoring=scoring or ScoringSpec(),
+        source=source,
+        problem=problem,
+    )

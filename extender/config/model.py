@@ -1,0 +1,193 @@
+"""The extender's config file (``kind: PowercapConfig``): a pydantic model per section,
+and the resolved :class:`Config`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field
+
+from extender.config.controller import ControllerSettings, ControllerSpec
+from extender.config.intensity import (
+    IntensitySettings,
+)
+from extender.config.learn import LearnRefreshSettings, LearnSpec
+from extender.config.power import PowerSettings, PowerSourceSpec
+from placement.grid import Grid
+from placement.problem import Problem
+from placement.scenario.spec import (
+    DomainSpec,
+    GridSpec,
+    Metadata,
+    ProfileRef,
+)
+from placement.tree import PowerTree
+from placement.validation import ProblemsError
+
+DEFAULT_NAMEPLATE_W = 5600.0  # 8 × 700 W: an 8-GPU H100 server's GPUs at TDP
+
+
+class ConfigError(ProblemsError):
+    """A config that cannot be used; ``problems`` lists every ``path: message``."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        super().__init__(problems, source)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+ProfileValue = list[float] | ProfileRef
+
+
+class NodesSpec(_Model):
+    """How cluster nodes map onto the tree."""
+
+    domain_label: str = Field(default="powercap.io/domain", alias="domainLabel", min_length=1)
+    idle_watts_annotation: str = Field(
+        default="powercap.io/idle-watts", alias="idleWattsAnnotation", min_length=1
+    )
+    default_idle_watts: float = Field(default=0.0, alias="defaultIdleWatts", ge=0)
+    gpu_resource: str = Field(default="nvidia.com/gpu", alias="gpuResource", min_length=1)
+
+
+class ServiceSpec(_Model):
+    """A service's entry. ``profile`` names a profile or gives one inline."""
+
+    profile: str | ProfileValue | None = None
+    priority: int = 0
+    gpus_per_replica: int = Field(default=1, alias="gpusPerReplica", ge=1)
+    nameplate_watts: float | None = Field(default=None, alias="nameplateWatts", ge=0)
+    replicas: int = Field(default=0, ge=0)
+
+
+class PolicySpec(_Model):
+    """What to do with a managed pod whose profile is missing or invalid:
+    ``reject`` fails it on every node; ``nameplate`` admits it at the service's
+    ``nameplateWatts`` (else ``defaultNameplateWatts``) in every slot."""
+
+    missing_profile: Literal["reject", "nameplate"] = Field(
+        default="nameplate", alias="missingProfile"
+    )
+    default_nameplate_watts: float = Field(
+        default=DEFAULT_NAMEPLATE_W, alias="defaultNameplateWatts", gt=0
+    )
+
+
+class PlannerSpec(_Model):
+    """``workers`` are CP-SAT threads; keep one core free for the decisions."""
+
+    enabled: bool = True
+    strategy: Literal["cpsat", "greedy"] = "cpsat"
+    debounce: str | int = "5s"
+    time_limit: str | int = Field(default="30s", alias="timeLimit")
+    interval: str | int = "15m"
+    workers: int = Field(default=1, ge=1)
+
+
+class ScoringSpec(_Model):
+    """``planWeight`` of the 0–10 score goes to agreeing with the plan, the rest to
+    the least peak increase. Above 0.5 the plan always wins over peak increase.
+
+    ``reservePlan`` makes the plan binding, not just a preference: filter keeps the
+    power the plan holds for its planned-but-unplaced replicas free for them, so a
+    replica the plan did not count on cannot take it (it stays Pending until a re-plan
+    makes room). Off by default: a stale plan then costs nothing but steering."""
+
+    plan_weight: float = Field(default=0.6, alias="planWeight", ge=0, le=1)
+    reserve_plan: bool = Field(default=False, alias="reservePlan")
+
+
+class ConfigSpec(_Model):
+    """The file, as written."""
+
+    api_version: Literal["powercap.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["PowercapConfig"]
+    metadata: Metadata = Metadata(name="powercap")
+    grid: GridSpec = GridSpec()
+    headroom: float = Field(default=0.0, ge=0, lt=1)
+    domains: list[DomainSpec]
+    nodes: NodesSpec = NodesSpec()
+    profiles: dict[str, ProfileValue] = {}
+    profile_files: list[str] = Field(default=[], alias="profileFiles")
+    services: dict[str, ServiceSpec] = {}
+    policy: PolicySpec = PolicySpec()
+    planner: PlannerSpec = PlannerSpec()
+    scoring: ScoringSpec = ScoringSpec()
+    # Measured power for the controller; absent: no readings, the controller stays idle.
+    power: PowerSourceSpec | None = None
+    # Live grid carbon intensity (docs/carbon.md): one source, or a list of them, one per
+    # grid zone (checked by resolve_intensity); absent: caps do not follow it.
+    intensity: dict[str, Any] | list[dict[str, Any]] | None = None
+    # The companion controller (off unless ``controller.enabled``); it needs ``power``.
+    controller: ControllerSpec = ControllerSpec()
+    # Re-learning profiles from Prometheus while serving (``learn.refresh``; absent: never).
+    learn: LearnSpec = LearnSpec()
+
+
+class ProfileDocument(_Model):
+    """One named profile in its own file (``kind: PowerProfile``)."""
+
+    api_version: Literal["powercap.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["PowerProfile"]
+    metadata: Metadata
+    description: str = ""
+    profile: ProfileValue
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    """A service as the extender uses it. ``profile`` is ``None`` when the config
+    gives none (pods then need a ``powercap.io/profile`` annotation)."""
+
+    name: str
+    profile: NDArray[np.float64] | None
+    profile_name: str | None
+    priority: int = 0
+    gpus_per_replica: int = 1
+    nameplate_watts: float | None = None
+    replicas: int = 0
+
+
+@dataclass(frozen=True)
+class PlannerSettings:
+    enabled: bool = True
+    strategy: str = "cpsat"
+    debounce_s: float = 5.0
+    time_limit_s: float = 30.0
+    interval_s: float = 900.0
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated, resolved config."""
+
+    name: str
+    grid: Grid
+    tree: PowerTree
+    headroom: float
+    profiles: dict[str, NDArray[np.float64]]
+    services: dict[str, ServiceEntry]
+    nodes: NodesSpec = field(default_factory=NodesSpec)
+    policy: PolicySpec = field(default_factory=PolicySpec)
+    planner: PlannerSettings = field(default_factory=PlannerSettings)
+    scoring: ScoringSpec = field(default_factory=ScoringSpec)
+    power: PowerSettings | None = None
+    intensity: tuple[IntensitySettings, ...] = ()  # one per grid zone; () without the section
+    controller: ControllerSettings = field(default_factory=ControllerSettings)
+    learn: LearnRefreshSettings | None = None
+    source: str = "config"
+    # Scenario mode: the static fleet the cluster state starts from.
+    problem: Problem | None = field(default=None, compare=False)
+
+    def nameplate_of(self, service: str | None) -> float:
+        """Watts a pod of ``service`` is admitted at under the ``nameplate`` policy."""
+        entry = self.services.get(service) if service is not None else None
+        if entry is not None and entry.nameplate_watts is not None:
+            return entry.nameplate_watts
+        return self.policy.default_nameplate_watts

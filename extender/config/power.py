@@ -1,0 +1,193 @@
+"""Where measured power comes from: the ``power:`` section of the powercap config.
+
+::
+
+    power:
+      url: http://prometheus-operated.monitoring.svc:9090
+      preset: dcgm              # dcgm | kepler | custom
+      nodeLabel: Hostname       # the label carrying the Kubernetes node name
+      nonGpuWatts: {default: 1200, nodes: {gpu-0001: 1500}}
+      staleness: 60s            # a sample older than this is stale, never used
+      timeout: 5s               # per query
+
+With ``preset: custom``, ``query`` (and optionally ``timestampQuery``) give the PromQL;
+both must return an instant vector with one series per node, labelled ``nodeLabel``.
+
+:func:`resolve_power_source` checks what pydantic cannot (cross-field rules and
+durations) and returns ``path: message`` problems, so the config loader reports them
+with every other problem at once. This module imports no HTTP client, so loading a
+config stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from placement.validation import seconds_or_problem
+
+Preset = Literal["dcgm", "kepler", "custom"]
+
+# DCGM exporter: one gauge per GPU in watts. Its ``Hostname`` label is the node name when
+# the exporter runs as a DaemonSet with NODE_NAME set (its Helm chart does so).
+DCGM_METRIC = "DCGM_FI_DEV_POWER_USAGE"
+DCGM_NODE_LABEL = "Hostname"
+# Kepler (up to 0.9): whole-platform energy per node, a counter in joules, so watts are its
+# rate. The exporter labels each series with the node in ``instance``; behind a
+# ServiceMonitor without honorLabels that becomes ``exported_instance`` (set nodeLabel).
+KEPLER_METRIC = "kepler_node_platform_joules_total"
+KEPLER_NODE_LABEL = "instance"
+KEPLER_RATE_WINDOW = "1m"
+
+
+def _check_label(label: str) -> str:
+    if not label or not (label[0].isalpha() or label[0] == "_"):
+        raise ValueError(f"{label!r} is not a Prometheus label name")
+    if not all(c.isalnum() or c == "_" for c in label):
+        raise ValueError(f"{label!r} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+    return label
+
+
+def preset_queries(preset: Preset, node_label: str) -> tuple[str, str]:
+    """The (value, timestamp) PromQL of a preset, grouped by ``node_label``.
+
+    The value query gives watts per node; the timestamp query gives, per node, the
+    time of its *oldest* underlying sample, so one GPU whose reading stopped makes
+    the whole node stale rather than silently lower."""
+    label = _check_label(node_label)
+    if preset == "dcgm":
+        return (
+            f"sum by ({label}) ({DCGM_METRIC})",
+            f"min by ({label}) (timestamp({DCGM_METRIC}))",
+        )
+    if preset == "kepler":
+        return (
+            f"sum by ({label}) (rate({KEPLER_METRIC}[{KEPLER_RATE_WINDOW}]))",
+            f"min by ({label}) (timestamp({KEPLER_METRIC}))",
+        )
+    raise ValueError("preset custom has no built-in query; give power.query")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class NonGpuWattsSpec(_Model):
+    """Watts a node draws outside its GPUs (CPUs, memory, fans, NICs), added to the
+    GPU sum of every node that reports: ``default`` for all, ``nodes`` per node."""
+
+    default: float = Field(default=0.0, ge=0)
+    nodes: dict[str, float] = {}
+
+    @field_validator("nodes")
+    @classmethod
+    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = sorted(n for n, w in v.items() if not w >= 0)
+        if bad:
+            raise ValueError(f"watts must be >= 0 (nodes: {', '.join(bad)})")
+        return v
+
+
+class PowerSourceSpec(_Model):
+    """The ``power:`` section, as written."""
+
+    url: str = "http://prometheus-operated.monitoring.svc:9090"
+    preset: Preset = "dcgm"
+    query: str | None = None
+    timestamp_query: str | None = Field(default=None, alias="timestampQuery")
+    node_label: str | None = Field(default=None, alias="nodeLabel")
+    non_gpu_watts: NonGpuWattsSpec = Field(default=NonGpuWattsSpec(), alias="nonGpuWatts")
+    staleness: str | int = "60s"
+    timeout: str | int = "5s"
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL of Prometheus, got {v!r}")
+        return v.rstrip("/")
+
+
+@dataclass(frozen=True)
+class PowerSettings:
+    """The resolved ``power:`` section: what
+    :class:`extender.controller.power.PrometheusPowerSource` runs on. ``timestamp_query``
+    is ``None`` when ages cannot be measured (a custom query without one): freshness then
+    rests on Prometheus's own staleness handling."""
+
+    url: str
+    query: str
+    node_label: str
+    timestamp_query: str | None = None
+    preset: Preset = "custom"
+    non_gpu_default_w: float = 0.0
+    non_gpu_node_w: Mapping[str, float] = field(default_factory=dict)
+    staleness_s: float = 60.0
+    timeout_s: float = 5.0
+
+    def non_gpu_watts(self, node: str) -> float:
+        """Watts added to ``node``'s measured (GPU) power."""
+        return self.non_gpu_node_w.get(node, self.non_gpu_default_w)
+
+
+def resolve_power_source(
+    spec: PowerSourceSpec, where: str = "power"
+) -> tuple[PowerSettings | None, list[str]]:
+    """Settings from a spec, or ``None`` and the ``where.field: message`` problems."""
+    problems: list[str] = []
+    preset = spec.preset
+    label = spec.node_label
+    if label is not None:
+        try:
+            _check_label(label)
+        except ValueError as exc:
+            problems.append(f"{where}.nodeLabel: {exc}")
+            label = None
+    query = spec.query
+    stamp_query = spec.timestamp_query
+    if preset == "custom":
+        if not query:
+            problems.append(
+                f"{where}.query: preset custom needs a PromQL query giving watts per node"
+            )
+        if spec.node_label is None:
+            problems.append(
+                f"{where}.nodeLabel: preset custom needs the label that carries the node name"
+            )
+    else:
+        for given, name in ((spec.query, "query"), (spec.timestamp_query, "timestampQuery")):
+            if given is not None:
+                problems.append(
+                    f"{where}.{name}: preset {preset} builds its own PromQL; set "
+                    "preset: custom to give your own"
+                )
+        default_label = DCGM_NODE_LABEL if preset == "dcgm" else KEPLER_NODE_LABEL
+        label = label or default_label
+        query, stamp_query = preset_queries(preset, label)
+        non_gpu = spec.non_gpu_watts
+        if preset == "kepler" and (non_gpu.default > 0 or any(non_gpu.nodes.values())):
+            problems.append(
+                f"{where}.nonGpuWatts: the kepler preset reads whole-platform power, so "
+                "non-GPU watts would count twice; remove them (or use preset: custom)"
+            )
+    staleness = seconds_or_problem(spec.staleness, f"{where}.staleness", problems)
+    timeout = seconds_or_problem(spec.timeout, f"{where}.timeout", problems)
+    if problems or not query or label is None:
+        return None, problems
+    return (
+        PowerSettings(
+            url=spec.url,
+            query=query,
+            node_label=label,
+            timestamp_query=stamp_query or None,
+            preset=preset,
+            non_gpu_default_w=spec.non_gpu_watts.default,
+            non_gpu_node_w=dict(spec.non_gpu_watts.nodes),
+            staleness_s=staleness,
+            timeout_s=timeout,
+        ),
+        [],
+    )

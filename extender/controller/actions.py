@@ -1,0 +1,143 @@
+"""What the controller does to the cluster: patch KEDA ScaledObjects, list pods and PDBs, evict."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from enum import StrEnum
+from typing import Any, Protocol
+
+import orjson
+
+from extender.cluster.mirror import RawObject
+
+log = logging.getLogger(__name__)
+
+
+KEDA_GROUP = "keda.sh"
+
+
+KEDA_VERSION = "v1alpha1"
+
+
+SCALED_OBJECTS = "scaledobjects"
+
+
+# --- the Kubernetes side -----------------------------------------------------------------
+class EvictOutcome(StrEnum):
+    EVICTED = "evicted"
+    BLOCKED = "blocked"  # 429: a disruption budget allows none now
+    GONE = "gone"  # 404: the pod is already gone
+
+
+class ApiRefused(RuntimeError):
+    """A write the API server refused; ``reason`` is ``conflict`` or ``error``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ClusterApi(Protocol):
+    """What the controller reads and writes in the cluster."""
+
+    def scaled_objects(self) -> list[RawObject]:
+        """KEDA ScaledObjects (raw); none when the CRD is not installed."""
+
+    def patch_scaled_object(self, namespace: str, name: str, patch: Mapping[str, Any]) -> RawObject:
+        """JSON merge patch; returns the object as patched; raises :class:`ApiRefused`."""
+
+    def pods_on(self, node: str) -> list[RawObject]:
+        """Pods bound to ``node`` (raw)."""
+
+    def disruption_budgets(self) -> list[RawObject]:
+        """policy/v1 PodDisruptionBudgets of every namespace (raw)."""
+
+    def evict(self, namespace: str, name: str) -> EvictOutcome:
+        """Post a policy/v1 Eviction; raises :class:`ApiRefused` on anything but 429/404."""
+
+
+def _raw(response: Any) -> Any:
+    data = orjson.loads(response.data)
+    response.release_conn()  # back to the pool (see extender/webhook/binding.py)
+    return data
+
+
+class KubernetesClusterApi:
+    """:class:`ClusterApi` over the Kubernetes client: ``core`` (CoreV1Api), ``custom``
+    (CustomObjectsApi) and ``policy`` (PolicyV1Api). Reads are raw JSON, as the mirror's."""
+
+    def __init__(self, core: Any, custom: Any, policy: Any, namespaces: Sequence[str] = ()) -> None:
+        self.core = core
+        self.custom = custom
+        self.policy = policy
+        self.namespaces = tuple(namespaces)
+        self._warned_no_crd = False
+
+    def scaled_objects(self) -> list[RawObject]:
+        from kubernetes.client.exceptions import ApiException
+
+        args = (KEDA_GROUP, KEDA_VERSION)
+        try:
+            if not self.namespaces:
+                found = self.custom.list_cluster_custom_object(*args, SCALED_OBJECTS)
+                return list(found.get("items") or [])
+            items: list[RawObject] = []
+            for ns in self.namespaces:
+                found = self.custom.list_namespaced_custom_object(*args, ns, SCALED_OBJECTS)
+                items.extend(found.get("items") or [])
+            return items
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            if not self._warned_no_crd:
+                log.warning("no KEDA ScaledObjects API (CRD not installed?): no reshaping")
+                self._warned_no_crd = True
+            return []
+
+    def patch_scaled_object(self, namespace: str, name: str, patch: Mapping[str, Any]) -> RawObject:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            patched: RawObject = self.custom.patch_namespaced_custom_object(
+                KEDA_GROUP, KEDA_VERSION, namespace, SCALED_OBJECTS, name, dict(patch)
+            )
+            return patched
+        except ApiException as exc:
+            reason = "conflict" if exc.status == 409 else "error"
+            raise ApiRefused(reason, f"{exc.status} {exc.reason}") from exc
+
+    def pods_on(self, node: str) -> list[RawObject]:
+        data = _raw(
+            self.core.list_pod_for_all_namespaces(
+                field_selector=f"spec.nodeName={node}", _preload_content=False
+            )
+        )
+        return list(data.get("items") or [])
+
+    def disruption_budgets(self) -> list[RawObject]:
+        api = self.policy
+        data = _raw(api.list_pod_disruption_budget_for_all_namespaces(_preload_content=False))
+        return list(data.get("items") or [])
+
+    def evict(self, namespace: str, name: str) -> EvictOutcome:
+        from kubernetes.client.exceptions import ApiException
+
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": namespace},
+        }
+        try:
+            response = self.core.create_namespaced_pod_eviction(
+                name, namespace, body, _preload_content=False
+            )
+            response.read()
+            response.release_conn()
+        except ApiException as exc:
+            if exc.status == 429:
+                return EvictOutcome.BLOCKED
+            if exc.status == 404:
+                return EvictOutcome.GONE
+            raise ApiRefused("error", f"{exc.status} {exc.reason}") from exc
+        return EvictOutcome.EVICTED

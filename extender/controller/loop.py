@@ -1,0 +1,809 @@
+"""The companion controller: measured power against the caps, and the action ladder.
+
+Every ``controller.period`` the loop runs one :meth:`Controller.tick`:
+
+1. read measured watts per node (:class:`extender.controller.power.PrometheusPowerSource`) for the
+   nodes the mirror knows, and sum them up the tree (NaN wherever a node below is not
+   fresh);
+2. advance the breach tracker (:func:`placement.control.breach.step`) against the raw caps of
+   the current slot;
+3. feed the measured overage of breached domains into the extender's ledger
+   (:func:`placement.control.breach.feedback_watts`, :meth:`ClusterState.set_feedback`), so
+   replacements land elsewhere — in every process, leader or not, since every extender
+   replica keeps its own ledger. A breached domain whose data goes missing keeps the
+   feedback it had;
+4. only while this process holds the Lease: per domain, deepest first, ask the ladder
+   (:func:`placement.control.ladder.next_action`) for the next step and take it — lower or
+   restore ``maxReplicaCount`` of KEDA ScaledObjects, or evict pods chosen by
+   :func:`placement.control.victims.choose_victims` through policy/v1 Evictions, so
+   PodDisruptionBudgets hold.
+
+Every step emits a Kubernetes Event, a log line and a metric. In dry-run the same
+decisions are made and reported (Events and metrics say ``dry_run``), and nothing is
+changed. A domain without fresh data gets no action at all.
+
+Choices made where the design is silent:
+
+* **Deepest domain first.** A domain with a breached descendant waits: shedding in the
+  rack also lowers its row, and acting at both levels on one tick would shed twice.
+  Once the rack clears, the row acts on what is left.
+* **Watts per pod** are the pod's profile at the current slot, scaled so the pods of a
+  node add up to what the node measures above its idle draw; where the node has no
+  fresh reading, the profile alone.
+* **A pod's priority** is its ``powercap.io/priority`` label, else its service's
+  ``priority`` in the config, else 0.
+* **A ScaledObject's service** is its ``powercap.io/service`` label, else the name of
+  its ``scaleTargetRef`` (a Deployment's name is its pods' service, see
+  :mod:`extender.cluster.pods`). The first reshape keeps the original ``maxReplicaCount`` in
+  ``powercap.io/original-max-replicas`` and the domains that lowered it in
+  ``powercap.io/reshaped-by``; both go when the maximum is back at the original. The
+  annotations outlive a leader change; the steps taken (settle periods) and the
+  eviction rate windows are in memory, so a new leader starts each ladder afresh.
+* **A 429 on an Eviction** (a PodDisruptionBudget allows no disruption now) is "not
+  now": the pod is left out of victim choices for one evict settle period.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from extender.cluster.events import Event, EventSink
+from extender.cluster.mirror import RawObject, pod_record
+from extender.cluster.pods import DemandResolver, PodRef
+from extender.cluster.state import ClusterState, PodRecord
+from extender.config.controller import ControllerSettings
+from extender.config.model import Config
+from extender.controller.actions import (
+    KEDA_GROUP,
+    KEDA_VERSION,
+    ApiRefused,
+    ClusterApi,
+    EvictOutcome,
+)
+from extender.controller.power import PowerReadings, leaf_watts, rollup_watts
+from extender.periodic import PeriodicLoop
+from extender.telemetry import ControllerMetrics
+from placement.control.breach import BreachState, HeldFeedback, TickEvents, feedback_watts, step
+from placement.control.ladder import (
+    Action,
+    DomainStatus,
+    Evict,
+    Idle,
+    Reshape,
+    Restore,
+    ScaleChange,
+    ScaledService,
+    Step,
+    Wait,
+    eviction_budget,
+    next_action,
+)
+from placement.control.victims import Candidates, VictimChoice, choose_victims
+
+log = logging.getLogger(__name__)
+
+
+COMPONENT = "powercap-controller"
+
+
+# KEDA's defaults when a ScaledObject leaves the fields out.
+KEDA_DEFAULT_MAX = 100
+
+
+KEDA_DEFAULT_MIN = 0
+
+
+HISTORY_KEPT = 64  # steps remembered per domain; the ladder only looks at the recent ones
+
+
+FloatArray = NDArray[np.float64]
+
+
+class PowerSource(Protocol):
+    def read(self, nodes: Iterable[str], at: float | None = None) -> PowerReadings: ...
+
+
+# --- pure helpers ------------------------------------------------------------------------------
+def _meta(obj: RawObject) -> Mapping[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def _labels(obj: RawObject) -> Mapping[str, Any]:
+    labels = _meta(obj).get("labels")
+    return labels if isinstance(labels, Mapping) else {}
+
+
+def _annotations(obj: RawObject) -> Mapping[str, Any]:
+    annotations = _meta(obj).get("annotations")
+    return annotations if isinstance(annotations, Mapping) else {}
+
+
+def selector_matches(selector: Any, labels: Mapping[str, Any]) -> bool:
+    """Whether a metav1.LabelSelector selects ``labels``. An empty selector selects
+    everything; a missing one (``None``) nothing, as a PodDisruptionBudget reads it."""
+    if not isinstance(selector, Mapping):
+        return False
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or ():
+        key, op = expr.get("key"), expr.get("operator")
+        values = expr.get("values") or ()
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def scaled_object_service(obj: RawObject, service_label: str) -> str | None:
+    """The service a ScaledObject scales: its ``service_label`` label, else the name of
+    its ``scaleTargetRef``."""
+    label = _labels(obj).get(service_label)
+    if isinstance(label, str) and label:
+        return label
+    spec = obj.get("spec") or {}
+    target = spec.get("scaleTargetRef") or {}
+    name = target.get("name")
+    return name if isinstance(name, str) and name else None
+
+
+def _int_or(value: Any, default: int) -> int:
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return default
+
+
+def pod_watts(
+    pods: Sequence[PodRecord], node_w: float, idle_w: float, slot: int
+) -> NDArray[np.float64]:
+    """Watts each pod of one node draws now: profiles at ``slot``, scaled so they add up
+    to the node's measured watts above idle; the profiles alone when ``node_w`` is NaN."""
+    profiled = np.array([float(p.profile[slot]) for p in pods], dtype=np.float64)
+    if not pods or not math.isfinite(node_w):
+        return profiled
+    above = max(node_w - idle_w, 0.0)
+    total = float(profiled.sum())
+    if total > 0:
+        return profiled * (above / total)
+    return np.full(len(pods), above / len(pods))
+
+
+# --- what a tick did ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class ActionRecord:
+    """One step (or, in dry-run, one decision) on one object."""
+
+    kind: str  # reshape | restore | evict
+    domain: str
+    target: str  # namespace/name of the ScaledObject or pod
+    message: str
+    dry_run: bool
+    outcome: str = "done"  # done | dry-run | blocked | gone | conflict | error
+
+
+@dataclass
+class TickReport:
+    """What one :meth:`Controller.tick` saw and did."""
+
+    at: float
+    slot: int
+    leader: bool
+    measured: FloatArray
+    caps: FloatArray
+    events: TickEvents | None = None
+    decisions: dict[str, Action] = field(default_factory=dict)
+    actions: list[ActionRecord] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    feedback: FloatArray | None = None
+    error: str | None = None
+
+
+@dataclass
+class _ScaledObject:
+    namespace: str
+    name: str
+    uid: str
+    service: str
+    max_replicas: int
+    min_replicas: int
+    original_max: int | None
+    reshaped_by: tuple[str, ...]
+    resource_version: str | None
+
+
+class Controller:
+    """One control loop over one :class:`ClusterState`; :meth:`tick` does one period.
+
+    ``api`` is ``None`` for a controller that only tracks breaches and feeds placement
+    (no cluster to act on); ``leader`` says whether this process may act now.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        state: ClusterState,
+        source: PowerSource,
+        api: ClusterApi | None,
+        events: EventSink,
+        metrics: ControllerMetrics | None = None,
+        leader: Callable[[], bool] = lambda: True,
+        settings: ControllerSettings | None = None,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.source = source
+        self.api = api
+        self.events = events
+        self.metrics = metrics
+        self.leader = leader
+        self.settings = settings or config.controller
+        self.resolver = DemandResolver(config)
+        self.breach = BreachState.initial(state.tree.size)
+        self.history: dict[int, list[Step]] = {}
+        self.evictions: dict[int, list[float]] = {}
+        self.cluster_evictions: list[float] = []
+        self.blocked: dict[str, float] = {}  # pod uid → until when it is left out
+        self._feedback = np.zeros(state.tree.size)  # this slot's feedback, last tick
+        self.held = HeldFeedback.empty(state.tree.size, config.grid.slots)
+        self.last: TickReport | None = None
+        if metrics is not None:
+            metrics.zero(state.tree.names, self.settings.dry_run)
+
+    # --- one period -------------------------------------------------------------------
+    def tick(self, now: float) -> TickReport:
+        """Read, track, feed back and (as leader) act, at wall-clock ``now``."""
+        state, tree = self.state, self.state.tree
+        slot = self.config.grid.slot_of(now)
+        with state.lock:
+            nodes = state.nodes()
+            caps = state.tree.caps[:, slot].astype(np.float64)
+        names = [n.name for n in nodes]
+        readings = self.source.read(names, now)
+        node_w = readings.watts(names)
+        leaves = np.fromiter((n.leaf for n in nodes), dtype=np.int64, count=len(nodes))
+        measured = rollup_watts(tree.membership, leaf_watts(node_w, leaves, tree.size))
+        self.breach, events = step(self.breach, measured, caps, now, self.settings.breach)
+        leader = bool(self.leader())
+        report = TickReport(now, slot, leader, measured, caps, events)
+        report.stale = [tree.names[d] for d in np.flatnonzero(events.stale)]
+        if readings.error:
+            report.error = readings.error
+            log.warning("no power data: %s; no action this period", readings.error)
+        elif report.stale:
+            log.warning(
+                "no fresh power data for %d domains (%s); no action there",
+                len(report.stale),
+                ", ".join(report.stale[:5]),
+            )
+        for d in np.flatnonzero(events.entered):
+            log.warning(
+                "domain %s in breach: %.0f W measured, cap %.0f W",
+                tree.names[d],
+                measured[d],
+                caps[d],
+            )
+        for d in np.flatnonzero(events.cleared):
+            log.info("domain %s cleared: %.0f W, cap %.0f W", tree.names[d], measured[d], caps[d])
+
+        fb = feedback_watts(
+            tree.parents, self.breach.in_breach, measured, caps, state.predicted_watts(slot)
+        )
+        # Missing data never clears a breach, nor may it drop the breach's feedback (the
+        # pure core gives a domain without data nothing): keep what it had.
+        held = self.breach.in_breach & events.stale
+        fb = np.where(held, self._feedback, fb)
+        self._feedback = fb
+        self.held = self.held.record(fb, self.breach.in_breach, slot, now, self.settings.hold_s)
+        active = self.held.active(now)
+        state.set_feedback(active)
+        report.feedback = active[:, slot]
+
+        if leader and self.api is not None and readings.error is None:
+            self._act(report, nodes, node_w, now, slot)
+        self._export(report, readings)
+        self.last = report
+        return report
+
+    # --- acting ---------------------------------------------------------------------------
+    def _act(
+        self,
+        report: TickReport,
+        nodes: Sequence[Any],
+        node_w: FloatArray,
+        now: float,
+        slot: int,
+    ) -> None:
+        assert self.api is not None
+        tree = self.state.tree
+        events = report.events
+        assert events is not None
+        in_breach = self.breach.in_breach
+        lowered_by: set[str] = set()
+        scaled = self._scaled_objects()
+        for so in scaled.values():
+            lowered_by.update(so.reshaped_by)
+        watts = self._pod_watts(nodes, node_w, slot)
+        self.blocked = {u: t for u, t in self.blocked.items() if t > now}
+        # Deepest first (see the module doc).
+        for d in sorted(range(tree.size), key=lambda d: -int(tree.depth[d])):
+            name = tree.names[d]
+            if not in_breach[d] and name not in lowered_by:
+                continue
+            below = tree.membership[d].copy()
+            below[d] = False
+            if in_breach[d] and (below & in_breach & ~events.stale).any():
+                report.decisions[name] = Wait("a domain below is in breach and acts first")
+                continue
+            status = DomainStatus.of(self.breach, events, report.measured, report.caps, d)
+            services = self._services(d, scaled, watts, slot)
+            budget = eviction_budget(
+                self.evictions.get(d, []),
+                self.cluster_evictions,
+                now,
+                self.settings.per_domain,
+                self.settings.cluster,
+            )
+            action = next_action(
+                status, services, self.history.get(d, []), now, self.settings.ladder, budget
+            )
+            report.decisions[name] = action
+            try:
+                took = self._take(action, d, scaled, watts, now, report)
+            except Exception as exc:  # one domain's failure must not stop the others
+                log.exception("domain %s: %s failed: %s", name, type(action).__name__, exc)
+                took = None
+            if took is not None:
+                history = self.history.setdefault(d, [])
+                history.append(Step(took, now))
+                del history[:-HISTORY_KEPT]
+
+    def _take(
+        self,
+        action: Action,
+        d: int,
+        scaled: dict[str, _ScaledObject],
+        watts: Mapping[str, float],
+        now: float,
+        report: TickReport,
+    ) -> Any:
+        """Carry out one action; returns the step kind taken (or decided, in dry-run)."""
+        if isinstance(action, Reshape):
+            done = self._scale(action.changes, d, scaled, "reshape", report)
+            return "reshape" if done else None
+        if isinstance(action, Restore):
+            done = self._scale(action.changes, d, scaled, "restore", report)
+            return "restore" if done else None
+        if isinstance(action, Evict):
+            return "evict" if self._evict(action, d, watts, now, report) else None
+        if isinstance(action, Wait | Idle):
+            return None
+        raise TypeError(f"unknown action {action!r}")
+
+    def _scale(
+        self,
+        changes: Sequence[ScaleChange],
+        d: int,
+        scaled: dict[str, _ScaledObject],
+        kind: str,
+        report: TickReport,
+    ) -> bool:
+        assert self.api is not None
+        s = self.settings
+        domain = self.state.tree.names[d]
+        done = False
+        for change in changes:
+            so = scaled[change.service]
+            target = f"{so.namespace}/{so.name}"
+            annotations: dict[str, str | None]
+            if kind == "reshape":
+                by = tuple(sorted({*so.reshaped_by, domain}))
+                annotations = {
+                    s.original_max_annotation: str(change.original_max),
+                    s.reshaped_by_annotation: ",".join(by),
+                }
+                message = (
+                    f"domain {domain} is over its cap: maxReplicaCount of {change.service} "
+                    f"{change.from_max} → {change.to_max} (original {change.original_max})"
+                )
+            else:
+                back = change.to_max >= change.original_max
+                annotations = (
+                    {s.original_max_annotation: None, s.reshaped_by_annotation: None}
+                    if back
+                    else {}
+                )
+                message = (
+                    f"domain {domain} has headroom: maxReplicaCount of {change.service} "
+                    f"{change.from_max} → {change.to_max} (original {change.original_max})"
+                )
+            patch: dict[str, Any] = {"spec": {"maxReplicaCount": change.to_max}}
+            meta: dict[str, Any] = {}
+            if annotations:
+                meta["annotations"] = annotations
+            if so.resource_version:
+                # Optimistic concurrency: a ScaledObject changed since it was read is
+                # refused (409) and decided again next period from what it is now.
+                meta["resourceVersion"] = so.resource_version
+            if meta:
+                patch["metadata"] = meta
+            outcome = "dry-run" if s.dry_run else "done"
+            if not s.dry_run:
+                try:
+                    patched = self.api.patch_scaled_object(so.namespace, so.name, patch)
+                except ApiRefused as exc:
+                    outcome = exc.reason
+                    message += f" — refused: {exc}"
+                else:
+                    # Later domains of this tick decide on the object as it is now.
+                    fresh = self._scaled_object(patched)
+                    if fresh is not None and fresh.service == so.service:
+                        scaled[so.service] = fresh
+            ok = outcome in ("done", "dry-run")
+            done = done or ok
+            self._record(
+                report,
+                ActionRecord(kind, domain, target, message, s.dry_run, outcome),
+                PodRef(so.namespace, so.name, so.uid),
+                kind="ScaledObject",
+                api_version=f"{KEDA_GROUP}/{KEDA_VERSION}",
+                reason="PowerCapReshape" if kind == "reshape" else "PowerCapRestore",
+                warning=kind == "reshape" or not ok,
+            )
+        return done
+
+    def _evict(
+        self, action: Evict, d: int, watts: Mapping[str, float], now: float, report: TickReport
+    ) -> bool:
+        assert self.api is not None
+        s = self.settings
+        tree = self.state.tree
+        domain = tree.names[d]
+        pods, labels = self._domain_pods(d)
+        if not pods:
+            log.warning("domain %s in breach: no pod to evict", domain)
+            return False
+        budgets = self.api.disruption_budgets()
+        group = np.full(len(pods), -1, dtype=np.int64)
+        protected = np.zeros(len(pods), dtype=bool)
+        allowance: list[int] = []
+        index: dict[int, int] = {}
+        for i, (pod, pod_labels) in enumerate(zip(pods, labels, strict=True)):
+            hits = [
+                b
+                for b, pdb in enumerate(budgets)
+                if _meta(pdb).get("namespace") == pod.namespace
+                and selector_matches((pdb.get("spec") or {}).get("selector"), pod_labels)
+            ]
+            if len(hits) > 1 or pod.uid in self.blocked:
+                # The eviction API refuses a pod several budgets select.
+                protected[i] = True
+            elif hits:
+                b = hits[0]
+                if b not in index:
+                    index[b] = len(allowance)
+                    status = budgets[b].get("status") or {}
+                    allowance.append(max(0, _int_or(status.get("disruptionsAllowed"), 0)))
+                group[i] = index[b]
+        priority = [self._priority(p, lab) for p, lab in zip(pods, labels, strict=True)]
+        draw = [watts.get(p.uid, math.nan) for p in pods]
+        candidates = Candidates.build(draw, priority, group, protected, allowance)
+        choice: VictimChoice = choose_victims(
+            candidates,
+            action.overage_w,
+            priority_threshold=s.ladder.protect_priority,
+            max_victims=action.max_victims,
+            time_limit_s=s.victim_time_limit_s,
+        )
+        if choice.victims.size == 0:
+            log.warning(
+                "domain %s in breach by %.0f W to clear: no pod may be evicted "
+                "(protected, budgets or rate limit)",
+                domain,
+                action.overage_w,
+            )
+            return False
+        if not choice.covered:
+            log.warning(
+                "domain %s: evictions free %.0f W of the %.0f W to clear",
+                domain,
+                choice.freed_w,
+                action.overage_w,
+            )
+        took = False
+        for i in choice.victims:
+            pod = pods[int(i)]
+            message = (
+                f"domain {domain} is over its cap: evicting {pod.namespace}/{pod.name} "
+                f"(priority {priority[int(i)]}, ~{draw[int(i)]:.0f} W) to shed "
+                f"{action.overage_w:.0f} W"
+            )
+            outcome = "dry-run" if s.dry_run else "done"
+            if not s.dry_run:
+                try:
+                    result = self.api.evict(pod.namespace, pod.name)
+                except ApiRefused as exc:
+                    outcome = exc.reason
+                    message += f" — refused: {exc}"
+                else:
+                    if result is EvictOutcome.BLOCKED:
+                        outcome = "blocked"
+                        message += " — not allowed now by its PodDisruptionBudget"
+                        self.blocked[pod.uid] = now + s.ladder.evict_settle_s
+                    elif result is EvictOutcome.GONE:
+                        outcome = "gone"
+            if outcome in ("done", "dry-run"):
+                took = True
+                self.evictions.setdefault(d, []).append(now)
+                self.cluster_evictions.append(now)
+            target = f"{pod.namespace}/{pod.name}"
+            ok = outcome in ("done", "dry-run")
+            self._record(
+                report,
+                ActionRecord("evict", domain, target, message, s.dry_run, outcome),
+                PodRef(pod.namespace, pod.name, pod.uid if "/" not in pod.uid else ""),
+                reason="PowerCapEvict" if ok else "PowerCapEvictFailed",
+                warning=True,
+            )
+        window = max(s.per_domain.window_s, s.cluster.window_s)
+        self.cluster_evictions = [t for t in self.cluster_evictions if now - t < window]
+        self.evictions[d] = [t for t in self.evictions.get(d, []) if now - t < window]
+        return took
+
+    def _record(
+        self,
+        report: TickReport,
+        record: ActionRecord,
+        ref: PodRef,
+        *,
+        reason: str,
+        warning: bool,
+        kind: str = "Pod",
+        api_version: str = "v1",
+    ) -> None:
+        """The Event, the log line and the metric of one step."""
+        report.actions.append(record)
+        prefix = "dry run, not done: " if record.dry_run else ""
+        self.events.emit(
+            Event(
+                ref,
+                reason,
+                prefix + record.message,
+                "Warning" if warning else "Normal",
+                kind=kind,
+                api_version=api_version,
+                component=COMPONENT,
+            )
+        )
+        log.log(
+            logging.WARNING if warning else logging.INFO,
+            "controller %s %s %s [%s]: %s",
+            record.kind,
+            record.domain,
+            record.target,
+            record.outcome,
+            record.message,
+        )
+        if self.metrics is not None:
+            if record.outcome in ("done", "dry-run"):
+                self.metrics.actions.labels(
+                    record.kind, record.domain, "true" if record.dry_run else "false"
+                ).inc()
+            else:
+                self.metrics.failures.labels(record.kind, record.domain, record.outcome).inc()
+
+    # --- what the cluster looks like -----------------------------------------------------
+    def _scaled_objects(self) -> dict[str, _ScaledObject]:
+        """ScaledObjects by service (the first one per service; more are ignored)."""
+        assert self.api is not None
+        out: dict[str, _ScaledObject] = {}
+        for obj in self.api.scaled_objects():
+            so = self._scaled_object(obj)
+            if so is None:
+                continue
+            if so.service in out:
+                log.warning(
+                    "service %s has several ScaledObjects; %s/%s is ignored",
+                    so.service,
+                    so.namespace,
+                    so.name,
+                )
+                continue
+            out[so.service] = so
+        return out
+
+    def _scaled_object(self, obj: RawObject) -> _ScaledObject | None:
+        s = self.settings
+        service = scaled_object_service(obj, s.service_label)
+        if service is None:
+            return None
+        meta = _meta(obj)
+        spec = obj.get("spec") or {}
+        annotations = _annotations(obj)
+        raw_original = annotations.get(s.original_max_annotation)
+        original = None if raw_original is None else _int_or(raw_original, -1)
+        if original is not None and original < 0:
+            log.warning(
+                "%s/%s: unreadable %s=%r",
+                meta.get("namespace"),
+                meta.get("name"),
+                s.original_max_annotation,
+                raw_original,
+            )
+            original = None
+        by = str(annotations.get(s.reshaped_by_annotation) or "")
+        return _ScaledObject(
+            namespace=str(meta.get("namespace") or "default"),
+            name=str(meta.get("name") or ""),
+            uid=str(meta.get("uid") or ""),
+            service=service,
+            max_replicas=_int_or(spec.get("maxReplicaCount"), KEDA_DEFAULT_MAX),
+            min_replicas=_int_or(spec.get("minReplicaCount"), KEDA_DEFAULT_MIN),
+            original_max=original,
+            reshaped_by=tuple(x for x in by.split(",") if x),
+            resource_version=meta.get("resourceVersion") or None,
+        )
+
+    def _pod_watts(self, nodes: Sequence[Any], node_w: FloatArray, slot: int) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for node, w in zip(nodes, node_w, strict=True):
+            pods = self.state.pods_on(node.name)
+            for pod, pw in zip(pods, pod_watts(pods, float(w), node.idle_watts, slot), strict=True):
+                out[pod.uid] = float(pw)
+        return out
+
+    def _services(
+        self,
+        d: int,
+        scaled: Mapping[str, _ScaledObject],
+        watts: Mapping[str, float],
+        slot: int,
+    ) -> list[ScaledService]:
+        """The KEDA-scaled services of domain ``d``: those with replicas there, and those
+        this domain lowered (which may have none left there)."""
+        state, tree = self.state, self.state.tree
+        name = tree.names[d]
+        in_breach = self.breach.in_breach
+        below = tree.membership[d]
+        below_leaves = {int(x) for x in np.flatnonzero(below)}
+        per_service: dict[str, list[float]] = {}
+        with state.lock:
+            for pod in state.pods.values():
+                node = state.node(pod.node)
+                if pod.service is None or node is None or node.leaf not in below_leaves:
+                    continue
+                per_service.setdefault(pod.service, []).append(watts.get(pod.uid, math.nan))
+            counts = {svc: int(state.counts[row].sum()) for svc, row in state.service_index.items()}
+        out: list[ScaledService] = []
+        for svc, so in sorted(scaled.items()):
+            here = per_service.get(svc, [])
+            mine = name in so.reshaped_by
+            if not here and not mine:
+                continue
+            known = [w for w in here if math.isfinite(w)]
+            if known:
+                per_replica = float(np.mean(known))
+            else:
+                entry = self.config.services.get(svc)
+                profile = entry.profile if entry is not None else None
+                per_replica = float(profile[slot]) if profile is not None else 0.0
+            others = [
+                tree.index[x]
+                for x in so.reshaped_by
+                if x != name and x in tree.index and in_breach[tree.index[x]]
+            ]
+            entry = self.config.services.get(svc)
+            out.append(
+                ScaledService(
+                    name=svc,
+                    priority=entry.priority if entry is not None else 0,
+                    replicas=counts.get(svc, 0),
+                    in_domain=len(here),
+                    watts_per_replica=max(per_replica, 0.0),
+                    max_replicas=so.max_replicas,
+                    min_replicas=so.min_replicas,
+                    # Out of breach, only what this domain lowered is its to restore.
+                    original_max=so.original_max if (in_breach[d] or mine) else None,
+                    held_elsewhere=bool(others),
+                )
+            )
+        return out
+
+    def _domain_pods(self, d: int) -> tuple[list[PodRecord], list[Mapping[str, Any]]]:
+        """Running managed pods on the domain's nodes, read from the API server (their
+        labels decide budgets and priority), with their labels."""
+        assert self.api is not None
+        tree = self.state.tree
+        below = tree.membership[d]
+        pods: list[PodRecord] = []
+        labels: list[Mapping[str, Any]] = []
+        for node in self.state.nodes():
+            if not below[node.leaf]:
+                continue
+            for obj in self.api.pods_on(node.name):
+                if _meta(obj).get("deletionTimestamp"):
+                    continue  # already leaving
+                record = pod_record(obj, self.resolver)
+                if record is None:
+                    continue
+                pods.append(record)
+                labels.append(_labels(obj))
+        return pods, labels
+
+    def _priority(self, pod: PodRecord, labels: Mapping[str, Any]) -> int:
+        raw = labels.get(self.settings.priority_label)
+        if raw is not None:
+            value = _int_or(raw, -(2**31))
+            if value != -(2**31):
+                return value
+            label = self.settings.priority_label
+            log.warning("pod %s/%s: unreadable %s=%r", pod.namespace, pod.name, label, raw)
+        entry = self.config.services.get(pod.service) if pod.service is not None else None
+        return entry.priority if entry is not None else 0
+
+    # --- metrics ------------------------------------------------------------------------------
+    def _export(self, report: TickReport, readings: PowerReadings) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        tree = self.state.tree
+        events = report.events
+        assert events is not None
+        in_breach = self.breach.in_breach
+        raised = tree.membership.astype(np.float64) @ (
+            report.feedback if report.feedback is not None else np.zeros(tree.size)
+        )
+        for d, name in enumerate(tree.names):
+            m.measured.labels(name).set(float(report.measured[d]))
+            m.cap.labels(name).set(float(report.caps[d]))
+            m.in_breach.labels(name).set(1.0 if in_breach[d] else 0.0)
+            m.domain_stale.labels(name).set(1.0 if events.stale[d] else 0.0)
+            m.feedback.labels(name).set(float(raised[d]))
+        counts = {"fresh": 0, "stale": 0, "missing": 0}
+        for r in readings.nodes.values():
+            counts[str(r.status)] = counts.get(str(r.status), 0) + 1
+        for status, n in counts.items():
+            m.nodes.labels(status).set(n)
+        m.stale.set(0.0 if readings.complete else 1.0)
+        m.leader.set(1.0 if report.leader else 0.0)
+        m.last_tick.set(report.at)
+
+
+# --- the loop ------------------------------------------------------------------------------------
+class ControllerLoop(PeriodicLoop):
+    """Runs :meth:`Controller.tick` every period in a daemon thread, once the mirror has
+    synced (before that every pod would look absent). ``clock`` gives wall time."""
+
+    def __init__(
+        self,
+        controller: Controller,
+        period_s: float,
+        clock: Callable[[], float] = time.time,
+        ready: Callable[[], bool] | None = None,
+    ) -> None:
+        super().__init__(
+            "powercap-controller",
+            controller.tick,
+            period_s,
+            ready or (lambda: controller.state.synced),
+            clock,
+        )
+        self.controller = controller

@@ -1,0 +1,175 @@
+"""The HTTP face of the extender (FastAPI).
+
+``POST /filter``, ``/prioritize``, ``/bind``, ``/preempt`` speak the scheduler's
+extender protocol (:mod:`extender.webhook.protocol`); ``GET /healthz`` (the process serves),
+``/readyz`` (the mirror has completed its first full sync) and ``/metrics``
+(Prometheus).
+
+Bodies are read raw and parsed with orjson; answers are orjson bytes. A malformed
+request gets a 400 whose ``Error`` names the field; an internal failure a 500 with a
+one-line ``Error`` (the traceback goes to the log, never to the caller).
+
+``/preempt`` keeps the scheduler's candidate nodes on which evicting the proposed
+victims would let the pod fit under every cap, victims unchanged, and drops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
+
+from extender.telemetry import Telemetry
+from extender.webhook.decisions import Decider, candidate_items
+from extender.webhook.protocol import (
+    ExtenderArgs,
+    ExtenderBindingArgs,
+    ExtenderPreemptionArgs,
+    ExtenderPreemptionResult,
+    ProtocolError,
+    encode_filter_result,
+    encode_host_priorities,
+    parse,
+)
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(orjson.dumps({"Error": message}), status_code=status, media_type=JSON)
+
+
+def create_app(
+    decider: Decider,
+    telemetry: Telemetry,
+    is_ready: Callable[[], bool],
+    on_start: Callable[[], None] | None = None,
+    on_stop: Callable[[], None] | None = None,
+    bind_in_thread: bool = True,
+) -> FastAPI:
+    """The app. ``on_start``/``on_stop`` run in the server's lifespan (start the
+    mirror and planner there). ``bind_in_thread`` runs bind off the event loop,
+    since the Kubernetes binder blocks on the API server."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if on_start is not None:
+            on_start()
+        try:
+            yield
+        finally:
+            if on_stop is not None:
+                on_stop()
+
+    app = FastAPI(
+        title="powercap extender",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
+
+    def _guarded(verb: str, run: Callable[[bytes], Response]) -> Callable[[bytes], Response]:
+        def handle(body: bytes) -> Response:
+            start = time.perf_counter()
+            try:
+                response = run(body)
+            except ProtocolError as exc:
+                telemetry.decided(verb, "bad_request")
+                response = _error(400, f"{verb}: {exc}")
+            except Exception as exc:
+                log.exception("%s failed", verb)
+                telemetry.decided(verb, "internal_error")
+                response = _error(500, f"{verb}: internal error: {type(exc).__name__}: {exc}")
+            telemetry.observe(verb, time.perf_counter() - start)
+            return response
+
+        return handle
+
+    def do_filter(body: bytes) -> Response:
+        args = parse(body, ExtenderArgs)
+        outcome = decider.filter(args)
+        if args.names_only:
+            names = args.candidate_names()
+            passed = (
+                names if len(outcome.passed) == len(names) else [names[i] for i in outcome.passed]
+            )
+            content = encode_filter_result(passed, None, outcome.failed, outcome.unresolvable)
+        else:
+            items = candidate_items(args, outcome.passed)
+            content = encode_filter_result(None, items, outcome.failed, outcome.unresolvable)
+        return Response(content, media_type=JSON)
+
+    def do_prioritize(body: bytes) -> Response:
+        args = parse(body, ExtenderArgs)
+        hosts, scores = decider.prioritize(args)
+        return Response(encode_host_priorities(hosts, scores), media_type=JSON)
+
+    def do_bind(body: bytes) -> Response:
+        args = parse(body, ExtenderBindingArgs)
+        return Response(orjson.dumps({"Error": decider.bind(args)}), media_type=JSON)
+
+    def do_preempt(body: bytes) -> Response:
+        args = parse(body, ExtenderPreemptionArgs)
+        result = ExtenderPreemptionResult(node_name_to_meta_victims=decider.preempt(args))
+        return Response(result.to_json(), media_type=JSON)
+
+    filter_handler = _guarded("filter", do_filter)
+    prioritize_handler = _guarded("prioritize", do_prioritize)
+    bind_handler = _guarded("bind", do_bind)
+    preempt_handler = _guarded("preempt", do_preempt)
+
+    # Filter and prioritize are short CPU work under the state lock: answering on the
+    # event loop saves a thread hop per request.
+    @app.post("/filter")
+    async def filter_(request: Request) -> Response:
+        return filter_handler(await request.body())
+
+    @app.post("/prioritize")
+    async def prioritize(request: Request) -> Response:
+        return prioritize_handler(await request.body())
+
+    @app.post("/bind")
+    async def bind(request: Request) -> Response:
+        body = await request.body()
+        if bind_in_thread:
+            return await run_in_threadpool(bind_handler, body)
+        return bind_handler(body)
+
+    @app.post("/preempt")
+    async def preempt(request: Request) -> Response:
+        return preempt_handler(await request.body())
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return Response(b"ok", media_type="text/plain")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if is_ready():
+            return Response(b"ok", media_type="text/plain")
+        return Response(
+            b"not ready: the cluster mirror has not completed its first sync",
+            status_code=503,
+            media_type="text/plain",
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(telemetry.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(Exception)
+    async def _unhandled(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return _error(500, f"internal error: {type(exc).__name__}")
+
+    return app

@@ -1,0 +1,603 @@
+"""Filter, prioritize, bind and preempt: the extender's decisions on the cluster state.
+
+* **filter** is the hard guarantee: a node passes when one more replica of the pod's
+  profile keeps every level above it within its effective cap in every slot, and the
+  node has the pod's GPUs free. Failed nodes say which domain would exceed its cap,
+  at what time of day, by how many watts.
+* **prioritize** scores 0–10: agreement with the current plan (nodes in a leaf domain
+  where the plan wants more replicas of the pod's service than it has) weighted by
+  ``planWeight``, the rest by the least rise of peak utilisation along the path.
+* with ``reservePlan``, filter also keeps the power the plan holds for its planned but
+  not yet placed replicas (at most what is left under each cap): a pod fits where it
+  takes its own planned share, or where it fits on top of what the plan holds. Steering
+  alone chooses *where* replicas go; holding also chooses *which* get the power, which
+  is what lets the cluster reach the plan when power is short.
+* **bind** re-checks under the state lock, records the pod in the ledger, creates the
+  binding, and undoes the record if the binding fails; it answers an error (the
+  scheduler retries) when the pod would now breach a cap.
+* **preempt** keeps the scheduler's candidates where evicting the proposed victims
+  would let the pod fit, with the victims unchanged.
+
+Per request the work is a few passes over the (domains × T) ledger, computed once per
+(profile, state version) and shared by filter and prioritize of the same pod.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from extender.cluster.events import Event, EventSink, NullEventSink
+from extender.cluster.pods import Demand, DemandResolver, PodRef
+from extender.cluster.state import ClusterState, PodRecord
+from extender.config.model import Config
+from extender.telemetry import Telemetry
+from extender.webhook.binding import Binder, BindError
+from extender.webhook.protocol import (
+    ExtenderArgs,
+    ExtenderBindingArgs,
+    ExtenderPreemptionArgs,
+    MetaVictims,
+    ProtocolError,
+)
+from placement.admission import TOLERANCE_W, fitting_domains
+from placement.scoring import peak_increase, scores_0_to_10
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_NODE = (
+    "powercap: node is not in the power tree (no powercap.io/domain label naming a leaf "
+    "domain of the config); its power cannot be checked"
+)
+
+
+class PlanSource(Protocol):
+    def targets(self, service: str) -> NDArray[np.int64] | None:
+        """Replicas of ``service`` the latest plan wants per domain, or ``None``."""
+
+    def all_targets(self) -> tuple[object, Mapping[str, NDArray[np.int64]]] | None:
+        """``(plan, targets per service)`` of the latest plan (the first item identifies
+        the plan: a new plan is a new object), or ``None`` before the first plan."""
+
+
+class PodLookup(Protocol):
+    def __call__(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The raw pod, or ``None`` if it does not exist."""
+
+
+@dataclass(frozen=True)
+class FilterOutcome:
+    """``passed`` holds positions into the request's candidates (order kept)."""
+
+    passed: list[int]
+    failed: dict[str, str]
+    unresolvable: dict[str, str]
+    error: str = ""
+
+
+@dataclass
+class _Explainer:
+    """Why one more replica of ``profile`` on top of ``base`` (domains × T) does not fit
+    under a leaf: the worst overage on the leaf's path, the rootmost on ties (as
+    :func:`placement.admission.first_breach` picks it). Computed once for all domains,
+    on the first failing node; messages are cached per leaf."""
+
+    base: NDArray[np.float64]
+    profile: NDArray[np.float64]
+    slot: NDArray[np.int64] | None = None  # per domain, the slot of its largest overage
+    worst: NDArray[np.float64] | None = None  # per domain, that overage in watts
+    culprit: NDArray[np.int64] | None = None  # per domain, the worst domain on its path
+    messages: dict[int, str] = field(default_factory=dict)  # per leaf
+
+    def message(self, state: ClusterState, leaf: int, held: bool = False) -> str:
+        if self.culprit is None:
+            over = self.base + self.profile - state.caps
+            self.slot = over.argmax(axis=1)
+            self.worst = over[np.arange(over.shape[0]), self.slot]
+            self.culprit = worst_on_path(self.worst, state.tree.parents, state.levels)
+        assert self.slot is not None and self.worst is not None
+        message = self.messages.get(leaf)
+        if message is None:
+            k = int(self.culprit[leaf])
+            t = int(self.slot[k])
+            args = (state.tree.names[k], state.slot_labels[t], float(self.worst[k]))
+            cap = float(state.caps[k, t])
+            message = held_text(*args, cap) if held else breach_text(*args, cap)
+            configured = float(state.configured_caps[k, t])
+            if cap < configured - 0.5:  # say why the cap is not the one in the config
+                message += f"; lowered from {configured:.0f} W by the live carbon caps"
+            self.messages[leaf] = message
+        return message
+
+
+@dataclass
+class _DomainView:
+    """What one more replica of one profile does to every domain, at one state version
+    (and, with plan reservations, for one service under one plan)."""
+
+    hard_fits: NDArray[np.bool_]  # within every cap on the path
+    fits: NDArray[np.bool_]  # and, with reservations, outside what the plan holds
+    hard: _Explainer
+    held: _Explainer | None = None
+    rise: NDArray[np.float64] | None = None
+
+
+def held_text(domain: str, time_of_day: str, over_watts: float, cap_watts: float) -> str:
+    """Message for a node whose power the plan holds for other services' replicas."""
+    return (
+        f"powercap: the plan holds the rest of domain {domain}'s cap at {time_of_day} for "
+        f"other services' planned replicas; this pod needs {over_watts:.0f} W more "
+        f"(cap {cap_watts:.0f} W)"
+    )
+
+
+def breach_text(domain: str, time_of_day: str, over_watts: float, cap_watts: float) -> str:
+    """``"powercap: " + Breach.message()`` without building the Breach (a frozen
+    dataclass costs ~2 µs; a filter may explain hundreds of nodes). Tests hold the
+    two texts equal."""
+    return (
+        f"powercap: domain {domain} would exceed its cap at {time_of_day} "
+        f"by {over_watts:.0f} W (cap {cap_watts:.0f} W)"
+    )
+
+
+def worst_on_path(
+    worst: NDArray[np.float64], parents: NDArray[np.int64], levels: list[NDArray[np.int64]]
+) -> NDArray[np.int64]:
+    """Per domain ``d``: the domain on the path root → ``d`` with the largest
+    ``worst``, the rootmost on ties. ``levels[k]`` lists the domains at depth ``k``;
+    one vectorised step per level, so cheap for the shallow trees of datacenters."""
+    culprit = np.arange(worst.size)
+    best = worst.copy()
+    for level in levels[1:]:
+        up = parents[level]
+        take = best[up] >= best[level]
+        culprit[level] = np.where(take, culprit[up], culprit[level])
+        best[level] = np.where(take, best[up], best[level])
+    return culprit
+
+
+class Decider:
+    """The decisions over one :class:`ClusterState`.
+
+    ``events`` receives a Warning per pod and problem (missing/invalid profile);
+    ``pod_lookup`` fetches a pod that ``/bind`` names but ``/filter`` never saw.
+    """
+
+    def __init__(
+        self,
+        state: ClusterState,
+        config: Config,
+        binder: Binder,
+        events: EventSink | None = None,
+        plan: PlanSource | None = None,
+        telemetry: Telemetry | None = None,
+        pod_lookup: PodLookup | None = None,
+    ) -> None:
+        self.state = state
+        self.config = config
+        self.binder = binder
+        self.events: EventSink = events or NullEventSink()
+        self.plan = plan
+        self.telemetry = telemetry
+        self.pod_lookup = pod_lookup
+        self.resolver = DemandResolver(config)
+        self.plan_weight = config.scoring.plan_weight
+        self.reserve_plan = config.scoring.reserve_plan and plan is not None
+        self._last_plan: object = None
+        self._plan_seq = 0
+        self._held_cache: tuple[tuple[int, int], NDArray[np.float64]] | None = None
+        self._held_raw: tuple[object, tuple[int, int], NDArray[np.float64]] | None = None
+        self._plan_cache: (
+            tuple[object, tuple[list[str], NDArray[np.int64], NDArray[np.float64]]] | None
+        ) = None
+        # uid → demand of pods seen by filter, so bind knows their profile. Bind runs
+        # in a worker thread, so these two caches have a lock of their own.
+        self._cache_lock = threading.Lock()
+        self._pending: OrderedDict[str, Demand] = OrderedDict()
+        self._pending_max = 20_000
+        self._warned: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._views: OrderedDict[tuple[str, str, int, int], _DomainView] = OrderedDict()
+
+    # --- demand --------------------------------------------------------------------
+    def demand(self, pod: Mapping[str, Any]) -> Demand:
+        """Resolve a pod, remember it for bind and warn once about profile problems."""
+        demand = self.resolver.resolve(pod)
+        if demand.managed and demand.pod.uid:
+            with self._cache_lock:
+                self._pending[demand.pod.uid] = demand
+                self._pending.move_to_end(demand.pod.uid)
+                while len(self._pending) > self._pending_max:
+                    self._pending.popitem(last=False)
+        if demand.problem is not None:
+            self._warn(demand)
+        return demand
+
+    def remember(self, pod: Mapping[str, Any]) -> None:
+        """:meth:`demand` for a pending pod the mirror saw; an unreadable pod is
+        logged, not raised (the mirror must keep going)."""
+        try:
+            self.demand(pod)
+        except ProtocolError as exc:
+            log.warning("pending pod ignored: %s", exc)
+
+    def _warn(self, demand: Demand) -> None:
+        assert demand.problem is not None
+        key = (demand.pod.uid or str(demand.pod), demand.problem)
+        with self._cache_lock:
+            if key in self._warned:
+                return
+            self._warned[key] = None
+            while len(self._warned) > 10_000:
+                self._warned.popitem(last=False)
+        if demand.rejected:
+            reason = "PowercapProfileRejected"
+            tail = "the pod fits no node until this is fixed (policy missingProfile: reject)"
+        else:
+            reason = "PowercapNameplateFallback"
+            watts = float(demand.profile[0]) if demand.profile is not None else 0.0
+            tail = f"admitted at nameplate {watts:.0f} W in every slot (policy nameplate)"
+        self.events.emit(Event(demand.pod, reason, f"{demand.problem}; {tail}"))
+
+    # --- per-domain analysis ------------------------------------------------------------
+    def _view(self, demand: Demand) -> _DomainView:
+        """Cached per (profile, service, state version, plan); call under the state lock."""
+        assert demand.profile is not None
+        state = self.state
+        held = self._held() if self.reserve_plan else None
+        plan_key = self._plan_seq if held is not None else 0
+        key = (demand.profile_key, demand.service or "", state.version, plan_key)
+        view = self._views.get(key)
+        if view is None:
+            hard = fitting_domains(state.ledger, demand.profile, state.caps)
+            view = _DomainView(hard, hard, _Explainer(state.ledger.load, demand.profile))
+            if held is not None:
+                view.fits, view.held = self._outside_held(demand, hard, held[1])
+            self._views[key] = view
+            while len(self._views) > 16:
+                self._views.popitem(last=False)
+        return view
+
+    def _held(self) -> tuple[object, NDArray[np.float64]] | None:
+        """``(plan, watts)``: per domain and slot, what the plan holds for its planned
+        replicas not placed yet, at most what is left under each cap. Call under the
+        state lock. Rebuilt when the plan changes, else updated from the state's
+        journal of replica counts; clipped once per state version."""
+        assert self.plan is not None
+        snapshot = self.plan.all_targets()
+        if snapshot is None:
+            return None
+        plan, targets = snapshot
+        if plan is not self._last_plan:
+            # Numbered, not keyed by id(): a freed plan's id can come back.
+            self._last_plan = plan
+            self._plan_seq += 1
+        state = self.state
+        if self._held_cache is not None and self._held_cache[0] == (self._plan_seq, state.version):
+            return plan, self._held_cache[1]
+        raw = self._held_raw
+        changes = None
+        if raw is not None and raw[0] is plan:
+            changes = state.journal_since(raw[1])
+        if raw is None or changes is None:
+            held = self._held_from_counts(plan, targets)
+        else:
+            held = raw[2]
+            for service, leaf, sign, after in changes:
+                target = targets.get(service)
+                entry = self.config.services.get(service)
+                if target is None or entry is None or entry.profile is None:
+                    continue
+                wanted = int(target[leaf])
+                # The held share moves only while the count is below the plan's.
+                delta = max(0, wanted - after) - max(0, wanted - (after - sign))
+                if delta:
+                    held[state.paths[leaf]] += delta * entry.profile
+        self._held_raw = (plan, state.journal_cursor(), held)
+        # A stale plan may hold more than is left: hold at most what is left.
+        clipped = np.minimum(held, np.maximum(state.caps - state.ledger.load, 0.0))
+        self._held_cache = ((self._plan_seq, state.version), clipped)
+        return plan, clipped
+
+    def _held_from_counts(
+        self, plan: object, targets: Mapping[str, NDArray[np.int64]]
+    ) -> NDArray[np.float64]:
+        """The unclipped held watts per domain, from scratch."""
+        state = self.state
+        names, wanted, profiles = self._plan_matrix(plan, targets)
+        leaves = state.tree.leaves
+        rows = np.array([state.service_row(n) for n in names], dtype=np.int64)
+        have = np.zeros((len(names), leaves.size), dtype=np.int64)
+        seen = rows >= 0  # services with no pod yet have none anywhere
+        have[seen] = state.counts[rows[seen]][:, leaves]
+        missing = (wanted - have).clip(min=0)
+        busy = np.flatnonzero(missing.any(axis=1))
+        held = np.zeros_like(state.ledger.load)
+        held[leaves] = np.ascontiguousarray(missing[busy].T, dtype=np.float64) @ profiles[busy]
+        for level in reversed(state.levels[1:]):  # leaves up to the root
+            np.add.at(held, state.tree.parents[level], held[level])
+        return held
+
+    def _plan_matrix(
+        self, plan: object, targets: Mapping[str, NDArray[np.int64]]
+    ) -> tuple[list[str], NDArray[np.int64], NDArray[np.float64]]:
+        """The plan's services with a profile: names, targets per leaf (services ×
+        leaves) and profiles (services × T). Cached per plan."""
+        if self._plan_cache is not None and self._plan_cache[0] is plan:
+            return self._plan_cache[1]
+        leaves = self.state.tree.leaves
+        names = [s for s in targets if (e := self.config.services.get(s)) and e.profile is not None]
+        wanted = np.array([targets[s][leaves] for s in names], dtype=np.int64).reshape(
+            len(names), leaves.size
+        )
+        profiles = np.array(
+            [self.config.services[s].profile for s in names], dtype=np.float64
+        ).reshape(len(names), self.state.grid.slots)
+        self._plan_cache = (plan, (names, wanted, profiles))
+        return names, wanted, profiles
+
+    def _outside_held(
+        self, demand: Demand, hard: NDArray[np.bool_], held: NDArray[np.float64]
+    ) -> tuple[NDArray[np.bool_], _Explainer]:
+        """Where the pod fits without using power the plan holds for others. A pod of
+        a service the plan wants more of under a leaf takes its own held share there,
+        so only the caps apply to it."""
+        assert demand.profile is not None and self.plan is not None
+        state = self.state
+        base = state.ledger.load + held
+        failing = np.logical_not(((base + demand.profile) <= state.caps + TOLERANCE_W).all(axis=1))
+        # A domain is outside the held power iff it and every ancestor are.
+        outside = np.logical_not((state.tree.membership & failing[:, None]).any(axis=0))
+        own = np.zeros(state.tree.size, dtype=bool)
+        target = self.plan.targets(demand.service) if demand.service else None
+        row = state.service_row(demand.service)
+        if target is not None:
+            own = target > (state.counts[row] if row >= 0 else 0)
+        return hard & (own | outside), _Explainer(base, demand.profile)
+
+    def _rise(self, demand: Demand, view: _DomainView) -> NDArray[np.float64]:
+        if view.rise is None:
+            assert demand.profile is not None
+            view.rise = peak_increase(self.state.ledger, demand.profile, self.state.caps)
+        return view.rise
+
+    def _why_not(self, view: _DomainView, leaf: int) -> str:
+        """The message for a leaf the pod does not fit under."""
+        if not view.hard_fits[leaf] or view.held is None:
+            return view.hard.message(self.state, leaf)
+        return view.held.message(self.state, leaf, held=True)
+
+    # --- filter ---------------------------------------------------------------------------
+    def filter(self, args: ExtenderArgs) -> FilterOutcome:
+        """Which candidates the pod may go to (see the module doc)."""
+        names = args.candidate_names()
+        demand = self.demand(args.pod)
+        if not demand.managed:
+            self._decided("filter", "unmanaged")
+            return FilterOutcome(list(range(len(names))), {}, {})
+        if demand.rejected or demand.profile is None:
+            message = f"powercap: {demand.problem}"
+            self._decided("filter", "rejected_profile")
+            return FilterOutcome([], {}, dict.fromkeys(names, message))
+        state = self.state
+        failed: dict[str, str] = {}
+        unresolvable: dict[str, str] = {}
+        with state.lock:
+            slots = state.node_slots(names)
+            known = slots >= 0
+            leaf = state.node_leaf[slots]  # slot -1 reads the last entry; masked by known
+            free = state.node_gpus[slots] - state.node_used[slots]
+            view = self._view(demand)
+            power_ok = known & view.fits[leaf]
+            gpu_ok = free >= demand.gpus
+            ok = power_ok & gpu_ok
+            if ok.all():
+                passed = list(range(len(names)))
+            else:
+                passed = np.flatnonzero(ok).tolist()
+                why: dict[int, str] = {}  # per leaf: candidates share racks
+                for i in np.flatnonzero(~ok).tolist():
+                    name = names[i]
+                    if not known[i]:
+                        unresolvable[name] = UNKNOWN_NODE
+                    elif not power_ok[i]:
+                        at = int(leaf[i])
+                        known_why = why.get(at)
+                        if known_why is None:
+                            known_why = why[at] = self._why_not(view, at)
+                        failed[name] = known_why
+                    elif state.node_gpus[slots[i]] < demand.gpus:
+                        unresolvable[name] = (
+                            f"powercap: node has {int(state.node_gpus[slots[i]])} GPUs in all; "
+                            f"the pod needs {demand.gpus}"
+                        )
+                    else:
+                        failed[name] = (
+                            f"powercap: node has {int(free[i])} free GPUs by powercap's count; "
+                            f"the pod needs {demand.gpus}"
+                        )
+        if not passed:
+            outcome = "none_fit"
+        elif failed or unresolvable:
+            outcome = "some_fit"
+        else:
+            outcome = "all_fit"
+        self._decided("filter", outcome + ("_nameplate" if demand.fallback else ""))
+        return FilterOutcome(passed, failed, unresolvable)
+
+    # --- prioritize ------------------------------------------------------------------------
+    def prioritize(self, args: ExtenderArgs) -> tuple[list[str], list[int]]:
+        """``(hosts, scores)``: 0–10 per candidate, in the request's order."""
+        names = args.candidate_names()
+        demand = self.demand(args.pod)
+        if not demand.managed or demand.profile is None:
+            self._decided("prioritize", "neutral")
+            return names, [0] * len(names)
+        state = self.state
+        targets = self.plan.targets(demand.service) if self.plan and demand.service else None
+        with state.lock:
+            slots = state.node_slots(names)
+            known = slots >= 0
+            leaf = state.node_leaf[slots]
+            view = self._view(demand)
+            free = state.node_gpus[slots] - state.node_used[slots]
+            ok = known & view.fits[leaf] & (free >= demand.gpus)
+            if not ok.any():
+                self._decided("prioritize", "none_fit")
+                return names, [0] * len(names)
+            # Only fitting candidates compete for the 0–10 range.
+            cost = self._rise(demand, view)[leaf[ok]]
+            peak = np.zeros(len(names), dtype=np.float64)
+            peak[ok] = scores_0_to_10(cost)
+            row = state.service_row(demand.service)
+            if targets is not None:
+                have = state.counts[row, leaf] if row >= 0 else 0
+                want = (targets[leaf] > have).astype(np.float64)
+            else:
+                want = None
+        if want is None:
+            score = peak
+            self._decided("prioritize", "peak_only")
+        else:
+            w = self.plan_weight
+            score = w * 10.0 * want + (1.0 - w) * peak
+            self._decided("prioritize", "with_plan")
+        out = np.rint(score).astype(np.int64).clip(0, 10)
+        out[~ok] = 0
+        return names, out.tolist()
+
+    # --- bind --------------------------------------------------------------------------------
+    def _bind_demand(self, args: ExtenderBindingArgs) -> Demand | str:
+        with self._cache_lock:
+            demand = self._pending.get(args.pod_uid) if args.pod_uid else None
+        if demand is not None:
+            return demand
+        if self.pod_lookup is not None:
+            pod = self.pod_lookup(args.pod_namespace, args.pod_name)
+            if pod is not None:
+                return self.demand(pod)
+        return (
+            f"powercap: pod {args.pod_namespace}/{args.pod_name} ({args.pod_uid or 'no uid'}) "
+            "is unknown to the extender (filter never saw it); retry"
+        )
+
+    def bind(self, args: ExtenderBindingArgs) -> str:
+        """Bind the pod; returns ``""`` on success, else the error for the scheduler."""
+        found = self._bind_demand(args)
+        if isinstance(found, str):
+            self._decided("bind", "unknown_pod")
+            return found
+        demand = found
+        pod = PodRef(args.pod_namespace, args.pod_name, args.pod_uid or demand.pod.uid)
+        if not demand.managed:
+            return self._create_binding(pod, args.node, None)
+        if demand.rejected or demand.profile is None:
+            self._decided("bind", "rejected_profile")
+            return f"powercap: {demand.problem}"
+        state = self.state
+        with state.lock:
+            existing = state.pods.get(pod.uid) if pod.uid else None
+            if existing is not None:
+                if existing.node == args.node:
+                    self._decided("bind", "already_bound")
+                    return ""
+                self._decided("bind", "conflict")
+                return f"powercap: pod {pod} is already bound to {existing.node}"
+            slot = state.node_slot(args.node)
+            if slot < 0:
+                self._decided("bind", "unknown_node")
+                return f"{UNKNOWN_NODE} ({args.node})"
+            free = int(state.node_gpus[slot] - state.node_used[slot])
+            if free < demand.gpus:
+                self._decided("bind", "no_gpus")
+                return (
+                    f"powercap: node {args.node} has {free} free GPUs now; "
+                    f"the pod needs {demand.gpus}"
+                )
+            leaf = int(state.node_leaf[slot])
+            path = state.paths[leaf]
+            # The exact check on the node's path; the plan's holds only when enabled.
+            within_caps = (
+                state.ledger.load[path] + demand.profile <= state.caps[path] + TOLERANCE_W
+            ).all()
+            if not within_caps or (self.reserve_plan and not self._view(demand).fits[leaf]):
+                self._decided("bind", "over_cap")
+                why = self._why_not(self._view(demand), leaf)
+                return f"{why} (re-checked at bind; retry)"
+            record = PodRecord(
+                uid=pod.uid or f"{pod.namespace}/{pod.name}",
+                namespace=pod.namespace,
+                name=pod.name,
+                node=args.node,
+                service=demand.service,
+                profile=demand.profile,
+                gpus=demand.gpus,
+                profile_key=demand.profile_key,
+            )
+            # Recorded before the API call so a concurrent bind sees this pod's watts.
+            state.add_pod(record)
+        return self._create_binding(pod, args.node, record)
+
+    def _create_binding(self, pod: PodRef, node: str, record: PodRecord | None) -> str:
+        try:
+            self.binder.bind(pod, node)
+        except BindError as exc:
+            if record is not None:
+                self.state.remove_pod(record.uid)
+            self._decided("bind", "api_error")
+            return str(exc)
+        with self._cache_lock:
+            self._pending.pop(pod.uid, None)
+        self._decided("bind", "bound" if record is not None else "bound_unmanaged")
+        return ""
+
+    # --- preempt ------------------------------------------------------------------------------
+    def preempt(self, args: ExtenderPreemptionArgs) -> dict[str, MetaVictims]:
+        """The candidates on which evicting the given victims lets the pod fit."""
+        victims = args.meta_victims()
+        demand = self.demand(args.pod)
+        if not demand.managed:
+            self._decided("preempt", "unmanaged")
+            return victims
+        if demand.rejected or demand.profile is None:
+            self._decided("preempt", "rejected_profile")
+            return {}
+        state = self.state
+        out: dict[str, MetaVictims] = {}
+        with state.lock:
+            for node, meta in victims.items():
+                slot = state.node_slot(node)
+                if slot < 0:
+                    continue
+                leaf = int(state.node_leaf[slot])
+                path = state.paths[leaf]
+                freed = np.zeros(state.grid.slots)
+                freed_gpus = 0
+                for victim in meta.pods:
+                    record = state.pods.get(victim.uid)
+                    if record is not None and record.node == node:
+                        freed += record.profile
+                        freed_gpus += record.gpus
+                free = int(state.node_gpus[slot] - state.node_used[slot]) + freed_gpus
+                load = state.ledger.load[path] - freed + demand.profile
+                if free >= demand.gpus and (load <= state.caps[path] + TOLERANCE_W).all():
+                    out[node] = meta
+        self._decided("preempt", "some_kept" if out else "none_kept")
+        return out
+
+    def _decided(self, verb: str, outcome: str, count: int = 1) -> None:
+        if self.telemetry is not None and count:
+            self.telemetry.decided(verb, outcome, count)
+
+
+def candidate_items(args: ExtenderArgs, positions: Sequence[int]) -> list[dict[str, Any]]:
+    """The raw node objects at ``positions`` (answering a non-node-cache-capable scheduler)."""
+    items = args.nodes.items if args.nodes is not None and args.nodes.items else []
+    return [items[i] for i in positions]

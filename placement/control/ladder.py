@@ -1,0 +1,320 @@
+"""The action ladder for one domain: what the controller does next, cheapest rung first.
+
+:func:`next_action` is a pure decision over what the controller knows about one domain
+at one tick. In order:
+
+1. **No data** (the tick is stale): :class:`Wait`. Missing power data is never acted on.
+2. **In breach**, within the settle period of the last step taken in this breach:
+   :class:`Wait` until it has had its effect.
+3. **In breach**, fewer than ``reshape_rounds`` reshapes so far in this breach and some
+   service can be lowered: :class:`Reshape` — lower the ``maxReplicaCount`` of the
+   lowest-priority services with replicas in the domain, by as many replicas as cover
+   the watts to shed (at their current draw), never below ``max(minReplicaCount, 1)``
+   and never for a service at or above ``protect_priority``.
+4. **In breach** otherwise: :class:`Evict` the watts to shed, with the eviction rate
+   budget left (:func:`eviction_budget`); :func:`placement.control.victims.choose_victims`
+   picks the pods. No budget left: :class:`Wait`.
+5. **Not in breach** and some service was lowered: once the last step has settled,
+   :class:`Restore` as many replicas as the headroom under ``cap × (1 − restore_margin)``
+   holds at their current draw, most important services first — restoration is paced
+   by headroom so it does not walk straight back into the breach. A service still held
+   down by another domain in breach is left alone.
+6. Otherwise :class:`Idle`.
+
+The ladder takes one step per call; the controller applies it, records a :class:`Step`
+and calls again on later ticks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from placement.control.breach import BreachState, TickEvents
+
+StepKind = Literal["reshape", "evict", "restore"]
+
+
+@dataclass(frozen=True)
+class LadderSettings:
+    """``protect_priority``: services at or above it are never reshaped (nor evicted).
+
+    Settle periods are how long a step gets to show its effect before the next one: a
+    lowered ``maxReplicaCount`` removes replicas only after the HPA's scale-down
+    stabilisation window (300 s by default); an eviction frees power within the pods'
+    termination grace period; a restore lets replicas scale up and be measured.
+    """
+
+    protect_priority: int
+    reshape_settle_s: float = 300.0
+    evict_settle_s: float = 60.0
+    restore_settle_s: float = 300.0
+    reshape_rounds: int = 1
+    restore_margin: float = 0.10
+
+    def __post_init__(self) -> None:
+        for name in ("reshape_settle_s", "evict_settle_s", "restore_settle_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be ≥ 0, got {value}")
+        if self.reshape_rounds < 0:
+            raise ValueError(f"reshape_rounds must be ≥ 0, got {self.reshape_rounds}")
+        if not 0 <= self.restore_margin < 1:
+            raise ValueError(f"restore_margin must be in [0, 1), got {self.restore_margin}")
+
+    def settle_s(self, kind: StepKind) -> float:
+        return {
+            "reshape": self.reshape_settle_s,
+            "evict": self.evict_settle_s,
+            "restore": self.restore_settle_s,
+        }[kind]
+
+
+@dataclass(frozen=True)
+class ScaledService:
+    """One service with replicas in the domain, as its KEDA ScaledObject stands now.
+
+    ``replicas`` run cluster-wide, ``in_domain`` of them in this domain, each drawing
+    ``watts_per_replica`` now (measured, else the profile's current slot).
+    ``original_max`` is the annotation written by the first reshape (``None``: never
+    lowered). ``held_elsewhere``: another domain still in breach lowered it too.
+    """
+
+    name: str
+    priority: int
+    replicas: int
+    in_domain: int
+    watts_per_replica: float
+    max_replicas: int
+    min_replicas: int = 1
+    original_max: int | None = None
+    held_elsewhere: bool = False
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.watts_per_replica) and self.watts_per_replica >= 0):
+            raise ValueError(f"{self.name}: watts_per_replica must be finite and ≥ 0")
+        if min(self.replicas, self.in_domain, self.max_replicas, self.min_replicas) < 0:
+            raise ValueError(f"{self.name}: replica counts must be ≥ 0")
+
+    @property
+    def floor(self) -> int:
+        """The lowest ``maxReplicaCount`` allowed: the minimum, and at least one (an HPA
+        needs ``maxReplicas ≥ 1``)."""
+        return max(self.min_replicas, 1)
+
+    @property
+    def lowered(self) -> bool:
+        return self.original_max is not None and self.max_replicas < self.original_max
+
+
+@dataclass(frozen=True)
+class DomainStatus:
+    """What the breach tracker says about one domain at this tick."""
+
+    in_breach: bool
+    stale: bool
+    breach_since: float  # NaN when not in breach
+    to_clear_w: float  # watts to shed for the breach to clear (NaN when stale)
+    measured_w: float
+    cap_w: float
+
+    @staticmethod
+    def of(
+        state: BreachState,
+        events: TickEvents,
+        measured: NDArray[np.float64],
+        caps: NDArray[np.float64],
+        domain: int,
+    ) -> DomainStatus:
+        """Domain ``domain``'s row of a :func:`placement.control.breach.step` result."""
+        return DomainStatus(
+            in_breach=bool(state.in_breach[domain]),
+            stale=bool(events.stale[domain]),
+            breach_since=float(state.breach_since[domain]),
+            to_clear_w=float(events.to_clear_w[domain]),
+            measured_w=float(measured[domain]),
+            cap_w=float(caps[domain]),
+        )
+
+
+@dataclass(frozen=True)
+class Step:
+    """A step the controller took in this domain, and when."""
+
+    kind: StepKind
+    at: float
+
+
+@dataclass(frozen=True)
+class ScaleChange:
+    """Set ``maxReplicaCount`` of ``service`` from ``from_max`` to ``to_max``; keep
+    ``original_max`` in the annotation (remove it once ``to_max == original_max``)."""
+
+    service: str
+    from_max: int
+    to_max: int
+    original_max: int
+
+
+@dataclass(frozen=True)
+class Idle:
+    """Nothing to do."""
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Do nothing now; ``until`` is when the decision may change by itself (``None``:
+    when the inputs change)."""
+
+    reason: str
+    until: float | None = None
+
+
+@dataclass(frozen=True)
+class Reshape:
+    changes: tuple[ScaleChange, ...]
+    expected_w: float  # watts the lowered replicas draw now, if they leave this domain
+
+
+@dataclass(frozen=True)
+class Evict:
+    """Hand over to :func:`placement.control.victims.choose_victims` with these arguments and
+    ``priority_threshold=settings.protect_priority``."""
+
+    overage_w: float
+    max_victims: int
+
+
+@dataclass(frozen=True)
+class Restore:
+    changes: tuple[ScaleChange, ...]
+
+
+Action = Idle | Wait | Reshape | Evict | Restore
+
+
+def next_action(
+    status: DomainStatus,
+    services: Sequence[ScaledService],
+    history: Sequence[Step],
+    now: float,
+    settings: LadderSettings,
+    evictions_allowed: int,
+) -> Action:
+    """The next rung for one domain; see the module docstring for the order.
+
+    ``history`` is the steps taken in this domain (any order; older ones are ignored
+    where they do not matter), ``evictions_allowed`` the rate budget left now.
+    """
+    if status.stale:
+        return Wait("no power data for this domain")
+    last = max(history, key=lambda s: s.at, default=None)
+    if status.in_breach:
+        this_breach = [s for s in history if s.at >= status.breach_since]
+        if this_breach:
+            latest = max(this_breach, key=lambda s: s.at)
+            until = latest.at + settings.settle_s(latest.kind)
+            if now < until:
+                return Wait(f"waiting for the effect of {latest.kind}", until)
+        reshapes = sum(1 for s in this_breach if s.kind == "reshape")
+        if reshapes < settings.reshape_rounds:
+            changes, expected = reshape_plan(services, status.to_clear_w, settings)
+            if changes:
+                return Reshape(changes, expected)
+        if evictions_allowed <= 0:
+            return Wait("eviction rate limit reached")
+        return Evict(status.to_clear_w, evictions_allowed)
+
+    if not any(s.lowered for s in services):
+        return Idle()
+    if last is not None:
+        until = last.at + max(settings.settle_s(last.kind), settings.restore_settle_s)
+        if now < until:
+            return Wait(f"letting {last.kind} settle before restoring", until)
+    headroom = status.cap_w * (1.0 - settings.restore_margin) - status.measured_w
+    changes = restore_plan(services, headroom)
+    if not changes:
+        return Wait("waiting for headroom to restore")
+    return Restore(changes)
+
+
+def reshape_plan(
+    services: Sequence[ScaledService], shed_w: float, settings: LadderSettings
+) -> tuple[tuple[ScaleChange, ...], float]:
+    """Lower the lowest-priority services (then the largest draw, then by name) until
+    ``shed_w`` watts are covered at their current draw; returns the changes and the
+    watts they take away. Lowering ``maxReplicaCount`` below the replicas running is
+    what removes replicas, so the new maximum counts down from ``min(max, replicas)``;
+    only replicas in this domain count towards ``shed_w``."""
+    changes: list[ScaleChange] = []
+    remaining = shed_w
+    order = sorted(services, key=lambda s: (s.priority, -s.watts_per_replica, s.name))
+    for s in order:
+        if remaining <= 0:
+            break
+        if s.priority >= settings.protect_priority or s.watts_per_replica <= 0:
+            continue
+        top = min(s.max_replicas, s.replicas)
+        room = min(s.in_domain, top - s.floor)
+        if room <= 0:
+            continue
+        # At least one: ``remaining`` is positive even when the quotient underflows.
+        k = min(room, max(1, math.ceil(remaining / s.watts_per_replica)))
+        original = s.original_max if s.original_max is not None else s.max_replicas
+        changes.append(ScaleChange(s.name, s.max_replicas, top - k, original))
+        remaining -= k * s.watts_per_replica
+    return tuple(changes), shed_w - remaining if changes else 0.0
+
+
+def restore_plan(services: Sequence[ScaledService], headroom_w: float) -> tuple[ScaleChange, ...]:
+    """Raise lowered services back towards their original maximum, most important first
+    (then by name), as many replicas as ``headroom_w`` holds at their current draw.
+    A service drawing nothing is restored at once; one held by another breach is not."""
+    changes: list[ScaleChange] = []
+    left = headroom_w
+    for s in sorted(services, key=lambda s: (-s.priority, s.name)):
+        if not s.lowered or s.held_elsewhere or s.original_max is None:
+            continue
+        missing = s.original_max - s.max_replicas
+        if s.watts_per_replica <= 0:
+            k = missing
+        else:
+            k = min(missing, math.floor(max(left, 0.0) / s.watts_per_replica))
+        if k <= 0:
+            continue
+        changes.append(ScaleChange(s.name, s.max_replicas, s.max_replicas + k, s.original_max))
+        left -= k * s.watts_per_replica
+    return tuple(changes)
+
+
+# ------------------------------------------------------------------------ rate limits
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``limit`` evictions in any ``window_s`` seconds."""
+
+    limit: int
+    window_s: float
+
+
+def rate_budget(times: Sequence[float], now: float, rate: RateLimit) -> int:
+    """Evictions still allowed at ``now`` given the times of past ones (sliding window)."""
+    recent = sum(1 for t in times if now - rate.window_s < t <= now)
+    return max(0, rate.limit - recent)
+
+
+def eviction_budget(
+    domain_times: Sequence[float],
+    cluster_times: Sequence[float],
+    now: float,
+    per_domain: RateLimit,
+    cluster: RateLimit,
+) -> int:
+    """The smaller of the domain's and the cluster's remaining eviction budgets."""
+    return min(rate_budget(domain_times, now, per_domain), rate_budget(cluster_times, now, cluster))

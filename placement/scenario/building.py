@@ -1,0 +1,217 @@
+"""Scenario files: the interface the CLI, the e2e harness and the benchmarks share.
+
+A scenario is YAML or JSON, ``apiVersion: powercap.io/v1alpha1``, ``kind: Scenario``.
+The explicit form lists every domain, node and service with its profile; on top of it
+three shorthands are accepted:
+
+* ``nodeGroups`` — ``{namePrefix, count | countPerDomain, domain | domains, gpus, idleWatts}``;
+* parametric profiles — ``profile: {diurnal: {low, high, peakAt, width}}`` or
+  ``profile: {constant: W}``;
+* CSV profile references — ``profile: {csv: {path, column, timeColumn, quantile, scale}}``,
+  the path relative to the scenario file.
+
+Every problem is reported with its path and the fix, e.g.
+``services[3].profile: 143 values, the grid has 144 slots``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from placement.fleet import Fleet
+from placement.grid import Grid, format_duration
+from placement.problem import Problem
+from placement.scenario.profiles import _resolve_profile
+from placement.scenario.spec import API_VERSION, NodeSpec, ScenarioError, ScenarioSpec
+from placement.services import Services
+from placement.tree import PowerTree
+
+
+def _resolve_cap(cap: float | list[float], grid: Grid) -> tuple[NDArray[np.float64] | None, str]:
+    arr = np.full(grid.slots, float(cap)) if isinstance(cap, int | float) else np.asarray(cap)
+    if arr.shape != (grid.slots,):
+        return None, f"{arr.size} values, the grid has {grid.slots} slots (or give one number)"
+    if not np.isfinite(arr).all() or (arr <= 0).any():
+        return None, "caps must be finite and positive watts"
+    return arr.astype(np.float64), ""
+
+
+def _duplicates(names: list[str]) -> set[str]:
+    seen: set[str] = set()
+    dup: set[str] = set()
+    for n in names:
+        (dup if n in seen else seen).add(n)
+    return dup
+
+
+def problem_from_spec(spec: ScenarioSpec, base_dir: Path = Path(".")) -> Problem:
+    """Check cross-references and build the core :class:`Problem`.
+
+    Raises :class:`ScenarioError` listing every problem found, not just the first.
+    """
+    problems: list[str] = []
+    try:
+        grid = spec.grid.to_grid()
+    except ValueError as exc:
+        raise ScenarioError([f"grid: {exc}"]) from exc
+
+    names = [d.name for d in spec.domains]
+    known = set(names)
+    for name in sorted(_duplicates(names)):
+        i = names.index(name, names.index(name) + 1)
+        problems.append(f"domains[{i}].name: duplicate domain {name!r}; names must be unique")
+    caps = np.zeros((len(spec.domains), grid.slots))
+    for i, d in enumerate(spec.domains):
+        if d.parent is not None and d.parent not in known:
+            problems.append(
+                f"domains[{i}].parent: unknown domain {d.parent!r}; declare it or drop the parent"
+            )
+        if d.parent == d.name:
+            problems.append(f"domains[{i}].parent: a domain cannot be its own parent")
+        arr, why = _resolve_cap(d.cap, grid)
+        if arr is None:
+            problems.append(f"domains[{i}].cap: {why}")
+        else:
+            caps[i] = arr
+    roots = [d.name for d in spec.domains if d.parent is None]
+    if len(roots) > 1:
+        problems.append(
+            f"domains: {len(roots)} roots ({', '.join(roots[:4])}); "
+            "give every domain but one a parent"
+        )
+    if not roots and not problems:
+        problems.append("domains: no root domain (every domain has a parent): there is a cycle")
+
+    node_specs: list[tuple[str, NodeSpec]] = [(f"nodes[{i}]", n) for i, n in enumerate(spec.nodes)]
+    for i, g in enumerate(spec.node_groups):
+        try:
+            node_specs += [(f"nodeGroups[{i}]", n) for n in g.expand()]
+        except ValueError as exc:
+            problems.append(f"nodeGroups[{i}]: {exc}")
+    node_names = [n.name for _, n in node_specs]
+    for name in sorted(_duplicates(node_names)):
+        problems.append(f"nodes: duplicate node name {name!r}; names must be unique")
+    parents = {d.name: d.parent for d in spec.domains}
+    leafs = known - {p for p in parents.values() if p is not None}
+    for where, n in node_specs:
+        if n.domain not in known:
+            problems.append(f"{where}.domain: unknown domain {n.domain!r}")
+        elif n.domain not in leafs:
+            problems.append(
+                f"{where}.domain: {n.domain!r} has child domains; attach nodes to leaf domains"
+            )
+
+    svc_names = [s.name for s in spec.services]
+    for name in sorted(_duplicates(svc_names)):
+        problems.append(f"services: duplicate service name {name!r}; names must be unique")
+    profiles = np.zeros((len(spec.services), grid.slots))
+    for i, s in enumerate(spec.services):
+        values, why = _resolve_profile(s, grid, base_dir)
+        if values is None:
+            problems.append(f"services[{i}].profile: {why}")
+        else:
+            profiles[i] = values
+        if not math.isfinite(s.nameplate_watts):
+            problems.append(f"services[{i}].nameplateWatts: must be a finite number of watts")
+
+    if problems:
+        raise ScenarioError(problems, spec.metadata.name)
+    try:
+        tree = PowerTree.build(names, [d.parent for d in spec.domains], caps)
+    except ValueError as exc:
+        raise ScenarioError([f"domains: {exc}"], spec.metadata.name) from exc
+
+    fleet = Fleet(
+        names=tuple(node_names),
+        domain=np.array([tree.index[n.domain] for _, n in node_specs], dtype=np.int64),
+        gpus=np.array([n.gpus for _, n in node_specs], dtype=np.int64),
+        idle_watts=np.array([n.idle_watts for _, n in node_specs], dtype=np.float64),
+    )
+    services = Services(
+        names=tuple(svc_names),
+        demand=np.array([s.replicas for s in spec.services], dtype=np.int64),
+        gpus=np.array([s.gpus_per_replica for s in spec.services], dtype=np.int64),
+        priority=np.array([s.priority for s in spec.services], dtype=np.int64),
+        nameplate=np.array([s.nameplate_watts for s in spec.services], dtype=np.float64),
+        profiles=profiles,
+    )
+    current = None
+    if spec.current:
+        current = np.zeros((services.size, fleet.size), dtype=np.int64)
+        for svc, per_node in spec.current.items():
+            if svc not in services.index:
+                problems.append(f"current.{svc}: unknown service")
+                continue
+            for node, count in per_node.items():
+                if node not in fleet.index:
+                    problems.append(f"current.{svc}.{node}: unknown node")
+                elif count < 0:
+                    problems.append(f"current.{svc}.{node}: replicas must be >= 0")
+                else:
+                    current[services.index[svc], fleet.index[node]] = count
+        if problems:
+            raise ScenarioError(problems, spec.metadata.name)
+    return Problem(
+        name=spec.metadata.name,
+        grid=grid,
+        tree=tree,
+        fleet=fleet,
+        services=services,
+        headroom=spec.headroom,
+        current=current,
+    )
+
+
+def spec_from_problem(problem: Problem) -> ScenarioSpec:
+    """The explicit form of a problem (every profile as T values)."""
+    tree, fleet, svc, grid = problem.tree, problem.fleet, problem.services, problem.grid
+
+    def cap_of(d: int) -> float | list[float]:
+        row = tree.caps[d]
+        return float(row[0]) if np.all(row == row[0]) else [round(float(x), 3) for x in row]
+
+    data: dict[str, Any] = {
+        "apiVersion": API_VERSION,
+        "kind": "Scenario",
+        "metadata": {"name": problem.name},
+        "grid": {
+            "period": format_duration(grid.period_s),
+            "step": format_duration(grid.step_s),
+            "offset": grid.offset_s,
+        },
+        "headroom": problem.headroom,
+        "domains": [
+            {
+                "name": tree.names[d],
+                **({"parent": tree.names[tree.parents[d]]} if tree.parents[d] >= 0 else {}),
+                "cap": cap_of(d),
+            }
+            for d in range(tree.size)
+        ],
+        "nodes": [
+            {
+                "name": fleet.names[n],
+                "domain": tree.names[fleet.domain[n]],
+                "gpus": int(fleet.gpus[n]),
+                "idleWatts": float(fleet.idle_watts[n]),
+            }
+            for n in range(fleet.size)
+        ],
+        "services": [
+            {
+                "name": svc.names[s],
+                "replicas": int(svc.demand[s]),
+                "gpusPerReplica": int(svc.gpus[s]),
+                "priority": int(svc.priority[s]),
+                "nameplateWatts": float(svc.nameplate[s]),
+                "profile": [round(float(x), 1) for x in svc.profiles[s]],
+            }
+            for s in range(svc.size)
+        ],
+    }
+    return ScenarioSpec.model_validate(data)

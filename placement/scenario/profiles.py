@@ -1,0 +1,69 @@
+"""Power profiles from the scenario shorthands: explicit values, diurnal shapes, CSV files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from placement.grid import Grid, parse_duration
+from placement.scenario.profile_csv import csv_profile
+from placement.scenario.spec import DiurnalSpec, ServiceSpec
+
+
+def parse_time_of_day(text: str) -> int:
+    """Seconds after midnight of ``HH:MM``."""
+    try:
+        hh, mm = text.split(":")
+        h, m = int(hh), int(mm)
+    except ValueError as exc:
+        raise ValueError(f"expected a time of day HH:MM, got {text!r}") from exc
+    if not (0 <= h < 24 and 0 <= m < 60):
+        raise ValueError(f"expected a time of day HH:MM, got {text!r}")
+    return h * 3600 + m * 60
+
+
+def diurnal_profile(spec: DiurnalSpec, grid: Grid) -> NDArray[np.float64]:
+    """Sample a wrapped Gaussian bump at the middle of every slot."""
+    centre = parse_time_of_day(spec.peak_at)
+    fwhm = parse_duration(spec.width)
+    sigma = fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    mids = (np.arange(grid.slots) + 0.5) * grid.step_s
+    delta = np.abs(mids - centre) % grid.period_s
+    delta = np.minimum(delta, grid.period_s - delta)
+    shape = np.exp(-0.5 * (delta / sigma) ** 2)
+    return spec.low + (spec.high - spec.low) * shape
+
+
+def _resolve_profile(
+    spec: ServiceSpec, grid: Grid, base_dir: Path
+) -> tuple[NDArray[np.float64] | None, str]:
+    """The (T,) profile of a service, or ``None`` and why not."""
+    prof = spec.profile
+    try:
+        if isinstance(prof, list):
+            values = np.asarray(prof, dtype=np.float64)
+        else:
+            given = [k for k in ("diurnal", "constant", "csv") if getattr(prof, k) is not None]
+            if len(given) != 1:
+                return None, "give exactly one of a list of values, diurnal, constant or csv"
+            if prof.diurnal is not None:
+                values = diurnal_profile(prof.diurnal, grid)
+            elif prof.constant is not None:
+                values = np.full(grid.slots, float(prof.constant))
+            else:
+                assert prof.csv is not None
+                values = csv_profile(prof.csv, grid, base_dir)
+    except ValueError as exc:
+        return None, str(exc)
+    if values.shape != (grid.slots,):
+        return None, f"{values.size} values, the grid has {grid.slots} slots"
+    if not np.isfinite(values).all():
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        return None, f"value {bad} is not a finite number of watts"
+    if (values < 0).any():
+        bad = int(np.flatnonzero(values < 0)[0])
+        return None, f"value {bad} is negative ({values[bad]:g} W); watts must be >= 0"
+    return values, ""
