@@ -268,7 +268,7 @@ def add_controller(
     """Add the companion controller, its Lease and its metrics to ``ext``."""
     settings = ext.config.controller
     if power_source is None:
-        from extender.controller.power import PrometheusPowerSource
+        from extender.controller.readings import PrometheusPowerSource
 
         if ext.config.power is None:  # the config loader refuses this; keep mypy sure
             raise ValueError("the controller needs the power: section")

@@ -32,7 +32,7 @@ from extender.controller.loop import (
     scaled_object_service,
     selector_matches,
 )
-from extender.controller.power import PowerReadings, failed_readings, readings_from_vectors
+from extender.controller.readings import PowerReadings, failed_readings, readings_from_vectors
 from extender.telemetry import ControllerMetrics
 from placement.control.ladder import Evict, Reshape, Restore, Wait
 from tests.scheduler_payloads import pod

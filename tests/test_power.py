@@ -39,7 +39,7 @@ from extender.config.power import (
     preset_queries,
     resolve_power_source,
 )
-from extender.controller.power import (
+from extender.controller.readings import (
     Freshness,
     PowerQueryError,
     PrometheusPowerSource,

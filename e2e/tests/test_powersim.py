@@ -2,7 +2,7 @@
 
 Two racks of two 8-GPU fake nodes running two services on a compressed clock (an hourly
 slot every 6 s), with noise. Prometheus scrapes the simulator every second; the readings
-of :class:`extender.controller.power.PrometheusPowerSource` must equal, per node and per domain,
+of :class:`extender.controller.readings.PrometheusPowerSource` must equal, per node and per domain,
 what the simulator served at the simulated instant Prometheus recorded (the noise is
 seeded by that instant, so even noisy values are exact). Then a surge must show up; a
 stopped exporter must make the readings missing (DCGM-style, unstamped samples: Prometheus
@@ -40,7 +40,12 @@ from e2e.scenarios import racks_scenario
 from e2e.scheduler import powercap_command, wait_ready
 from extender.cluster.state import ClusterState
 from extender.config.power import PowerSourceSpec, resolve_power_source
-from extender.controller.power import Freshness, PowerReadings, PrometheusPowerSource, domain_watts
+from extender.controller.readings import (
+    Freshness,
+    PowerReadings,
+    PrometheusPowerSource,
+    domain_watts,
+)
 from placement.assignment import Assignment
 from placement.problem import Problem
 from placement.scenario.building import problem_from_spec

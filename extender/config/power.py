@@ -114,7 +114,7 @@ class PowerSourceSpec(_Model):
 @dataclass(frozen=True)
 class PowerSettings:
     """The resolved ``power:`` section: what
-    :class:`extender.controller.power.PrometheusPowerSource` runs on. ``timestamp_query``
+    :class:`extender.controller.readings.PrometheusPowerSource` runs on. ``timestamp_query``
     is ``None`` when ages cannot be measured (a custom query without one): freshness then
     rests on Prometheus's own staleness handling."""
 

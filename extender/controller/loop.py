@@ -2,7 +2,8 @@
 
 Every ``controller.period`` the loop runs one :meth:`Controller.tick`:
 
-1. read measured watts per node (:class:`extender.controller.power.PrometheusPowerSource`) for the
+1. read measured watts per node
+   (:class:`extender.controller.readings.PrometheusPowerSource`) for the
    nodes the mirror knows, and sum them up the tree (NaN wherever a node below is not
    fresh);
 2. advance the breach tracker (:func:`placement.control.breach.step`) against the raw caps of
@@ -68,7 +69,7 @@ from extender.controller.actions import (
     ClusterApi,
     EvictOutcome,
 )
-from extender.controller.power import PowerReadings, leaf_watts, rollup_watts
+from extender.controller.readings import PowerReadings, leaf_watts, rollup_watts
 from extender.periodic import PeriodicLoop
 from extender.telemetry import ControllerMetrics
 from placement.control.breach import BreachState, HeldFeedback, TickEvents, feedback_watts, step
