@@ -51,9 +51,9 @@ from extender.config.model import (
     ConfigError,
     ConfigSpec,
     PlannerSettings,
+    PlannerSpec,
     PolicySpec,
     ProfileDocument,
-    ProfileValue,
     ScoringSpec,
     ServiceEntry,
 )
@@ -61,8 +61,7 @@ from extender.config.power import PowerSettings, resolve_power_source
 from placement.grid import Grid
 from placement.problem import Problem
 from placement.scenario.building import problem_from_spec
-from placement.scenario.profile_csv import csv_profile
-from placement.scenario.profiles import diurnal_profile
+from placement.scenario.profiles import profile_values
 from placement.scenario.spec import (
     API_VERSION,
     ScenarioError,
@@ -77,30 +76,8 @@ def _pydantic_problems(err: ValidationError, prefix: str = "") -> list[str]:
     )
 
 
-def resolve_profile(value: ProfileValue, grid: Grid, base_dir: Path) -> NDArray[np.float64]:
-    """A (T,) profile from T values or a shorthand; raises ``ValueError`` saying why not."""
-    if isinstance(value, list):
-        values = np.asarray(value, dtype=np.float64)
-    else:
-        given = [k for k in ("diurnal", "constant", "csv") if getattr(value, k) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of a list of values, diurnal, constant or csv")
-        if value.diurnal is not None:
-            values = diurnal_profile(value.diurnal, grid)
-        elif value.constant is not None:
-            values = np.full(grid.slots, float(value.constant))
-        else:
-            assert value.csv is not None
-            values = csv_profile(value.csv, grid, base_dir)
-    if values.shape != (grid.slots,):
-        raise ValueError(f"{values.size} values, the grid has {grid.slots} slots")
-    if not np.isfinite(values).all():
-        raise ValueError(f"value {int(np.flatnonzero(~np.isfinite(values))[0])} is not finite")
-    if (values < 0).any():
-        bad = int(np.flatnonzero(values < 0)[0])
-        raise ValueError(f"value {bad} is negative ({values[bad]:g} W); watts must be >= 0")
-    values.setflags(write=False)
-    return values
+# The config has always said this of a non-finite profile value (scenarios say more).
+_NOT_FINITE = "is not finite"
 
 
 def _read_document(path: Path) -> Any:
@@ -110,11 +87,9 @@ def _read_document(path: Path) -> Any:
     return yaml.safe_load(text)
 
 
-def config_from_spec(
-    spec: ConfigSpec, base_dir: Path = Path("."), source: str = "config"
-) -> Config:
-    """Check cross-references and build the :class:`Config`; raises :class:`ConfigError`."""
-    problems: list[str] = []
+def _problem_of(spec: ConfigSpec, base_dir: Path, source: str) -> Problem:
+    """The grid and the power tree of the config as a fleetless :class:`Problem`;
+    raises :class:`ConfigError` with every problem in them."""
     # The tree and its caps are validated exactly as a scenario's are.
     try:
         skeleton = ScenarioSpec.model_validate(
@@ -127,17 +102,22 @@ def config_from_spec(
                 "domains": [d.model_dump(exclude_none=True) for d in spec.domains],
             }
         )
-        problem = problem_from_spec(skeleton, base_dir)
+        return problem_from_spec(skeleton, base_dir)
     except ValidationError as exc:
         raise ConfigError(_pydantic_problems(exc), source) from exc
     except ScenarioError as exc:
         raise ConfigError(exc.problems, source) from exc
-    grid, tree = problem.grid, problem.tree
 
+
+def _named_profiles(
+    spec: ConfigSpec, *, grid: Grid, base_dir: Path, problems: list[str]
+) -> dict[str, NDArray[np.float64]]:
+    """The profiles under ``profiles:`` and in the ``profileFiles:`` documents, by name;
+    what cannot be resolved is left out and appended to ``problems``."""
     profiles: dict[str, NDArray[np.float64]] = {}
     for name, value in spec.profiles.items():
         try:
-            profiles[name] = resolve_profile(value, grid, base_dir)
+            profiles[name] = profile_values(value, grid, base_dir, not_finite=_NOT_FINITE)
         except ValueError as exc:
             problems.append(f"profiles.{name}: {exc}")
     for i, pattern in enumerate(spec.profile_files):
@@ -159,10 +139,24 @@ def config_from_spec(
                 problems.append(f"{where}: profile {doc.metadata.name!r} is defined twice")
                 continue
             try:
-                profiles[doc.metadata.name] = resolve_profile(doc.profile, grid, path.parent)
+                profiles[doc.metadata.name] = profile_values(
+                    doc.profile, grid, path.parent, not_finite=_NOT_FINITE
+                )
             except ValueError as exc:
                 problems.append(f"{where}.profile: {exc}")
+    return profiles
 
+
+def _service_entries(
+    spec: ConfigSpec,
+    profiles: Mapping[str, NDArray[np.float64]],
+    *,
+    grid: Grid,
+    base_dir: Path,
+    problems: list[str],
+) -> dict[str, ServiceEntry]:
+    """Every service under ``services:`` with its profile resolved (a name looked up in
+    ``profiles``, or one given inline); problems are appended to ``problems``."""
     services: dict[str, ServiceEntry] = {}
     for name, svc in spec.services.items():
         where = f"services.{name}.profile"
@@ -180,7 +174,7 @@ def config_from_spec(
                 )
         elif svc.profile is not None:
             try:
-                profile = resolve_profile(svc.profile, grid, base_dir)
+                profile = profile_values(svc.profile, grid, base_dir, not_finite=_NOT_FINITE)
                 profile_name = name
             except ValueError as exc:
                 problems.append(f"{where}: {exc}")
@@ -193,15 +187,33 @@ def config_from_spec(
             nameplate_watts=svc.nameplate_watts,
             replicas=svc.replicas,
         )
+    return services
 
-    planner = PlannerSettings(
-        enabled=spec.planner.enabled,
-        strategy=spec.planner.strategy,
-        debounce_s=seconds_or_problem(spec.planner.debounce, "planner.debounce", problems),
-        time_limit_s=seconds_or_problem(spec.planner.time_limit, "planner.timeLimit", problems),
-        interval_s=seconds_or_problem(spec.planner.interval, "planner.interval", problems),
-        workers=spec.planner.workers,
+
+def _planner_settings(spec: PlannerSpec, problems: list[str]) -> PlannerSettings:
+    """The ``planner:`` section with its durations in seconds; a bad duration is
+    appended to ``problems``."""
+    return PlannerSettings(
+        enabled=spec.enabled,
+        strategy=spec.strategy,
+        debounce_s=seconds_or_problem(spec.debounce, "planner.debounce", problems),
+        time_limit_s=seconds_or_problem(spec.time_limit, "planner.timeLimit", problems),
+        interval_s=seconds_or_problem(spec.interval, "planner.interval", problems),
+        workers=spec.workers,
     )
+
+
+def config_from_spec(
+    spec: ConfigSpec, base_dir: Path = Path("."), source: str = "config"
+) -> Config:
+    """Check cross-references and build the :class:`Config`; raises :class:`ConfigError`
+    listing every problem (the tree's alone when the tree itself is wrong)."""
+    problem = _problem_of(spec, base_dir, source)
+    grid, tree = problem.grid, problem.tree
+    problems: list[str] = []
+    profiles = _named_profiles(spec, grid=grid, base_dir=base_dir, problems=problems)
+    services = _service_entries(spec, profiles, grid=grid, base_dir=base_dir, problems=problems)
+    planner = _planner_settings(spec.planner, problems)
     power: PowerSettings | None = None
     if spec.power is not None:
         power, power_problems = resolve_power_source(spec.power, "power")

@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 from placement.fleet import Fleet
 from placement.grid import Grid, format_duration
 from placement.problem import Problem
-from placement.scenario.profiles import _resolve_profile
+from placement.scenario.profiles import profile_values
 from placement.scenario.spec import API_VERSION, NodeSpec, ScenarioError, ScenarioSpec
 from placement.services import Services
 from placement.tree import PowerTree
@@ -49,17 +49,9 @@ def _duplicates(names: list[str]) -> set[str]:
     return dup
 
 
-def problem_from_spec(spec: ScenarioSpec, base_dir: Path = Path(".")) -> Problem:
-    """Check cross-references and build the core :class:`Problem`.
-
-    Raises :class:`ScenarioError` listing every problem found, not just the first.
-    """
-    problems: list[str] = []
-    try:
-        grid = spec.grid.to_grid()
-    except ValueError as exc:
-        raise ScenarioError([f"grid: {exc}"]) from exc
-
+def _domain_caps(spec: ScenarioSpec, grid: Grid, problems: list[str]) -> NDArray[np.float64]:
+    """The (domains × T) caps in the order of ``spec.domains``; appends to ``problems``
+    every duplicate name, unknown or self parent, bad cap and missing or extra root."""
     names = [d.name for d in spec.domains]
     known = set(names)
     for name in sorted(_duplicates(names)):
@@ -86,17 +78,22 @@ def problem_from_spec(spec: ScenarioSpec, base_dir: Path = Path(".")) -> Problem
         )
     if not roots and not problems:
         problems.append("domains: no root domain (every domain has a parent): there is a cycle")
+    return caps
 
+
+def _node_specs(spec: ScenarioSpec, problems: list[str]) -> list[tuple[str, NodeSpec]]:
+    """Every node, listed or expanded from a node group, with the path to report it by;
+    appends to ``problems`` bad groups, duplicate names and nodes off a leaf domain."""
     node_specs: list[tuple[str, NodeSpec]] = [(f"nodes[{i}]", n) for i, n in enumerate(spec.nodes)]
     for i, g in enumerate(spec.node_groups):
         try:
             node_specs += [(f"nodeGroups[{i}]", n) for n in g.expand()]
         except ValueError as exc:
             problems.append(f"nodeGroups[{i}]: {exc}")
-    node_names = [n.name for _, n in node_specs]
-    for name in sorted(_duplicates(node_names)):
+    for name in sorted(_duplicates([n.name for _, n in node_specs])):
         problems.append(f"nodes: duplicate node name {name!r}; names must be unique")
     parents = {d.name: d.parent for d in spec.domains}
+    known = set(parents)
     leafs = known - {p for p in parents.values() if p is not None}
     for where, n in node_specs:
         if n.domain not in known:
@@ -105,57 +102,89 @@ def problem_from_spec(spec: ScenarioSpec, base_dir: Path = Path(".")) -> Problem
             problems.append(
                 f"{where}.domain: {n.domain!r} has child domains; attach nodes to leaf domains"
             )
+    return node_specs
 
-    svc_names = [s.name for s in spec.services]
-    for name in sorted(_duplicates(svc_names)):
+
+def _service_profiles(
+    spec: ScenarioSpec, grid: Grid, base_dir: Path, problems: list[str]
+) -> NDArray[np.float64]:
+    """The (services × T) profiles in the order of ``spec.services`` (a row of zeros for
+    one that cannot be resolved); appends to ``problems`` duplicate names, bad profiles
+    and non-finite nameplates."""
+    for name in sorted(_duplicates([s.name for s in spec.services])):
         problems.append(f"services: duplicate service name {name!r}; names must be unique")
     profiles = np.zeros((len(spec.services), grid.slots))
     for i, s in enumerate(spec.services):
-        values, why = _resolve_profile(s, grid, base_dir)
-        if values is None:
-            problems.append(f"services[{i}].profile: {why}")
-        else:
-            profiles[i] = values
+        try:
+            profiles[i] = profile_values(s.profile, grid, base_dir)
+        except ValueError as exc:
+            problems.append(f"services[{i}].profile: {exc}")
         if not math.isfinite(s.nameplate_watts):
             problems.append(f"services[{i}].nameplateWatts: must be a finite number of watts")
+    return profiles
 
+
+def _current_replicas(
+    spec: ScenarioSpec, services: Services, fleet: Fleet
+) -> NDArray[np.int64] | None:
+    """The (services × nodes) replicas of ``current:``, or ``None`` without one; raises
+    :class:`ScenarioError` listing every unknown service or node and negative count."""
+    if not spec.current:
+        return None
+    problems: list[str] = []
+    current = np.zeros((services.size, fleet.size), dtype=np.int64)
+    for svc, per_node in spec.current.items():
+        if svc not in services.index:
+            problems.append(f"current.{svc}: unknown service")
+            continue
+        for node, count in per_node.items():
+            if node not in fleet.index:
+                problems.append(f"current.{svc}.{node}: unknown node")
+            elif count < 0:
+                problems.append(f"current.{svc}.{node}: replicas must be >= 0")
+            else:
+                current[services.index[svc], fleet.index[node]] = count
+    if problems:
+        raise ScenarioError(problems, spec.metadata.name)
+    return current
+
+
+def problem_from_spec(spec: ScenarioSpec, base_dir: Path = Path(".")) -> Problem:
+    """Check cross-references and build the core :class:`Problem`.
+
+    Raises :class:`ScenarioError` listing every problem found, not just the first.
+    """
+    try:
+        grid = spec.grid.to_grid()
+    except ValueError as exc:
+        raise ScenarioError([f"grid: {exc}"]) from exc
+    problems: list[str] = []
+    caps = _domain_caps(spec, grid, problems)
+    node_specs = _node_specs(spec, problems)
+    profiles = _service_profiles(spec, grid, base_dir, problems)
     if problems:
         raise ScenarioError(problems, spec.metadata.name)
     try:
-        tree = PowerTree.build(names, [d.parent for d in spec.domains], caps)
+        tree = PowerTree.build(
+            [d.name for d in spec.domains], [d.parent for d in spec.domains], caps
+        )
     except ValueError as exc:
         raise ScenarioError([f"domains: {exc}"], spec.metadata.name) from exc
 
     fleet = Fleet(
-        names=tuple(node_names),
+        names=tuple(n.name for _, n in node_specs),
         domain=np.array([tree.index[n.domain] for _, n in node_specs], dtype=np.int64),
         gpus=np.array([n.gpus for _, n in node_specs], dtype=np.int64),
         idle_watts=np.array([n.idle_watts for _, n in node_specs], dtype=np.float64),
     )
     services = Services(
-        names=tuple(svc_names),
+        names=tuple(s.name for s in spec.services),
         demand=np.array([s.replicas for s in spec.services], dtype=np.int64),
         gpus=np.array([s.gpus_per_replica for s in spec.services], dtype=np.int64),
         priority=np.array([s.priority for s in spec.services], dtype=np.int64),
         nameplate=np.array([s.nameplate_watts for s in spec.services], dtype=np.float64),
         profiles=profiles,
     )
-    current = None
-    if spec.current:
-        current = np.zeros((services.size, fleet.size), dtype=np.int64)
-        for svc, per_node in spec.current.items():
-            if svc not in services.index:
-                problems.append(f"current.{svc}: unknown service")
-                continue
-            for node, count in per_node.items():
-                if node not in fleet.index:
-                    problems.append(f"current.{svc}.{node}: unknown node")
-                elif count < 0:
-                    problems.append(f"current.{svc}.{node}: replicas must be >= 0")
-                else:
-                    current[services.index[svc], fleet.index[node]] = count
-        if problems:
-            raise ScenarioError(problems, spec.metadata.name)
     return Problem(
         name=spec.metadata.name,
         grid=grid,
@@ -163,7 +192,7 @@ def problem_from_spec(spec: ScenarioSpec, base_dir: Path = Path(".")) -> Problem
         fleet=fleet,
         services=services,
         headroom=spec.headroom,
-        current=current,
+        current=_current_replicas(spec, services, fleet),
     )
 
 

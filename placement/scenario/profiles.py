@@ -1,4 +1,5 @@
-"""Power profiles from the scenario shorthands: explicit values, diurnal shapes, CSV files."""
+"""Power profiles from the shorthands scenarios and the config share: explicit values,
+diurnal shapes, CSV files."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from numpy.typing import NDArray
 
 from placement.grid import Grid, parse_duration
 from placement.scenario.profile_csv import csv_profile
-from placement.scenario.spec import DiurnalSpec, ServiceSpec
+from placement.scenario.spec import DiurnalSpec, ProfileRef
 
 
 def parse_time_of_day(text: str) -> int:
@@ -37,33 +38,38 @@ def diurnal_profile(spec: DiurnalSpec, grid: Grid) -> NDArray[np.float64]:
     return spec.low + (spec.high - spec.low) * shape
 
 
-def _resolve_profile(
-    spec: ServiceSpec, grid: Grid, base_dir: Path
-) -> tuple[NDArray[np.float64] | None, str]:
-    """The (T,) profile of a service, or ``None`` and why not."""
-    prof = spec.profile
-    try:
-        if isinstance(prof, list):
-            values = np.asarray(prof, dtype=np.float64)
+def profile_values(
+    profile: list[float] | ProfileRef,
+    grid: Grid,
+    base_dir: Path,
+    *,
+    not_finite: str = "is not a finite number of watts",
+) -> NDArray[np.float64]:
+    """The read-only (T,) watts of a profile given as T values or a shorthand (diurnal,
+    constant, CSV; a CSV path is relative to ``base_dir``).
+
+    Raises ``ValueError`` saying why not, e.g. ``143 values, the grid has 144 slots``;
+    a non-finite value is reported as ``value {i} {not_finite}``.
+    """
+    if isinstance(profile, list):
+        values = np.asarray(profile, dtype=np.float64)
+    else:
+        given = [k for k in ("diurnal", "constant", "csv") if getattr(profile, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of a list of values, diurnal, constant or csv")
+        if profile.diurnal is not None:
+            values = diurnal_profile(profile.diurnal, grid)
+        elif profile.constant is not None:
+            values = np.full(grid.slots, float(profile.constant))
         else:
-            given = [k for k in ("diurnal", "constant", "csv") if getattr(prof, k) is not None]
-            if len(given) != 1:
-                return None, "give exactly one of a list of values, diurnal, constant or csv"
-            if prof.diurnal is not None:
-                values = diurnal_profile(prof.diurnal, grid)
-            elif prof.constant is not None:
-                values = np.full(grid.slots, float(prof.constant))
-            else:
-                assert prof.csv is not None
-                values = csv_profile(prof.csv, grid, base_dir)
-    except ValueError as exc:
-        return None, str(exc)
+            assert profile.csv is not None
+            values = csv_profile(profile.csv, grid, base_dir)
     if values.shape != (grid.slots,):
-        return None, f"{values.size} values, the grid has {grid.slots} slots"
+        raise ValueError(f"{values.size} values, the grid has {grid.slots} slots")
     if not np.isfinite(values).all():
-        bad = int(np.flatnonzero(~np.isfinite(values))[0])
-        return None, f"value {bad} is not a finite number of watts"
+        raise ValueError(f"value {int(np.flatnonzero(~np.isfinite(values))[0])} {not_finite}")
     if (values < 0).any():
         bad = int(np.flatnonzero(values < 0)[0])
-        return None, f"value {bad} is negative ({values[bad]:g} W); watts must be >= 0"
-    return values, ""
+        raise ValueError(f"value {bad} is negative ({values[bad]:g} W); watts must be >= 0")
+    values.setflags(write=False)
+    return values
