@@ -80,6 +80,13 @@ class PowerTree:
         has_child[self.parents[self.parents >= 0]] = True
         return np.flatnonzero(~has_child)
 
+    def unknown_domain_message(self, name: str, *, kind: str = "domain", detail: str = "") -> str:
+        """``unknown {kind} {name!r}{detail}; domains are: …``: the message for a name that
+        is not a domain here, listing the first 10 domains (then ``, …`` if there are more).
+        Callers put where the name came from in front."""
+        listing = ", ".join(self.names[:10]) + (", …" if self.size > 10 else "")
+        return f"unknown {kind} {name!r}{detail}; domains are: {listing}"
+
     def ancestors(self, domain: int) -> NDArray[np.int64]:
         """``domain`` and every domain above it, root first."""
         return np.flatnonzero(self.membership[:, domain])

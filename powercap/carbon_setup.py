@@ -145,8 +145,7 @@ def intensity_specs(problem: Problem, texts: list[str]) -> dict[str, Path]:
             name = name.strip()
             if name not in tree.index:
                 raise fail(
-                    f"--intensity: unknown domain {name!r} in {text!r}; domains are: "
-                    f"{', '.join(tree.names[:10])}{', …' if tree.size > 10 else ''}"
+                    "--intensity: " + tree.unknown_domain_message(name, detail=f" in {text!r}")
                 )
         else:
             name, path = root_name(problem), text
@@ -188,10 +187,7 @@ def planning_problem(problem: Problem, opts: CarbonOptions) -> tuple[Problem, Ca
     ):
         raise fail("--emission-budget: give a finite, non-negative number of kg CO2e")
     if opts.budget_domain is not None and opts.budget_domain not in problem.tree.index:
-        raise fail(
-            f"--budget-domain: unknown domain {opts.budget_domain!r}; domains are: "
-            f"{', '.join(problem.tree.names[:10])}{', …' if problem.tree.size > 10 else ''}"
-        )
+        raise fail(f"--budget-domain: {problem.tree.unknown_domain_message(opts.budget_domain)}")
     specs = intensity_specs(problem, opts.intensity)
     series = {
         name: read_intensity(path, opts.time_column, opts.value_column, opts.tz, opts.unit)

@@ -355,7 +355,6 @@ def resolve_intensity(
 
 def _check_domains(resolved: Sequence[tuple[str, IntensitySettings]], tree: PowerTree) -> list[str]:
     names = tuple(tree.names)
-    listing = ", ".join(names[:10]) + (", …" if len(names) > 10 else "")
     problems: list[str] = []
     covered: dict[int, str] = {}  # listed domain → the path of the source listing it
     budgets: dict[tuple[str, str], str] = {}
@@ -363,9 +362,7 @@ def _check_domains(resolved: Sequence[tuple[str, IntensitySettings]], tree: Powe
         for i, name in enumerate(settings.domains or ()):
             d = tree.index.get(name)
             if d is None:
-                problems.append(
-                    f"{path}.domains[{i}]: unknown domain {name!r}; domains are: {listing}"
-                )
+                problems.append(f"{path}.domains[{i}]: {tree.unknown_domain_message(name)}")
                 continue
             for other, by in covered.items():
                 if by != path and (tree.membership[other, d] or tree.membership[d, other]):
@@ -377,8 +374,7 @@ def _check_domains(resolved: Sequence[tuple[str, IntensitySettings]], tree: Powe
         for i, b in enumerate(settings.budgets):
             if b.domain not in tree.index:
                 problems.append(
-                    f"{path}.budgets[{i}].domain: unknown domain {b.domain!r}; domains are: "
-                    f"{listing}"
+                    f"{path}.budgets[{i}].domain: {tree.unknown_domain_message(b.domain)}"
                 )
             key = (b.domain, b.window)
             first = budgets.setdefault(key, path)

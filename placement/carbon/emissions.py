@@ -164,10 +164,7 @@ def domain_intensity(
     tree, slots = problem.tree, problem.grid.slots
     unknown = [d for d in by_domain if d not in tree.index]
     if unknown:
-        raise ValueError(
-            f"unknown domain {unknown[0]!r}; domains are: {', '.join(tree.names[:10])}"
-            + (", …" if tree.size > 10 else "")
-        )
+        raise ValueError(tree.unknown_domain_message(unknown[0]))
     out = np.full((tree.size, slots), np.nan)
     named = np.zeros(tree.size, dtype=bool)
     for name, values in by_domain.items():
@@ -241,10 +238,7 @@ def budget_allowance(problem: Problem) -> tuple[int, float] | None:
         return None
     name = terms.budget_domain if terms.budget_domain is not None else root_name(problem)
     if name not in problem.tree.index:
-        raise ValueError(
-            f"unknown budget domain {name!r}; domains are: {', '.join(problem.tree.names[:10])}"
-            + (", …" if problem.tree.size > 10 else "")
-        )
+        raise ValueError(problem.tree.unknown_domain_message(name, kind="budget domain"))
     d = problem.tree.index[name]
     floor = float(idle_kg(problem)[d])
     if terms.budget_kg < floor:

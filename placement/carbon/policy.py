@@ -102,10 +102,7 @@ def cap_schedule(
         )
     unknown = [d for d in policies if d not in tree.index]
     if unknown:
-        raise ValueError(
-            f"unknown domain {unknown[0]!r}; domains are: {', '.join(tree.names[:10])}"
-            + (", …" if tree.size > 10 else "")
-        )
+        raise ValueError(tree.unknown_domain_message(unknown[0]))
     caps = np.array(tree.caps, dtype=np.float64)
     for name, policy in policies.items():
         d = tree.index[name]
@@ -148,10 +145,7 @@ def carbon_aware_rows(
     names = list(domains) if domains is not None else [root_name(problem)]
     unknown = [d for d in names if d not in tree.index]
     if unknown:
-        raise ValueError(
-            f"unknown domain {unknown[0]!r}; domains are: {', '.join(tree.names[:10])}"
-            + (", …" if tree.size > 10 else "")
-        )
+        raise ValueError(tree.unknown_domain_message(unknown[0]))
     caps = np.array(tree.caps, dtype=np.float64)
     for name in names:
         d = tree.index[name]
