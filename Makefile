@@ -15,7 +15,7 @@ help:
 	@echo "make test   - lint, type-check and run every test (unit, then e2e)"
 	@echo "make e2e    - the e2e tests on a local KWOK cluster (builds the toolchain once)"
 	@echo "make bench  - run the benchmarks (results: benchmarks/README.md)"
-	@echo "make lint   - ruff and mypy only"
+	@echo "make lint   - ruff, mypy and the import contracts (lint-imports) only"
 
 $(STAMP): pyproject.toml
 	@echo ">> creating virtualenv in $(VENV) and installing powercap with its dev dependencies"
@@ -39,6 +39,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check placement extender powercap tests benchmarks e2e
 	$(VENV)/bin/ruff format --check placement extender powercap tests benchmarks e2e
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 typecheck: lint
 
@@ -67,7 +68,7 @@ bench: $(STAMP) tools
 	$(PY) -m benchmarks.kwok servegen
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache
 
 .PHONY: tools prometheus
 tools: $(STAMP) prometheus

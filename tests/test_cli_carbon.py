@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from placement.assignment import Assignment
 from placement.carbon.emissions import domain_intensity, plan_emissions, with_carbon
@@ -81,7 +81,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
     }
 
 
-def invoke(*args: str) -> Any:
+def invoke(*args: str | Path) -> Result:
     return runner.invoke(cli.app, [str(a) for a in args])
 
 

@@ -24,7 +24,8 @@ T = 144
 def day_bump(peak_hour: float, low: float, high: float) -> list[float]:
     hours = (np.arange(T) + 0.5) / 6
     dist = np.minimum(np.abs(hours - peak_hour), 24 - np.abs(hours - peak_hour))
-    return (low + (high - low) * np.exp(-0.5 * (dist / 2.0) ** 2)).round(3).tolist()
+    bump: list[float] = (low + (high - low) * np.exp(-0.5 * (dist / 2.0) ** 2)).round(3).tolist()
+    return bump
 
 
 def two_rack_problem(rack_cap: float = 20_000, **extra: Any) -> Problem:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from numpy.typing import NDArray
 
 from placement.admission import violations
 from placement.assignment import Assignment
@@ -19,10 +20,20 @@ from placement.strategies.greedy import plan_greedy
 from tests.problems import problem_from_dict, problems
 
 SOLVER = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-QUICK = {"time_limit_s": 5.0}
 
 
-def service(name: str, profile: list[float], replicas: int, gpus: int = 8, **kw: Any) -> dict:
+class SolverOptions(TypedDict, total=False):
+    """Keyword arguments of :func:`plan_cpsat` the tests set."""
+
+    time_limit_s: float
+
+
+QUICK: SolverOptions = {"time_limit_s": 5.0}
+
+
+def service(
+    name: str, profile: list[float], replicas: int, gpus: int = 8, **kw: Any
+) -> dict[str, Any]:
     return {
         "name": name,
         "replicas": replicas,
@@ -33,14 +44,21 @@ def service(name: str, profile: list[float], replicas: int, gpus: int = 8, **kw:
     }
 
 
-def nodes(prefix: str, domain: str, count: int, gpus: int = 8, idle: float = 0.0) -> list[dict]:
+def nodes(
+    prefix: str, domain: str, count: int, gpus: int = 8, idle: float = 0.0
+) -> list[dict[str, Any]]:
     return [
         {"name": f"{prefix}-{i}", "domain": domain, "gpus": gpus, "idleWatts": idle}
         for i in range(count)
     ]
 
 
-def one_rack(services: list[dict], cap: float, node_list: list[dict], grid: dict) -> Problem:
+def one_rack(
+    services: list[dict[str, Any]],
+    cap: float,
+    node_list: list[dict[str, Any]],
+    grid: dict[str, str],
+) -> Problem:
     return problem_from_dict(
         {
             "grid": grid,
@@ -65,7 +83,9 @@ def assert_admissible(problem: Problem, plan: Plan) -> None:
     idle_only = violations(
         np.repeat(problem.idle_by_domain[:, None], load.shape[1], axis=1), problem.effective_caps
     )
-    idle_dead = (problem.tree.membership & idle_only.any(axis=1)[:, None]).any(axis=0)
+    # ndarray.any with an axis is typed as "scalar or array"; a 2-D mask gives an array
+    idle_rows = cast("NDArray[np.bool_]", idle_only.any(axis=1))
+    idle_dead = (problem.tree.membership & idle_rows[:, None]).any(axis=0)
     assert not over[~idle_dead].any()
     assert (plan.assignment.gpus_used(problem) <= problem.fleet.gpus).all()
     assert (plan.assignment.hosted <= problem.services.demand).all()
@@ -291,7 +311,7 @@ def test_greedy_is_returned_when_packing_loses_replicas(monkeypatch: pytest.Monk
     ],
     ids=["no-services", "no-nodes", "no-demand"],
 )
-def test_nothing_to_place_gives_an_empty_plan(data: dict) -> None:
+def test_nothing_to_place_gives_an_empty_plan(data: dict[str, Any]) -> None:
     problem = problem_from_dict({"grid": TWO_SLOTS, **data})
     plan = plan_cpsat(problem, **QUICK)
     assert plan.assignment.counts.shape == (problem.services.size, problem.fleet.size)

@@ -58,7 +58,8 @@ def bind(ext: Extender, p: dict[str, Any], node_name: str, filtered: bool = True
 
 
 def leaf_load(ext: Extender, domain: str) -> NDArray[np.float64]:
-    return ext.state.ledger.load[ext.state.tree.index[domain]].copy()
+    row: NDArray[np.float64] = ext.state.ledger.load[ext.state.tree.index[domain]].copy()
+    return row
 
 
 def test_filter_passes_every_node_with_room() -> None:
@@ -196,6 +197,11 @@ class FixedPlan:
 
     def targets(self, service: str) -> NDArray[np.int64] | None:
         return self._targets.get(service)
+
+    def all_targets(self) -> tuple[object, dict[str, NDArray[np.int64]]] | None:
+        """No snapshot: only read to hold the plan's power (``reserve_plan``), which the
+        tests of a plain FixedPlan leave off; see ``Plan`` in the reserve test."""
+        return None
 
 
 def test_prioritize_follows_the_plan() -> None:

@@ -236,7 +236,8 @@ class Backoff:
 
     def next(self) -> float:
         self.failures += 1
-        ceiling = min(self.cap_s, self.base_s * 2 ** (self.failures - 1))
+        # 2 ** int is typed Any (a negative exponent gives a float)
+        ceiling: float = min(self.cap_s, self.base_s * 2 ** (self.failures - 1))
         return ceiling / 2 + self.rng.uniform(0, ceiling / 2)
 
     def reset(self) -> None:
