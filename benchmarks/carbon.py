@@ -46,9 +46,8 @@ from placement.carbon.intensity import IntensitySeries, on_grid
 from placement.carbon.intensity_csv import read_intensity_csv
 from placement.carbon.market import EuaPrice
 from placement.carbon.price_csv import read_eua_csv
-from placement.carbon.terms import CarbonTerms
 from placement.metrics import priority_weights
-from placement.problem import Problem
+from placement.problem import CarbonTerms, Problem
 from placement.scenario.building import problem_from_spec
 from placement.scenario.servegen import Topology, build_servegen
 from placement.strategies import Plan, run_strategy

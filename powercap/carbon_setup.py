@@ -27,9 +27,8 @@ from placement.carbon.intensity import (
 )
 from placement.carbon.intensity_csv import IntensityCsvError, read_intensity_csv
 from placement.carbon.policy import DEFAULT_POLICY, CapPolicy, carbon_aware_rows
-from placement.carbon.terms import CarbonTerms
 from placement.metrics import Metrics
-from placement.problem import Problem
+from placement.problem import CarbonTerms, Problem
 from placement.strategies import Plan
 from powercap.console import fail, print_problems
 from powercap.options import (

@@ -18,9 +18,8 @@ from placement.carbon.emissions import (
     replica_kg,
     with_carbon,
 )
-from placement.carbon.terms import CarbonTerms
 from placement.metrics import priority_weights
-from placement.problem import Problem
+from placement.problem import CarbonTerms, Problem
 from placement.strategies import STRATEGY_NAMES, run_strategy
 from tests.problems import SMALL_GRID, problem_from_dict, problems
 

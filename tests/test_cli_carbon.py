@@ -16,7 +16,7 @@ from placement.assignment import Assignment
 from placement.carbon.emissions import domain_intensity, plan_emissions, with_carbon
 from placement.carbon.intensity import on_grid
 from placement.carbon.intensity_csv import read_intensity_csv
-from placement.carbon.terms import CarbonTerms
+from placement.problem import CarbonTerms
 from placement.scenario.files import load_problem
 from powercap import cli
 

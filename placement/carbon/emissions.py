@@ -16,9 +16,8 @@ from numpy.typing import NDArray
 
 from placement.assignment import Assignment
 from placement.carbon.intensity import SlotWindow
-from placement.carbon.terms import CarbonTerms
 from placement.frozen import read_only
-from placement.problem import Problem
+from placement.problem import CarbonTerms, Problem
 
 
 def root_name(problem: Problem) -> str:
