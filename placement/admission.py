@@ -37,17 +37,50 @@ class Breach:
 
 
 def fitting_domains(
-    ledger: Ledger, profile: NDArray[np.float64], caps: NDArray[np.float64]
+    ledger: Ledger,
+    profile: NDArray[np.float64],
+    caps: NDArray[np.float64],
+    *,
+    held: NDArray[np.float64] | None = None,
 ) -> NDArray[np.bool_]:
     """For every domain ``d``: would one more replica fit under ``d`` at every level?
 
-    Vectorised over all domains (one pass over the (domains × T) matrix), so the
-    extender can answer for every candidate node at once.
+    ``held`` (domains × T) is power counted on top of the ledger's load, e.g. what a
+    plan keeps for replicas it has not placed yet. Vectorised over all domains (one
+    pass over the (domains × T) matrix), so the extender can answer for every
+    candidate node at once.
     """
-    fits_here = ((ledger.load + profile) <= caps + TOLERANCE_W).all(axis=1)
+    load = ledger.load if held is None else ledger.load + held
+    fits_here = _within_caps(load + profile, caps)
     # A domain fits iff none of its ancestors-or-self fails.
     failing = np.logical_not(fits_here)
     return np.logical_not((ledger.tree.membership & failing[:, None]).any(axis=0))
+
+
+def fits_on_path(
+    *,
+    ledger: Ledger,
+    profile: NDArray[np.float64],
+    caps: NDArray[np.float64],
+    path: NDArray[np.int64],
+    freed: NDArray[np.float64] | None = None,
+) -> bool:
+    """Would one more replica fit under every domain of ``path`` in every slot?
+
+    ``path`` is a leaf's ancestors-or-self (:meth:`PowerTree.ancestors`); ``freed``
+    (T,) watts leave the path first (replicas evicted to make room). The same check
+    as :func:`fitting_domains` for one leaf, reading only its path's rows.
+    """
+    load = ledger.load[path]
+    if freed is not None:
+        load = load - freed
+    return bool(_within_caps(load + profile, caps[path]).all())
+
+
+def _within_caps(load: NDArray[np.float64], caps: NDArray[np.float64]) -> NDArray[np.bool_]:
+    """Per domain (row): ``load`` within ``caps`` in every slot, up to rounding."""
+    within: NDArray[np.bool_] = np.all(load <= caps + TOLERANCE_W, axis=-1)
+    return within
 
 
 def first_breach(

@@ -14,7 +14,8 @@ from extender.cluster.events import RecordingEventSink
 from extender.cluster.pods import PodRef, pod_gpus, pod_service
 from extender.runtime import Extender
 from extender.webhook.binding import BindError
-from extender.webhook.decisions import Decider, breach_text, worst_on_path
+from extender.webhook.decisions import Decider
+from extender.webhook.explanations import breach_text, worst_on_path
 from extender.webhook.protocol import (
     ExtenderArgs,
     ExtenderBindingArgs,

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Literal
 
 import orjson
 from fastapi import FastAPI, Request
@@ -44,8 +45,95 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 
 
+Verb = Literal["filter", "prioritize", "bind", "preempt"]
+
+
 def _error(status: int, message: str) -> Response:
     return Response(orjson.dumps({"Error": message}), status_code=status, media_type=JSON)
+
+
+class Handlers:
+    """The app's answers, bytes in and a response out, over one :class:`Decider`.
+
+    :meth:`answer` is the entry point for the protocol verbs: it runs the verb's handler
+    under the error guard and times it; the verb methods themselves raise.
+    """
+
+    def __init__(
+        self, decider: Decider, telemetry: Telemetry, is_ready: Callable[[], bool]
+    ) -> None:
+        self.decider = decider
+        self.telemetry = telemetry
+        self.is_ready = is_ready
+        self._verbs: dict[Verb, Callable[[bytes], Response]] = {
+            "filter": self.filter,
+            "prioritize": self.prioritize,
+            "bind": self.bind,
+            "preempt": self.preempt,
+        }
+
+    def answer(self, verb: Verb, body: bytes) -> Response:
+        """``verb``'s answer to ``body``: a 400 naming the field for a malformed request,
+        a 500 with a one-line error for an internal failure (traceback to the log)."""
+        start = time.perf_counter()
+        try:
+            response = self._verbs[verb](body)
+        except ProtocolError as exc:
+            self.telemetry.decided(verb, "bad_request")
+            response = _error(400, f"{verb}: {exc}")
+        except Exception as exc:
+            log.exception("%s failed", verb)
+            self.telemetry.decided(verb, "internal_error")
+            response = _error(500, f"{verb}: internal error: {type(exc).__name__}: {exc}")
+        self.telemetry.observe(verb, time.perf_counter() - start)
+        return response
+
+    def filter(self, body: bytes) -> Response:
+        """The ``ExtenderFilterResult``: node names when the scheduler sent names, else
+        the passing node objects."""
+        args = parse(body, ExtenderArgs)
+        outcome = self.decider.filter(args)
+        if args.names_only:
+            names = args.candidate_names()
+            passed = (
+                names if len(outcome.passed) == len(names) else [names[i] for i in outcome.passed]
+            )
+            content = encode_filter_result(passed, None, outcome.failed, outcome.unresolvable)
+        else:
+            items = candidate_items(args, outcome.passed)
+            content = encode_filter_result(None, items, outcome.failed, outcome.unresolvable)
+        return Response(content, media_type=JSON)
+
+    def prioritize(self, body: bytes) -> Response:
+        """The ``HostPriorityList``, a 0–10 score per candidate."""
+        args = parse(body, ExtenderArgs)
+        hosts, scores = self.decider.prioritize(args)
+        return Response(encode_host_priorities(hosts, scores), media_type=JSON)
+
+    def bind(self, body: bytes) -> Response:
+        """The ``ExtenderBindingResult``; blocks on the API server with a real binder."""
+        args = parse(body, ExtenderBindingArgs)
+        return Response(orjson.dumps({"Error": self.decider.bind(args)}), media_type=JSON)
+
+    def preempt(self, body: bytes) -> Response:
+        """The ``ExtenderPreemptionResult``: the candidates kept, victims unchanged."""
+        args = parse(body, ExtenderPreemptionArgs)
+        result = ExtenderPreemptionResult(node_name_to_meta_victims=self.decider.preempt(args))
+        return Response(result.to_json(), media_type=JSON)
+
+    def readiness(self) -> Response:
+        """200 once the cluster mirror has completed its first sync, 503 before."""
+        if self.is_ready():
+            return Response(b"ok", media_type="text/plain")
+        return Response(
+            b"not ready: the cluster mirror has not completed its first sync",
+            status_code=503,
+            media_type="text/plain",
+        )
+
+    def metrics(self) -> Response:
+        """The Prometheus exposition."""
+        return Response(self.telemetry.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 def create_app(
@@ -77,77 +165,28 @@ def create_app(
         openapi_url=None,
         lifespan=lifespan,
     )
+    handlers = Handlers(decider, telemetry, is_ready)
 
-    def _guarded(verb: str, run: Callable[[bytes], Response]) -> Callable[[bytes], Response]:
-        def handle(body: bytes) -> Response:
-            start = time.perf_counter()
-            try:
-                response = run(body)
-            except ProtocolError as exc:
-                telemetry.decided(verb, "bad_request")
-                response = _error(400, f"{verb}: {exc}")
-            except Exception as exc:
-                log.exception("%s failed", verb)
-                telemetry.decided(verb, "internal_error")
-                response = _error(500, f"{verb}: internal error: {type(exc).__name__}: {exc}")
-            telemetry.observe(verb, time.perf_counter() - start)
-            return response
-
-        return handle
-
-    def do_filter(body: bytes) -> Response:
-        args = parse(body, ExtenderArgs)
-        outcome = decider.filter(args)
-        if args.names_only:
-            names = args.candidate_names()
-            passed = (
-                names if len(outcome.passed) == len(names) else [names[i] for i in outcome.passed]
-            )
-            content = encode_filter_result(passed, None, outcome.failed, outcome.unresolvable)
-        else:
-            items = candidate_items(args, outcome.passed)
-            content = encode_filter_result(None, items, outcome.failed, outcome.unresolvable)
-        return Response(content, media_type=JSON)
-
-    def do_prioritize(body: bytes) -> Response:
-        args = parse(body, ExtenderArgs)
-        hosts, scores = decider.prioritize(args)
-        return Response(encode_host_priorities(hosts, scores), media_type=JSON)
-
-    def do_bind(body: bytes) -> Response:
-        args = parse(body, ExtenderBindingArgs)
-        return Response(orjson.dumps({"Error": decider.bind(args)}), media_type=JSON)
-
-    def do_preempt(body: bytes) -> Response:
-        args = parse(body, ExtenderPreemptionArgs)
-        result = ExtenderPreemptionResult(node_name_to_meta_victims=decider.preempt(args))
-        return Response(result.to_json(), media_type=JSON)
-
-    filter_handler = _guarded("filter", do_filter)
-    prioritize_handler = _guarded("prioritize", do_prioritize)
-    bind_handler = _guarded("bind", do_bind)
-    preempt_handler = _guarded("preempt", do_preempt)
-
-    # Filter and prioritize are short CPU work under the state lock: answering on the
-    # event loop saves a thread hop per request.
+    # Filter, prioritize and preempt are short CPU work under the state lock: answering
+    # on the event loop saves a thread hop per request.
     @app.post("/filter")
     async def filter_(request: Request) -> Response:
-        return filter_handler(await request.body())
+        return handlers.answer("filter", await request.body())
 
     @app.post("/prioritize")
     async def prioritize(request: Request) -> Response:
-        return prioritize_handler(await request.body())
+        return handlers.answer("prioritize", await request.body())
 
     @app.post("/bind")
     async def bind(request: Request) -> Response:
         body = await request.body()
         if bind_in_thread:
-            return await run_in_threadpool(bind_handler, body)
-        return bind_handler(body)
+            return await run_in_threadpool(handlers.answer, "bind", body)
+        return handlers.answer("bind", body)
 
     @app.post("/preempt")
     async def preempt(request: Request) -> Response:
-        return preempt_handler(await request.body())
+        return handlers.answer("preempt", await request.body())
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -155,17 +194,11 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        if is_ready():
-            return Response(b"ok", media_type="text/plain")
-        return Response(
-            b"not ready: the cluster mirror has not completed its first sync",
-            status_code=503,
-            media_type="text/plain",
-        )
+        return handlers.readiness()
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(telemetry.render(), media_type=CONTENT_TYPE_LATEST)
+        return handlers.metrics()
 
     @app.exception_handler(Exception)
     async def _unhandled(_: Request, exc: Exception) -> Response:

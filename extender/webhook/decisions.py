@@ -3,7 +3,7 @@
 * **filter** is the hard guarantee: a node passes when one more replica of the pod's
   profile keeps every level above it within its effective cap in every slot, and the
   node has the pod's GPUs free. Failed nodes say which domain would exceed its cap,
-  at what time of day, by how many watts.
+  at what time of day, by how many watts (:mod:`extender.webhook.explanations`).
 * **prioritize** scores 0–10: agreement with the current plan (nodes in a leaf domain
   where the plan wants more replicas of the pod's service than it has) weighted by
   ``planWeight``, the rest by the least rise of peak utilisation along the path.
@@ -28,7 +28,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -40,6 +40,12 @@ from extender.cluster.state import ClusterState, PodRecord
 from extender.config.model import Config
 from extender.telemetry import Telemetry
 from extender.webhook.binding import Binder, BindError
+from extender.webhook.explanations import (
+    UNKNOWN_NODE,
+    Explainer,
+    busy_gpus_text,
+    too_few_gpus_text,
+)
 from extender.webhook.protocol import (
     ExtenderArgs,
     ExtenderBindingArgs,
@@ -47,15 +53,10 @@ from extender.webhook.protocol import (
     MetaVictims,
     ProtocolError,
 )
-from placement.admission import TOLERANCE_W, fitting_domains
+from placement.admission import fits_on_path, fitting_domains
 from placement.scoring import peak_increase, scores_0_to_10
 
 log = logging.getLogger(__name__)
-
-UNKNOWN_NODE = (
-    "powercap: node is not in the power tree (no powercap.io/domain label naming a leaf "
-    "domain of the config); its power cannot be checked"
-)
 
 
 class PlanSource(Protocol):
@@ -83,85 +84,27 @@ class FilterOutcome:
 
 
 @dataclass
-class _Explainer:
-    """Why one more replica of ``profile`` on top of ``base`` (domains × T) does not fit
-    under a leaf: the worst overage on the leaf's path, the rootmost on ties (as
-    :func:`placement.admission.first_breach` picks it). Computed once for all domains,
-    on the first failing node; messages are cached per leaf."""
-
-    base: NDArray[np.float64]
-    profile: NDArray[np.float64]
-    slot: NDArray[np.int64] | None = None  # per domain, the slot of its largest overage
-    worst: NDArray[np.float64] | None = None  # per domain, that overage in watts
-    culprit: NDArray[np.int64] | None = None  # per domain, the worst domain on its path
-    messages: dict[int, str] = field(default_factory=dict)  # per leaf
-
-    def message(self, state: ClusterState, leaf: int, held: bool = False) -> str:
-        if self.culprit is None:
-            over = self.base + self.profile - state.caps
-            self.slot = over.argmax(axis=1)
-            self.worst = over[np.arange(over.shape[0]), self.slot]
-            self.culprit = worst_on_path(self.worst, state.tree.parents, state.levels)
-        assert self.slot is not None and self.worst is not None
-        message = self.messages.get(leaf)
-        if message is None:
-            k = int(self.culprit[leaf])
-            t = int(self.slot[k])
-            args = (state.tree.names[k], state.slot_labels[t], float(self.worst[k]))
-            cap = float(state.caps[k, t])
-            message = held_text(*args, cap) if held else breach_text(*args, cap)
-            configured = float(state.configured_caps[k, t])
-            if cap < configured - 0.5:  # say why the cap is not the one in the config
-                message += f"; lowered from {configured:.0f} W by the live carbon caps"
-            self.messages[leaf] = message
-        return message
-
-
-@dataclass
 class _DomainView:
     """What one more replica of one profile does to every domain, at one state version
     (and, with plan reservations, for one service under one plan)."""
 
     hard_fits: NDArray[np.bool_]  # within every cap on the path
     fits: NDArray[np.bool_]  # and, with reservations, outside what the plan holds
-    hard: _Explainer
-    held: _Explainer | None = None
+    hard: Explainer
+    held: Explainer | None = None
     rise: NDArray[np.float64] | None = None
 
 
-def held_text(domain: str, time_of_day: str, over_watts: float, cap_watts: float) -> str:
-    """Message for a node whose power the plan holds for other services' replicas."""
-    return (
-        f"powercap: the plan holds the rest of domain {domain}'s cap at {time_of_day} for "
-        f"other services' planned replicas; this pod needs {over_watts:.0f} W more "
-        f"(cap {cap_watts:.0f} W)"
-    )
+@dataclass(frozen=True)
+class _Candidates:
+    """A request's candidate nodes at one state version, in the request's order."""
 
-
-def breach_text(domain: str, time_of_day: str, over_watts: float, cap_watts: float) -> str:
-    """``"powercap: " + Breach.message()`` without building the Breach (a frozen
-    dataclass costs ~2 µs; a filter may explain hundreds of nodes). Tests hold the
-    two texts equal."""
-    return (
-        f"powercap: domain {domain} would exceed its cap at {time_of_day} "
-        f"by {over_watts:.0f} W (cap {cap_watts:.0f} W)"
-    )
-
-
-def worst_on_path(
-    worst: NDArray[np.float64], parents: NDArray[np.int64], levels: list[NDArray[np.int64]]
-) -> NDArray[np.int64]:
-    """Per domain ``d``: the domain on the path root → ``d`` with the largest
-    ``worst``, the rootmost on ties. ``levels[k]`` lists the domains at depth ``k``;
-    one vectorised step per level, so cheap for the shallow trees of datacenters."""
-    culprit = np.arange(worst.size)
-    best = worst.copy()
-    for level in levels[1:]:
-        up = parents[level]
-        take = best[up] >= best[level]
-        culprit[level] = np.where(take, culprit[up], culprit[level])
-        best[level] = np.where(take, best[up], best[level])
-    return culprit
+    slots: NDArray[np.int64]  # -1 for a node the mirror does not know
+    known: NDArray[np.bool_]
+    leaf: NDArray[np.int64]  # leaf domain per node
+    free: NDArray[np.int64]  # free GPUs per node
+    power_ok: NDArray[np.bool_]  # known, and within every cap (and the plan's holds)
+    ok: NDArray[np.bool_]  # and with the pod's GPUs free
 
 
 class Decider:
@@ -257,7 +200,7 @@ class Decider:
         view = self._views.get(key)
         if view is None:
             hard = fitting_domains(state.ledger, demand.profile, state.caps)
-            view = _DomainView(hard, hard, _Explainer(state.ledger.load, demand.profile))
+            view = _DomainView(hard, hard, Explainer(state.ledger.load, demand.profile))
             if held is not None:
                 view.fits, view.held = self._outside_held(demand, hard, held[1])
             self._views[key] = view
@@ -345,22 +288,19 @@ class Decider:
 
     def _outside_held(
         self, demand: Demand, hard: NDArray[np.bool_], held: NDArray[np.float64]
-    ) -> tuple[NDArray[np.bool_], _Explainer]:
+    ) -> tuple[NDArray[np.bool_], Explainer]:
         """Where the pod fits without using power the plan holds for others. A pod of
         a service the plan wants more of under a leaf takes its own held share there,
         so only the caps apply to it."""
         assert demand.profile is not None and self.plan is not None
         state = self.state
-        base = state.ledger.load + held
-        failing = np.logical_not(((base + demand.profile) <= state.caps + TOLERANCE_W).all(axis=1))
-        # A domain is outside the held power iff it and every ancestor are.
-        outside = np.logical_not((state.tree.membership & failing[:, None]).any(axis=0))
+        outside = fitting_domains(state.ledger, demand.profile, state.caps, held=held)
         own = np.zeros(state.tree.size, dtype=bool)
         target = self.plan.targets(demand.service) if demand.service else None
         row = state.service_row(demand.service)
         if target is not None:
             own = target > (state.counts[row] if row >= 0 else 0)
-        return hard & (own | outside), _Explainer(base, demand.profile)
+        return hard & (own | outside), Explainer(state.ledger.load, demand.profile, held)
 
     def _rise(self, demand: Demand, view: _DomainView) -> NDArray[np.float64]:
         if view.rise is None:
@@ -386,43 +326,16 @@ class Decider:
             message = f"powercap: {demand.problem}"
             self._decided("filter", "rejected_profile")
             return FilterOutcome([], {}, dict.fromkeys(names, message))
-        state = self.state
         failed: dict[str, str] = {}
         unresolvable: dict[str, str] = {}
-        with state.lock:
-            slots = state.node_slots(names)
-            known = slots >= 0
-            leaf = state.node_leaf[slots]  # slot -1 reads the last entry; masked by known
-            free = state.node_gpus[slots] - state.node_used[slots]
+        with self.state.lock:
             view = self._view(demand)
-            power_ok = known & view.fits[leaf]
-            gpu_ok = free >= demand.gpus
-            ok = power_ok & gpu_ok
-            if ok.all():
+            found = self._candidates(names, demand, view)
+            if found.ok.all():
                 passed = list(range(len(names)))
             else:
-                passed = np.flatnonzero(ok).tolist()
-                why: dict[int, str] = {}  # per leaf: candidates share racks
-                for i in np.flatnonzero(~ok).tolist():
-                    name = names[i]
-                    if not known[i]:
-                        unresolvable[name] = UNKNOWN_NODE
-                    elif not power_ok[i]:
-                        at = int(leaf[i])
-                        known_why = why.get(at)
-                        if known_why is None:
-                            known_why = why[at] = self._why_not(view, at)
-                        failed[name] = known_why
-                    elif state.node_gpus[slots[i]] < demand.gpus:
-                        unresolvable[name] = (
-                            f"powercap: node has {int(state.node_gpus[slots[i]])} GPUs in all; "
-                            f"the pod needs {demand.gpus}"
-                        )
-                    else:
-                        failed[name] = (
-                            f"powercap: node has {int(free[i])} free GPUs by powercap's count; "
-                            f"the pod needs {demand.gpus}"
-                        )
+                passed = np.flatnonzero(found.ok).tolist()
+                failed, unresolvable = self._rejections(names, demand, view, found)
         if not passed:
             outcome = "none_fit"
         elif failed or unresolvable:
@@ -431,6 +344,42 @@ class Decider:
             outcome = "all_fit"
         self._decided("filter", outcome + ("_nameplate" if demand.fallback else ""))
         return FilterOutcome(passed, failed, unresolvable)
+
+    def _candidates(self, names: list[str], demand: Demand, view: _DomainView) -> _Candidates:
+        """Where the request's nodes are and whether the pod fits each; call under the
+        state lock."""
+        state = self.state
+        slots = state.node_slots(names)
+        known = slots >= 0
+        leaf = state.node_leaf[slots]  # slot -1 reads the last entry; masked by known
+        free = state.node_gpus[slots] - state.node_used[slots]
+        power_ok = known & view.fits[leaf]
+        return _Candidates(slots, known, leaf, free, power_ok, power_ok & (free >= demand.gpus))
+
+    def _rejections(
+        self, names: list[str], demand: Demand, view: _DomainView, found: _Candidates
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """``(failed, unresolvable)``: why each candidate the pod does not fit fails;
+        call under the state lock."""
+        state = self.state
+        failed: dict[str, str] = {}
+        unresolvable: dict[str, str] = {}
+        why: dict[int, str] = {}  # per leaf: candidates share racks
+        for i in np.flatnonzero(~found.ok).tolist():
+            name = names[i]
+            if not found.known[i]:
+                unresolvable[name] = UNKNOWN_NODE
+            elif not found.power_ok[i]:
+                at = int(found.leaf[i])
+                known_why = why.get(at)
+                if known_why is None:
+                    known_why = why[at] = self._why_not(view, at)
+                failed[name] = known_why
+            elif (total := int(state.node_gpus[found.slots[i]])) < demand.gpus:
+                unresolvable[name] = too_few_gpus_text(total, demand.gpus)
+            else:
+                failed[name] = busy_gpus_text(int(found.free[i]), demand.gpus)
+        return failed, unresolvable
 
     # --- prioritize ------------------------------------------------------------------------
     def prioritize(self, args: ExtenderArgs) -> tuple[list[str], list[int]]:
@@ -443,12 +392,9 @@ class Decider:
         state = self.state
         targets = self.plan.targets(demand.service) if self.plan and demand.service else None
         with state.lock:
-            slots = state.node_slots(names)
-            known = slots >= 0
-            leaf = state.node_leaf[slots]
             view = self._view(demand)
-            free = state.node_gpus[slots] - state.node_used[slots]
-            ok = known & view.fits[leaf] & (free >= demand.gpus)
+            found = self._candidates(names, demand, view)
+            ok, leaf = found.ok, found.leaf
             if not ok.any():
                 self._decided("prioritize", "none_fit")
                 return names, [0] * len(names)
@@ -501,32 +447,39 @@ class Decider:
         if demand.rejected or demand.profile is None:
             self._decided("bind", "rejected_profile")
             return f"powercap: {demand.problem}"
+        recorded = self._record_if_fits(pod, demand, args.node)
+        if isinstance(recorded, str):
+            return recorded
+        return self._create_binding(pod, args.node, recorded)
+
+    def _record_if_fits(self, pod: PodRef, demand: Demand, node: str) -> PodRecord | str:
+        """Re-check the pod on ``node`` under the state lock and record it in the state;
+        the record, or the answer for the scheduler (``""`` when already bound there)."""
+        assert demand.profile is not None
         state = self.state
         with state.lock:
             existing = state.pods.get(pod.uid) if pod.uid else None
             if existing is not None:
-                if existing.node == args.node:
+                if existing.node == node:
                     self._decided("bind", "already_bound")
                     return ""
                 self._decided("bind", "conflict")
                 return f"powercap: pod {pod} is already bound to {existing.node}"
-            slot = state.node_slot(args.node)
+            slot = state.node_slot(node)
             if slot < 0:
                 self._decided("bind", "unknown_node")
-                return f"{UNKNOWN_NODE} ({args.node})"
+                return f"{UNKNOWN_NODE} ({node})"
             free = int(state.node_gpus[slot] - state.node_used[slot])
             if free < demand.gpus:
                 self._decided("bind", "no_gpus")
                 return (
-                    f"powercap: node {args.node} has {free} free GPUs now; "
-                    f"the pod needs {demand.gpus}"
+                    f"powercap: node {node} has {free} free GPUs now; the pod needs {demand.gpus}"
                 )
             leaf = int(state.node_leaf[slot])
-            path = state.paths[leaf]
             # The exact check on the node's path; the plan's holds only when enabled.
-            within_caps = (
-                state.ledger.load[path] + demand.profile <= state.caps[path] + TOLERANCE_W
-            ).all()
+            within_caps = fits_on_path(
+                ledger=state.ledger, profile=demand.profile, caps=state.caps, path=state.paths[leaf]
+            )
             if not within_caps or (self.reserve_plan and not self._view(demand).fits[leaf]):
                 self._decided("bind", "over_cap")
                 why = self._why_not(self._view(demand), leaf)
@@ -535,7 +488,7 @@ class Decider:
                 uid=pod.uid or f"{pod.namespace}/{pod.name}",
                 namespace=pod.namespace,
                 name=pod.name,
-                node=args.node,
+                node=node,
                 service=demand.service,
                 profile=demand.profile,
                 gpus=demand.gpus,
@@ -543,7 +496,7 @@ class Decider:
             )
             # Recorded before the API call so a concurrent bind sees this pod's watts.
             state.add_pod(record)
-        return self._create_binding(pod, args.node, record)
+        return record
 
     def _create_binding(self, pod: PodRef, node: str, record: PodRecord | None) -> str:
         try:
@@ -569,28 +522,38 @@ class Decider:
         if demand.rejected or demand.profile is None:
             self._decided("preempt", "rejected_profile")
             return {}
-        state = self.state
-        out: dict[str, MetaVictims] = {}
-        with state.lock:
-            for node, meta in victims.items():
-                slot = state.node_slot(node)
-                if slot < 0:
-                    continue
-                leaf = int(state.node_leaf[slot])
-                path = state.paths[leaf]
-                freed = np.zeros(state.grid.slots)
-                freed_gpus = 0
-                for victim in meta.pods:
-                    record = state.pods.get(victim.uid)
-                    if record is not None and record.node == node:
-                        freed += record.profile
-                        freed_gpus += record.gpus
-                free = int(state.node_gpus[slot] - state.node_used[slot]) + freed_gpus
-                load = state.ledger.load[path] - freed + demand.profile
-                if free >= demand.gpus and (load <= state.caps[path] + TOLERANCE_W).all():
-                    out[node] = meta
+        with self.state.lock:
+            out = {
+                node: meta
+                for node, meta in victims.items()
+                if self._fits_after_eviction(demand, node, meta)
+            }
         self._decided("preempt", "some_kept" if out else "none_kept")
         return out
+
+    def _fits_after_eviction(self, demand: Demand, node: str, meta: MetaVictims) -> bool:
+        """Whether evicting ``meta``'s pods from ``node`` lets the pod fit there (GPUs and
+        every cap on its path); call under the state lock. Only victims recorded on
+        ``node`` free anything."""
+        assert demand.profile is not None
+        state = self.state
+        slot = state.node_slot(node)
+        if slot < 0:
+            return False
+        freed = np.zeros(state.grid.slots)
+        freed_gpus = 0
+        for victim in meta.pods:
+            record = state.pods.get(victim.uid)
+            if record is not None and record.node == node:
+                freed += record.profile
+                freed_gpus += record.gpus
+        free = int(state.node_gpus[slot] - state.node_used[slot]) + freed_gpus
+        if free < demand.gpus:
+            return False
+        path = state.paths[int(state.node_leaf[slot])]
+        return fits_on_path(
+            ledger=state.ledger, profile=demand.profile, caps=state.caps, path=path, freed=freed
+        )
 
     def _decided(self, verb: str, outcome: str, count: int = 1) -> None:
         if self.telemetry is not None and count:
