@@ -53,7 +53,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from extender.cluster.pods import is_terminal, node_name_of, pod_gpus, pod_ref, pod_service
-from extender.webhook.protocol import ProtocolError, get_field
+from extender.cluster.raw import ProtocolError, get_field
 from placement.assignment import Assignment
 from placement.grid import Grid
 from placement.problem import Problem

@@ -31,8 +31,9 @@ from extender.carbon.loop import CarbonCaps, CarbonLoop
 from extender.carbon.sources import Resilient, build_source
 from extender.cluster.events import EventSink, KubernetesEventSink, RecordingEventSink
 from extender.cluster.lease import KubernetesLeaseApi, LeaderElector, LeaseApi
-from extender.cluster.mirror import KubernetesSource, Mirror, RawObject
+from extender.cluster.mirror import KubernetesSource, Mirror
 from extender.cluster.pods import DemandResolver
+from extender.cluster.raw import RawObject
 from extender.cluster.state import ClusterState, PodRecord
 from extender.config.loading import config_from_problem
 from extender.config.model import Config, PlannerSettings, PolicySpec, ScoringSpec

@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from extender.cluster.events import RecordingEventSink
 from extender.cluster.pods import PodRef, pod_gpus, pod_service
+from extender.cluster.raw import ProtocolError
 from extender.runtime import Extender
 from extender.webhook.binding import BindError
 from extender.webhook.decisions import Decider
@@ -20,7 +21,6 @@ from extender.webhook.protocol import (
     ExtenderArgs,
     ExtenderBindingArgs,
     ExtenderPreemptionArgs,
-    ProtocolError,
     parse,
 )
 from placement.admission import Breach, first_breach

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from extender.cluster.raw import ProtocolError, get_field
 from extender.webhook.protocol import (
     ExtenderArgs,
     ExtenderBindingArgs,
@@ -16,11 +17,9 @@ from extender.webhook.protocol import (
     MetaPod,
     MetaVictims,
     NodeList,
-    ProtocolError,
     encode,
     encode_filter_result,
     encode_host_priorities,
-    get_field,
     parse,
 )
 from tests.scheduler_payloads import bind_body, filter_body, node, pod

@@ -29,13 +29,11 @@ from typing import Any, Protocol
 import orjson
 
 from extender.cluster.pods import DemandResolver, is_terminal, node_name_of
+from extender.cluster.raw import ProtocolError, RawObject, get_field, metadata_of
 from extender.cluster.state import ClusterState, PodRecord
 from extender.config.model import Config
-from extender.webhook.protocol import ProtocolError, get_field
 
 log = logging.getLogger(__name__)
-
-RawObject = Mapping[str, Any]
 
 
 # --- pure: what objects mean ------------------------------------------------------------
@@ -51,19 +49,14 @@ class NodeView:
     problem: str | None = None
 
 
-def _meta(obj: RawObject) -> Mapping[str, Any]:
-    meta = get_field(obj, "metadata")
-    return meta if isinstance(meta, Mapping) else {}
-
-
 def resource_version(obj: RawObject) -> str | None:
-    rv = get_field(_meta(obj), "resourceVersion")
+    rv = get_field(metadata_of(obj), "resourceVersion")
     return rv if isinstance(rv, str) and rv else None
 
 
 def node_view(obj: RawObject, config: Config) -> NodeView:
     """Read a raw v1.Node: its domain label, allocatable GPUs and idle watts."""
-    meta = _meta(obj)
+    meta = metadata_of(obj)
     name = str(get_field(meta, "name") or "")
     labels = get_field(meta, "labels") or {}
     annotations = get_field(meta, "annotations") or {}
@@ -107,7 +100,7 @@ def pod_record(obj: RawObject, resolver: DemandResolver) -> PodRecord | None:
     try:
         demand = resolver.resolve(obj)
     except ProtocolError as exc:
-        log.warning("pod %s ignored: %s", _meta(obj).get("name"), exc)
+        log.warning("pod %s ignored: %s", metadata_of(obj).get("name"), exc)
         return None
     if not demand.managed:
         return None
@@ -138,7 +131,7 @@ def apply_node_event(state: ClusterState, config: Config, kind: str, obj: RawObj
 
 
 def _uid(obj: RawObject) -> str:
-    meta = _meta(obj)
+    meta = metadata_of(obj)
     uid = get_field(meta, "uid")
     if isinstance(uid, str) and uid:
         return uid

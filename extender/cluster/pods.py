@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from extender.cluster.raw import ProtocolError, get_field
 from extender.config.model import Config
-from extender.webhook.protocol import ProtocolError, get_field
 
 PREFIX = "powercap.io/"
 SERVICE_LABEL = "powercap.io/service"

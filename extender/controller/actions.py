@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from extender.cluster.mirror import RawObject
+from extender.cluster.raw import RawObject
 
 log = logging.getLogger(__name__)
 

@@ -57,8 +57,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from extender.cluster.events import Event, EventSink
-from extender.cluster.mirror import RawObject, pod_record
+from extender.cluster.mirror import pod_record
 from extender.cluster.pods import DemandResolver, PodRef
+from extender.cluster.raw import RawObject
 from extender.cluster.state import ClusterState, PodRecord
 from extender.config.controller import ControllerSettings
 from extender.config.model import Config

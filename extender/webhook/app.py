@@ -27,6 +27,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
+from extender.cluster.raw import ProtocolError
 from extender.telemetry import Telemetry
 from extender.webhook.decisions import Decider, candidate_items
 from extender.webhook.protocol import (
@@ -34,7 +35,6 @@ from extender.webhook.protocol import (
     ExtenderBindingArgs,
     ExtenderPreemptionArgs,
     ExtenderPreemptionResult,
-    ProtocolError,
     encode_filter_result,
     encode_host_priorities,
     parse,

@@ -36,6 +36,7 @@ from numpy.typing import NDArray
 
 from extender.cluster.events import Event, EventSink, NullEventSink
 from extender.cluster.pods import Demand, DemandResolver, PodRef
+from extender.cluster.raw import ProtocolError
 from extender.cluster.state import ClusterState, PodRecord
 from extender.config.model import Config
 from extender.telemetry import Telemetry
@@ -51,7 +52,6 @@ from extender.webhook.protocol import (
     ExtenderBindingArgs,
     ExtenderPreemptionArgs,
     MetaVictims,
-    ProtocolError,
 )
 from placement.admission import fits_on_path, fitting_domains
 from placement.scoring import peak_increase, scores_0_to_10

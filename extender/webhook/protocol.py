@@ -21,12 +21,10 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from extender.cluster.raw import ProtocolError, get_field
+
 MIN_EXTENDER_PRIORITY = 0
 MAX_EXTENDER_PRIORITY = 10
-
-
-class ProtocolError(ValueError):
-    """A request body the extender cannot use. ``str()`` names the field and the fix."""
 
 
 def _fold_keys(data: Any, canonical: Mapping[str, str]) -> Any:
@@ -240,20 +238,6 @@ class ExtenderPreemptionResult(GoStruct):
     def to_json(self) -> bytes:
         victims = self.node_name_to_meta_victims
         return orjson.dumps({"NodeNameToMetaVictims": {n: v.as_go() for n, v in victims.items()}})
-
-
-def get_field(obj: Mapping[str, Any], name: str) -> Any:
-    """``obj[name]`` matched as Go matches a JSON key to a struct field: exactly,
-    else case-insensitively. For reading struct fields of raw Kubernetes objects
-    (``metadata``, ``spec`` …); map keys such as label names are exact in Go."""
-    value = obj.get(name)
-    if value is not None or name in obj:
-        return value
-    lowered = name.lower()
-    for key, candidate in obj.items():
-        if isinstance(key, str) and key.lower() == lowered:
-            return candidate
-    return None
 
 
 M = TypeVar("M", bound=BaseModel)
