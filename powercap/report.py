@@ -485,7 +485,52 @@ def _html(
     slot_maps: list[_Chart],
 ) -> str:
     esc = html.escape
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>powercap report — {esc(problem.name)}</title>
+<style>{_CSS}</style></head>
+<body>
+<h1>powercap placement report</h1>
+<p class="muted">Scenario <b>{esc(problem.name)}</b>: {esc(_scenario_facts(problem))}</p>
+
+<h2>Strategies</h2>
+{_strategy_table(plans, metrics, focus)}
+<p class="muted">Gains are more replicas hosted than the baseline. Violations count
+domain-slots whose predicted load exceeds the cap; stranded power is the headroom each
+leaf domain never uses, summed over leaves.</p>
+{"".join(_img(c) for c in charts)}
+
+<h2>Predicted power, {esc(focus)}</h2>
+<div class="grid">{"".join(_img(c) for c in profile_charts)}</div>
+
+<h2>Domains, {esc(focus)}</h2>
+{_domain_table(problem, metrics[focus])}
+
+<h2>Services</h2>
+{_service_table(problem, plans, metrics)}
+
+<h2>Load over the day, every strategy</h2>
+{"".join(_img(c) for c in slot_maps)}
+</body></html>
+"""
+
+
+def _scenario_facts(problem: Problem) -> str:
+    """One plain-text sentence sizing the scenario: domains, nodes, services, slots."""
     tree, fleet, svc, grid = problem.tree, problem.fleet, problem.services, problem.grid
+    step_min = grid.step_s // 60
+    return (
+        f"{tree.size} domains ({len(tree.leaves)} leaves), {fleet.size} nodes "
+        f"({int(fleet.gpus.sum())} GPUs), {svc.size} services asking for "
+        f"{int(svc.demand.sum())} replicas; {grid.slots} slots of {step_min} min; "
+        f"headroom {problem.headroom:.0%}."
+    )
+
+
+def _strategy_table(plans: dict[str, Plan], metrics: dict[str, Metrics], focus: str) -> str:
+    """One row per strategy: hosted, gains, violations, solver status; ``focus`` highlighted."""
+    esc = html.escape
     rows = []
     for name, plan in plans.items():
         m, stats = metrics[name], plan.stats
@@ -507,7 +552,7 @@ def _html(
                 f"{stats.wall_s:.2f}",
             ]
         )
-    strategy_table = _table(
+    return _table(
         [
             "strategy",
             "hosted / demand",
@@ -526,7 +571,10 @@ def _html(
         ["focus" if n == focus else "" for n in plans],
     )
 
-    fm = metrics[focus]
+
+def _domain_table(problem: Problem, metrics: Metrics) -> str:
+    """One row per domain of one strategy's ``metrics``, in :func:`domain_order`, indented."""
+    esc = html.escape
     domain_rows = [
         [
             "&nbsp;" * 3 * d.level + esc(d.domain),
@@ -538,9 +586,9 @@ def _html(
             f"{d.stranded_w / 1000:,.1f}",
             f"{d.asynchrony:.3f}",
         ]
-        for d in (fm.domains[i] for i in domain_order(problem))
+        for d in (metrics.domains[i] for i in domain_order(problem))
     ]
-    domain_table = _table(
+    return _table(
         [
             "domain",
             "replicas",
@@ -553,6 +601,12 @@ def _html(
         ],
         domain_rows,
     )
+
+
+def _service_table(problem: Problem, plans: dict[str, Plan], metrics: dict[str, Metrics]) -> str:
+    """One row per service: its priority, GPUs and power, then replicas hosted per strategy."""
+    esc = html.escape
+    svc = problem.services
     service_rows = [
         [
             esc(n),
@@ -564,43 +618,7 @@ def _html(
         ]
         for s, n in enumerate(svc.names)
     ]
-    service_table = _table(
+    return _table(
         ["service", "priority", "GPUs", "peak W", "nameplate W", *(esc(p) for p in plans)],
         service_rows,
     )
-    step_min = grid.step_s // 60
-    facts = (
-        f"{tree.size} domains ({len(tree.leaves)} leaves), {fleet.size} nodes "
-        f"({int(fleet.gpus.sum())} GPUs), {svc.size} services asking for "
-        f"{int(svc.demand.sum())} replicas; {grid.slots} slots of {step_min} min; "
-        f"headroom {problem.headroom:.0%}."
-    )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>powercap report — {esc(problem.name)}</title>
-<style>{_CSS}</style></head>
-<body>
-<h1>powercap placement report</h1>
-<p class="muted">Scenario <b>{esc(problem.name)}</b>: {esc(facts)}</p>
-
-<h2>Strategies</h2>
-{strategy_table}
-<p class="muted">Gains are more replicas hosted than the baseline. Violations count
-domain-slots whose predicted load exceeds the cap; stranded power is the headroom each
-leaf domain never uses, summed over leaves.</p>
-{"".join(_img(c) for c in charts)}
-
-<h2>Predicted power, {esc(focus)}</h2>
-<div class="grid">{"".join(_img(c) for c in profile_charts)}</div>
-
-<h2>Domains, {esc(focus)}</h2>
-{domain_table}
-
-<h2>Services</h2>
-{service_table}
-
-<h2>Load over the day, every strategy</h2>
-{"".join(_img(c) for c in slot_maps)}
-</body></html>
-"""
