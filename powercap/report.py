@@ -360,15 +360,8 @@ def _profile_chart(
     out: Path, problem: Problem, plan: Plan, metrics: Metrics, domain: int, position: int
 ) -> _Chart:
     """Idle plus each service's draw under ``domain``, stacked, against its cap."""
-    tree, grid, svc = problem.tree, problem.grid, problem.services
-    replicas = plan.assignment.by_domain(problem)[:, domain].astype(np.float64)
-    parts = replicas[:, None] * svc.profiles / 1000.0  # services × T, kW
-    idle_kw = float(problem.idle_by_domain[domain]) / 1000.0
-    order = [s for s in np.argsort(-parts.sum(axis=1), kind="stable") if replicas[s] > 0]
-    shown = (
-        order[:STACK_SERVICES] if len(order) <= STACK_SERVICES + 1 else order[: STACK_SERVICES - 1]
-    )
-    rest = [s for s in order if s not in shown]
+    tree, grid = problem.tree, problem.grid
+    layers, labels, colors = _profile_layers(problem, plan, domain)
 
     # Values hold for a whole slot: draw steps from each slot's start, and repeat the
     # last value so the final slot reaches the end of the period.
@@ -377,19 +370,6 @@ def _profile_chart(
 
     def stepped(values: NDArray[np.float64]) -> NDArray[np.float64]:
         return np.append(values, values[-1])
-
-    layers: list[NDArray[np.float64]] = [np.full(grid.slots, idle_kw)]
-    labels = ["node idle"]
-    colors = ["#c9ccd3"]
-    palette = _palette(len(shown))
-    for k, s in enumerate(shown):
-        layers.append(parts[s])
-        labels.append(f"{svc.names[s]} ×{int(replicas[s])}")
-        colors.append(palette[k])
-    if rest:
-        layers.append(parts[rest].sum(axis=0))
-        labels.append(f"{len(rest)} other services ×{int(replicas[rest].sum())}")
-        colors.append("#8c8c8c")
 
     fig = _figure(10.0, 3.9)
     ax = fig.subplots()
@@ -434,6 +414,36 @@ def _profile_chart(
     file = f"profile-{position:02d}-{_safe(tree.names[domain])}.png"
     _save(fig, out / file)
     return _Chart(file, f"{tree.names[domain]}: predicted draw by service against the cap")
+
+
+def _profile_layers(
+    problem: Problem, plan: Plan, domain: int
+) -> tuple[list[NDArray[np.float64]], list[str], list[str]]:
+    """The stacked bands of a profile chart, kW per slot, with their labels and colours:
+    node idle, the :data:`STACK_SERVICES` biggest services under ``domain`` and one band
+    for the rest."""
+    svc = problem.services
+    replicas = plan.assignment.by_domain(problem)[:, domain].astype(np.float64)
+    parts = replicas[:, None] * svc.profiles / 1000.0  # services × T, kW
+    idle_kw = float(problem.idle_by_domain[domain]) / 1000.0
+    order = [s for s in np.argsort(-parts.sum(axis=1), kind="stable") if replicas[s] > 0]
+    shown = (
+        order[:STACK_SERVICES] if len(order) <= STACK_SERVICES + 1 else order[: STACK_SERVICES - 1]
+    )
+    rest = [s for s in order if s not in shown]
+    layers: list[NDArray[np.float64]] = [np.full(problem.grid.slots, idle_kw)]
+    labels = ["node idle"]
+    colors = ["#c9ccd3"]
+    palette = _palette(len(shown))
+    for k, s in enumerate(shown):
+        layers.append(parts[s])
+        labels.append(f"{svc.names[s]} ×{int(replicas[s])}")
+        colors.append(palette[k])
+    if rest:
+        layers.append(parts[rest].sum(axis=0))
+        labels.append(f"{len(rest)} other services ×{int(replicas[rest].sum())}")
+        colors.append("#8c8c8c")
+    return layers, labels, colors
 
 
 def _palette(n: int) -> list[str]:
