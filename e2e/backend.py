@@ -24,11 +24,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from e2e.cluster import Process, cluster
+from e2e.cluster import Cluster, Process, cluster
 from e2e.deploy import (
     SERVICE_LABEL,
     Observed,
@@ -147,109 +147,84 @@ def wait_scheduled(
         time.sleep(0.5)
 
 
+class Laps:
+    """Seconds spent in each phase of a run: calling ``laps(name)`` ends phase ``name`` and
+    starts the next, so :attr:`timings` maps each phase to the seconds since the previous
+    call (or since construction), rounded to 0.01 s."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        self.timings[name] = round(now - self._last, 2)
+        self._last = now
+
+
+@dataclass
+class Schedulers:
+    """The processes scheduling a run: kube-scheduler and, for ``powercap``, the extender
+    with the gauges of its first plan (``planner``; empty without an extender)."""
+
+    extender: Process | None = None
+    extender_port: int | None = None
+    planner: dict[str, float] = field(default_factory=dict)
+    watched: list[Process] = field(default_factory=list)
+
+    @property
+    def running_extender(self) -> tuple[Process, int] | None:
+        """The extender and its port, as :func:`e2e.replay.replay_window` takes them."""
+        if self.extender is None or self.extender_port is None:
+            return None
+        return self.extender, self.extender_port
+
+    def alive(self) -> None:
+        """Raise :class:`RuntimeError` with the log's tail if a watched process exited."""
+        for proc in self.watched:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
+
+
 def run_on_kwok(
     problem: Problem, settings: LiveSettings, step: Callable[[str], None]
 ) -> ClusterRun:
     """Schedule ``problem`` on a fresh KWOK cluster (see the module doc)."""
     from kubernetes import client as k8s
 
-    timings: dict[str, float] = {}
-    marks = [time.monotonic()]
-
-    def lap(name: str) -> None:
-        now = time.monotonic()
-        timings[name] = round(now - marks[-1], 2)
-        marks.append(now)
-
-    wanted = int(problem.services.demand.sum())
+    laps = Laps()
     step("starting a KWOK cluster (etcd, kube-apiserver, kube-controller-manager, kwok)")
     with cluster(LOG_DIR) as c:
         client = api_client(c.kubeconfig)
         core: Any = k8s.CoreV1Api(client)
-        lap("cluster_s")
+        laps("cluster_s")
         step(f"creating {problem.fleet.size:,} fake GPU nodes")
         create_nodes(client, problem, timeout_s=60.0 + 0.2 * problem.fleet.size)
-        lap("nodes_s")
+        laps("nodes_s")
         # One watch counts the pods as they are created and times their bindings.
         with BindClock(core) as clock:
-            step(f"creating {problem.services.size} Deployments, {wanted:,} pods")
-            create_deployments(client, problem)
-            wait_for(
-                f"{wanted} pods to be created",
-                lambda: clock.pods >= wanted,
-                timeout_s=120.0 + 0.1 * wanted,
-                every_s=1.0,
-            )
-            lap("pods_s")
-
-            planner: dict[str, float] = {}
-            extender_port: int | None = None
-            extender: Process | None = None
-            watched: list[Process] = []
+            create_pending_pods(client, problem, clock, step)
+            laps("pods_s")
             choice = PlannerChoice(
                 strategy=settings.planner,
                 reserve_plan=settings.reserve_plan,
                 time_limit_s=settings.planner_time_limit_s,
             )
-            if settings.scheduler == "powercap":
-                config = write_config(problem, c.run_dir / "powercap.json", choice)
-                step(f"starting the extender; {settings.planner} plans the cluster")
-                extender, extender_port = start_extender(c, config)
-                watched.append(extender)
-                port = extender_port
-                wait_for(
-                    "the extender's first plan",
-                    lambda: bool(plan_gauges(port)),
-                    timeout_s=settings.planner_time_limit_s + 120.0,
-                    every_s=1.0,
-                )
-                planner = plan_gauges(port)
-                lap("plan_s")
-
-            step(f"kube-scheduler ({settings.scheduler}) scheduling {wanted:,} pods")
-            watched.append(
-                start_scheduler(
-                    c,
-                    extender_port,
-                    stock=settings.scheduler == "default" and settings.stock_default,
-                )
+            schedulers = start_schedulers(c, problem, settings, choice=choice, step=step, laps=laps)
+            seen = wait_scheduled(
+                client, problem, clock, settings.settle_timeout_s, schedulers.alive
             )
-
-            def alive() -> None:
-                for proc in watched:
-                    if not proc.alive():
-                        raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
-
-            seen = wait_scheduled(client, problem, clock, settings.settle_timeout_s, alive)
-            lap("schedule_s")
-            replayed: ReplayOutcome | None = None
-            baseline: ReplayOutcome | None = None
-            if settings.replay is not None:
-                from e2e.replay import replay_window
-
-                running = (
-                    None if extender is None or extender_port is None else (extender, extender_port)
-                )
-                if settings.baseline:
-                    baseline, _ = replay_window(
-                        c,
-                        core,
-                        problem,
-                        replace(
-                            settings.replay,
-                            controller=False,
-                            speed=settings.baseline_speed or settings.replay.speed,
-                        ),
-                        choice,
-                        running,
-                        LOG_DIR,
-                        step,
-                    )
-                    lap("baseline_s")
-                replayed, _ = replay_window(
-                    c, core, problem, settings.replay, choice, running, LOG_DIR, step
-                )
-                lap("replay_s")
+            laps("schedule_s")
+            replayed, baseline = replay_outcomes(
+                c,
+                core,
+                problem,
+                settings,
+                choice=choice,
+                extender=schedulers.running_extender,
+                step=step,
+                laps=laps,
+            )
 
     rate, window = throughput(clock.binding_times())
     return ClusterRun(
@@ -258,8 +233,95 @@ def run_on_kwok(
         pending=dict(seen.pending),
         throughput_pods_per_s=rate,
         schedule_s=round(window, 3),
-        timings=timings,
-        planner=planner,
+        timings=laps.timings,
+        planner=schedulers.planner,
         replay=replayed,
         baseline=baseline,
     )
+
+
+def create_pending_pods(
+    client: Any, problem: Problem, clock: BindClock, step: Callable[[str], None]
+) -> None:
+    """Create one Deployment per service and wait until ``clock`` has seen every pod (no
+    scheduler runs yet, so they all wait Pending)."""
+    wanted = int(problem.services.demand.sum())
+    step(f"creating {problem.services.size} Deployments, {wanted:,} pods")
+    create_deployments(client, problem)
+    wait_for(
+        f"{wanted} pods to be created",
+        lambda: clock.pods >= wanted,
+        timeout_s=120.0 + 0.1 * wanted,
+        every_s=1.0,
+    )
+
+
+def start_schedulers(
+    c: Cluster,
+    problem: Problem,
+    settings: LiveSettings,
+    *,
+    choice: PlannerChoice,
+    step: Callable[[str], None],
+    laps: Laps,
+) -> Schedulers:
+    """For ``powercap``, start the extender on ``problem``'s config and wait for its first
+    plan (lap ``plan_s``); then start kube-scheduler, pointed at the extender if any."""
+    schedulers = Schedulers()
+    if settings.scheduler == "powercap":
+        config = write_config(problem, c.run_dir / "powercap.json", choice)
+        step(f"starting the extender; {settings.planner} plans the cluster")
+        extender, port = start_extender(c, config)
+        schedulers.extender, schedulers.extender_port = extender, port
+        schedulers.watched.append(extender)
+        wait_for(
+            "the extender's first plan",
+            lambda: bool(plan_gauges(port)),
+            timeout_s=settings.planner_time_limit_s + 120.0,
+            every_s=1.0,
+        )
+        schedulers.planner = plan_gauges(port)
+        laps("plan_s")
+
+    wanted = int(problem.services.demand.sum())
+    step(f"kube-scheduler ({settings.scheduler}) scheduling {wanted:,} pods")
+    schedulers.watched.append(
+        start_scheduler(
+            c,
+            schedulers.extender_port,
+            stock=settings.scheduler == "default" and settings.stock_default,
+        )
+    )
+    return schedulers
+
+
+def replay_outcomes(
+    c: Cluster,
+    core: Any,
+    problem: Problem,
+    settings: LiveSettings,
+    *,
+    choice: PlannerChoice,
+    extender: tuple[Process, int] | None,
+    step: Callable[[str], None],
+    laps: Laps,
+) -> tuple[ReplayOutcome | None, ReplayOutcome | None]:
+    """The replay of ``settings.replay`` on the placed cluster and, with
+    ``settings.baseline``, the same window without the controller run before it (laps
+    ``baseline_s`` and ``replay_s``); ``(None, None)`` without a replay."""
+    if settings.replay is None:
+        return None, None
+    from e2e.replay import replay_window
+
+    baseline: ReplayOutcome | None = None
+    if settings.baseline:
+        without = replace(
+            settings.replay,
+            controller=False,
+            speed=settings.baseline_speed or settings.replay.speed,
+        )
+        baseline, _ = replay_window(c, core, problem, without, choice, extender, LOG_DIR, step)
+        laps("baseline_s")
+    replayed, _ = replay_window(c, core, problem, settings.replay, choice, extender, LOG_DIR, step)
+    laps("replay_s")
+    return replayed, baseline

@@ -50,6 +50,9 @@ KWOKCTL_BINARIES = {
     "etcd": "--etcd-binary",
     "kwok": "--kwok-controller-binary",
 }
+# Where the e2e tests have a failed cluster's logs copied: the repository's out/e2e-logs,
+# wherever pytest runs from (`powercap whatif --kwok` logs under the working directory).
+TEST_LOG_DIR = Path(__file__).resolve().parents[1] / "out" / "e2e-logs"
 READY_TIMEOUT = "90s"
 STOP_GRACE_S = 10.0
 

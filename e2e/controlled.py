@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.deploy import NAMESPACE, SCHEDULER_NAME, SERVICE_LABEL, pod_watch, wait_for
 from e2e.powersim import StaticPods, bound_pod
+from e2e.scenarios import BATCH
 
 
 def k8s_apis(client: Any) -> tuple[Any, Any, Any, Any, Any]:
@@ -59,12 +60,13 @@ def samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def bare_pod(name: str, node: str) -> dict[str, Any]:
-    """A ``batch`` replica bound to ``node`` by the test (no scheduler runs here)."""
+    """A :data:`~e2e.scenarios.BATCH` replica bound to ``node`` by the test (no scheduler
+    runs here)."""
     gpus = {"nvidia.com/gpu": "1"}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {SERVICE_LABEL: "batch"}},
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {SERVICE_LABEL: BATCH}},
         "spec": {
             "schedulerName": SCHEDULER_NAME,
             "nodeName": node,

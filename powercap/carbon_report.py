@@ -29,21 +29,47 @@ def write_carbon_report(
     domains: list[str] | None,
 ) -> Path:
     """``carbon.html``, ``carbon-caps.png`` and ``carbon-emissions.png`` in ``directory``."""
-    from powercap.report import _figure, _hour_ticks, _save
-
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
+    _caps_chart(
+        out / "carbon-caps.png",
+        problem,
+        forecast=forecast,
+        window=window,
+        aware=aware,
+        names=domains or [root_name(problem)],
+    )
+    _emissions_chart(
+        out / "carbon-emissions.png", problem, window=window, oblivious=oblivious, aware=aware
+    )
+    index = out / "carbon.html"
+    index.write_text(_html(problem, payload), encoding="utf-8")
+    return index
+
+
+def _stepped(values: np.ndarray[Any, np.dtype[np.float64]]) -> Any:
+    """``values`` with the last repeated, so a post-step line reaches the period's end."""
+    return np.append(values, values[-1])
+
+
+def _caps_chart(
+    path: Path,
+    problem: Problem,
+    *,
+    forecast: np.ndarray[Any, np.dtype[np.float64]],
+    window: SlotWindow,
+    aware: Side,
+    names: list[str],
+) -> None:
+    """The intensity forecast over the period and, for the first four of ``names``, the
+    scenario's cap, the carbon-aware cap and the aware plan's load."""
+    from powercap.report import _figure, _hour_ticks, _save
+
     grid = problem.grid
-    step_h = grid.step_hours
-    edges = np.arange(grid.slots + 1) * step_h
-
-    def stepped(values: np.ndarray[Any, np.dtype[np.float64]]) -> Any:
-        return np.append(values, values[-1])
-
-    names = domains or [root_name(problem)]
+    edges = np.arange(grid.slots + 1) * grid.step_hours
     fig = _figure(10.0, 4.2)
     ax = fig.subplots()
-    ax.step(edges, stepped(forecast), where="post", color="#2b6cb0", lw=2, label="intensity")
+    ax.step(edges, _stepped(forecast), where="post", color="#2b6cb0", lw=2, label="intensity")
     ax.set_ylabel("gCO2e/kWh", color="#2b6cb0")
     ax.set_ylim(0, float(forecast.max()) * 1.15 if forecast.max() > 0 else 1.0)
     _hour_ticks(ax, problem)
@@ -52,7 +78,7 @@ def write_carbon_report(
         d = problem.tree.index[name]
         right.step(
             edges,
-            stepped(problem.tree.caps[d] / 1000),
+            _stepped(problem.tree.caps[d] / 1000),
             where="post",
             color="#888",
             ls="--",
@@ -60,7 +86,7 @@ def write_carbon_report(
         )
         right.step(
             edges,
-            stepped(aware.problem.tree.caps[d] / 1000),
+            _stepped(aware.problem.tree.caps[d] / 1000),
             where="post",
             color="#111",
             lw=2,
@@ -68,7 +94,7 @@ def write_carbon_report(
         )
         load = aware.plan.assignment.load(aware.problem)[d] / 1000
         right.step(
-            edges, stepped(load), where="post", color="#2f9e44", label=f"{name} load (aware)"
+            edges, _stepped(load), where="post", color="#2f9e44", label=f"{name} load (aware)"
         )
     right.set_ylabel("kW")
     low = min(float(aware.problem.tree.caps[problem.tree.index[n]].min()) for n in names[:4])
@@ -85,11 +111,18 @@ def write_carbon_report(
     more = right.get_legend_handles_labels()
     ax.legend(handles[0] + more[0], handles[1] + more[1], loc="lower left", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    _save(fig, out / "carbon-caps.png")
+    _save(fig, path)
+
+
+def _emissions_chart(
+    path: Path, problem: Problem, *, window: SlotWindow, oblivious: Side, aware: Side
+) -> None:
+    """Cumulative site emissions of both plans over the accounting window."""
+    from powercap.report import _figure, _save
 
     fig = _figure(10.0, 4.2)
     ax = fig.subplots()
-    hours = np.arange(window.slots + 1) * step_h
+    hours = np.arange(window.slots + 1) * problem.grid.step_hours
     for side, label, color in (
         (oblivious, "carbon-oblivious", "#888"),
         (aware, "carbon-aware", "#2f9e44"),
@@ -109,11 +142,7 @@ def write_carbon_report(
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=9)
     ax.set_title(f"{problem.name}: emissions over {window.hours:g} h", fontsize=11)
-    _save(fig, out / "carbon-emissions.png")
-
-    index = out / "carbon.html"
-    index.write_text(_html(problem, payload), encoding="utf-8")
-    return index
+    _save(fig, path)
 
 
 def _html(problem: Problem, payload: dict[str, Any]) -> str:

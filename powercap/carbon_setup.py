@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import typer
+from numpy.typing import NDArray
 
 from placement.carbon.emissions import (
     BudgetBelowIdleError,
@@ -161,24 +162,56 @@ def planning_problem(problem: Problem, opts: CarbonOptions) -> tuple[Problem, Ca
     """``problem`` with the carbon terms (and carbon-aware caps) the options ask for;
     ``(problem, None)`` without ``--intensity``. Bad input exits 2 naming the option."""
     if not opts.intensity:
-        needs = [
-            flag
-            for flag, given in (
-                ("--emission-budget", opts.emission_budget is not None),
-                ("--budget-domain", opts.budget_domain is not None),
-                ("--policy", opts.policy is not None),
-                ("--floor", opts.floor is not None),
-                ("--domain", bool(opts.domains)),
-                ("--day", opts.day is not None),
-            )
-            if given
-        ]
-        if needs:
-            raise fail(
-                f"{needs[0]} needs --intensity: give a carbon-intensity CSV "
-                "(or DOMAIN=CSV per site)"
-            )
+        _reject_without_intensity(opts)
         return problem, None
+    _check_budget_options(problem, opts)
+    specs = intensity_specs(problem, opts.intensity)
+    series = {
+        name: read_intensity(path, opts.time_column, opts.value_column, opts.tz, opts.unit)
+        for name, path in specs.items()
+    }
+    chosen = planning_day(list(series.values()), problem, opts.day)
+    intensity, periods, label = _window_intensity(problem, series, chosen, opts.window)
+    policy = None
+    policy_domains: list[str] = []
+    if opts.policy is not None or opts.floor is not None or opts.domains:
+        policy = _policy_option(opts)
+        policy_domains = list(opts.domains or specs)
+        try:
+            problem = carbon_aware_rows(problem, intensity, policy, policy_domains)
+        except ValueError as exc:
+            raise fail(f"--domain: {exc}") from None
+    terms = CarbonTerms(
+        intensity, float(periods), opts.emission_budget, opts.budget_domain, label=label
+    )
+    planned = _with_terms(problem, terms)
+    sources = {name: str(path) for name, path in specs.items()}
+    return planned, CarbonSetup(label, sources, policy, policy_domains)
+
+
+def _reject_without_intensity(opts: CarbonOptions) -> None:
+    """Exit 2 naming the first carbon option given, which needs ``--intensity``."""
+    needs = [
+        flag
+        for flag, given in (
+            ("--emission-budget", opts.emission_budget is not None),
+            ("--budget-domain", opts.budget_domain is not None),
+            ("--policy", opts.policy is not None),
+            ("--floor", opts.floor is not None),
+            ("--domain", bool(opts.domains)),
+            ("--day", opts.day is not None),
+        )
+        if given
+    ]
+    if needs:
+        raise fail(
+            f"{needs[0]} needs --intensity: give a carbon-intensity CSV (or DOMAIN=CSV per site)"
+        )
+
+
+def _check_budget_options(problem: Problem, opts: CarbonOptions) -> None:
+    """Exit 2 unless ``--emission-budget`` and ``--budget-domain`` fit together and
+    ``problem``."""
     if opts.budget_domain is not None and opts.emission_budget is None:
         raise fail("--budget-domain needs --emission-budget (kg CO2e over the window)")
     if opts.emission_budget is not None and not (
@@ -187,55 +220,48 @@ def planning_problem(problem: Problem, opts: CarbonOptions) -> tuple[Problem, Ca
         raise fail("--emission-budget: give a finite, non-negative number of kg CO2e")
     if opts.budget_domain is not None and opts.budget_domain not in problem.tree.index:
         raise fail(f"--budget-domain: {problem.tree.unknown_domain_message(opts.budget_domain)}")
-    specs = intensity_specs(problem, opts.intensity)
-    series = {
-        name: read_intensity(path, opts.time_column, opts.value_column, opts.tz, opts.unit)
-        for name, path in specs.items()
-    }
-    chosen = planning_day(list(series.values()), problem, opts.day)
-    grid = problem.grid
+
+
+def _window_intensity(
+    problem: Problem, series: dict[str, IntensitySeries], chosen: date, window: WindowKind
+) -> tuple[NDArray[np.float64], int, str]:
+    """Every domain's per-slot intensity over the window (``chosen``, or its calendar
+    month), the periods the window spans and its label; exit 2 when a series falls short."""
     try:
-        if opts.window is WindowKind.day:
+        if window is WindowKind.day:
             start, periods = chosen, 1
             label = f"{chosen} (1 day)"
         else:
             start = chosen.replace(day=1)
             periods = ((start + timedelta(days=32)).replace(day=1) - start).days
             label = f"{start:%Y-%m} ({periods} days)"
-        rows = {name: on_grid(s, grid, start, periods) for name, s in series.items()}
-        intensity = domain_intensity(problem, rows)
+        rows = {name: on_grid(s, problem.grid, start, periods) for name, s in series.items()}
+        return domain_intensity(problem, rows), periods, label
     except ValueError as exc:
         raise fail(f"--intensity/--day/--window: {exc}") from None
 
-    policy = None
-    policy_domains: list[str] = []
-    if opts.policy is not None or opts.floor is not None or opts.domains:
-        try:
-            policy = policy_of(opts.policy, opts.floor)
-        except ValueError as exc:
-            raise fail(f"--policy/--floor: {exc}") from None
-        policy_domains = list(opts.domains or specs)
-        try:
-            problem = carbon_aware_rows(problem, intensity, policy, policy_domains)
-        except ValueError as exc:
-            raise fail(f"--domain: {exc}") from None
 
-    terms = CarbonTerms(
-        intensity, float(periods), opts.emission_budget, opts.budget_domain, label=label
-    )
+def _policy_option(opts: CarbonOptions) -> CapPolicy:
     try:
-        planned = with_carbon(problem, terms)
+        return policy_of(opts.policy, opts.floor)
+    except ValueError as exc:
+        raise fail(f"--policy/--floor: {exc}") from None
+
+
+def _with_terms(problem: Problem, terms: CarbonTerms) -> Problem:
+    """``problem`` planned with ``terms``; exit 2 when the budget cannot hold (naming the
+    idle floor when it is below it)."""
+    try:
+        return with_carbon(problem, terms)
     except BudgetBelowIdleError as exc:
         raise fail(
             f"--emission-budget: {exc.budget_kg:,.1f} kg is below the idle floor of "
-            f"{exc.domain!r}, {exc.floor_kg:,.1f} kg (its nodes' idle draw over {label}); "
+            f"{exc.domain!r}, {exc.floor_kg:,.1f} kg (its nodes' idle draw over {terms.label}); "
             f"raise --emission-budget to at least {exc.floor_kg:,.1f} or pick another "
             "--budget-domain"
         ) from None
     except ValueError as exc:
         raise fail(f"--emission-budget/--budget-domain: {exc}") from None
-    sources = {name: str(path) for name, path in specs.items()}
-    return planned, CarbonSetup(label, sources, policy, policy_domains)
 
 
 @dataclass(frozen=True)

@@ -360,15 +360,8 @@ def _profile_chart(
     out: Path, problem: Problem, plan: Plan, metrics: Metrics, domain: int, position: int
 ) -> _Chart:
     """Idle plus each service's draw under ``domain``, stacked, against its cap."""
-    tree, grid, svc = problem.tree, problem.grid, problem.services
-    replicas = plan.assignment.by_domain(problem)[:, domain].astype(np.float64)
-    parts = replicas[:, None] * svc.profiles / 1000.0  # services × T, kW
-    idle_kw = float(problem.idle_by_domain[domain]) / 1000.0
-    order = [s for s in np.argsort(-parts.sum(axis=1), kind="stable") if replicas[s] > 0]
-    shown = (
-        order[:STACK_SERVICES] if len(order) <= STACK_SERVICES + 1 else order[: STACK_SERVICES - 1]
-    )
-    rest = [s for s in order if s not in shown]
+    tree, grid = problem.tree, problem.grid
+    layers, labels, colors = _profile_layers(problem, plan, domain)
 
     # Values hold for a whole slot: draw steps from each slot's start, and repeat the
     # last value so the final slot reaches the end of the period.
@@ -377,19 +370,6 @@ def _profile_chart(
 
     def stepped(values: NDArray[np.float64]) -> NDArray[np.float64]:
         return np.append(values, values[-1])
-
-    layers: list[NDArray[np.float64]] = [np.full(grid.slots, idle_kw)]
-    labels = ["node idle"]
-    colors = ["#c9ccd3"]
-    palette = _palette(len(shown))
-    for k, s in enumerate(shown):
-        layers.append(parts[s])
-        labels.append(f"{svc.names[s]} ×{int(replicas[s])}")
-        colors.append(palette[k])
-    if rest:
-        layers.append(parts[rest].sum(axis=0))
-        labels.append(f"{len(rest)} other services ×{int(replicas[rest].sum())}")
-        colors.append("#8c8c8c")
 
     fig = _figure(10.0, 3.9)
     ax = fig.subplots()
@@ -434,6 +414,36 @@ def _profile_chart(
     file = f"profile-{position:02d}-{_safe(tree.names[domain])}.png"
     _save(fig, out / file)
     return _Chart(file, f"{tree.names[domain]}: predicted draw by service against the cap")
+
+
+def _profile_layers(
+    problem: Problem, plan: Plan, domain: int
+) -> tuple[list[NDArray[np.float64]], list[str], list[str]]:
+    """The stacked bands of a profile chart, kW per slot, with their labels and colours:
+    node idle, the :data:`STACK_SERVICES` biggest services under ``domain`` and one band
+    for the rest."""
+    svc = problem.services
+    replicas = plan.assignment.by_domain(problem)[:, domain].astype(np.float64)
+    parts = replicas[:, None] * svc.profiles / 1000.0  # services × T, kW
+    idle_kw = float(problem.idle_by_domain[domain]) / 1000.0
+    order = [s for s in np.argsort(-parts.sum(axis=1), kind="stable") if replicas[s] > 0]
+    shown = (
+        order[:STACK_SERVICES] if len(order) <= STACK_SERVICES + 1 else order[: STACK_SERVICES - 1]
+    )
+    rest = [s for s in order if s not in shown]
+    layers: list[NDArray[np.float64]] = [np.full(problem.grid.slots, idle_kw)]
+    labels = ["node idle"]
+    colors = ["#c9ccd3"]
+    palette = _palette(len(shown))
+    for k, s in enumerate(shown):
+        layers.append(parts[s])
+        labels.append(f"{svc.names[s]} ×{int(replicas[s])}")
+        colors.append(palette[k])
+    if rest:
+        layers.append(parts[rest].sum(axis=0))
+        labels.append(f"{len(rest)} other services ×{int(replicas[rest].sum())}")
+        colors.append("#8c8c8c")
+    return layers, labels, colors
 
 
 def _palette(n: int) -> list[str]:
@@ -485,7 +495,52 @@ def _html(
     slot_maps: list[_Chart],
 ) -> str:
     esc = html.escape
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>powercap report — {esc(problem.name)}</title>
+<style>{_CSS}</style></head>
+<body>
+<h1>powercap placement report</h1>
+<p class="muted">Scenario <b>{esc(problem.name)}</b>: {esc(_scenario_facts(problem))}</p>
+
+<h2>Strategies</h2>
+{_strategy_table(plans, metrics, focus)}
+<p class="muted">Gains are more replicas hosted than the baseline. Violations count
+domain-slots whose predicted load exceeds the cap; stranded power is the headroom each
+leaf domain never uses, summed over leaves.</p>
+{"".join(_img(c) for c in charts)}
+
+<h2>Predicted power, {esc(focus)}</h2>
+<div class="grid">{"".join(_img(c) for c in profile_charts)}</div>
+
+<h2>Domains, {esc(focus)}</h2>
+{_domain_table(problem, metrics[focus])}
+
+<h2>Services</h2>
+{_service_table(problem, plans, metrics)}
+
+<h2>Load over the day, every strategy</h2>
+{"".join(_img(c) for c in slot_maps)}
+</body></html>
+"""
+
+
+def _scenario_facts(problem: Problem) -> str:
+    """One plain-text sentence sizing the scenario: domains, nodes, services, slots."""
     tree, fleet, svc, grid = problem.tree, problem.fleet, problem.services, problem.grid
+    step_min = grid.step_s // 60
+    return (
+        f"{tree.size} domains ({len(tree.leaves)} leaves), {fleet.size} nodes "
+        f"({int(fleet.gpus.sum())} GPUs), {svc.size} services asking for "
+        f"{int(svc.demand.sum())} replicas; {grid.slots} slots of {step_min} min; "
+        f"headroom {problem.headroom:.0%}."
+    )
+
+
+def _strategy_table(plans: dict[str, Plan], metrics: dict[str, Metrics], focus: str) -> str:
+    """One row per strategy: hosted, gains, violations, solver status; ``focus`` highlighted."""
+    esc = html.escape
     rows = []
     for name, plan in plans.items():
         m, stats = metrics[name], plan.stats
@@ -507,7 +562,7 @@ def _html(
                 f"{stats.wall_s:.2f}",
             ]
         )
-    strategy_table = _table(
+    return _table(
         [
             "strategy",
             "hosted / demand",
@@ -526,7 +581,10 @@ def _html(
         ["focus" if n == focus else "" for n in plans],
     )
 
-    fm = metrics[focus]
+
+def _domain_table(problem: Problem, metrics: Metrics) -> str:
+    """One row per domain of one strategy's ``metrics``, in :func:`domain_order`, indented."""
+    esc = html.escape
     domain_rows = [
         [
             "&nbsp;" * 3 * d.level + esc(d.domain),
@@ -538,9 +596,9 @@ def _html(
             f"{d.stranded_w / 1000:,.1f}",
             f"{d.asynchrony:.3f}",
         ]
-        for d in (fm.domains[i] for i in domain_order(problem))
+        for d in (metrics.domains[i] for i in domain_order(problem))
     ]
-    domain_table = _table(
+    return _table(
         [
             "domain",
             "replicas",
@@ -553,6 +611,12 @@ def _html(
         ],
         domain_rows,
     )
+
+
+def _service_table(problem: Problem, plans: dict[str, Plan], metrics: dict[str, Metrics]) -> str:
+    """One row per service: its priority, GPUs and power, then replicas hosted per strategy."""
+    esc = html.escape
+    svc = problem.services
     service_rows = [
         [
             esc(n),
@@ -564,43 +628,7 @@ def _html(
         ]
         for s, n in enumerate(svc.names)
     ]
-    service_table = _table(
+    return _table(
         ["service", "priority", "GPUs", "peak W", "nameplate W", *(esc(p) for p in plans)],
         service_rows,
     )
-    step_min = grid.step_s // 60
-    facts = (
-        f"{tree.size} domains ({len(tree.leaves)} leaves), {fleet.size} nodes "
-        f"({int(fleet.gpus.sum())} GPUs), {svc.size} services asking for "
-        f"{int(svc.demand.sum())} replicas; {grid.slots} slots of {step_min} min; "
-        f"headroom {problem.headroom:.0%}."
-    )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>powercap report — {esc(problem.name)}</title>
-<style>{_CSS}</style></head>
-<body>
-<h1>powercap placement report</h1>
-<p class="muted">Scenario <b>{esc(problem.name)}</b>: {esc(facts)}</p>
-
-<h2>Strategies</h2>
-{strategy_table}
-<p class="muted">Gains are more replicas hosted than the baseline. Violations count
-domain-slots whose predicted load exceeds the cap; stranded power is the headroom each
-leaf domain never uses, summed over leaves.</p>
-{"".join(_img(c) for c in charts)}
-
-<h2>Predicted power, {esc(focus)}</h2>
-<div class="grid">{"".join(_img(c) for c in profile_charts)}</div>
-
-<h2>Domains, {esc(focus)}</h2>
-{domain_table}
-
-<h2>Services</h2>
-{service_table}
-
-<h2>Load over the day, every strategy</h2>
-{"".join(_img(c) for c in slot_maps)}
-</body></html>
-"""

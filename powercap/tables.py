@@ -291,48 +291,8 @@ def whatif_table(
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
     table.add_column("change", justify="right")
-    mb, ma = before[1][strategy], after[1][strategy]
-    gb, ga = gains_of(strategy, before[1]), gains_of(strategy, after[1])
-
-    def count_row(label: str, b: float, a: float, fmt: str = "{:,.0f}", good: int = 0) -> None:
-        """``good`` is the sign of a welcome change (0: an input or neither, uncoloured)."""
-        delta = a - b
-        style = "" if abs(delta) < 1e-9 or not good else "green" if delta * good > 0 else "red"
-        sign = "+" if delta > 0 else ""
-        table.add_row(
-            label, fmt.format(b), fmt.format(a), Text(sign + fmt.format(delta), style=style)
-        )
-
-    count_row("nodes", problem.fleet.size, changed.fleet.size)
-    count_row("GPUs", int(problem.fleet.gpus.sum()), int(changed.fleet.gpus.sum()))
-    root = int(np.flatnonzero(problem.tree.parents < 0)[0])
-    count_row(
-        "root cap kW (max)",
-        float(problem.tree.caps[root].max()) / 1000,
-        float(changed.tree.caps[root].max()) / 1000,
-        "{:,.1f}",
-    )
-    count_row("demand", mb.demand_total, ma.demand_total)
-    count_row("hosted", mb.hosted_total, ma.hosted_total, good=1)
-    count_row("GPUs used", mb.gpus_used, ma.gpus_used, good=1)
-    count_row("unplaced", mb.unplaced_total, ma.unplaced_total, good=-1)
-    for base in BASELINES:
-        table.add_row(
-            f"gain vs {base}",
-            gain_text(gb.get(f"vs_{base}")),
-            gain_text(ga.get(f"vs_{base}")),
-            "",
-        )
-    count_row("violations", mb.violations, ma.violations, good=-1)
-    table.add_row(
-        "worst peak/cap",
-        ratio_text(mb.worst_peak_over_cap),
-        ratio_text(ma.worst_peak_over_cap),
-        "",
-    )
-    count_row("stranded kW", mb.stranded_w / 1000, ma.stranded_w / 1000, "{:,.1f}", good=-1)
-    count_row("energy slack kWh", mb.energy_slack_kwh, ma.energy_slack_kwh)
-    count_row("asynchrony", mb.asynchrony, ma.asynchrony, "{:.3f}")
+    _fleet_rows(table, problem, changed)
+    _outcome_rows(table, strategy, before[1], after[1])
     table.add_row(
         "solver",
         before[0][strategy].stats.status,
@@ -340,6 +300,64 @@ def whatif_table(
         "",
     )
     return table
+
+
+def _change_row(
+    table: Table, label: str, before: float, after: float, fmt: str = "{:,.0f}", good: int = 0
+) -> None:
+    """A before/after row with the difference; ``good`` is the sign of a welcome change
+    (0: an input or neither, uncoloured)."""
+    delta = after - before
+    style = "" if abs(delta) < 1e-9 or not good else "green" if delta * good > 0 else "red"
+    sign = "+" if delta > 0 else ""
+    table.add_row(
+        label, fmt.format(before), fmt.format(after), Text(sign + fmt.format(delta), style=style)
+    )
+
+
+def _fleet_rows(table: Table, problem: Problem, changed: Problem) -> None:
+    """Nodes, GPUs and the root's cap, before and after the change."""
+    _change_row(table, "nodes", problem.fleet.size, changed.fleet.size)
+    _change_row(table, "GPUs", int(problem.fleet.gpus.sum()), int(changed.fleet.gpus.sum()))
+    root = int(np.flatnonzero(problem.tree.parents < 0)[0])
+    _change_row(
+        table,
+        "root cap kW (max)",
+        float(problem.tree.caps[root].max()) / 1000,
+        float(changed.tree.caps[root].max()) / 1000,
+        "{:,.1f}",
+    )
+
+
+def _outcome_rows(
+    table: Table, strategy: str, before: dict[str, Metrics], after: dict[str, Metrics]
+) -> None:
+    """``strategy``'s demand, placement, gains and power, before and after the change."""
+    mb, ma = before[strategy], after[strategy]
+    gb, ga = gains_of(strategy, before), gains_of(strategy, after)
+    _change_row(table, "demand", mb.demand_total, ma.demand_total)
+    _change_row(table, "hosted", mb.hosted_total, ma.hosted_total, good=1)
+    _change_row(table, "GPUs used", mb.gpus_used, ma.gpus_used, good=1)
+    _change_row(table, "unplaced", mb.unplaced_total, ma.unplaced_total, good=-1)
+    for base in BASELINES:
+        table.add_row(
+            f"gain vs {base}",
+            gain_text(gb.get(f"vs_{base}")),
+            gain_text(ga.get(f"vs_{base}")),
+            "",
+        )
+    _change_row(table, "violations", mb.violations, ma.violations, good=-1)
+    table.add_row(
+        "worst peak/cap",
+        ratio_text(mb.worst_peak_over_cap),
+        ratio_text(ma.worst_peak_over_cap),
+        "",
+    )
+    _change_row(
+        table, "stranded kW", mb.stranded_w / 1000, ma.stranded_w / 1000, "{:,.1f}", good=-1
+    )
+    _change_row(table, "energy slack kWh", mb.energy_slack_kwh, ma.energy_slack_kwh)
+    _change_row(table, "asynchrony", mb.asynchrony, ma.asynchrony, "{:.3f}")
 
 
 def pending_summary(run: ClusterRun, limit: int = 3) -> dict[str, Any]:

@@ -10,11 +10,9 @@ recorded left unbound.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from e2e.cluster import cluster
+from e2e.cluster import TEST_LOG_DIR, cluster
 from e2e.deploy import (
     api_client,
     create_deployments,
@@ -32,7 +30,6 @@ from placement.scenario.spec import spec_from_data
 
 pytestmark = pytest.mark.e2e
 
-LOG_DIR = Path(__file__).resolve().parents[2] / "out" / "e2e-logs"
 
 # 8 racks × 8 nodes × 8 GPUs = 512 GPUs for 500 one-GPU replicas of five services peaking
 # at different hours; the 30 kW rack caps (4 kW of it idle) hold about 400.
@@ -49,7 +46,7 @@ def test_500_pods_at_once_keep_caps_and_the_ledger_matches_the_api_server() -> N
     problem = problem_from_spec(spec_from_data(SCENARIO))
     assert int(problem.services.demand.sum()) == 500
 
-    with cluster(LOG_DIR) as c:
+    with cluster(TEST_LOG_DIR) as c:
         client = api_client(c.kubeconfig)
         create_nodes(client, problem)
         extender, port = start_extender(c, write_config(problem, c.run_dir / "powercap.json"))

@@ -38,7 +38,7 @@ from typing import Any
 import orjson
 import pytest
 
-from e2e.cluster import cluster
+from e2e.cluster import TEST_LOG_DIR, cluster
 from e2e.controlled import evict_events, fast_controller, k8s_apis, pod_feed, pods, samples
 from e2e.deploy import (
     GPU,
@@ -52,6 +52,7 @@ from e2e.deploy import (
 )
 from e2e.powersim import PowerSimulator, SimClock, StaticPods, grid_profiles, sim_nodes
 from e2e.prometheus import ScrapeJob, prometheus
+from e2e.scenarios import batch_scenario
 from e2e.scheduler import start_extender, start_scheduler
 from placement.scenario.building import problem_from_spec
 from placement.scenario.spec import spec_from_data
@@ -59,7 +60,6 @@ from placement.scenario.spec import spec_from_data
 pytestmark = [pytest.mark.e2e, pytest.mark.controller]
 
 REPO = Path(__file__).resolve().parents[2]
-LOG_DIR = REPO / "out" / "e2e-logs"
 FIXTURES = REPO / "tests" / "fixtures" / "intensity"
 
 RACK_CAP_W = 6000.0
@@ -73,32 +73,15 @@ EUA_EUR_PER_T = 80.0
 RACK_1 = ("gpu-a1", "gpu-a2")
 RACK_2 = ("gpu-b1", "gpu-b2")
 
-SCENARIO: dict[str, Any] = {
-    "apiVersion": "powercap.io/v1alpha1",
-    "kind": "Scenario",
-    "metadata": {"name": "e2e-carbon-live"},
-    "grid": {"period": "24h", "step": "1h"},
-    "domains": [
-        {"name": "site", "cap": 4 * RACK_CAP_W},
-        {"name": "rack-1", "parent": "site", "cap": RACK_CAP_W},
-        {"name": "rack-2", "parent": "site", "cap": RACK_CAP_W},
-    ],
-    "nodes": [
-        {"name": name, "domain": rack, "gpus": 8, "idleWatts": IDLE_W}
-        for rack, names in (("rack-1", RACK_1), ("rack-2", RACK_2))
-        for name in names
-    ],
-    "services": [
-        {
-            "name": "batch",
-            "replicas": REPLICAS,
-            "gpusPerReplica": 1,
-            "priority": 10,
-            "nameplateWatts": REPLICA_W,
-            "profile": [REPLICA_W] * 24,
-        }
-    ],
-}
+SCENARIO = batch_scenario(
+    "e2e-carbon-live",
+    racks={"rack-1": RACK_1, "rack-2": RACK_2},
+    rack_cap_w=RACK_CAP_W,
+    site_cap_w=4 * RACK_CAP_W,
+    replicas=REPLICAS,
+    replica_w=REPLICA_W,
+    idle_w=IDLE_W,
+)
 
 
 # ---------------------------------------------------------------- the fake source
@@ -220,7 +203,7 @@ def filter_one_more(port: int) -> dict[str, Any]:
 
 def test_a_dirtier_grid_lowers_the_cap_the_controller_sheds_and_filter_admits_less() -> None:
     problem = problem_from_spec(spec_from_data(SCENARIO))
-    with cluster(LOG_DIR, prefix="powercap-carbon") as c, fake_ukci() as (grid, grid_url):
+    with cluster(TEST_LOG_DIR, prefix="powercap-carbon") as c, fake_ukci() as (grid, grid_url):
         client = api_client(c.kubeconfig)
         core, apps = k8s_apis(client)[:2]
         create_nodes(client, problem)
@@ -234,7 +217,7 @@ def test_a_dirtier_grid_lowers_the_cap_the_controller_sheds_and_filter_admits_le
         try:
             with (
                 pod_feed(core, sim_pods),
-                prometheus([ScrapeJob("powersim", [address])], LOG_DIR) as prom,
+                prometheus([ScrapeJob("powersim", [address])], TEST_LOG_DIR) as prom,
             ):
                 prom.wait_for_targets()
                 config = powercap_config(problem)

@@ -25,7 +25,6 @@ per node (7 kW measured). ``powercap serve --config`` with the controller enable
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -33,7 +32,7 @@ import pytest
 import yaml
 
 from e2e import crds, toolchain
-from e2e.cluster import cluster
+from e2e.cluster import TEST_LOG_DIR, cluster
 from e2e.controlled import k8s_apis, pod_feed, pods, samples
 from e2e.deploy import (
     NAMESPACE,
@@ -53,7 +52,6 @@ from placement.scenario.spec import spec_from_data
 
 pytestmark = [pytest.mark.e2e, pytest.mark.controller]
 
-LOG_DIR = Path(__file__).resolve().parents[2] / "out" / "e2e-logs"
 
 RACK_CAP_W = 6000.0
 # Smaller: one more replica raises its peak utilisation more than rack 1's, so only the
@@ -149,7 +147,7 @@ def rack_1(port: int) -> tuple[float, float]:
 
 def test_a_surge_is_shed_by_reshape_then_eviction_and_replacements_land_elsewhere() -> None:
     problem: Problem = problem_from_spec(spec_from_data(SCENARIO))
-    with cluster(LOG_DIR, prefix="powercap-ctl") as c:
+    with cluster(TEST_LOG_DIR, prefix="powercap-ctl") as c:
         client = api_client(c.kubeconfig)
         core, apps, custom, policy, extensions = k8s_apis(client)
         install_scaled_object_crd(extensions)
@@ -168,7 +166,7 @@ def test_a_surge_is_shed_by_reshape_then_eviction_and_replacements_land_elsewher
         try:
             with (
                 pod_feed(core, sim_pods),
-                prometheus([ScrapeJob("powersim", [address])], LOG_DIR) as prom,
+                prometheus([ScrapeJob("powersim", [address])], TEST_LOG_DIR) as prom,
             ):
                 prom.wait_for_targets()
                 config = powercap_config(problem)

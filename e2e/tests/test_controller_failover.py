@@ -21,13 +21,12 @@ eviction per 4 s window. Then:
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from e2e.cluster import cluster
+from e2e.cluster import TEST_LOG_DIR, cluster
 from e2e.controlled import (
     create_bare_pods,
     evict_events,
@@ -39,13 +38,13 @@ from e2e.controlled import (
 from e2e.deploy import NAMESPACE, api_client, create_nodes, powercap_config, wait_for
 from e2e.powersim import PowerSimulator, SimClock, StaticPods, grid_profiles, sim_nodes
 from e2e.prometheus import ScrapeJob, prometheus
+from e2e.scenarios import batch_scenario
 from e2e.scheduler import start_extender
 from placement.scenario.building import problem_from_spec
 from placement.scenario.spec import spec_from_data
 
 pytestmark = [pytest.mark.e2e, pytest.mark.controller]
 
-LOG_DIR = Path(__file__).resolve().parents[2] / "out" / "e2e-logs"
 
 LEASE = "powercap-controller"
 LEASE_S = 3
@@ -58,27 +57,15 @@ NODES = ("gpu-a1", "gpu-a2")
 PODS = 12
 SURGE_W = 5000.0  # per node: 15 kW measured; all twelve pods shed 4.8 kW
 
-SCENARIO: dict[str, Any] = {
-    "apiVersion": "powercap.io/v1alpha1",
-    "kind": "Scenario",
-    "metadata": {"name": "e2e-failover"},
-    "grid": {"period": "24h", "step": "1h"},
-    "domains": [
-        {"name": "site", "cap": 2 * RACK_CAP_W},
-        {"name": "rack-1", "parent": "site", "cap": RACK_CAP_W},
-    ],
-    "nodes": [{"name": n, "domain": "rack-1", "gpus": 8, "idleWatts": IDLE_W} for n in NODES],
-    "services": [
-        {
-            "name": "batch",
-            "replicas": PODS,
-            "gpusPerReplica": 1,
-            "priority": 10,
-            "nameplateWatts": REPLICA_W,
-            "profile": [REPLICA_W] * 24,
-        }
-    ],
-}
+SCENARIO = batch_scenario(
+    "e2e-failover",
+    racks={"rack-1": NODES},
+    rack_cap_w=RACK_CAP_W,
+    site_cap_w=2 * RACK_CAP_W,
+    replicas=PODS,
+    replica_w=REPLICA_W,
+    idle_w=IDLE_W,
+)
 
 
 def leader(port: int) -> float:
@@ -105,7 +92,7 @@ def test_only_the_lease_holder_acts_and_the_other_takes_over_when_it_dies() -> N
     from kubernetes import client as k8s
 
     problem = problem_from_spec(spec_from_data(SCENARIO))
-    with cluster(LOG_DIR, prefix="powercap-failover") as c:
+    with cluster(TEST_LOG_DIR, prefix="powercap-failover") as c:
         client = api_client(c.kubeconfig)
         core = k8s_apis(client)[0]
         coordination = k8s.CoordinationV1Api(client)
@@ -119,7 +106,7 @@ def test_only_the_lease_holder_acts_and_the_other_takes_over_when_it_dies() -> N
         try:
             with (
                 pod_feed(core, sim_pods),
-                prometheus([ScrapeJob("powersim", [address])], LOG_DIR) as prom,
+                prometheus([ScrapeJob("powersim", [address])], TEST_LOG_DIR) as prom,
             ):
                 prom.wait_for_targets()
                 config = powercap_config(problem)

@@ -52,7 +52,7 @@ import pytest
 import yaml
 
 from e2e import crds, toolchain
-from e2e.cluster import Cluster, binary, cluster
+from e2e.cluster import TEST_LOG_DIR, Cluster, binary, cluster
 from extender.config.loading import config_from_data, load_config
 from placement.scenario.files import load_problem
 
@@ -62,7 +62,6 @@ REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
 MONITORING = MANIFESTS / "monitoring"
 CONFIG = REPO / "config"
-LOG_DIR = REPO / "out" / "e2e-logs"
 NAMESPACE = "powercap-system"
 EXAMPLES_NAMESPACE = "default"
 KUSTOMIZATION = "kustomization.yaml"
@@ -173,7 +172,7 @@ def api() -> Iterator[Api]:
     kubectl = binary("kubectl")
     binary("kube-scheduler")
     crd_files = crds.installed(toolchain.cache_root())
-    with cluster(LOG_DIR, prefix="powercap-manifests") as c:
+    with cluster(TEST_LOG_DIR, prefix="powercap-manifests") as c:
         a = Api(c, kubectl)
         _install_crds(a, crd_files)
         a.run("apply", "-f", str(MANIFESTS / "base" / "namespace.yaml"))

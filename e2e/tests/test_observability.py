@@ -46,7 +46,7 @@ import orjson
 import pytest
 import yaml
 
-from e2e.cluster import cluster
+from e2e.cluster import TEST_LOG_DIR, cluster
 from e2e.controlled import (
     create_bare_pods,
     evict_events,
@@ -64,6 +64,7 @@ from e2e.deploy import (
 )
 from e2e.powersim import PowerSimulator, SimClock, StaticPods, grid_profiles, sim_nodes
 from e2e.prometheus import Prometheus, ScrapeJob, prometheus
+from e2e.scenarios import batch_scenario
 from e2e.scheduler import start_extender
 from placement.scenario.building import problem_from_spec
 from placement.scenario.spec import spec_from_data
@@ -71,7 +72,6 @@ from placement.scenario.spec import spec_from_data
 pytestmark = [pytest.mark.e2e, pytest.mark.controller]
 
 REPO = Path(__file__).resolve().parents[2]
-LOG_DIR = REPO / "out" / "e2e-logs"
 RULES = REPO / "manifests" / "monitoring" / "prometheusrule.yaml"
 DASHBOARD = REPO / "manifests" / "monitoring" / "grafana-dashboard.json"
 JOB = "powercap-scheduler"  # the Service's name: the job label the ServiceMonitor gives
@@ -85,31 +85,15 @@ SURGE_W = 4000.0
 # Grafana's variables, as the dashboard would fill them for one domain.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$domain": "rack-1"}
 
-SCENARIO: dict[str, Any] = {
-    "apiVersion": "powercap.io/v1alpha1",
-    "kind": "Scenario",
-    "metadata": {"name": "e2e-observability"},
-    "grid": {"period": "24h", "step": "1h"},
-    "domains": [
-        {"name": "site", "cap": 2 * RACK_CAP_W},
-        {"name": "rack-1", "parent": "site", "cap": RACK_CAP_W},
-        {"name": "rack-2", "parent": "site", "cap": RACK_CAP_W},
-    ],
-    "nodes": [
-        {"name": "gpu-a1", "domain": "rack-1", "gpus": 8, "idleWatts": IDLE_W},
-        {"name": "gpu-b1", "domain": "rack-2", "gpus": 8, "idleWatts": IDLE_W},
-    ],
-    "services": [
-        {
-            "name": "batch",
-            "replicas": PODS,
-            "gpusPerReplica": 1,
-            "priority": 10,
-            "nameplateWatts": REPLICA_W,
-            "profile": [REPLICA_W] * 24,
-        }
-    ],
-}
+SCENARIO = batch_scenario(
+    "e2e-observability",
+    racks={"rack-1": ["gpu-a1"], "rack-2": ["gpu-b1"]},
+    rack_cap_w=RACK_CAP_W,
+    site_cap_w=2 * RACK_CAP_W,
+    replicas=PODS,
+    replica_w=REPLICA_W,
+    idle_w=IDLE_W,
+)
 
 
 def rules_for_test() -> list[dict[str, Any]]:
@@ -233,7 +217,7 @@ def check_queries(prom: Prometheus) -> None:
 
 def test_stale_data_alert_no_action_and_every_query_returns_series() -> None:
     problem = problem_from_spec(spec_from_data(SCENARIO))
-    with cluster(LOG_DIR, prefix="powercap-obs") as c:
+    with cluster(TEST_LOG_DIR, prefix="powercap-obs") as c:
         client = api_client(c.kubeconfig)
         core = k8s_apis(client)[0]
         create_nodes(client, problem)
@@ -246,7 +230,7 @@ def test_stale_data_alert_no_action_and_every_query_returns_series() -> None:
         try:
             with pod_feed(core, sim_pods):
                 data_jobs = [ScrapeJob("powersim", [address])]
-                with prometheus(data_jobs, LOG_DIR) as data:
+                with prometheus(data_jobs, TEST_LOG_DIR) as data:
                     data.wait_for_targets()
                     data_port = int(data.url.rsplit(":", 1)[1])
                     config = powercap_config(problem)
@@ -281,7 +265,7 @@ def test_stale_data_alert_no_action_and_every_query_returns_series() -> None:
 
                     monitoring = prometheus(
                         [ScrapeJob(JOB, [f"127.0.0.1:{port}"])],
-                        LOG_DIR,
+                        TEST_LOG_DIR,
                         rule_groups=rules_for_test(),
                     )
                     with monitoring as mon:
@@ -312,7 +296,7 @@ def test_stale_data_alert_no_action_and_every_query_returns_series() -> None:
                         assert rack_breach == 0.0
 
                         # 2. Power data back at the same address: the surge is seen, acted on.
-                        with prometheus(data_jobs, LOG_DIR, port=data_port) as again:
+                        with prometheus(data_jobs, TEST_LOG_DIR, port=data_port) as again:
                             again.wait_for_targets()
                             try:
                                 wait_for(

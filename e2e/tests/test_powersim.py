@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 import pytest
 
-from e2e.cluster import Process, free_ports
+from e2e.cluster import TEST_LOG_DIR, Process, free_ports
 from e2e.powersim import (
     SIM_TIME_METRIC,
     PowerSimulator,
@@ -53,7 +53,6 @@ from placement.scenario.spec import spec_from_data
 
 pytestmark = pytest.mark.e2e
 
-LOG_DIR = Path(__file__).resolve().parents[2] / "out" / "e2e-logs"
 
 GPU_IDLE_W = 40.0  # 8 × 40 W of each node's 500 W idle on its GPUs, 180 W elsewhere
 STALENESS_S = 3
@@ -153,7 +152,7 @@ def test_readings_follow_the_simulator_through_prometheus(tmp_path: Path) -> Non
         with (
             extender_on(scenario, tmp_path / "powercap.log") as extender,
             prometheus(
-                [ScrapeJob("powersim", [address]), ScrapeJob("powercap", [extender])], LOG_DIR
+                [ScrapeJob("powersim", [address]), ScrapeJob("powercap", [extender])], TEST_LOG_DIR
             ) as prom,
         ):
             spec = PowerSourceSpec.model_validate(

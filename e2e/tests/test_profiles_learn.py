@@ -29,6 +29,7 @@ import pytest
 import yaml
 from numpy.typing import NDArray
 
+from e2e.cluster import TEST_LOG_DIR
 from e2e.prometheus import prometheus, promtool_binary
 from e2e.scheduler import powercap_command
 from extender.config.loading import load_config
@@ -36,7 +37,6 @@ from placement.grid import Grid
 
 pytestmark = pytest.mark.e2e
 
-LOG_DIR = Path(__file__).resolve().parents[2] / "out" / "e2e-logs"
 GRID = Grid()  # 24h in 10-minute slots
 DAY = 86400
 DAYS = 2
@@ -189,7 +189,7 @@ def test_learned_profiles_match_the_history_and_load(tmp_path: Path) -> None:
     # The last sample is one minute before `end`; ending the window there keeps the
     # lookback from repeating it at `end` (which is slot 0 of the next day).
     window = ["--since", f"{DAYS}d", "--until", str(h.end - 60)]
-    with prometheus([], LOG_DIR, storage=data, retention="30d") as prom:
+    with prometheus([], TEST_LOG_DIR, storage=data, retention="30d") as prom:
         as_configmap = learn_cli(
             prom.url,
             *window,

@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 import pytest
 
-from e2e.cluster import Cluster, Process, cluster
+from e2e.cluster import TEST_LOG_DIR, Cluster, Process, cluster
 from e2e.deploy import (
     NAMESPACE,
     SERVICE_LABEL,
@@ -53,7 +53,6 @@ from placement.scenario.spec import spec_from_data
 
 pytestmark = pytest.mark.e2e
 
-LOG_DIR = Path(__file__).resolve().parents[2] / "out" / "e2e-logs"
 
 RACK_CAP_W = 5500.0  # 1,500 W of idle + 4,000 W: about six replicas at their peaks
 DEMAND = 10  # replicas each service wants in the end; the racks hold about twelve in all
@@ -274,7 +273,7 @@ def test_pods_wait_for_a_killed_extender_and_caps_hold_after_its_restart() -> No
     pods bound before the kill — and schedules the waiting pods within the caps."""
     problem = power_bound_problem("e2e-extender-killed")
     services = problem.services.size
-    with cluster(LOG_DIR) as c:
+    with cluster(TEST_LOG_DIR) as c:
         run = start(c, problem, EARLY)
         before = wait_placed(run, EARLY * services)
         assert bound(before) == EARLY * services, (
@@ -324,7 +323,7 @@ def test_mirror_survives_an_apiserver_restart() -> None:
     bound before the restart."""
     problem = power_bound_problem("e2e-apiserver-restart")
     services = problem.services.size
-    with cluster(LOG_DIR) as c:
+    with cluster(TEST_LOG_DIR) as c:
         run = start(c, problem, EARLY)
         before = wait_placed(run, EARLY * services)
 
@@ -366,7 +365,7 @@ def test_mirror_relists_after_its_watch_expires() -> None:
     problem = power_bound_problem("e2e-watch-expiry")
     services = problem.services.size
     keep = 1
-    with cluster(LOG_DIR) as c:
+    with cluster(TEST_LOG_DIR) as c:
         run = start(c, problem, DEMAND)
         before = wait_placed(run, DEMAND * services)
         # Which service won the racks varies from run to run: shrink the one holding most.

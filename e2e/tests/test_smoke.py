@@ -8,11 +8,9 @@ do not fit must stay Pending with a FailedScheduling event written from the exte
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from e2e.cluster import cluster
+from e2e.cluster import TEST_LOG_DIR, cluster
 from e2e.deploy import api_client, create_deployments, create_nodes, wait_settled, write_config
 from e2e.scenarios import racks_scenario
 from e2e.scheduler import start_extender, start_scheduler
@@ -22,7 +20,6 @@ from placement.scenario.spec import spec_from_data
 
 pytestmark = pytest.mark.e2e
 
-LOG_DIR = Path(__file__).resolve().parents[2] / "out" / "e2e-logs"
 
 RACK_CAP_W = 5500.0  # 1,500 W of idle + 4,000 W: about six replicas at their peaks
 
@@ -41,7 +38,7 @@ def test_extender_keeps_caps_and_explains_pending() -> None:
     # The scenario must be power-bound, or the test proves nothing: every replica fits by GPUs.
     assert problem.services.gpus @ problem.services.demand <= problem.fleet.gpus.sum()
 
-    with cluster(LOG_DIR) as c:
+    with cluster(TEST_LOG_DIR) as c:
         client = api_client(c.kubeconfig)
         create_nodes(client, problem)
         config = write_config(problem, c.run_dir / "powercap.json")

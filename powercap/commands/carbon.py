@@ -12,10 +12,13 @@ carbon-oblivious against carbon-aware caps, over a day or a month of real intens
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
+import numpy as np
 import typer
+from numpy.typing import NDArray
 from rich.table import Table
 from rich.text import Text
 
@@ -59,10 +62,6 @@ from powercap.console import (
 )
 from powercap.options import WindowKind
 from powercap.plans import solve
-
-if TYPE_CHECKING:
-    pass
-
 
 DEFAULT_TIME_LIMIT_S = 10.0
 
@@ -177,48 +176,27 @@ def report(
     """Plan carbon-oblivious (the scenario's caps) and carbon-aware (caps scaled by the
     policy from the day's intensity), then show emissions, EUA cost, allowance position
     and the savings of the carbon-aware plan."""
-
-    if strategy not in STRATEGY_NAMES:
-        raise fail(
-            f"--strategy: unknown strategy {strategy!r}; choose one of {', '.join(STRATEGY_NAMES)}"
-        )
-    if intensity is None:
-        raise fail("--intensity is required: a carbon-intensity CSV (time, gCO2e/kWh)")
-    if price is not None and price_series is not None:
-        raise fail("give --price or --price-series, not both")
-    try:
-        cap_policy = policy_of(policy, floor)
-    except ValueError as exc:
-        raise fail(f"--policy/--floor: {exc}") from None
+    intensity_csv, cap_policy = _checked_options(
+        strategy=strategy,
+        intensity=intensity,
+        price=price,
+        price_series=price_series,
+        policy=policy,
+        floor=floor,
+    )
     problem = load_scenario(scenario)
-    series = read_intensity(intensity, time_column, value_column, tz, unit)
+    series = read_intensity(intensity_csv, time_column, value_column, tz, unit)
     eua = _read_price(price, price_series)
     chosen = planning_day([series], problem, day)
-    try:
-        if window is WindowKind.day:
-            slot_window = day_window(series, problem.grid, chosen)
-            forecast = on_grid(series, problem.grid, chosen)
-        else:
-            slot_window = month_window(series, problem.grid, chosen)
-            first = chosen.replace(day=1)
-            days = slot_window.slots * problem.grid.step_s // 86400
-            forecast = on_grid(series, problem.grid, first, days)
-        aware_problem = carbon_aware(problem, forecast, cap_policy, domains)
-    except ValueError as exc:
-        raise fail(f"--intensity/--day/--window/--domain: {exc}") from None
-
-    options = {"time_limit_s": time_limit, "workers": workers}
-    with progress_display() as progress:
-        plan_o, metrics_o = solve(progress, problem, strategy, options, "oblivious: ")
-        plan_a, metrics_a = solve(progress, aware_problem, strategy, options, "aware:     ")
-    oblivious = Side(
-        problem, plan_o, metrics_o, placement_emissions(problem, plan_o.assignment, slot_window)
+    slot_window, forecast, aware_problem = _carbon_window(
+        problem, series, chosen, window=window, policy=cap_policy, domains=domains
     )
-    aware = Side(
+    oblivious, aware = _plan_both(
+        problem,
         aware_problem,
-        plan_a,
-        metrics_a,
-        placement_emissions(aware_problem, plan_a.assignment, slot_window),
+        strategy=strategy,
+        options={"time_limit_s": time_limit, "workers": workers},
+        window=slot_window,
     )
     try:
         result = _account(oblivious, aware, eua, allocation, emission_budget)
@@ -236,6 +214,81 @@ def report(
         stdout().print(_table(problem, slot_window, cap_policy, oblivious, aware, result))
     if index is not None:
         stderr().print(f"report: {index}")
+
+
+def _checked_options(
+    *,
+    strategy: str,
+    intensity: Path | None,
+    price: float | None,
+    price_series: Path | None,
+    policy: str | None,
+    floor: float | None,
+) -> tuple[Path, CapPolicy]:
+    """The intensity CSV and the cap policy, once the options are known to fit together;
+    exit 2 naming the first option at fault."""
+    if strategy not in STRATEGY_NAMES:
+        raise fail(
+            f"--strategy: unknown strategy {strategy!r}; choose one of {', '.join(STRATEGY_NAMES)}"
+        )
+    if intensity is None:
+        raise fail("--intensity is required: a carbon-intensity CSV (time, gCO2e/kWh)")
+    if price is not None and price_series is not None:
+        raise fail("give --price or --price-series, not both")
+    try:
+        return intensity, policy_of(policy, floor)
+    except ValueError as exc:
+        raise fail(f"--policy/--floor: {exc}") from None
+
+
+def _carbon_window(
+    problem: Problem,
+    series: IntensitySeries,
+    chosen: date,
+    *,
+    window: WindowKind,
+    policy: CapPolicy,
+    domains: list[str] | None,
+) -> tuple[SlotWindow, NDArray[np.float64], Problem]:
+    """The accounting window (``chosen`` or its month), the per-slot intensity forecast the
+    caps follow (the month's mean day for a month) and ``problem`` with carbon-aware caps
+    on ``domains``; exit 2 when the series does not cover them."""
+    try:
+        if window is WindowKind.day:
+            slot_window = day_window(series, problem.grid, chosen)
+            forecast = on_grid(series, problem.grid, chosen)
+        else:
+            slot_window = month_window(series, problem.grid, chosen)
+            first = chosen.replace(day=1)
+            days = slot_window.slots * problem.grid.step_s // 86400
+            forecast = on_grid(series, problem.grid, first, days)
+        return slot_window, forecast, carbon_aware(problem, forecast, policy, domains)
+    except ValueError as exc:
+        raise fail(f"--intensity/--day/--window/--domain: {exc}") from None
+
+
+def _plan_both(
+    oblivious: Problem,
+    aware: Problem,
+    *,
+    strategy: str,
+    options: dict[str, Any],
+    window: SlotWindow,
+) -> tuple[Side, Side]:
+    """Plan the scenario's caps and the carbon-aware ones with ``strategy``, each with its
+    emissions over ``window``."""
+    with progress_display() as progress:
+        plan_o, metrics_o = solve(progress, oblivious, strategy, options, "oblivious: ")
+        plan_a, metrics_a = solve(progress, aware, strategy, options, "aware:     ")
+    return (
+        Side(
+            oblivious,
+            plan_o,
+            metrics_o,
+            placement_emissions(oblivious, plan_o.assignment, window),
+        ),
+        Side(aware, plan_a, metrics_a, placement_emissions(aware, plan_a.assignment, window)),
+    )
 
 
 def _read_price(price: float | None, series: Path | None) -> EuaPrice | None:
@@ -417,12 +470,24 @@ def _table(
         _num(s.aware_kg_per_replica, ".2f"),
         "",
     )
+    _account_rows(table, acc, s)
+    table.add_row(
+        "violations",
+        Text(str(mo.violations), style="bold red" if mo.violations else "green"),
+        Text(str(ma.violations), style="bold red" if ma.violations else "green"),
+        "",
+    )
+    return table
+
+
+def _account_rows(table: Table, acc: Accounts, saved: Savings) -> None:
+    """The rows of whichever of EUA cost, allowance position and budget were asked for."""
     if acc.cost_eur is not None and acc.price is not None:
         table.add_row(
             "EUA cost EUR",
             f"{acc.cost_eur[0]:,.2f}",
             f"{acc.cost_eur[1]:,.2f}",
-            f"{s.saved_eur:,.2f}",
+            f"{saved.saved_eur:,.2f}",
         )
     if acc.positions is not None:
         po, pa = acc.positions
@@ -435,13 +500,6 @@ def _table(
     if acc.budgets is not None:
         bo, ba = acc.budgets
         table.add_row(f"budget {bo.budget_kg:,.0f} kg", _budget(bo), _budget(ba), "")
-    table.add_row(
-        "violations",
-        Text(str(mo.violations), style="bold red" if mo.violations else "green"),
-        Text(str(ma.violations), style="bold red" if ma.violations else "green"),
-        "",
-    )
-    return table
 
 
 def _num(value: float | None, spec: str) -> str:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import numpy as np
 import typer
@@ -31,6 +31,7 @@ from extender.profiles.samples import (
     LearnError,
     LearnResult,
     LearnSettings,
+    RangeClient,
     default_query,
     iso_time,
     learn,
@@ -216,34 +217,16 @@ def learn_command(
     timeout: Annotated[str, typer.Option("--timeout", help="per query")] = "60s",
 ) -> None:
     """Learn per-service power profiles (a quantile per slot) from Prometheus history."""
-    if not prometheus.startswith(("http://", "https://")):
-        raise fail(f"--prometheus: expected an http:// or https:// URL, got {prometheus!r}")
-    if not 0.0 < quantile <= 1.0:
-        raise fail(f"--quantile: {quantile:g} is not in (0, 1]; e.g. --quantile 0.95 for p95")
-    if min_samples < 1:
-        raise fail(f"--min-samples: must be at least 1, got {min_samples}")
-    if gpu_idle_watts is not None and gpu_idle_watts < 0:
-        raise fail(f"--gpu-idle-watts: must be >= 0, got {gpu_idle_watts:g}")
-    if query is not None and gpu_idle_watts:
-        raise fail(
-            "--gpu-idle-watts applies to the default query only; subtract the idle "
-            "inside --query, or drop --query"
-        )
-    since_s = _duration(since, "--since", "14d")
-    resolution_s = _duration(resolution, "--resolution", "1m")
-    chunk_s = _duration(chunk, "--chunk", "6h")
-    timeout_s = _duration(timeout, "--timeout", "60s")
-    if chunk_s < resolution_s:
-        raise fail(f"--chunk ({chunk}) is shorter than --resolution ({resolution})")
-    if chunk_s // resolution_s > MAX_POINTS:
-        raise fail(
-            f"--chunk {chunk} at --resolution {resolution} is {chunk_s // resolution_s} points "
-            f"per series; Prometheus allows {MAX_POINTS}: shorten --chunk"
-        )
-    if since_s < resolution_s:
-        raise fail(f"--since ({since}) is shorter than --resolution ({resolution})")
+    _check_learn_options(
+        prometheus=prometheus,
+        quantile=quantile,
+        min_samples=min_samples,
+        gpu_idle_watts=gpu_idle_watts,
+        query=query,
+    )
+    spans = _query_spans(since=since, resolution=resolution, chunk=chunk, timeout=timeout)
     grid = _grid(config, period, step, offset)
-    if resolution_s > grid.step_s:
+    if spans.resolution_s > grid.step_s:
         raise fail(
             f"--resolution {resolution} is coarser than the grid step "
             f"{format_duration(grid.step_s)}: some slots would get no samples; lower it"
@@ -262,16 +245,79 @@ def learn_command(
         else default_query(label, gpu_idle_watts or 0.0, metric, labels_metric),
         service_label=label,
         grid=grid,
-        start=end - since_s,
+        start=end - spans.since_s,
         end=end,
-        resolution_s=resolution_s,
-        chunk_s=chunk_s,
+        resolution_s=spans.resolution_s,
+        chunk_s=spans.chunk_s,
         quantile=quantile,
         min_samples=min_samples,
         fill=fill.value,
         services=tuple(service or ()),
     )
-    client = prometheus_client(settings.url, timeout_s)
+    client = prometheus_client(settings.url, spans.timeout_s)
+    result = _learned(client, settings, service_label=service_label, labels_metric=labels_metric)
+    _echo_learned(result, settings, with_gpu_idle=gpu_idle_watts is None and query is None)
+    files = output_files(result, settings, time.time())
+    _write(files, output_format, output, name, namespace, settings)
+
+
+def _check_learn_options(
+    *,
+    prometheus: str,
+    quantile: float,
+    min_samples: int,
+    gpu_idle_watts: float | None,
+    query: str | None,
+) -> None:
+    """Exit 2 naming the first of these options that is out of range or conflicts."""
+    if not prometheus.startswith(("http://", "https://")):
+        raise fail(f"--prometheus: expected an http:// or https:// URL, got {prometheus!r}")
+    if not 0.0 < quantile <= 1.0:
+        raise fail(f"--quantile: {quantile:g} is not in (0, 1]; e.g. --quantile 0.95 for p95")
+    if min_samples < 1:
+        raise fail(f"--min-samples: must be at least 1, got {min_samples}")
+    if gpu_idle_watts is not None and gpu_idle_watts < 0:
+        raise fail(f"--gpu-idle-watts: must be >= 0, got {gpu_idle_watts:g}")
+    if query is not None and gpu_idle_watts:
+        raise fail(
+            "--gpu-idle-watts applies to the default query only; subtract the idle "
+            "inside --query, or drop --query"
+        )
+
+
+class _Spans(NamedTuple):
+    """The query durations in seconds: history, query step, window per query, timeout."""
+
+    since_s: int
+    resolution_s: int
+    chunk_s: int
+    timeout_s: int
+
+
+def _query_spans(*, since: str, resolution: str, chunk: str, timeout: str) -> _Spans:
+    """The duration options parsed and checked against each other (and Prometheus's
+    points per series); exit 2 naming the option at fault."""
+    since_s = _duration(since, "--since", "14d")
+    resolution_s = _duration(resolution, "--resolution", "1m")
+    chunk_s = _duration(chunk, "--chunk", "6h")
+    timeout_s = _duration(timeout, "--timeout", "60s")
+    if chunk_s < resolution_s:
+        raise fail(f"--chunk ({chunk}) is shorter than --resolution ({resolution})")
+    if chunk_s // resolution_s > MAX_POINTS:
+        raise fail(
+            f"--chunk {chunk} at --resolution {resolution} is {chunk_s // resolution_s} points "
+            f"per series; Prometheus allows {MAX_POINTS}: shorten --chunk"
+        )
+    if since_s < resolution_s:
+        raise fail(f"--since ({since}) is shorter than --resolution ({resolution})")
+    return _Spans(since_s, resolution_s, chunk_s, timeout_s)
+
+
+def _learned(
+    client: RangeClient, settings: LearnSettings, *, service_label: str, labels_metric: str
+) -> LearnResult:
+    """The profiles learned through ``client``, its problems echoed as warnings; exit 2
+    on a learning error and 1 when no service had samples."""
     try:
         result = learn(client, settings)
     except LearnError as exc:
@@ -288,16 +334,23 @@ def learn_command(
     if not result.learned:
         raise fail(
             f"no samples in {iso_time(settings.start)}–{iso_time(settings.end)}: no series carried "
-            f"{label!r} (does {labels_metric} export the pod label? kube-state-metrics needs "
-            f"--metric-labels-allowlist=pods=[{service_label}]), or lengthen --since",
+            f"{settings.service_label!r} (does {labels_metric} export the pod label? "
+            f"kube-state-metrics needs --metric-labels-allowlist=pods=[{service_label}]), "
+            "or lengthen --since",
             code=1,
         )
+    return result
+
+
+def _echo_learned(result: LearnResult, settings: LearnSettings, *, with_gpu_idle: bool) -> None:
+    """The summary of what was learned on stderr, with a note when the profiles include
+    the GPUs' idle draw (``with_gpu_idle``); exit 1 listing thin slots, if any."""
     missing = sorted(set(settings.services) - set(result.learned))
     if missing:
         typer.echo(f"warning: no samples for --service {', '.join(missing)}", err=True)
     for line in _summary(result, settings):
         typer.echo(line, err=True)
-    if gpu_idle_watts is None and query is None:
+    if with_gpu_idle:
         typer.echo(
             "note: --gpu-idle-watts not given: the profiles include each GPU's idle draw, "
             "which node idleWatts counts too",
@@ -311,8 +364,6 @@ def learn_command(
             "--min-samples, or pass --fill nearest to copy the nearest slot's value",
             code=1,
         )
-    files = output_files(result, settings, time.time())
-    _write(files, output_format, output, name, namespace, settings)
 
 
 def _write(

@@ -24,6 +24,7 @@ from powercap.console import (
 from powercap.plans import describe_problem
 
 if TYPE_CHECKING:
+    from placement.powermodel import PowerCurve
     from placement.scenario.spec import ScenarioSpec
 
 
@@ -120,10 +121,6 @@ def scenario_from_servegen(
 
     Topology options left out keep the defaults of placement.scenario.servegen.Topology.
     """
-    from dataclasses import replace
-
-    from placement.powermodel import H100_LLAMA70B_TP4, parse_curve
-    from placement.scenario.building import problem_from_spec
     from placement.scenario.servegen import Topology, build_servegen
 
     given: dict[str, Any] = {
@@ -140,17 +137,12 @@ def scenario_from_servegen(
         "row_fraction": row_fraction,
         "site_fraction": site_fraction,
     }
-    curve_given: dict[str, Any] = {
-        "gpus_per_instance": gpus_per_instance,
-        "instances_per_replica": instances_per_replica,
-    }
     try:
         topology = Topology(**{k: v for k, v in given.items() if v is not None})
-        if curve is not None:
-            curve_given["points"] = parse_curve(curve)
-        # Unset curve options keep the H100 calibration (bare idle, host power, capacity).
-        power = replace(
-            H100_LLAMA70B_TP4, **{k: v for k, v in curve_given.items() if v is not None}
+        power = _servegen_power(
+            curve,
+            gpus_per_instance=gpus_per_instance,
+            instances_per_replica=instances_per_replica,
         )
         with progress_display() as progress:
             built = progress_step(
@@ -171,16 +163,42 @@ def scenario_from_servegen(
             )
     except ValueError as exc:
         raise fail(str(exc)) from None
+    _write_built_spec(built.spec, output)
+
+
+def _servegen_power(
+    curve: str | None, *, gpus_per_instance: int | None, instances_per_replica: int | None
+) -> PowerCurve:
+    """The H100 calibration with the curve options given in place of its own; unset ones
+    keep it (bare idle, host power, capacity). Raises ``ValueError`` for a bad ``curve``."""
+    from dataclasses import replace
+
+    from placement.powermodel import H100_LLAMA70B_TP4, parse_curve
+
+    given: dict[str, Any] = {
+        "gpus_per_instance": gpus_per_instance,
+        "instances_per_replica": instances_per_replica,
+    }
+    if curve is not None:
+        given["points"] = parse_curve(curve)
+    return replace(H100_LLAMA70B_TP4, **{k: v for k, v in given.items() if v is not None})
+
+
+def _write_built_spec(spec: ScenarioSpec, output: Path | None) -> None:
+    """Write a built scenario to ``output`` (JSON for a ``.json`` name, else YAML; stdout
+    without one) and its size to stderr; exit 2 listing the problems of an invalid one."""
+    from placement.scenario.building import problem_from_spec
+
     try:
-        problem = problem_from_spec(built.spec)
+        problem = problem_from_spec(spec)
     except ScenarioError as exc:  # a bug in the builder rather than in the user's input
         print_scenario_problems(exc)
         raise typer.Exit(2) from None
     if output is not None and output.suffix == ".json":
-        data = built.spec.model_dump(by_alias=True, exclude_defaults=True, mode="json")
+        data = spec.model_dump(by_alias=True, exclude_defaults=True, mode="json")
         text = orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n"
     else:
-        text = built.spec.to_yaml()
+        text = spec.to_yaml()
     write_output(text, output)
     stderr().print(
         f"{problem.name}: {describe_problem(problem)}; "

@@ -7,7 +7,7 @@ import re
 from enum import StrEnum
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import Progress
@@ -22,7 +22,7 @@ from placement.cluster_run import (
     speed_problem,
 )
 from placement.grid import parse_duration
-from placement.metrics import evaluate
+from placement.metrics import Metrics, evaluate
 from placement.problem import Problem
 from placement.replay_file import read_replay
 from placement.strategies import Plan, SolverStats
@@ -53,6 +53,9 @@ from powercap.tables import (
     summary_table,
     whatif_table,
 )
+
+if TYPE_CHECKING:
+    from placement.variants import WhatIf
 
 # Backends that run a problem on a cluster for `whatif --kwok` (see placement.cluster_run).
 CLUSTER_GROUP = "powercap.clusters"
@@ -168,42 +171,23 @@ def whatif(
     with the real kube-scheduler instead, and judge the placement it made. With --replay,
     then replay measured power on that placement, with or without the controller.
     """
-    from placement.variants import WhatIf, resolve_node_count
-
     problem = load_scenario(scenario)
     replay_settings = _replay_settings(
         problem, replay, replay_day, start, duration, speed, controller, kwok
     )
-    try:
-        change = WhatIf(
-            scale_caps=scale_caps,
-            add_nodes=resolve_node_count(add_nodes, problem.fleet.size),
-            scale_demand=scale_demand,
-        )
-        changed = change.apply(problem)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
+    change, changed = _changed(
+        problem, scale_caps=scale_caps, add_nodes=add_nodes, scale_demand=scale_demand
+    )
+    options = {"time_limit_s": time_limit, "workers": workers}
     if kwok:
-        if planner not in ("cpsat", "greedy"):
-            raise fail(f"--planner must be cpsat or greedy, got {planner!r}")
-        schedulers = list(SCHEDULERS) if scheduler is SchedulerChoice.both else [scheduler.value]
-        if (
-            replay_settings is not None
-            and replay_settings.controller
-            and schedulers != ["powercap"]
-        ):
-            raise fail(
-                f"--controller {controller or 'on'} needs --scheduler powercap "
-                "(it runs in the extender)"
-            )
         _whatif_live(
             changed,
-            schedulers,
+            _live_schedulers(scheduler, planner, replay_settings, controller),
             planner=planner,
             reserve_plan=reserve_plan,
             replay=replay_settings,
             baseline=controller is ControllerChoice.both,
-            options={"time_limit_s": time_limit, "workers": workers},
+            options=options,
             output=output,
             report=report,
             all_domains=all_domains,
@@ -211,9 +195,58 @@ def whatif(
         return
     if report is not None:
         raise fail("--report goes with --kwok here; use `powercap compare --report` offline")
+    _whatif_offline(problem, changed, change, strategy=strategy, options=options, output=output)
+
+
+def _changed(
+    problem: Problem, *, scale_caps: float, add_nodes: str, scale_demand: float
+) -> tuple[WhatIf, Problem]:
+    """The change the options ask for and ``problem`` with it applied (``problem`` itself
+    when nothing changes); exit 2 with the reason when it cannot be applied."""
+    from placement.variants import WhatIf, resolve_node_count
+
+    try:
+        change = WhatIf(
+            scale_caps=scale_caps,
+            add_nodes=resolve_node_count(add_nodes, problem.fleet.size),
+            scale_demand=scale_demand,
+        )
+        return change, change.apply(problem)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
+def _live_schedulers(
+    scheduler: SchedulerChoice,
+    planner: str,
+    replay: ReplaySettings | None,
+    controller: ControllerChoice | None,
+) -> list[str]:
+    """The schedulers ``--kwok`` runs, in order, once ``--planner`` and ``--controller``
+    are known to fit them; exit 2 naming the option otherwise."""
+    if planner not in ("cpsat", "greedy"):
+        raise fail(f"--planner must be cpsat or greedy, got {planner!r}")
+    schedulers = list(SCHEDULERS) if scheduler is SchedulerChoice.both else [scheduler.value]
+    if replay is not None and replay.controller and schedulers != ["powercap"]:
+        raise fail(
+            f"--controller {controller or 'on'} needs --scheduler powercap "
+            "(it runs in the extender)"
+        )
+    return schedulers
+
+
+def _whatif_offline(
+    problem: Problem,
+    changed: Problem,
+    change: WhatIf,
+    *,
+    strategy: str,
+    options: dict[str, Any],
+    output: OutputFormat,
+) -> None:
+    """Plan ``problem`` and ``changed`` with ``strategy`` and print the difference."""
     if changed is problem:
         stderr().print("[yellow]warning:[/] no change requested; before and after are equal")
-    options = {"time_limit_s": time_limit, "workers": workers}
     with progress_display() as progress:
         before = solve_all(progress, problem, [strategy], options, "before: ")
         after = solve_all(progress, changed, [strategy], options, "after:  ")
@@ -274,12 +307,7 @@ def _replay_settings(
     known = set(problem.services.names)
     if not known & set(watts):
         raise fail(f"--replay: {path} names none of the scenario's services")
-    start_s = 0
-    if start is not None:
-        match = re.fullmatch(r"(\d{1,2}):(\d{2})", start.strip())
-        if not match or int(match.group(1)) > 23 or int(match.group(2)) > 59:
-            raise fail(f"--start must be HH:MM within the day, got {start!r}")
-        start_s = int(match.group(1)) * 3600 + int(match.group(2)) * 60
+    start_s = 0 if start is None else _seconds_of_day(start)
     try:
         duration_s = parse_duration(duration) if duration is not None else 4 * 3600
     except ValueError as exc:
@@ -307,6 +335,14 @@ def _replay_settings(
         )
     except ValueError as exc:
         raise fail(f"--replay: {exc}") from None
+
+
+def _seconds_of_day(text: str) -> int:
+    """``--start`` HH:MM as seconds after midnight; exit 2 unless it is a time of day."""
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})", text.strip())
+    if not match or int(match.group(1)) > 23 or int(match.group(2)) > 59:
+        raise fail(f"--start must be HH:MM within the day, got {text!r}")
+    return int(match.group(1)) * 3600 + int(match.group(2)) * 60
 
 
 def _cluster_backend(name: str) -> ClusterBackend:
@@ -403,36 +439,59 @@ def _whatif_live(
             write_plan_report(progress, report, problem, plans, metrics, focus) if report else None
         )
     if output is OutputFormat.json:
-        objects = {
-            name: {
-                "strategy": name,
-                "scheduler": run.scheduler,
-                "placement": run.assignment.as_mapping(problem),
-                "metrics": metrics_json(name, metrics),
-                "solver": plans[name].stats.as_dict(),
-                "throughput_pods_per_s": run.throughput_pods_per_s,
-                "pending": pending_summary(run),
-                **_replay_json(run),
-            }
-            for name, run in runs.items()
-        }
-        if len(objects) == 1:
-            emit_json(next(iter(objects.values())))
-        else:
-            emit_json({"scenario": problem.name, "runs": objects})
+        emit_json(_live_json(problem, runs, plans, metrics))
     else:
-        console = stdout()
-        if len(runs) == 1:
-            console.print(summary_table(problem, plans[focus], metrics))
-        console.print(domain_table(problem, metrics[focus], all_domains))
-        console.print(compare_table(problem, plans, metrics))
-        for name, run in runs.items():
-            console.print(live_line(name, run, metrics[name]))
-            for outcome in (run.baseline, run.replay):
-                if outcome is not None:
-                    console.print(replay_table(name, outcome))
+        _print_live(problem, runs, plans, metrics, focus=focus, all_domains=all_domains)
     if index is not None:
         stderr().print(f"report: {index}")
+
+
+def _live_json(
+    problem: Problem,
+    runs: dict[str, ClusterRun],
+    plans: dict[str, Plan],
+    metrics: dict[str, Metrics],
+) -> dict[str, Any]:
+    """One run's JSON object, or ``{"scenario", "runs"}`` keyed by run when there are more."""
+    objects = {
+        name: {
+            "strategy": name,
+            "scheduler": run.scheduler,
+            "placement": run.assignment.as_mapping(problem),
+            "metrics": metrics_json(name, metrics),
+            "solver": plans[name].stats.as_dict(),
+            "throughput_pods_per_s": run.throughput_pods_per_s,
+            "pending": pending_summary(run),
+            **_replay_json(run),
+        }
+        for name, run in runs.items()
+    }
+    if len(objects) == 1:
+        return next(iter(objects.values()))
+    return {"scenario": problem.name, "runs": objects}
+
+
+def _print_live(
+    problem: Problem,
+    runs: dict[str, ClusterRun],
+    plans: dict[str, Plan],
+    metrics: dict[str, Metrics],
+    *,
+    focus: str,
+    all_domains: bool,
+) -> None:
+    """The live runs' tables: ``focus``'s summary (one run only) and domains, every plan
+    compared, then each run's line and replay tables."""
+    console = stdout()
+    if len(runs) == 1:
+        console.print(summary_table(problem, plans[focus], metrics))
+    console.print(domain_table(problem, metrics[focus], all_domains))
+    console.print(compare_table(problem, plans, metrics))
+    for name, run in runs.items():
+        console.print(live_line(name, run, metrics[name]))
+        for outcome in (run.baseline, run.replay):
+            if outcome is not None:
+                console.print(replay_table(name, outcome))
 
 
 def _replay_json(run: ClusterRun) -> dict[str, Any]:
