@@ -18,8 +18,14 @@
 * **preempt** keeps the scheduler's candidates where evicting the proposed victims
   would let the pod fit, with the victims unchanged.
 
-Per request the work is a few passes over the (domains × T) ledger, computed once per
-(profile, state version) and shared by filter and prioritize of the same pod.
+:class:`Decider` makes these decisions over one
+:class:`~extender.cluster.state.ClusterState` (filter through
+:func:`placement.admission.fitting_domains`, prioritize through
+:func:`placement.scoring.scores_0_to_10`); :func:`breach_text`, :func:`held_text` and
+:func:`worst_on_path` explain a failed node; :func:`candidate_items` returns the passing
+nodes when the scheduler sends whole Node objects. Per request the work is a few passes
+over the (domains × T) ledger, computed once per (profile, state version) and shared by
+filter and prioritize of the same pod.
 """
 
 from __future__ import annotations
