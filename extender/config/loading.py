@@ -6,9 +6,9 @@ exactly as a scenario's, named profiles and ``profileFiles``, services, and each
 through its module's ``resolve_*`` — and builds the resolved
 :class:`~extender.config.model.Config`. Every problem is collected first, so
 :class:`~extender.config.model.ConfigError` lists them all, each as ``path: what is wrong
-and the fix``. :func:`resolve_profile` turns one profile (T values or a shorthand) into
-an array; :func:`config_from_problem` makes the config of a scenario for
-``serve --scenario``.
+and the fix``. Profiles are resolved by
+:func:`placement.scenario.profiles.profile_values`, as a scenario's are.
+:func:`config_from_problem` makes the config of a scenario for ``serve --scenario``.
 
 The whole file, section by section: docs/extender.md, "Configuration".
 """
