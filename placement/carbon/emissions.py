@@ -3,7 +3,7 @@
 Accounting: :func:`emissions_kg` and :func:`placement_emissions` (an :class:`Emissions`
 per domain over a window), :func:`check_budget` (a :class:`BudgetCheck`). Planning:
 :func:`domain_intensity` (intensity per domain from the nearest named domain above),
-:func:`with_carbon` (a problem carrying :class:`~placement.carbon.terms.CarbonTerms`),
+:func:`with_carbon` (a problem carrying :class:`~placement.problem.CarbonTerms`),
 :func:`replica_kg`, :func:`idle_kg`, :func:`budget_allowance` (refusing a budget below the
 idle floor with :class:`BudgetBelowIdleError`) and :func:`plan_emissions` (a
 :class:`PlanEmissions`). Cap policies are :mod:`placement.carbon.policy`, prices and the
