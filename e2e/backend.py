@@ -1,22 +1,17 @@
 """A scenario through the real kube-scheduler on a throwaway KWOK cluster, read back.
 
-This is the ``powercap.clusters`` backend ``kwok`` behind ``powercap whatif --kwok``:
+:func:`run_on_kwok` is the ``powercap.clusters`` backend ``kwok`` behind ``powercap whatif
+--kwok`` (a :class:`placement.cluster_run.ClusterBackend`): it starts a cluster, creates
+one fake node per scenario node and one Deployment per service (every pod exists, Pending,
+before any scheduler runs), starts the extender and waits for its first plan (for
+``powercap``), starts kube-scheduler (for ``default``: the upstream default profile, or the
+shipped file without the extender when ``stock_default`` is off), waits until the pods
+settle, reads the placement back and returns a :class:`~placement.cluster_run.ClusterRun`.
+With a replay it then calls :func:`e2e.replay.replay_window`. :class:`BindClock` times the
+bindings from one pod watch, so 10,000 pods cost one stream rather than repeated lists;
+:func:`throughput` and :func:`wait_scheduled` are its helpers.
 
-1. start a cluster (:func:`e2e.cluster.cluster`), create one fake node per scenario node
-   and wait until kwok has made them Ready;
-2. create one Deployment per service and wait until the ReplicaSet controller has created
-   every pod — no scheduler runs yet, so they all wait Pending;
-3. for ``powercap``: start the extender on the generated config and wait for its first
-   plan; then start kube-scheduler (``config/kube-scheduler.yaml``; for ``default`` the
-   same file without the extender);
-4. wait until every pod is bound, or the rest have a FailedScheduling event and nothing
-   has changed for a while, and read the placement back;
-5. with ``settings.replay``, replay measured power on that placement, with or without
-   the companion controller (:func:`e2e.replay.replay_window`).
-
-Pods exist before the scheduler starts so that the scheduling window measures the
-scheduler (and the extender), not the ReplicaSet controller's creation rate; binding
-times come from a pod watch, so 10,000 pods cost one stream rather than repeated lists.
+The steps and why pods exist before the scheduler starts: docs/whatif.md.
 """
 
 from __future__ import annotations

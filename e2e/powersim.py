@@ -1,38 +1,17 @@
 """The power simulator: DCGM-exporter metrics for fake (KWOK) GPU nodes.
 
-It serves ``/metrics`` in the Prometheus text format, one ``DCGM_FI_DEV_POWER_USAGE``
-gauge per GPU with the labels the DCGM exporter sets (``gpu``, ``UUID``, ``device``,
-``modelName``, ``Hostname``, and ``pod``/``namespace``/``container`` on GPUs a pod holds),
-computed from the pods bound to each node at the moment of the scrape.
+:class:`PowerSimulator` serves ``/metrics`` in the Prometheus text format: one
+``DCGM_FI_DEV_POWER_USAGE`` gauge per GPU with the DCGM exporter's labels, computed at
+each scrape from the pods bound to each node (a :class:`PodSource`, such as
+:class:`StaticPods` kept current by a pod watch) and their services' watts — a
+:class:`GridProfile` on the scenario grid or a :class:`ReplaySeries` from a replay file
+(:func:`load_replay`) — on a compressed :class:`SimClock`, with seeded noise and
+injectable surges (:class:`Surge`). :meth:`PowerSimulator.snapshot` gives the exact
+:class:`Snapshot` a correct power source must read. :func:`sim_nodes`,
+:func:`grid_profiles` and :func:`pods_of` build its inputs from a problem.
 
-The model, per node at simulated instant ``t``:
-
-* every GPU draws its idle share: ``gpu_idle_watts`` (default: the node's idle watts
-  spread over its GPUs, so the node's non-GPU draw is 0); the rest of the node's idle
-  watts is its non-GPU draw (:meth:`PowerSimulator.non_gpu_watts`), which DCGM cannot see
-  — the power source adds it back from its config;
-* each pod adds its service's watts per replica above idle at ``t`` — a profile on the
-  scenario grid (slot of ``t`` via :class:`placement.grid.Grid`) or a replayed series —
-  times seeded multiplicative noise, spread evenly over the GPUs it holds (GPUs are handed
-  out in pod-name order; a pod finding no GPU left spreads over all of the node's);
-* an active surge multiplies the pods' watts by ``factor`` and adds ``extra_watts`` to
-  the node, spread over its GPUs.
-
-So the node's total (GPUs + non-GPU) is idle + Σ pod watts, the same quantity the ledger
-predicts. Simulated time runs on a compressed clock:
-``t = start + (wall − t0) × speed``. Pods of services without a profile draw nothing above
-idle (they are listed in :attr:`Snapshot.unprofiled`); nodes without GPUs export nothing,
-as a node without a DCGM exporter would.
-
-The pods come from a :class:`PodSource` — a list here (:class:`StaticPods`), a pod watch
-in a cluster run — so the simulator follows whatever the scheduler decides.
-
-A replay file gives measured per-replica watts above node idle, in consecutive
-``step_s`` slots from midnight (UTC) of replay day 0, the day the clock starts in::
-
-    {"step_s": 600, "watts": {"chat-eu": [5100.0, 5230.5, ...]}}
-
-A series shorter than the run repeats from its start.
+The model per node (idle split between GPUs and the rest, pods, noise, surges,
+timestamps) and the replay file format: docs/power.md, "The power simulator".
 """
 
 from __future__ import annotations

@@ -1,27 +1,16 @@
 """Replayed power on a placed KWOK cluster, with or without the companion controller.
 
-:func:`replay_window` runs after :func:`e2e.backend.run_on_kwok` has placed a problem:
+:func:`replay_window` runs after :func:`e2e.backend.run_on_kwok` has placed a problem: the
+power simulator serves the replayed watts of the pods the API server reports bound
+(:class:`PodFeed`), a real Prometheus scrapes it, and with the controller ``powercap
+serve`` is restarted with ``power:`` and ``controller:`` sections (:func:`controller_section`)
+on a grid compressed by the speed (:func:`compress`, :class:`CompressedGrid`), so no
+controller code knows it is replayed. :class:`BreachMeter` integrates each domain's time
+over its cap from the simulator's own values — the ground truth, so runs with and without
+the controller are judged alike; :func:`controller_actions` and :func:`evicted_pods` read
+what the controller did. It returns a :class:`placement.cluster_run.ReplayOutcome`.
 
-1. the power simulator (:mod:`e2e.powersim`) serves DCGM metrics for every fake node from
-   the pods the API server reports bound (a list+watch: evicted pods stop drawing, their
-   replacements start), each drawing its service's replayed watts (services without a
-   series draw their profile); Prometheus (:mod:`e2e.prometheus`) scrapes it every 30
-   simulated seconds (at most every 0.2 wall seconds);
-2. with the controller, ``powercap serve`` is restarted on the same port (kube-scheduler
-   keeps calling it there) with the ``power:`` and ``controller:`` sections, its timings
-   divided by the speed;
-3. the simulated clock runs from the window's start; the simulator's own snapshot is
-   sampled every :data:`SAMPLE_S` wall seconds and each domain's time over its cap is
-   integrated — the ground truth, so runs with and without the controller are judged
-   alike;
-4. the controller's actions are read from the extender's ``/metrics``, the evicted pods
-   from the ``PowerCapEvict`` Events.
-
-The controller takes the slot of wall-clock time (``Grid.slot_of(time.time())``), so its
-config gets a compressed grid: period and step divided by the speed (the speed must
-divide the step, so they stay whole seconds) and an offset chosen with the clock's start
-so that its slot is the simulator's slot at every wall second. No controller code knows
-it is being replayed.
+The steps, the timings and the compressed grid: docs/whatif.md, "Replayed power".
 """
 
 from __future__ import annotations

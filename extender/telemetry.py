@@ -12,8 +12,9 @@ tests and benchmarks can build many apps in one process).
 * ``powercap_plan_age_seconds``, ``powercap_plan_gap``, ``powercap_plan_hosted_replicas``
   — the latest plan's age, the solver's relative gap to its bound, and what it hosts.
 
-The companion controller's metrics (:class:`ControllerMetrics`) join the same registry
-when a controller runs (see ``docs/controller.md`` for the list).
+The companion controller's metrics (:class:`ControllerMetrics`) and those of the live
+carbon caps (:class:`CarbonMetrics`) join the same registry when they run (see
+``docs/controller.md`` and ``docs/carbon.md`` for the lists).
 """
 
 from __future__ import annotations

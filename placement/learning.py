@@ -1,30 +1,18 @@
 """Learned profiles: per-slot quantiles of measured watts per replica.
 
-A service's profile is, for every slot of the grid, a chosen quantile (p95 by default) of
-what one replica drew in that slot of the period. The input is a list of samples per
-service — ``(unix seconds, watts)`` pairs, one per replica per observation, already *above
-node idle* (the edge subtracts the GPUs' idle draw before handing them over) — pooled
-over every day of the history: a 10-minute slot seen for 14 days at a 1-minute
-resolution with 3 replicas has 420 samples.
+:func:`learn_profile` (one service) and :func:`learn_profiles` (each service of a mapping)
+take ``(unix seconds, watts)`` samples, one per replica per observation and already above
+node idle, pool them by slot of the grid (:func:`slots_of`) over every day of the history,
+and return a :class:`LearnedProfile`: the chosen quantile per slot
+(:func:`slot_quantiles`, p95 by default), which slots were thin, filled or clamped to 0.
+A slot with fewer than ``min_samples`` samples is thin, never silently zero: with the fill
+policy ``none`` it stays NaN and the profile is incomplete (:func:`thin_problems` says which
+slots and why); with ``nearest`` it takes the nearest slot that is not thin, round the
+period (:func:`fill_nearest`). Everything is vectorised: one sort of all samples, not a
+loop over slots.
 
-Thin slots are never silently zero. A slot with fewer than ``min_samples`` samples is
-*thin*; what happens to it is the fill policy:
-
-* ``none`` (the default): the slot's value is NaN and the profile is incomplete —
-  whoever writes profiles must refuse it (:func:`thin_problems` says which slots and
-  why);
-* ``nearest``: the slot takes the value of the nearest slot that is not thin, walking
-  round the period (23:50 is next to 00:00); at equal distance on both sides, the larger
-  value, so a filled slot is never predicted below both neighbours.
-
-A service with no slot that is not thin cannot be filled and stays incomplete.
-
-A quantile below zero (a replica drawing less than the idle subtracted for it) is
-clamped to 0, since profiles are watts above idle and must be non-negative; clamped
-slots are reported, not hidden.
-
-Everything here is vectorised: the quantile of every slot comes from one sort of all
-samples, not a loop over slots.
+How ``powercap profiles learn`` and the refresh while serving use it: docs/power.md,
+"Learned profiles".
 """
 
 from __future__ import annotations

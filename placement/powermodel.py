@@ -1,36 +1,14 @@
 """Load → power for one inference replica: requests per second in, watts above node idle out.
 
-A replica is ``instances_per_replica`` model instances (vLLM servers), each spread over
-``gpus_per_instance`` GPUs by tensor parallelism; the load balancer splits the replica's
-requests evenly between its instances. The curve maps the request rate of one instance
-to the mean power of each of its GPUs, piecewise-linearly between measured points and
-flat beyond the last one (GPU power saturates well under TDP).
+:class:`PowerCurve` maps the request rate of one model instance to watts per GPU
+(piecewise-linear between measured points, flat beyond the last) and
+:meth:`PowerCurve.replica_watts` gives what the scheduler accounts per replica, above
+node idle. :func:`parse_curve` reads a curve written ``"rate:watts,..."``.
+:data:`H100_LLAMA70B_TP4` is the measured curve of Llama-3-70B with tensor parallelism 4
+on H100 SXM.
 
-What :meth:`PowerCurve.replica_watts` returns is what the scheduler accounts per
-replica: watts *above node idle*. The node's idle draw (``idleWatts`` in a scenario)
-already includes every GPU's bare idle (~70 W on an H100 with nothing loaded), so that
-is subtracted from each GPU, and the host's dynamic power (CPUs, NICs, fans following
-the request rate) is added, linearly in the load up to the replica's capacity.
-
-Calibration of :data:`H100_LLAMA70B_TP4` — measured GPU power of vLLM 0.7.2 serving
-Llama-3-70B with tensor parallelism 4 on H100 SXM under Poisson load, from nvidia-smi
-logs at 250 ms (grantwilkins/powertrace-sim, ``client/benchmark-llama-3-70b-h100/``;
-figures summarised in ``shared/data/README.md``):
-
-=========================  ==================
-request rate per instance  mean watts per GPU
-=========================  ==================
-0 (model loaded, idle)     ~118 (115–123)
-0.125 req/s                ~134 (bursty)
-0.5 req/s                  408
-2 req/s                    473 (p95 491)
-saturated                  ~495
-=========================  ==================
-
-The 4 req/s point is an extrapolation: power had nearly flattened by 2 req/s and its
-p95 there was 491 W, so saturation is put at 495 W, far under the 700 W TDP. An
-8×H100 server is rated 10.2 kW; with a 2,000 W node idle that leaves 8,200 W of
-nameplate per 8-GPU replica, against ~3,800 W this curve predicts at capacity.
+The model, its calibration and the measurements behind it: docs/scenarios.md,
+"The power curve".
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Console helpers every command shares: the two consoles, errors, progress and the one
-JSON emitter."""
+"""Console helpers every command shares: the two consoles, errors, progress, loading the
+scenario argument, text to stdout or a file, and the one JSON emitter.
+"""
 
 from __future__ import annotations
 

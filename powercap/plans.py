@@ -1,5 +1,6 @@
-"""Solving a problem with every strategy asked for, under a progress display, and the JSON
-of the results."""
+"""Solving a problem with every strategy asked for (and the baselines) under a progress display,
+the JSON of the results, emissions per plan, and the report.
+"""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
-"""The dry-run report: one self-contained ``index.html`` and the PNG charts it shows.
+"""The report of ``--report DIR`` (``plan``, ``compare``, ``whatif --kwok``): one
+self-contained ``index.html`` and the PNG charts it shows, written by :func:`write_report`.
 
 Everything numeric comes from :mod:`placement.metrics` and the assignment's own load;
 this module only lays it out. Charts are drawn on bare :class:`matplotlib.figure.Figure`
 objects with the Agg canvas, never through ``pyplot``, so writing a report touches no
-global plotting state and works without a display.
+global plotting state and works without a display. The report of ``powercap carbon
+report`` is :mod:`powercap.carbon_report`.
 """
 
 from __future__ import annotations

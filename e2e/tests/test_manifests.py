@@ -1,40 +1,13 @@
 """Every YAML file in ``manifests/`` and ``config/`` is accepted by what really reads it.
 
 One throwaway cluster (the pinned kube-apiserver) with the pinned upstream CRDs installed
-(KEDA ScaledObject, prometheus-operator ServiceMonitor and PrometheusRule, KServe
-InferenceService; :mod:`e2e.crds`), then each file takes one route:
+(:mod:`e2e.crds`); then each file takes one route: kustomize and server-side dry-run, a
+plain dry-run, pod admission for the Deployments' pod templates, the component that reads
+a ``config/`` file (kube-scheduler, the extender's config loader, the scenario loader), the
+ConfigMap that carries it, and ``promtool`` for the rules and the dashboard's queries.
+A missing tool or CRD fails the test, naming ``make tools``; nothing is skipped.
 
-* ``manifests/<dir>/`` with a ``kustomization.yaml``: ``kubectl kustomize <dir>``, then
-  ``kubectl apply --dry-run=server`` of the output. Every YAML file in such a directory must
-  be named by its kustomization (``resources`` or a ``configMapGenerator``), or the test fails:
-  nothing is skipped silently.
-* any other YAML file under ``manifests/`` (the examples): ``kubectl apply --dry-run=server``
-  into the namespace ``default``.
-* the pod template of every Deployment in ``manifests/base``: dry-run as a bare Pod too, so
-  that pod admission (Pod Security ``restricted`` of ``powercap-system``, the priority class)
-  judges it, which it does not for a Deployment.
-* ``config/`` files by kind, each by the component that reads it:
-  ``KubeSchedulerConfiguration`` — the pinned kube-scheduler with ``--config`` and
-  ``--write-config-to`` (strict decoding, defaulting and validation, then it writes the
-  result and exits), given a copy whose only change is ``clientConnection.kubeconfig``
-  (it builds its client before writing); ``PowercapConfig`` — the extender's loader
-  (:func:`extender.config.loading.load_config`, what ``powercap serve`` runs at start);
-  ``PowerProfile`` — the same loader, as the only ``profileFiles`` entry of a minimal
-  config; ``Scenario`` — :func:`placement.scenario.files.load_problem`; any other kind — an API
-  object, dry-run like the manifests.
-* every ``config/`` file also as the ConfigMap that carries it into the cluster
-  (``manifests/base`` ships copies of them; ``tests/test_manifests_config.py`` keeps the
-  copies equal), dry-run in ``powercap-system``.
-* ``manifests/monitoring/prometheusrule.yaml``: its rule groups also go through ``promtool
-  check rules`` (from the Prometheus package ``make tools`` installs), which parses every
-  expression and template; so do the queries of ``grafana-dashboard.json``, as recording
-  rules (the dashboard itself reaches the API server as the ConfigMap its kustomization
-  generates).
-
-Server-side dry-run runs the API server's whole write path (decoding with strict field
-validation, defaulting, OpenAPI schema validation of custom resources, admission) without
-persisting. Any ``Warning:`` from the server fails the test too. A missing kubectl,
-kube-scheduler or CRD fails the test with a message naming ``make tools``; it never skips.
+Each route in full: docs/deploy.md, "How the manifests are tested".
 """
 
 from __future__ import annotations

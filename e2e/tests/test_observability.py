@@ -1,35 +1,13 @@
 """The monitoring manifests against a real Prometheus scraping a real ``powercap serve``.
 
-One rack-pair cluster (KWOK, one 8-GPU node per rack), four ``batch`` pods bound to rack 1
-by the test itself (no kube-scheduler: the controller's metrics do not need one, and the
-extender's decision metrics get a sample from one malformed request), the power simulator
-fed from the API server's pods, and two Prometheus servers:
+A rack-pair KWOK cluster with pods bound by the test, the power simulator, a data
+Prometheus (the controller's ``power.url``) and a monitoring Prometheus running the rules of
+``manifests/monitoring/prometheusrule.yaml`` (``PowercapPowerDataStale`` shortened to 2 s).
+With the data Prometheus down during a surge, the controller takes no action and the
+stale-data alert fires; with it back, the controller evicts; then every rule evaluates and
+every dashboard query and alert operand returns series.
 
-* the **data** Prometheus scrapes the simulator; it is the controller's ``power.url``;
-* the **monitoring** Prometheus scrapes ``powercap serve`` as the job
-  ``powercap-scheduler`` (as the ServiceMonitor's Service name makes it) and evaluates the
-  rules of ``manifests/monitoring/prometheusrule.yaml`` (its ``spec.groups``, written to a
-  rules file).
-
-The test copy of the rules is the manifest's except that ``PowercapPowerDataStale`` holds
-for ``2s`` instead of ``5m``, so the alert can fire within the test; nothing else changes.
-
-Then:
-
-1. **Prometheus down → no action, and the stale-data alert fires.** The data Prometheus
-   is stopped and rack 1 surges far over its cap. The controller cannot read power: it
-   must take no step (``powercap_controller_actions_total`` stays 0, no Eviction, no
-   ``PowerCapEvict`` Event, every pod still there), while the monitoring Prometheus shows
-   ``PowercapPowerDataStale`` in ``ALERTS{alertstate="firing"}``.
-2. A data Prometheus comes back on the same address: the controller sees the surge,
-   enters breach and evicts — so the action counters have moved.
-3. **Every expression parses and returns series.** Every rule loaded with health ``ok``;
-   every dashboard query (Grafana variables replaced: ``$domain`` → ``rack-1``,
-   ``$__rate_interval`` → ``1m``) returns at least one series through the HTTP API; so
-   does every alert's operand — its expression without the final threshold comparison
-   (and, for ``absent(x)``, ``x``), since an alert's own expression returns series only
-   while it fires. The config has an ``intensity:`` section (a CSV at a clean 100 g/kWh,
-   a budget too large to bind), so the live caps loop's series exist without moving a cap.
+The setup and each step in full: docs/deploy.md, "How the monitoring is tested".
 """
 
 from __future__ import annotations

@@ -1,51 +1,16 @@
 """Live carbon-aware caps and the emission budget throttle, in ``powercap serve``.
 
-With an ``intensity:`` section in the config — one source, or one per grid zone, each
-covering the domains it names and everything below them — :class:`CarbonLoop` calls
-:meth:`CarbonCaps.tick` every period (the shortest of the sources'; each source is
-polled at its own ``period``). A tick:
+:class:`CarbonCaps` holds the live caps of one
+:class:`~extender.cluster.state.ClusterState`: each :meth:`CarbonCaps.tick` polls the
+due sources (one :class:`Zone` per source and the domains it covers), counts emissions,
+turns intensity into cap fractions, throttles budgeted domains (:class:`BudgetTracker`)
+and hands changed caps to :meth:`ClusterState.set_caps`; it returns a :class:`CarbonTick`.
+:class:`CarbonLoop` runs it every period (the shortest of the sources') once the mirror
+has synced. The pure steps are functions: :func:`forecast_fractions`,
+:func:`window_bounds`, :func:`emitted_kg`, :func:`budget_cap_fraction`, :func:`live_caps`.
 
-1. asks each due source (through :class:`~extender.carbon.sources.Resilient`) for the
-   intensity now and, with ``forecast: true``, for the next grid period;
-2. counts the emissions since the previous tick per domain: each leaf domain's power ×
-   its zone's intensity × Δt, summed up the tree, with the controller's measured power
-   where it is fresh, else the ledger's predicted power of the current slot;
-3. turns intensity into cap fractions for each source's ``domains`` (default, with one
-   source: the root(s)) through its policy: the current slot from the value now, the
-   slots ahead from the forecast (each slot the mean of the forecast over it);
-4. throttles each budgeted domain's current slot to what its budget affords;
-5. rebuilds every cap from the configured caps and hands them to
-   :meth:`ClusterState.set_caps` when they changed — so filter admits within the lowered
-   caps, the planner re-plans on them, and the controller's next tick compares measured
-   power with them and runs its ladder.
-
-Choices:
-
-* **Slots.** The live value sets the current slot only; the forecast sets the slots it
-  covers ahead, up to one grid period (the grid is periodic: a slot ahead of now stands
-  for its next occurrence); slots it does not cover keep their configured caps. Without
-  a forecast only the current slot changes: a value now says nothing about the evening.
-* **Failures.** ``latest`` falling back (no value within ``staleness``) sets the current
-  slot to ``fallbackCapFraction``; a forecast falling back leaves the slots ahead at their
-  configured caps. Emissions of a zone are not counted while its intensity is unknown,
-  nor those of leaves no source covers (no guess).
-* **Restoring.** Caps are recomputed from the configured caps on every tick, so a cleaner
-  grid (or a new slot) gives the power back at once.
-* **Budget throttle.** For a ``budgets`` entry (kg per day or calendar month on the
-  grid's clock) the loop keeps the window's emissions so far and projects the rest of
-  the window at the current rate. The domain's cap in the current slot is held at
-  ``(budget − emitted) / (intensity × hours left)`` watts — the most it may draw on
-  average from now on and still end within the budget — never below the policy floor
-  and never above the carbon-aware cap. (A domain over several zones uses its
-  power-weighted intensity, and the highest floor of its zones.) Measured power above
-  that cap is a breach, and the controller reshapes and evicts as for any cap; below it,
-  filter stops admitting what would break the budget. Holding the cap at the affordable
-  rate (rather than only while the projection at today's draw is over) keeps the
-  throttle from flapping: shedding load does not raise the cap again until the budget
-  allows it.
-* **Restarts.** Emissions before this process started are not known; a process that
-  starts mid-window assumes the part of the window already gone used its pro-rata share
-  of the budget.
+What a tick does, and the choices behind it (which slots follow, failures, restoring,
+the budget throttle, restarts): docs/carbon.md, "Live caps and the budget throttle".
 """
 
 from __future__ import annotations

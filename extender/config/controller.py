@@ -1,36 +1,14 @@
 """How the companion controller acts: the ``controller:`` section of the powercap config.
 
-::
+:class:`ControllerSpec` is the section as written (with :class:`SettleSpec`,
+:class:`EvictionsSpec` of :class:`RateSpec`, :class:`ScaledObjectsSpec`,
+:class:`AnnotationsSpec`, :class:`FeedbackSpec` and :class:`LeaseSpec`).
+:func:`resolve_controller` turns its durations into seconds, checks the cross-field rules
+and returns :class:`ControllerSettings` (with :class:`LeaseSettings` and the
+:mod:`placement.control` settings), or ``controller.<field>: message`` problems so the
+config loader reports them with every other problem at once.
 
-    controller:
-      enabled: true
-      dryRun: false                 # decide and report (Events, logs, metrics); change nothing
-      period: 15s                   # one control tick
-      tolerance: 0.0                # over = measured > cap × (1 + tolerance)
-      hysteresis: 0.05              # clears when measured < cap × (1 − hysteresis)
-      grace: 60s                    # over on every tick this long before acting
-      settle: {reshape: 5m, evict: 60s, restore: 5m}
-      reshapeRounds: 1
-      restoreMargin: 0.10           # restore only into cap × (1 − restoreMargin)
-      protectPriority: 1000         # services and pods at or above it are never touched
-      evictions:
-        perDomain: {limit: 2, window: 5m}
-        cluster: {limit: 5, window: 5m}
-      victimTimeLimit: 1s           # CP-SAT time for choosing eviction victims
-      feedback: {hold: 24h}         # keep a breach's overage in its slot this long
-      priorityLabel: powercap.io/priority
-      scaledObjects:
-        serviceLabel: powercap.io/service   # else the scaleTargetRef's name
-        namespaces: []                       # empty: every namespace
-      annotations:
-        originalMaxReplicas: powercap.io/original-max-replicas
-        reshapedBy: powercap.io/reshaped-by
-      lease: {name: powercap-controller, namespace: powercap-system,
-              duration: 15s, renewDeadline: 10s, retryPeriod: 2s}
-
-:func:`resolve_controller` turns durations into seconds and checks cross-field rules,
-returning ``controller.<field>: message`` problems so the config loader reports them with
-every other problem at once.
+Every field with its default: docs/controller.md, "Configuration (controller:)".
 """
 
 from __future__ import annotations

@@ -1,40 +1,17 @@
-"""Where live carbon intensity comes from: an ``intensity:`` config section.
+"""Where live carbon intensity comes from: the ``intensity:`` section of the powercap config.
 
-::
+:class:`IntensitySourceSpec` is one source as written (``kind``, its kind's fields, the
+request and staleness settings, ``fallbackCapFraction``, and how the live caps use it:
+``period``, ``policy``, ``floor``, ``domains``, ``forecast``, ``budgets`` as
+:class:`BudgetSpec`, ``euaPrice``); the section is one source or a list of them, one per
+grid zone. :func:`resolve_intensity` checks the whole section against the tree and
+:func:`resolve_intensity_source` one source; both return resolved
+:class:`IntensitySettings` (with :class:`BudgetSettings`) or ``path: message`` problems,
+so the config loader reports them with every other problem at once. Secrets are named by
+environment variable, never written here. This module imports no HTTP client.
 
-    intensity:
-      kind: electricitymaps      # electricitymaps | watttime | ukci | carbon-aware-sdk | csv
-      zone: DE                   # electricitymaps: the zone
-      tokenEnv: EM_TOKEN         # the environment variable holding the auth-token
-      timeout: 5s                # per request
-      retries: 2                 # after a timeout, 5xx or 429; waits backoff, 2·backoff, …
-      backoff: 1s
-      staleness: 1h              # the last good value is used while younger than this
-      fallbackCapFraction: 0.8   # then caps are this fraction of the configured caps
-      # What ``powercap serve`` does with it (extender/carbon/loop.py, docs/carbon.md):
-      period: 5m                 # how often the source is polled
-      policy: "150:1.0,450:0.7"  # intensity:fraction points (placement.carbon.policy.CapPolicy)
-      floor: 0.5                 # no fraction, budget throttle included, goes below this
-      domains: [site]            # the domains whose caps follow; default: the root(s)
-      forecast: true             # the forecast sets the caps of the slots ahead
-      budgets:                   # kg CO2e per window; the throttle keeps projections in
-        - {domain: site, kg: 1500, window: day}     # window: day | month (grid's clock)
-      euaPrice: 70               # EUR per tonne, for powercap_emissions_cost_eur_total
-
-Per kind: ``watttime`` takes ``region`` with ``usernameEnv`` and ``passwordEnv``;
-``carbon-aware-sdk`` takes ``location`` and needs ``url`` (a WebAPI deployment has no
-public address); ``ukci`` takes nothing else; ``csv`` takes ``path`` and optionally
-``timeColumn``, ``valueColumn``, ``timezone`` and ``unit``. ``url`` defaults to each
-service's public address.
-
-A fleet on several grids gives a list of such sections, one per zone, each naming the
-``domains`` it covers (they and everything below them); no domain follows two sources.
-
-Secrets never appear in the config: it names environment variables, and the source
-reads them when it is built. :func:`resolve_intensity` (the whole section, against the
-tree) and :func:`resolve_intensity_source` (one source) check what pydantic cannot and
-return ``path: message`` problems, so the config loader can report them with every other
-problem at once. This module imports no HTTP client.
+Every field, the sources and what ``powercap serve`` does with them: docs/carbon.md,
+"Live sources" and "Live caps and the budget throttle".
 """
 
 from __future__ import annotations

@@ -15,8 +15,10 @@
       serviceLabel: powercap.io/service
 
 The fields mean what the options of ``powercap profiles learn`` of the same names mean
-(see :mod:`extender.profiles.samples`). A refresh replaces, for every service it learned completely,
-the service's profile; a service it could not learn keeps the profile the config gives.
+(docs/power.md, "Learned profiles"); :class:`LearnSpec` is the section as written,
+:class:`LearnRefreshSettings` the resolved one. A refresh replaces, for every service it
+learned completely, the service's profile; a service it could not learn keeps the profile
+the config gives.
 
 :func:`resolve_learn` returns ``learn.<field>: message`` problems so the config loader
 reports them with every other problem. This module imports no HTTP client.

@@ -1,29 +1,16 @@
-"""The powercap config: the power tree, named profiles, services and policies.
+"""Reading and checking the powercap config file (``kind: PowercapConfig``).
 
-A YAML or JSON document, ``apiVersion: powercap.io/v1alpha1``, ``kind: PowercapConfig``::
+:func:`load_config` reads a YAML or JSON file and :func:`config_from_data` validates
+parsed data; :func:`config_from_spec` checks what pydantic cannot — the tree and caps
+exactly as a scenario's, named profiles and ``profileFiles``, services, and each section
+through its module's ``resolve_*`` — and builds the resolved
+:class:`~extender.config.model.Config`. Every problem is collected first, so
+:class:`~extender.config.model.ConfigError` lists them all, each as ``path: what is wrong
+and the fix``. Profiles are resolved by
+:func:`placement.scenario.profiles.profile_values`, as a scenario's are.
+:func:`config_from_problem` makes the config of a scenario for ``serve --scenario``.
 
-    grid: {period: 24h, step: 10m}
-    headroom: 0.05                       # admit up to cap × (1 − headroom)
-    domains:                             # as in scenario files
-      - {name: site, cap: 400000}
-      - {name: rack-1, parent: site, cap: 41000}
-    nodes: {domainLabel: powercap.io/domain, defaultIdleWatts: 2000}
-    profiles:                            # named profiles: T values or a shorthand
-      chat-eu: {diurnal: {low: 2500, high: 5200, peakAt: "10:00", width: 8h}}
-    profileFiles: [profiles/*.yaml]      # more named profiles, kind PowerProfile
-    services:
-      chat-eu: {profile: chat-eu, priority: 100, gpusPerReplica: 8,
-                nameplateWatts: 5600, replicas: 24}
-    policy: {missingProfile: nameplate, defaultNameplateWatts: 5600}
-    planner: {enabled: true, strategy: cpsat, debounce: 5s, timeLimit: 30s, interval: 15m}
-    scoring: {planWeight: 0.6}
-    power: {url: "http://prometheus:9090"}   # measured power (docs/power.md)
-    intensity: {kind: ukci, fallbackCapFraction: 0.8}   # live carbon intensity (docs/carbon.md)
-    controller: {enabled: true}              # the companion controller (docs/controller.md)
-    learn: {refresh: 6h}                     # re-learn profiles from power.url's history
-
-:func:`load_config` validates everything at start and raises :class:`ConfigError`
-listing every problem as ``path: what is wrong and the fix``.
+The whole file, section by section: docs/extender.md, "Configuration".
 """
 
 from __future__ import annotations

@@ -1,5 +1,15 @@
-"""The extender's config file (``kind: PowercapConfig``): a pydantic model per section,
-and the resolved :class:`Config`."""
+"""The powercap config file (``kind: PowercapConfig``) as pydantic models, and the resolved
+:class:`Config`.
+
+:class:`ConfigSpec` is the whole file as written. The small sections have their models
+here (:class:`NodesSpec`, :class:`ServiceSpec`, :class:`PolicySpec`,
+:class:`PlannerSpec`, :class:`ScoringSpec`); the larger ones each have a module of their
+own, ``extender/config/<section>.py`` (``power``, ``intensity``, ``controller``,
+``learn``). :class:`ProfileDocument` is a ``kind: PowerProfile`` file. :class:`Config`
+is what the extender runs on once :mod:`extender.config.loading` has checked everything
+(with :class:`ServiceEntry` and :class:`PlannerSettings`); :class:`ConfigError` lists
+every problem found. The file section by section: docs/extender.md, "Configuration".
+"""
 
 from __future__ import annotations
 

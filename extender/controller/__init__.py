@@ -1,0 +1,1 @@
+"""The companion controller in ``powercap serve``: power readings, the control loop, API calls."""

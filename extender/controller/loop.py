@@ -1,47 +1,19 @@
 """The companion controller: measured power against the caps, and the action ladder.
 
-Every ``controller.period`` the loop runs one :meth:`Controller.tick`:
+:class:`Controller` runs one control period per :meth:`Controller.tick`: it reads
+measured watts per node (a :class:`PowerSource`, in production
+:class:`extender.controller.readings.PrometheusPowerSource`), tracks breaches with
+:mod:`placement.control.breach`, feeds the overage into the extender's ledger, and — only
+while this process holds the Lease — takes the next step of
+:mod:`placement.control.ladder` in each domain through an
+:class:`extender.controller.actions.ClusterApi`. It returns a :class:`TickReport` with an
+:class:`ActionRecord` per step. :class:`ControllerLoop` runs it every
+``controller.period`` once the mirror has synced. :func:`pod_watts`,
+:func:`scaled_object_service` and :func:`selector_matches` are the pure rules it applies.
 
-1. read measured watts per node
-   (:class:`extender.controller.readings.PrometheusPowerSource`) for the
-   nodes the mirror knows, and sum them up the tree (NaN wherever a node below is not
-   fresh);
-2. advance the breach tracker (:func:`placement.control.breach.step`) against the raw caps of
-   the current slot;
-3. feed the measured overage of breached domains into the extender's ledger
-   (:func:`placement.control.breach.feedback_watts`, :meth:`ClusterState.set_feedback`), so
-   replacements land elsewhere — in every process, leader or not, since every extender
-   replica keeps its own ledger. A breached domain whose data goes missing keeps the
-   feedback it had;
-4. only while this process holds the Lease: per domain, deepest first, ask the ladder
-   (:func:`placement.control.ladder.next_action`) for the next step and take it — lower or
-   restore ``maxReplicaCount`` of KEDA ScaledObjects, or evict pods chosen by
-   :func:`placement.control.victims.choose_victims` through policy/v1 Evictions, so
-   PodDisruptionBudgets hold.
-
-Every step emits a Kubernetes Event, a log line and a metric. In dry-run the same
-decisions are made and reported (Events and metrics say ``dry_run``), and nothing is
-changed. A domain without fresh data gets no action at all.
-
-Choices made where the design is silent:
-
-* **Deepest domain first.** A domain with a breached descendant waits: shedding in the
-  rack also lowers its row, and acting at both levels on one tick would shed twice.
-  Once the rack clears, the row acts on what is left.
-* **Watts per pod** are the pod's profile at the current slot, scaled so the pods of a
-  node add up to what the node measures above its idle draw; where the node has no
-  fresh reading, the profile alone.
-* **A pod's priority** is its ``powercap.io/priority`` label, else its service's
-  ``priority`` in the config, else 0.
-* **A ScaledObject's service** is its ``powercap.io/service`` label, else the name of
-  its ``scaleTargetRef`` (a Deployment's name is its pods' service, see
-  :mod:`extender.cluster.pods`). The first reshape keeps the original ``maxReplicaCount`` in
-  ``powercap.io/original-max-replicas`` and the domains that lowered it in
-  ``powercap.io/reshaped-by``; both go when the maximum is back at the original. The
-  annotations outlive a leader change; the steps taken (settle periods) and the
-  eviction rate windows are in memory, so a new leader starts each ladder afresh.
-* **A 429 on an Eviction** (a PodDisruptionBudget allows no disruption now) is "not
-  now": the pod is left out of victim choices for one evict settle period.
+The tick step by step, dry-run, missing data and the choices made where the design is
+silent (deepest domain first, watts per pod, priorities, ScaledObject services, 429s):
+docs/controller.md, "The loop in powercap serve".
 """
 
 from __future__ import annotations

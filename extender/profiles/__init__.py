@@ -1,0 +1,1 @@
+"""Learned profiles: samples from Prometheus, profile documents, the refresh while serving."""

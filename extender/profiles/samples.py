@@ -1,54 +1,18 @@
-"""``powercap profiles learn``: per-service power profiles from Prometheus history.
+"""Per-pod power history from Prometheus, turned into learned profiles.
 
-::
+:func:`learn` runs :func:`fetch_samples` — the range query (:func:`default_query`, or the
+user's) over the window cut into chunks by :func:`windows`, each answer added to
+:class:`Samples` by :func:`add_matrix` — then :func:`placement.learning.learn_profiles`,
+and returns a :class:`LearnResult`. :class:`LearnSettings` holds every option of
+``powercap profiles learn`` besides the client; :func:`prometheus_client` builds a client
+that fails fast. Bad input and failed queries raise :class:`LearnError`, naming the option
+and the fix.
 
-    powercap profiles learn --prometheus http://prometheus:9090 --since 14d \\
-        --gpu-idle-watts 60 --format configmap -o powercap-profiles.yaml
-
-Where the samples come from: one range query, evaluated every ``--resolution`` over the
-window, that returns watts per pod labelled with the pod's service. The default query
-joins the DCGM exporter's per-GPU power to kube-state-metrics' pod labels::
-
-    sum by (namespace, pod) (DCGM_FI_DEV_POWER_USAGE{pod!=""} - <gpu idle>)
-      * on (namespace, pod) group_left (label_powercap_io_service)
-      max by (namespace, pod, label_powercap_io_service)
-        (kube_pod_labels{label_powercap_io_service!=""})
-
-* The DCGM exporter labels a GPU held by a pod with ``pod`` and ``namespace``; the sum
-  is a pod's draw over all its GPUs. GPUs held by no pod are left out.
-* The join goes through Prometheus rather than the Kubernetes API because history
-  outlives pods: the replicas that drew power two weeks ago are gone from the API server,
-  but ``kube_pod_labels`` remembers their labels for as long as Prometheus keeps data.
-  kube-state-metrics exports a pod label only when allowed
-  (``--metric-labels-allowlist=pods=[powercap.io/service]``); its name there is the
-  Kubernetes label sanitised (``label_powercap_io_service``).
-* DCGM's per-GPU power includes the GPU's idle draw, which the ledger already counts in
-  the node's ``idleWatts``; profiles are watts *above* node idle, so ``--gpu-idle-watts``
-  is subtracted per GPU. It defaults to 0, which leaves every GPU's idle draw in the
-  profile (counted twice: safe, but strands power); measure an empty GPU and set it.
-
-``--query`` replaces the whole PromQL (e.g. when Prometheus renamed the exporter's
-labels to ``exported_pod``/``exported_namespace``); its series must carry the service
-label (``label_`` + the sanitised ``--service-label``) and should carry ``pod`` and
-``namespace`` (used only to count replicas). Its watts must already be above idle.
-
-Prometheus refuses range queries of more than 11,000 points per series, so the window
-is cut into chunks of at most ``--chunk`` (default 6h: 360 points at 1m), whose
-evaluation instants are aligned to the resolution and never overlap.
-
-The per-slot quantiles and the fill policy are :mod:`placement.learning`'s. The output
-is PowerProfile documents (``--format profiles``: one file per service in the ``-o``
-directory, as ``profileFiles: [profiles/*.yaml]`` loads them) or one ConfigMap holding
-the same files as keys (``--format configmap``: mounted as the config's
-``profiles/`` directory). A summary per service goes to stderr.
-
-Exit codes: 0 written; 1 a service has slots with too few samples (nothing written;
-lengthen ``--since``, lower ``--min-samples`` or pass ``--fill nearest``); 2 bad input
-or Prometheus failed.
-
-For a serving extender, :class:`ProfileRefresher` re-runs the same learner every
-``learn.refresh`` (:mod:`extender.config.learn`) and hands a config with the learned
-profiles swapped in (:func:`apply_learned`) to a callback.
+The CLI is :mod:`powercap.commands.profiles`, the output files
+:mod:`extender.profiles.documents`, the refresh while serving
+:mod:`extender.profiles.refresh`. What is queried and why (the join through
+kube-state-metrics, the GPU idle, chunks, custom queries, exit codes): docs/power.md,
+"Learned profiles".
 """
 
 from __future__ import annotations

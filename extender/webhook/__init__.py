@@ -1,0 +1,1 @@
+"""The kube-scheduler extender webhook: protocol, decisions, binding, planner and the HTTP app."""

@@ -1,16 +1,18 @@
 """The HTTP face of the extender (FastAPI).
 
-``POST /filter``, ``/prioritize``, ``/bind``, ``/preempt`` speak the scheduler's
-extender protocol (:mod:`extender.webhook.protocol`); ``GET /healthz`` (the process serves),
-``/readyz`` (the mirror has completed its first full sync) and ``/metrics``
-(Prometheus).
+:func:`create_app` builds the app and wires its routes to :class:`Handlers`, which answer
+over one :class:`~extender.webhook.decisions.Decider`: ``POST /filter``,
+``/prioritize``, ``/bind``, ``/preempt`` speak the scheduler's extender protocol
+(:mod:`extender.webhook.protocol`); ``GET /healthz`` (the process serves), ``/readyz``
+(the mirror has completed its first full sync) and ``/metrics`` (Prometheus). Filter,
+prioritize and preempt answer on the event loop; bind runs in a thread, since the
+Kubernetes binder blocks on the API server.
 
-Bodies are read raw and parsed with orjson; answers are orjson bytes. A malformed
-request gets a 400 whose ``Error`` names the field; an internal failure a 500 with a
-one-line ``Error`` (the traceback goes to the log, never to the caller).
-
-``/preempt`` keeps the scheduler's candidate nodes on which evicting the proposed
-victims would let the pod fit under every cap, victims unchanged, and drops the others.
+Bodies are read raw and parsed with orjson; answers are orjson bytes.
+:meth:`Handlers.answer` times each verb and guards it: a malformed request gets a 400
+whose ``Error`` names the field, an internal failure a 500 with a one-line ``Error`` (the
+traceback goes to the log, never to the caller). What each verb decides is the
+:class:`~extender.webhook.decisions.Decider`'s.
 """
 
 from __future__ import annotations

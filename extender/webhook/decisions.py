@@ -1,25 +1,27 @@
 """Filter, prioritize, bind and preempt: the extender's decisions on the cluster state.
 
-* **filter** is the hard guarantee: a node passes when one more replica of the pod's
-  profile keeps every level above it within its effective cap in every slot, and the
-  node has the pod's GPUs free. Failed nodes say which domain would exceed its cap,
-  at what time of day, by how many watts (:mod:`extender.webhook.explanations`).
-* **prioritize** scores 0–10: agreement with the current plan (nodes in a leaf domain
-  where the plan wants more replicas of the pod's service than it has) weighted by
-  ``planWeight``, the rest by the least rise of peak utilisation along the path.
-* with ``reservePlan``, filter also keeps the power the plan holds for its planned but
-  not yet placed replicas (at most what is left under each cap): a pod fits where it
-  takes its own planned share, or where it fits on top of what the plan holds. Steering
-  alone chooses *where* replicas go; holding also chooses *which* get the power, which
-  is what lets the cluster reach the plan when power is short.
-* **bind** re-checks under the state lock, records the pod in the ledger, creates the
-  binding, and undoes the record if the binding fails; it answers an error (the
-  scheduler retries) when the pod would now breach a cap.
-* **preempt** keeps the scheduler's candidates where evicting the proposed victims
-  would let the pod fit, with the victims unchanged.
+:class:`Decider` makes them over one :class:`~extender.cluster.state.ClusterState`:
 
-Per request the work is a few passes over the (domains × T) ledger, computed once per
-(profile, state version) and shared by filter and prioritize of the same pod.
+* **filter** is the hard guarantee: a node passes when one more replica of the pod's
+  profile keeps every level above it within its effective cap in every slot
+  (:func:`placement.admission.fitting_domains`) and the node has the pod's GPUs free.
+  Failed nodes say which domain would exceed its cap, at what time of day, by how many
+  watts (:mod:`extender.webhook.explanations`). With ``reservePlan`` it also keeps the
+  power the plan holds for its planned but not yet placed replicas.
+* **prioritize** scores 0–10: agreement with the current plan weighted by
+  ``planWeight``, the rest by the least rise of peak utilisation along the path.
+* **bind** re-checks the node's path under the state lock
+  (:func:`placement.admission.fits_on_path`), records the pod in the ledger, creates the
+  binding through a :class:`~extender.webhook.binding.Binder` and undoes the record if
+  that fails; it answers an error (the scheduler retries) when the pod would now breach a
+  cap.
+* **preempt** keeps the candidates where evicting the proposed victims would let the pod
+  fit, victims unchanged.
+
+:func:`candidate_items` returns the passing nodes when the scheduler sends whole Node
+objects. Per request the work is a few passes over the (domains × T) ledger, computed once
+per (profile, state version) and shared by filter and prioritize of the same pod. More:
+docs/extender.md, "Decisions".
 """
 
 from __future__ import annotations

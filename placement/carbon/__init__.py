@@ -1,0 +1,1 @@
+"""Carbon: intensity on the grid, carbon-aware cap policies, emissions, budgets, EU ETS prices."""

@@ -1,7 +1,17 @@
-"""Carbon-aware caps, emissions of a placement, and their price under the EU ETS.
+"""Emissions of a placement, emission budgets, and the carbon terms strategies plan with.
+
+Accounting: :func:`emissions_kg` and :func:`placement_emissions` (an :class:`Emissions`
+per domain over a window), :func:`check_budget` (a :class:`BudgetCheck`). Planning:
+:func:`domain_intensity` (intensity per domain from the nearest named domain above),
+:func:`with_carbon` (a problem carrying :class:`~placement.problem.CarbonTerms`),
+:func:`replica_kg`, :func:`idle_kg`, :func:`budget_allowance` (refusing a budget below the
+idle floor with :class:`BudgetBelowIdleError`) and :func:`plan_emissions` (a
+:class:`PlanEmissions`). Cap policies are :mod:`placement.carbon.policy`, prices and the
+allowance position :mod:`placement.carbon.market`.
 
 Units throughout: intensity in gCO2e/kWh, power in W, time in h, emissions in kg CO2e
-(tonnes where the ETS speaks tonnes), prices in EUR per tonne CO2 (one EUA).
+(tonnes where the ETS speaks tonnes), prices in EUR per tonne CO2 (one EUA). More:
+docs/carbon.md.
 """
 
 from __future__ import annotations

@@ -1,9 +1,16 @@
-"""Grid carbon intensity: a time series in gCO2e/kWh, read from CSV and put on the grid.
+"""Grid carbon intensity: a time series in gCO2e/kWh, and putting it on the grid.
 
-A series is a step function: each sample holds from its timestamp until the next one
-(the last holds for the series' typical spacing). Resampling takes the time-weighted
-mean of that step function over each slot, so a 30-minute series on a 10-minute grid and
-a 15-minute series on a 2-hour grid are both exact, not nearest-sample guesses.
+:class:`IntensitySeries` holds UTC timestamps and values (read from CSV by
+:mod:`placement.carbon.intensity_csv`; :class:`Unit`, :func:`parse_unit` and
+:func:`parse_zone` check units and time zones). A series is a step function: each sample
+holds from its timestamp until the next one (the last holds for the series' typical
+spacing). Resampling takes the time-weighted mean of that step function over each slot,
+so a 30-minute series on a 10-minute grid and a 15-minute series on a 2-hour grid are both
+exact, not nearest-sample guesses: :func:`on_grid` gives a (T,) profile of one day (or the
+mean of several), :func:`on_window` a :class:`SlotWindow` of consecutive slots
+(:func:`day_window`, :func:`month_window`). :func:`local_midnight` and
+:func:`period_start` place a day on the grid's clock; :func:`whole_days` lists the days
+whose whole grid period a series covers. More: docs/carbon.md.
 """
 
 from __future__ import annotations

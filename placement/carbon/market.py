@@ -1,4 +1,15 @@
-"""EU ETS: allowance (EUA) prices, the cost of emissions and the allowance position."""
+"""EU ETS: allowance (EUA) prices, the cost of emissions, the allowance position, and savings.
+
+:class:`EuaPrice` is a constant price or a daily series (read from CSV by
+:mod:`placement.carbon.price_csv`, which reports a bad file as a
+:class:`PriceSeriesError`); a day without a settle takes the last one before it, and a
+day before the first settle or more than :data:`MAX_PRICE_GAP_DAYS` days after the last
+is an error. :func:`emission_cost_eur` prices the emissions of a window slot by slot;
+:func:`allowance_position` gives an :class:`AllowancePosition` (surplus or deficit
+against an allocation, valued at the window's mean price); :func:`savings` gives the
+:class:`Savings` of a carbon-aware placement over a carbon-oblivious one. More:
+docs/carbon.md, "EU ETS".
+"""
 
 from __future__ import annotations
 

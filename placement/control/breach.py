@@ -7,10 +7,16 @@ between the two thresholds a domain keeps whatever state it has. A tick without 
 a domain (NaN) neither starts nor clears a breach: the domain is reported *stale*, an
 in-breach domain stays in breach and a pending one loses its grace timer (as an alerting
 rule's ``for:`` does when its series vanishes), because a gap is not evidence that the
-domain stayed over.
+domain stayed over. :func:`step` applies these rules (:class:`BreachSettings`,
+:class:`BreachState`) and reports a :class:`TickEvents`.
+
+The module also holds the sums up the tree (:func:`direct_watts`, :func:`roll_up`,
+:func:`measured_by_domain`; a node without data makes its domain and every ancestor NaN)
+and the feedback into the extender's ledger (:func:`feedback_watts`, and
+:class:`HeldFeedback`, which keeps it per slot of the period for ``feedback.hold``).
 
 Everything here is pure: the state is a frozen value, time is an input and
-:func:`step` returns a new state, never touching the old one.
+:func:`step` returns a new state, never touching the old one. More: docs/controller.md.
 """
 
 from __future__ import annotations

@@ -1,28 +1,17 @@
 """The action ladder for one domain: what the controller does next, cheapest rung first.
 
-:func:`next_action` is a pure decision over what the controller knows about one domain
-at one tick. In order:
+:func:`next_action` is a pure decision over what the controller knows about one domain at
+one tick (:class:`DomainStatus`, the :class:`ScaledService` entries with replicas there,
+the :class:`Step` history) and returns one :class:`Action`: :class:`Wait`,
+:class:`Reshape`, :class:`Evict`, :class:`Restore` or :class:`Idle`. It takes one step per
+call; the controller applies it, records a :class:`Step` and calls again on later ticks.
+:func:`reshape_plan` and :func:`restore_plan` size the ScaledObject changes
+(:class:`ScaleChange`); :func:`rate_budget` and :func:`eviction_budget` apply the
+sliding-window :class:`RateLimit`; :class:`LadderSettings` holds the settle periods and
+thresholds.
 
-1. **No data** (the tick is stale): :class:`Wait`. Missing power data is never acted on.
-2. **In breach**, within the settle period of the last step taken in this breach:
-   :class:`Wait` until it has had its effect.
-3. **In breach**, fewer than ``reshape_rounds`` reshapes so far in this breach and some
-   service can be lowered: :class:`Reshape` — lower the ``maxReplicaCount`` of the
-   lowest-priority services with replicas in the domain, by as many replicas as cover
-   the watts to shed (at their current draw), never below ``max(minReplicaCount, 1)``
-   and never for a service at or above ``protect_priority``.
-4. **In breach** otherwise: :class:`Evict` the watts to shed, with the eviction rate
-   budget left (:func:`eviction_budget`); :func:`placement.control.victims.choose_victims`
-   picks the pods. No budget left: :class:`Wait`.
-5. **Not in breach** and some service was lowered: once the last step has settled,
-   :class:`Restore` as many replicas as the headroom under ``cap × (1 − restore_margin)``
-   holds at their current draw, most important services first — restoration is paced
-   by headroom so it does not walk straight back into the breach. A service still held
-   down by another domain in breach is left alone.
-6. Otherwise :class:`Idle`.
-
-The ladder takes one step per call; the controller applies it, records a :class:`Step`
-and calls again on later ticks.
+The rules in order, and the choices behind them: docs/controller.md, the section on
+``placement/control/ladder.py``.
 """
 
 from __future__ import annotations

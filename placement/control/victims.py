@@ -1,34 +1,15 @@
 """Eviction victims for a breached domain: cover the overage with the least disruption.
 
-What a caller gets
-------------------
-:func:`choose_victims` picks pods among the candidates of one domain so that the watts
-they draw now cover ``overage_w``, subject to:
+:func:`choose_victims` picks pods among the :class:`Candidates` of one domain (watts drawn
+now, priority, disruption-budget group, protection; allowed disruptions per group) so that
+their watts cover ``overage_w`` within ``max_victims``, and returns a
+:class:`VictimChoice`: the pods, the watts freed, whether the overage is ``covered``, the
+weighted disruption and how the answer was found. :func:`eligible` says which pods may be
+chosen at all; :func:`greedy_victims` is the greedy cover the CP-SAT answer must beat,
+so the answer is never worse than greedy's, even on a time-out.
 
-* never a protected pod, a pod at or above ``priority_threshold``, or a pod whose draw is
-  unknown (NaN) or nothing (≤ 0 W) — evicting it cannot be counted on to help;
-* per disruption-budget group, at most the disruptions the group allows now (a pod's
-  group is the PodDisruptionBudget that selects it; ``-1`` for none);
-* at most ``max_victims`` pods (the rate limit left for this domain and the cluster).
-
-Among the choices that cover the most of the overage (all of it, when possible), it
-minimises, lexicographically: priority-weighted disruption (the rank weights of
-:func:`placement.metrics.priority_weights` over the eligible pods), then the number of
-pods, then the watts freed beyond the overage. If no choice covers the overage, the
-best partial cover is returned with ``covered=False``.
-
-How
----
-Watts become integer milliwatts, draws rounded down and the overage up, so a cover in
-the model is a cover in watts. Trivial cases are answered directly: nothing to cover,
-no eligible pod, or one lowest-priority pod that covers the overage alone (then the one
-with the least excess is optimal). Otherwise a CP-SAT model runs three staged solves —
-coverage, then disruption and pod count (one integer objective, ``weight·(P+1) + 1`` per
-pod, so disruption strictly dominates count), then excess — each holding the previous
-optimum, each hinted with a greedy cover. The time limit is split over the stages
-(40/40/20%); a stage that runs out keeps the best solution it found. The greedy cover
-is returned instead whenever it is at least as good, so the answer is never worse than
-greedy's, even on a time-out.
+The constraints, the lexicographic objective and the staged CP-SAT model:
+docs/controller.md, the section on ``placement/control/victims.py``.
 """
 
 from __future__ import annotations

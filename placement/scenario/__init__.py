@@ -1,0 +1,1 @@
+"""Scenario files: the format, reading and building problems, the default and ServeGen scenarios."""

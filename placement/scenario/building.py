@@ -1,17 +1,13 @@
-"""Scenario files: the interface the CLI, the e2e harness and the benchmarks share.
+"""Building the core problem from a scenario file's spec, and the explicit spec back.
 
-A scenario is YAML or JSON, ``apiVersion: powercap.io/v1alpha1``, ``kind: Scenario``.
-The explicit form lists every domain, node and service with its profile; on top of it
-three shorthands are accepted:
+:func:`problem_from_spec` checks the cross-references pydantic cannot (one root, known
+parents, nodes on leaf domains, unique names, T values per profile and cap schedule,
+``current``) and builds the frozen :class:`~placement.problem.Problem`, raising
+:class:`~placement.scenario.spec.ScenarioError` with every problem at once, each named by
+its path (``services[3].profile: 143 values, the grid has 144 slots``).
+:func:`spec_from_problem` writes a problem back in the explicit form.
 
-* ``nodeGroups`` — ``{namePrefix, count | countPerDomain, domain | domains, gpus, idleWatts}``;
-* parametric profiles — ``profile: {diurnal: {low, high, peakAt, width}}`` or
-  ``profile: {constant: W}``;
-* CSV profile references — ``profile: {csv: {path, column, timeColumn, quantile, scale}}``,
-  the path relative to the scenario file.
-
-Every problem is reported with its path and the fix, e.g.
-``services[3].profile: 143 values, the grid has 144 slots``.
+The file format and its shorthands: docs/scenarios.md.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Power profiles from the shorthands scenarios and the config share: explicit values,
-diurnal shapes, CSV files."""
+"""Power profiles from the shorthands scenarios and the config share: T values, diurnal
+shapes, constants, CSV files (:func:`profile_values`)."""
 
 from __future__ import annotations
 

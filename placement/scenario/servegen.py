@@ -1,53 +1,15 @@
 """Scenarios built from ServeGen production traces: real clients, real asynchrony.
 
-ServeGen (alibaba/ServeGen, arXiv 2505.09999; Apache-2.0) publishes per-client request
-rates of Alibaba Cloud Model Studio (Bailian). Each client is one
-``chunk-N-trace.csv``: no header, columns ``timestamp_s, rate_req_per_s, cv,
-arrival_dist, param1, param2``, one row per 10-minute window counted from a midnight
-(14 days = 2,016 rows in the published data). Only the first two columns are read.
+:func:`build_servegen` (behind ``powercap scenario from-servegen``) reads the per-client
+``chunk-N-trace.csv`` files (:func:`trace_files`, :func:`read_rates`), chooses and sizes
+the clients (:func:`size_clients`, :class:`Sizing`, :class:`ClientSizing`) on a
+:class:`Topology`, and returns a :class:`ServeGenScenario`: the explicit scenario spec and
+the sizing. :func:`scenario_from_servegen` returns the spec alone. :func:`replay_watts`
+gives what the placed replicas draw on the days after the training window.
 
-How a scenario is built (:func:`scenario_from_servegen`)
--------------------------------------------------------
-1. **Training window.** The first ``train_days`` days of every trace; later days are
-   left for :func:`replay_watts` (what the placed replicas then really draw).
-2. **Eligible clients.** Mean rate over the training days ``>= min_mean_rate`` req/s.
-   ``seed=0`` takes the ``services`` eligible clients with the highest mean rate
-   (ties by name); another seed draws ``services`` of them uniformly at random (the
-   same seed, the same draw) — for checking that a result is not one lucky mix.
-   Services are named ``<folder>-<N>``, e.g. ``m-large-104``.
-3. **Sizing on a quantile, not the max.** A client's *peak rate* is the ``quantile``
-   of its training rates over the windows where it had traffic (bursty clients idle
-   most of the day; their zeros say nothing about the load they must absorb). Every
-   replica is sized to serve the curve's ``capacity_rps`` at that peak rate, so the
-   load of one replica in a window is ``capacity_rps × rate / peak_rate`` — above
-   capacity in the rarer windows over the quantile, where power saturates.
-4. **Replica counts.** Raw rates span three orders of magnitude between clients, and
-   a replica count proportional to them would turn the largest client into the whole
-   cluster. Counts grow with the square root of the client's mean rate instead —
-   ``replicas = clip(round(demand_scale × max_replicas × sqrt(mean / largest mean)),
-   1, max_replicas)`` — so the largest client asks for ``max_replicas`` and a client
-   with 1/256 of its volume for 1/16 of that. The trace is read as a sample of the
-   service's traffic: ``rate_scale = replicas × capacity_rps / peak_rate`` converts
-   a trace rate to the service's rate (what :class:`ClientSizing` records).
-
-   Alternatively, pass ``rate_scale`` (one factor for every client, trace req/s →
-   service req/s) to size linearly on the peak: ``replicas = clip(ceil(peak_rate ×
-   rate_scale / capacity_rps), 1, max_replicas)``. Raw ServeGen volumes are so skewed
-   that this gives the largest client most of the demand and most others one replica;
-   a client clamped at ``max_replicas`` keeps only the share of its traffic those
-   replicas serve at capacity (its recorded ``rate_scale`` is lowered accordingly).
-5. **Profiles.** Per window, per-replica watts above node idle from the
-   :class:`~placement.powermodel.PowerCurve`; the profile of slot ``t`` is the
-   ``quantile`` of those watts over the training days (DESIGN: a p95 per slot).
-   Nameplate per replica is the topology's nameplate share of its GPUs.
-6. **Priorities.** Three tiers by mean rate: the top third 200, the middle 100, the
-   rest 0 — large tenants are the ones an operator protects first.
-
-The :class:`Topology` defaults (320 8×H100 nodes in 40 racks of 8, rack PDUs at half
-the racks' nameplate, rows and site at 90% of their children) make the scenario
-power-bound: the 40 default services ask for ~470 whole-node replicas; the site's
-budget above idle covers 83 of them at nameplate and ~180 at their measured peaks, so
-how many more fit is decided by how well their peaks interleave.
+The rules (training window, eligible clients, sizing on a quantile, replica counts,
+profiles, priority tiers) and why the default topology is power-bound are in
+docs/scenarios.md, "Scenarios from ServeGen traces".
 """
 
 from __future__ import annotations

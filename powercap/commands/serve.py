@@ -1,13 +1,16 @@
 """``powercap serve``: run the scheduler extender.
 
-Registered into the ``powercap`` CLI through the ``powercap.commands`` entry point::
+::
 
-    powercap serve --config config/powercap.yaml            # against a cluster
-    powercap serve --scenario config/scenarios/small.yaml    # over a static scenario
+    powercap serve --config config/powercap.yaml    # against a cluster
+    powercap serve --scenario my-scenario.yaml      # over a static scenario
 
-Against a cluster the Kubernetes client is configured in-cluster when it runs in a
-pod, else from ``--kubeconfig`` (or ``$KUBECONFIG`` / ``~/.kube/config``). With
-``controller.enabled`` in the config, the companion controller runs in the same process
+:func:`serve` loads the config (exit 2 listing every problem), builds the extender with
+:mod:`extender.runtime` and runs it under uvicorn; :func:`register` adds it to the
+``powercap`` CLI. Against a cluster the Kubernetes client is configured in-cluster when it
+runs in a pod, else from ``--kubeconfig`` (or ``$KUBECONFIG`` / ``~/.kube/config``), with a
+pool of :data:`CONNECTION_POOL` API connections. With ``controller.enabled`` in the
+config, the companion controller runs in the same process
 (:func:`extender.runtime.add_controller`), acting while it holds its Lease.
 """
 
