@@ -62,7 +62,7 @@ BUDGETS = (1.0, 0.9, 0.8, 0.7)
 SWEEP_DAYS = (date(2020, 1, 15), date(2020, 7, 15))
 
 
-def three_sites(data: Path, services: int, seed: int, demand_scale: float) -> Problem:
+def three_sites(data: Path, services: int, seed: int, *, demand_scale: float) -> Problem:
     """The quality scenario on 3 rows, each row renamed to a site on its own grid."""
     built = build_servegen(
         [data / "servegen" / f for f in FOLDERS],
@@ -103,7 +103,7 @@ def outcome(problem: Problem, plan: Plan, price: float) -> Outcome:
 
 
 def day_terms(
-    problem: Problem, series: dict[str, IntensitySeries], day: date, one_grid: str | None
+    problem: Problem, series: dict[str, IntensitySeries], day: date, *, one_grid: str | None
 ) -> CarbonTerms:
     rows = {
         site: on_grid(series[one_grid or site], problem.grid, day) for site in ("gb", "fr", "de")
@@ -115,6 +115,7 @@ def run(
     problem: Problem,
     series: dict[str, IntensitySeries],
     price: EuaPrice,
+    *,
     days: Sequence[date],
     budgets: Sequence[float],
     sweep_days: Sequence[date],
@@ -151,7 +152,7 @@ def run(
     totals = np.zeros(5)
     sweep: dict[float, list[tuple[Outcome, Outcome, float]]] = {b: [] for b in budgets}
     for day in days:
-        terms = day_terms(problem, series, day, one_grid)
+        terms = day_terms(problem, series, day, one_grid=one_grid)
         priced = with_carbon(problem, terms)
         eur_t = float(price.on(np.array([day], dtype="datetime64[D]"))[0])
         t0 = time.perf_counter()
@@ -259,17 +260,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.time_limit:g} s, {args.workers} workers; {os.cpu_count()} CPUs"
     )
     for scale in args.demand_scales:
-        problem = three_sites(args.data, args.services, args.seed, scale)
+        problem = three_sites(args.data, args.services, args.seed, demand_scale=scale)
         run(
             problem,
             series,
             price,
-            args.days,
-            args.budgets,
-            args.budget_days,
-            args.one_grid,
-            args.time_limit,
-            args.workers,
+            days=args.days,
+            budgets=args.budgets,
+            sweep_days=args.budget_days,
+            one_grid=args.one_grid,
+            time_limit_s=args.time_limit,
+            workers=args.workers,
         )
     return 0
 

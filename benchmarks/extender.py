@@ -53,7 +53,7 @@ class Cluster:
 
 
 def build_cluster(
-    seed: int = 0, samples: int = 64, fill: float = 2 / 3, reserve_plan: bool = False
+    seed: int = 0, samples: int = 64, fill: float = 2 / 3, *, reserve_plan: bool = False
 ) -> Cluster:
     """The benchmark cluster and ``samples`` request bodies (see the module doc);
     ``fill`` is the share of greedy's placement bound beforehand (1.0: power-bound,

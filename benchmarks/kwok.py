@@ -235,7 +235,7 @@ def _servegen(data: Path) -> Any:
 
 
 def bench_replay(
-    data: Path, time_limit_s: float, first: int, last: int, speed: float, baseline_speed: float
+    data: Path, time_limit_s: float, first: int, *, last: int, speed: float, baseline_speed: float
 ) -> int:
     """Days ``first``..``last`` of the traces (1-based; training is days 1–7) replayed on
     the live placement, without then with the controller."""
@@ -245,7 +245,11 @@ def bench_replay(
     problem = problem_from_spec(built.spec)
     svc = problem.services
     watts = replay_watts(
-        [data / f for f in FOLDERS], svc.names, last - TRAIN_DAYS, H100_LLAMA70B_TP4, built.sizing
+        [data / f for f in FOLDERS],
+        svc.names,
+        last - TRAIN_DAYS,
+        curve=H100_LLAMA70B_TP4,
+        sizing=built.sizing,
     )
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / "servegen-replay.json"
@@ -371,9 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.data,
             args.time_limit,
             args.first_day,
-            args.last_day,
-            args.speed,
-            args.baseline_speed,
+            last=args.last_day,
+            speed=args.speed,
+            baseline_speed=args.baseline_speed,
         )
     return bench_servegen(args.data, args.time_limit)
 

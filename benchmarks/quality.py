@@ -87,6 +87,7 @@ def run_seed(
     data: Path,
     seed: int,
     topology: Topology,
+    *,
     services: int,
     train_days: int,
     quantile: float,
@@ -113,7 +114,9 @@ def run_seed(
     svc = problem.services
     replay: NDArray[np.float64] | None = None
     if replay_days > 0:
-        watts = replay_watts(dirs, svc.names, replay_days, H100_LLAMA70B_TP4, built.sizing)
+        watts = replay_watts(
+            dirs, svc.names, replay_days, curve=H100_LLAMA70B_TP4, sizing=built.sizing
+        )
         replay = np.array([watts[n] for n in svc.names])
     summary = (
         f"seed {seed}: {svc.size} services, demand {int(svc.demand.sum())} replicas "
@@ -227,14 +230,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.data,
             seed,
             topology,
-            args.services,
-            args.train_days,
-            args.quantile,
-            args.demand_scale,
-            args.replay_days,
-            args.headroom,
-            args.time_limit,
-            args.workers,
+            services=args.services,
+            train_days=args.train_days,
+            quantile=args.quantile,
+            demand_scale=args.demand_scale,
+            replay_days=args.replay_days,
+            headroom=args.headroom,
+            time_limit_s=args.time_limit,
+            workers=args.workers,
         )
         print(summary)
         all_rows += rows

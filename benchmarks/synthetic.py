@@ -39,6 +39,7 @@ def synthetic_problem(
     nodes: int = 1000,
     racks: int = 140,
     rows: int = 9,
+    *,
     services: int = 50,
     seed: int = 0,
     demand_factor: float = 1.25,

@@ -59,7 +59,7 @@ class BindClock:
         self.bound_at: dict[str, float] = {}
         self.created: set[str] = set()
         self._lock = threading.Lock()
-        self._watch = pod_watch(core, "bind-clock", self._replace, self._event)
+        self._watch = pod_watch(core, "bind-clock", self._replace, on_event=self._event)
 
     def __enter__(self) -> BindClock:
         self._watch.__enter__()
@@ -115,6 +115,7 @@ def wait_scheduled(
     client: Any,
     problem: Problem,
     clock: BindClock,
+    *,
     timeout_s: float,
     alive: Callable[[], None],
 ) -> Observed:
@@ -198,7 +199,7 @@ def run_on_kwok(
         laps("nodes_s")
         # One watch counts the pods as they are created and times their bindings.
         with BindClock(core) as clock:
-            create_pending_pods(client, problem, clock, step)
+            create_pending_pods(client, problem, clock, step=step)
             laps("pods_s")
             choice = PlannerChoice(
                 strategy=settings.planner,
@@ -207,14 +208,14 @@ def run_on_kwok(
             )
             schedulers = start_schedulers(c, problem, settings, choice=choice, step=step, laps=laps)
             seen = wait_scheduled(
-                client, problem, clock, settings.settle_timeout_s, schedulers.alive
+                client, problem, clock, timeout_s=settings.settle_timeout_s, alive=schedulers.alive
             )
             laps("schedule_s")
             replayed, baseline = replay_outcomes(
                 c,
                 core,
                 problem,
-                settings,
+                settings=settings,
                 choice=choice,
                 extender=schedulers.running_extender,
                 step=step,
@@ -236,7 +237,7 @@ def run_on_kwok(
 
 
 def create_pending_pods(
-    client: Any, problem: Problem, clock: BindClock, step: Callable[[str], None]
+    client: Any, problem: Problem, clock: BindClock, *, step: Callable[[str], None]
 ) -> None:
     """Create one Deployment per service and wait until ``clock`` has seen every pod (no
     scheduler runs yet, so they all wait Pending)."""
@@ -294,8 +295,8 @@ def replay_outcomes(
     c: Cluster,
     core: Any,
     problem: Problem,
-    settings: LiveSettings,
     *,
+    settings: LiveSettings,
     choice: PlannerChoice,
     extender: tuple[Process, int] | None,
     step: Callable[[str], None],
@@ -315,8 +316,26 @@ def replay_outcomes(
             controller=False,
             speed=settings.baseline_speed or settings.replay.speed,
         )
-        baseline, _ = replay_window(c, core, problem, without, choice, extender, LOG_DIR, step)
+        baseline, _ = replay_window(
+            c,
+            core,
+            problem,
+            replay=without,
+            planner=choice,
+            extender=extender,
+            log_dir=LOG_DIR,
+            step=step,
+        )
         laps("baseline_s")
-    replayed, _ = replay_window(c, core, problem, settings.replay, choice, extender, LOG_DIR, step)
+    replayed, _ = replay_window(
+        c,
+        core,
+        problem,
+        replay=settings.replay,
+        planner=choice,
+        extender=extender,
+        log_dir=LOG_DIR,
+        step=step,
+    )
     laps("replay_s")
     return replayed, baseline

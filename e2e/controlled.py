@@ -42,7 +42,7 @@ def pod_feed(core: Any, into: StaticPods) -> Iterator[None]:
     def replace(items: list[dict[str, Any]]) -> None:
         into.replace(p for p in map(bound_pod, items) if p is not None)
 
-    with pod_watch(core, "pod-feed", replace, into.apply):
+    with pod_watch(core, "pod-feed", replace, on_event=into.apply):
         yield
 
 
@@ -112,7 +112,7 @@ def evict_events(core: Any) -> list[dict[str, Any]]:
 
 
 def fast_controller(
-    prometheus_url: str, non_gpu_watts: float, eviction_window_s: int, lease: dict[str, Any]
+    prometheus_url: str, non_gpu_watts: float, eviction_window_s: int, *, lease: dict[str, Any]
 ) -> dict[str, Any]:
     """The ``power:`` and ``controller:`` config sections of a test: one-second periods,
     grace and settle times, straight to evictions (no KEDA operator runs here, so a

@@ -75,7 +75,9 @@ def relative_paths(source: CrdSource) -> tuple[str, ...]:
     return tuple(f"{CRD_DIR}/{PurePosixPath(p).name}" for p in source.paths)
 
 
-def copy_crds(source: CrdSource, module_dir: Path, dest_root: Path, module_sum: str) -> list[Path]:
+def copy_crds(
+    source: CrdSource, module_dir: Path, dest_root: Path, *, module_sum: str
+) -> list[Path]:
     """Copy ``source``'s CRD files from the downloaded ``module_dir`` into ``dest_root/crds/``
     and record where they came from. Raises ``FileNotFoundError`` naming the first file the
     module does not have (a version bump that moved them)."""

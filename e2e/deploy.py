@@ -165,6 +165,7 @@ def pod_watch(
     core: Any,
     name: str,
     on_replace: Callable[[list[dict[str, Any]]], None],
+    *,
     on_event: Callable[[str, dict[str, Any]], None],
     sync_timeout_s: float = 60.0,
 ) -> Iterator[None]:
@@ -192,7 +193,9 @@ def pod_watch(
         thread.join(15.0)
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout_s: float, every_s: float = 0.5) -> None:
+def wait_for(
+    what: str, check: Callable[[], bool], timeout_s: float, *, every_s: float = 0.5
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
@@ -290,6 +293,7 @@ def wait_settled(
     client: Any,
     problem: Problem,
     timeout_s: float = 90.0,
+    *,
     quiet_s: float = 8.0,
     wanted: int | None = None,
     decided: Callable[[str], bool] = bool,

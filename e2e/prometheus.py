@@ -89,6 +89,7 @@ def write_config(
     path: Path,
     jobs: Sequence[ScrapeJob],
     evaluation_s: float = 1.0,
+    *,
     rule_files: Sequence[Path] = (),
 ) -> Path:
     document = config_document(jobs, evaluation_s, rule_files)
@@ -232,6 +233,7 @@ def prometheus(
     jobs: Sequence[ScrapeJob],
     log_dir: Path | None = None,
     evaluation_s: float = 1.0,
+    *,
     storage: Path | None = None,
     retention: str = "1h",
     rule_groups: Sequence[dict[str, Any]] = (),
@@ -255,7 +257,7 @@ def prometheus(
         rules = run_dir / "rules.yml"
         rules.write_text(yaml.safe_dump({"groups": list(rule_groups)}, sort_keys=False))
         rule_files.append(rules)
-    config = write_config(run_dir / "prometheus.yml", jobs, evaluation_s, rule_files)
+    config = write_config(run_dir / "prometheus.yml", jobs, evaluation_s, rule_files=rule_files)
     if port is None:
         (port,) = free_ports(1)
     log = run_dir / "prometheus.log"

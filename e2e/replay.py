@@ -79,7 +79,7 @@ class CompressedGrid:
         }
 
 
-def compress(grid: Grid, speed: int, sim_start_s: float, not_before: float) -> CompressedGrid:
+def compress(grid: Grid, speed: int, sim_start_s: float, *, not_before: float) -> CompressedGrid:
     """A grid whose slot of wall instant ``w`` is ``grid``'s slot of the simulated instant
     ``sim_start_s + (w − t0) × speed``, with ``t0 ≥ not_before``.
 
@@ -160,7 +160,7 @@ class PodFeed:
         self.service: dict[str, str] = {}
         self.gone_at: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._watch = pod_watch(core, "replay-pod-feed", self._replace, self._event)
+        self._watch = pod_watch(core, "replay-pod-feed", self._replace, on_event=self._event)
 
     @staticmethod
     def _ours(obj: Mapping[str, Any]) -> bool:
@@ -270,7 +270,9 @@ def _simulator(
         replay_profiles({"step_s": replay.step_s, "watts": dict(replay.watts)}, origin_s=0.0)
     )
     # Simulated time stands still at the window's start until the run sets the real clock.
-    sim = PowerSimulator(sim_nodes(problem), profiles, pods, SimClock(replay.sim_start_s, 0.0))
+    sim = PowerSimulator(
+        sim_nodes(problem), profiles, pods, clock=SimClock(replay.sim_start_s, 0.0)
+    )
     sim.start()
     try:
         yield sim
@@ -282,6 +284,7 @@ def replay_window(
     c: Cluster,
     core: Any,
     problem: Problem,
+    *,
     replay: ReplaySettings,
     planner: PlannerChoice,
     extender: tuple[Process, int] | None,
@@ -310,7 +313,7 @@ def replay_window(
                 raise ValueError("the controller runs in the extender: replay it with powercap")
             if (why := speed_problem(problem.grid, speed)) is not None:
                 raise ValueError(f"speed {why}")
-            compressed = compress(problem.grid, int(speed), start, time.time() + LEAD_S)
+            compressed = compress(problem.grid, int(speed), start, not_before=time.time() + LEAD_S)
             config = powercap_config(problem, planner)
             config["grid"] = compressed.spec()
             config["power"] = {

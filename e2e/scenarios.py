@@ -22,6 +22,7 @@ def racks_scenario(
     name: str,
     racks: int,
     nodes_per_rack: int,
+    *,
     rack_cap_w: float,
     services: Sequence[tuple[str, int, str]],
 ) -> dict[str, Any]:

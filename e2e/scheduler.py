@@ -48,6 +48,7 @@ def start_extender(
     c: Cluster,
     config: Path,
     timeout_s: float = 60.0,
+    *,
     port: int | None = None,
     name: str = "powercap-extender",
 ) -> tuple[Process, int]:

@@ -151,7 +151,7 @@ def go_download_json(module: str, cwd: Path) -> dict[str, str]:
 
 
 def write_wrapper(
-    src: Path, module: str, requires: dict[str, str], replaces: dict[str, str]
+    src: Path, module: str, requires: dict[str, str], *, replaces: dict[str, str]
 ) -> None:
     """Write a fresh wrapper go.mod (and drop any old go.sum so -mod=mod regenerates it)."""
     src.mkdir(parents=True, exist_ok=True)
@@ -188,7 +188,7 @@ def kube_ldflags(version: str, build_date: str) -> str:
 def build_kubernetes(c: Component) -> None:
     staging_version = "v0." + c.version.split(".", 1)[1]
     src = c.src_dir
-    write_wrapper(src, "powercap.local/toolchain/kubernetes", {}, {})
+    write_wrapper(src, "powercap.local/toolchain/kubernetes", {}, replaces={})
     info = go_download_json(f"k8s.io/kubernetes@{c.version}", src)
     staging = STAGING_RE.findall(Path(info["GoMod"]).read_text())
     if not staging:
@@ -198,7 +198,7 @@ def build_kubernetes(c: Component) -> None:
         src,
         "powercap.local/toolchain/kubernetes",
         {"k8s.io/kubernetes": c.version},
-        {m: staging_version for m in staging},
+        replaces={m: staging_version for m in staging},
     )
     # The release's publication time on the proxy: a reproducible buildDate.
     build_date = str(json.loads(Path(info["Info"]).read_text()).get("Time", "1970-01-01T00:00:00Z"))
@@ -225,7 +225,7 @@ def fetch_crds(source: crds.CrdSource) -> Callable[[Component], None]:
         c.root.mkdir(parents=True, exist_ok=True)
         info = go_download_json(f"{source.module}@{source.version}", c.root)
         try:
-            crds.copy_crds(source, Path(info["Dir"]), c.root, info.get("Sum", ""))
+            crds.copy_crds(source, Path(info["Dir"]), c.root, module_sum=info.get("Sum", ""))
         except FileNotFoundError as exc:
             raise StepError(str(exc), f"ls {info['Dir']}") from exc
 
@@ -236,7 +236,7 @@ def build_etcd(c: Component) -> None:
     base = "go.etcd.io/etcd"
     requires = {f"{base}/server/v3": c.version}
     requires |= {f"{base}/{s}": c.version for s in ETCD_SIBLINGS}
-    write_wrapper(c.src_dir, "powercap.local/toolchain/etcd", requires, {})
+    write_wrapper(c.src_dir, "powercap.local/toolchain/etcd", requires, replaces={})
     c.bin_dir.mkdir(parents=True, exist_ok=True)
     run(
         [

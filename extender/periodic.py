@@ -24,6 +24,7 @@ class PeriodicLoop:
         name: str,
         tick: Callable[[float], object],
         period_s: float,
+        *,
         ready: Callable[[], bool],
         clock: Callable[[], float] = time.time,
     ) -> None:

@@ -125,7 +125,13 @@ def _assemble(
     if planner is not None:
         telemetry.plan_info = planner.info
     decider = Decider(
-        state, config, binder, events, plan=planner, telemetry=telemetry, pod_lookup=pod_lookup
+        state,
+        config,
+        binder,
+        events=events,
+        plan=planner,
+        telemetry=telemetry,
+        pod_lookup=pod_lookup,
     )
     return Extender(config, state, decider, telemetry, binder, events, planner)
 
@@ -135,7 +141,10 @@ def static_state(state: ClusterState, problem: Problem) -> None:
     fleet, svc = problem.fleet, problem.services
     for n in range(fleet.size):
         state.upsert_node(
-            fleet.names[n], int(fleet.domain[n]), int(fleet.gpus[n]), float(fleet.idle_watts[n])
+            fleet.names[n],
+            int(fleet.domain[n]),
+            int(fleet.gpus[n]),
+            idle_watts=float(fleet.idle_watts[n]),
         )
     if problem.current is not None:
         for s, n in zip(*problem.current.nonzero(), strict=True):
@@ -170,7 +179,11 @@ def from_scenario(problem: Problem, config: Config | None = None) -> Extender:
 
 
 def from_scenario_file(
-    path: Path, missing_profile: str = "nameplate", planner: bool = True, reserve_plan: bool = False
+    path: Path,
+    missing_profile: str = "nameplate",
+    planner: bool = True,
+    *,
+    reserve_plan: bool = False,
 ) -> Extender:
     """What ``powercap serve --scenario FILE`` runs; raises ``ScenarioError``."""
     problem = load_problem(path)
@@ -215,13 +228,13 @@ def from_cluster(
         ext.state,
         config,
         KubernetesSource(core, "nodes"),
-        KubernetesSource(core, "pods"),
+        pods=KubernetesSource(core, "pods"),
         on_pending=ext.decider.remember,
         seen=ext.telemetry.mirror_seen,
         relists=ext.telemetry.mirror_relists,
     )
     if config.controller.enabled:
-        add_controller(ext, core, cluster_api, lease_api, power_source)
+        add_controller(ext, core, cluster_api, lease_api=lease_api, power_source=power_source)
     if config.intensity:
         add_carbon(ext)
     if config.learn is not None:
@@ -263,6 +276,7 @@ def add_controller(
     ext: Extender,
     core: Any,
     cluster_api: ClusterApi | None = None,
+    *,
     lease_api: LeaseApi | None = None,
     power_source: PowerSource | None = None,
 ) -> None:
@@ -283,7 +297,7 @@ def add_controller(
                 core,
                 client.CustomObjectsApi(api_client),
                 client.PolicyV1Api(api_client),
-                settings.namespaces,
+                namespaces=settings.namespaces,
             )
         if lease_api is None:
             lease_api = KubernetesLeaseApi(client.CoordinationV1Api(api_client))
@@ -297,9 +311,9 @@ def add_controller(
         ext.config,
         ext.state,
         power_source,
-        cluster_api,
-        ext.events,
-        metrics,
+        api=cluster_api,
+        events=ext.events,
+        metrics=metrics,
         leader=elector.is_leader,
     )
     ext.controller_loop = ControllerLoop(ext.controller, settings.period_s)
@@ -360,9 +374,9 @@ def add_carbon(ext: Extender, sources: list[Resilient] | None = None) -> None:
         list(zip(zones, sources, strict=True)),
         ext.state,
         ext.config.grid,
-        ext.config.tree.caps,
-        metrics,
-        measured,
+        base=ext.config.tree.caps,
+        metrics=metrics,
+        measured=measured,
     )
     ext.carbon_loop = CarbonLoop(caps, caps.period_s, clock=time.time)
     names = ext.state.tree.names

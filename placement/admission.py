@@ -87,6 +87,7 @@ def first_breach(
     ledger: Ledger,
     profile: NDArray[np.float64],
     domain: int,
+    *,
     caps: NDArray[np.float64],
     grid: Grid,
 ) -> Breach | None:

@@ -74,7 +74,7 @@ def slots_of(times: ArrayLike, grid: Grid) -> NDArray[np.int64]:
 
 
 def slot_quantiles(
-    slots: NDArray[np.int64], watts: NDArray[np.float64], slot_count: int, quantile: float
+    slots: NDArray[np.int64], watts: NDArray[np.float64], slot_count: int, *, quantile: float
 ) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
     """The ``quantile`` of ``watts`` in every slot (NaN where a slot has no sample) and the
     number of samples per slot.
@@ -136,6 +136,7 @@ def learn_profile(
     service: str,
     times: ArrayLike,
     watts: ArrayLike,
+    *,
     grid: Grid,
     quantile: float = DEFAULT_QUANTILE,
     min_samples: int = DEFAULT_MIN_SAMPLES,
@@ -160,7 +161,7 @@ def learn_profile(
     keep = np.isfinite(t) & np.isfinite(w)
     dropped = int(keep.size - keep.sum())
     slots = slots_of(t[keep], grid)
-    values, counts = slot_quantiles(slots, w[keep], grid.slots, quantile)
+    values, counts = slot_quantiles(slots, w[keep], grid.slots, quantile=quantile)
     thin = counts < min_samples
     clamped = np.zeros(grid.slots, dtype=np.bool_)
     clamped[~thin] = values[~thin] < 0
@@ -182,13 +183,16 @@ def learn_profiles(
     samples: Mapping[str, tuple[ArrayLike, ArrayLike]],
     grid: Grid,
     quantile: float = DEFAULT_QUANTILE,
+    *,
     min_samples: int = DEFAULT_MIN_SAMPLES,
     fill: FillPolicy = "none",
 ) -> dict[str, LearnedProfile]:
     """:func:`learn_profile` for every service of ``samples`` (``{service: (times,
     watts)}``), in name order."""
     return {
-        name: learn_profile(name, *samples[name], grid, quantile, min_samples, fill)
+        name: learn_profile(
+            name, *samples[name], grid=grid, quantile=quantile, min_samples=min_samples, fill=fill
+        )
         for name in sorted(samples)
     }
 

@@ -41,6 +41,7 @@ def validation_problems(
     err: ValidationError,
     reference: str,
     prefix: str = "",
+    *,
     kind_name: str | None = None,
 ) -> list[str]:
     """One ``path: message`` per path (union branches repeat a path; the first wins).

@@ -22,6 +22,7 @@ def write_carbon_report(
     directory: Path,
     problem: Problem,
     forecast: np.ndarray[Any, np.dtype[np.float64]],
+    *,
     window: SlotWindow,
     oblivious: Side,
     aware: Side,

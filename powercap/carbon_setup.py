@@ -59,10 +59,10 @@ def policy_of(text: str | None, floor: float | None) -> CapPolicy:
 
 
 def read_intensity(
-    path: Path, time_column: str | None, value_column: str | None, tz: str, unit: str
+    path: Path, time_column: str | None, value_column: str | None, *, tz: str, unit: str
 ) -> IntensitySeries:
     try:
-        return read_intensity_csv(path, time_column, value_column, tz, unit)
+        return read_intensity_csv(path, time_column, value_column, tz=tz, unit=unit)
     except IntensityCsvError as exc:
         option = CSV_OPTIONS.get(exc.column or "")
         hint = f" (--intensity; set {option})" if option else " (--intensity, --tz, --unit)"
@@ -167,7 +167,7 @@ def planning_problem(problem: Problem, opts: CarbonOptions) -> tuple[Problem, Ca
     _check_budget_options(problem, opts)
     specs = intensity_specs(problem, opts.intensity)
     series = {
-        name: read_intensity(path, opts.time_column, opts.value_column, opts.tz, opts.unit)
+        name: read_intensity(path, opts.time_column, opts.value_column, tz=opts.tz, unit=opts.unit)
         for name, path in specs.items()
     }
     chosen = planning_day(list(series.values()), problem, opts.day)
@@ -178,7 +178,7 @@ def planning_problem(problem: Problem, opts: CarbonOptions) -> tuple[Problem, Ca
         policy = _policy_option(opts)
         policy_domains = list(opts.domains or specs)
         try:
-            problem = carbon_aware_rows(problem, intensity, policy, policy_domains)
+            problem = carbon_aware_rows(problem, intensity, policy, domains=policy_domains)
         except ValueError as exc:
             raise fail(f"--domain: {exc}") from None
     terms = CarbonTerms(
@@ -235,7 +235,7 @@ def _window_intensity(
             start = chosen.replace(day=1)
             periods = ((start + timedelta(days=32)).replace(day=1) - start).days
             label = f"{start:%Y-%m} ({periods} days)"
-        rows = {name: on_grid(s, problem.grid, start, periods) for name, s in series.items()}
+        rows = {name: on_grid(s, problem.grid, start, days=periods) for name, s in series.items()}
         return domain_intensity(problem, rows), periods, label
     except ValueError as exc:
         raise fail(f"--intensity/--day/--window: {exc}") from None

@@ -21,7 +21,7 @@ BASELINES = ("nameplate", "peak-sum")
 
 
 def solve(
-    progress: Progress, problem: Problem, name: str, options: dict[str, Any], label: str = ""
+    progress: Progress, problem: Problem, name: str, *, options: dict[str, Any], label: str = ""
 ) -> tuple[Plan, Metrics]:
     """Run one strategy under a progress line; metrics come from the shared evaluator."""
     opts = options if name == "cpsat" else {}
@@ -36,6 +36,7 @@ def solve_all(
     progress: Progress,
     problem: Problem,
     names: Sequence[str],
+    *,
     options: dict[str, Any],
     label: str = "",
 ) -> tuple[dict[str, Plan], dict[str, Metrics]]:
@@ -45,7 +46,7 @@ def solve_all(
     plans: dict[str, Plan] = {}
     metrics: dict[str, Metrics] = {}
     for name in order:
-        plans[name], metrics[name] = solve(progress, problem, name, options, label)
+        plans[name], metrics[name] = solve(progress, problem, name, options=options, label=label)
     return plans, metrics
 
 
@@ -87,6 +88,7 @@ def write_plan_report(
     progress: Progress,
     directory: Path,
     problem: Problem,
+    *,
     plans: dict[str, Plan],
     metrics: dict[str, Metrics],
     focus: str | None,
@@ -96,5 +98,5 @@ def write_plan_report(
     return progress_step(
         progress,
         f"report → {directory}",
-        lambda: write_report(directory, problem, plans, metrics, focus=focus),
+        lambda: write_report(directory, problem, plans, metrics=metrics, focus=focus),
     )

@@ -101,6 +101,7 @@ def write_report(
     directory: Path | str,
     problem: Problem,
     plans: dict[str, Plan],
+    *,
     metrics: dict[str, Metrics],
     focus: str | None = None,
 ) -> Path:

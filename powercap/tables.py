@@ -91,6 +91,7 @@ def summary_table(
     problem: Problem,
     plan: Plan,
     metrics: dict[str, Metrics],
+    *,
     emissions: PlanEmissions | None = None,
 ) -> Table:
     m = metrics[plan.strategy]
@@ -185,6 +186,7 @@ def compare_table(
     problem: Problem,
     plans: dict[str, Plan],
     metrics: dict[str, Metrics],
+    *,
     emissions: dict[str, PlanEmissions] | None = None,
 ) -> Table:
     table = Table(
@@ -279,6 +281,7 @@ def whatif_table(
     problem: Problem,
     changed: Problem,
     change: WhatIf,
+    *,
     strategy: str,
     before: tuple[dict[str, Plan], dict[str, Metrics]],
     after: tuple[dict[str, Plan], dict[str, Metrics]],

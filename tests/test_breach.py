@@ -32,7 +32,7 @@ def run(
     state = BreachState.initial(1)
     out = []
     for now, watts in readings:
-        state, events = step(state, np.array([watts]), np.array([CAP]), now, cfg)
+        state, events = step(state, np.array([watts]), np.array([CAP]), now=now, settings=cfg)
         out.append((state, events))
     return out
 
@@ -101,27 +101,27 @@ def test_all_domains_step_independently() -> None:
     cfg = BreachSettings(tolerance=0.0, hysteresis=0.1, grace_s=10)
     caps = np.array([100.0, 100.0, 100.0, 100.0])
     state = BreachState.initial(4)
-    state, _ = step(state, np.array([150, 150, 50, NAN]), caps, 0, cfg)
-    state, ev = step(state, np.array([150, 95, 50, 150]), caps, 10, cfg)
+    state, _ = step(state, np.array([150, 150, 50, NAN]), caps, now=0, settings=cfg)
+    state, ev = step(state, np.array([150, 95, 50, 150]), caps, now=10, settings=cfg)
     assert state.in_breach.tolist() == [True, False, False, False]
     assert ev.entered.tolist() == [True, False, False, False]
     assert ev.pending.tolist() == [False, False, False, True]
-    state, ev = step(state, np.array([80, 150, 50, 150]), caps, 20, cfg)
+    state, ev = step(state, np.array([80, 150, 50, 150]), caps, now=20, settings=cfg)
     assert ev.cleared.tolist() == [True, False, False, False]
     assert state.in_breach.tolist() == [False, False, False, True]
 
 
 def test_state_is_immutable_and_inputs_checked() -> None:
     state = BreachState.initial(2)
-    new, _ = step(state, np.array([5.0, 5.0]), np.array([1.0, 10.0]), 0, SETTINGS)
+    new, _ = step(state, np.array([5.0, 5.0]), np.array([1.0, 10.0]), now=0, settings=SETTINGS)
     assert np.isnan(state.over_since).all()  # the old value is untouched
     assert new.over_since[0] == 0
     with pytest.raises(ValueError):
         new.over_since[0] = 1.0
     with pytest.raises(ValueError, match="expected"):
-        step(state, np.array([1.0]), np.array([1.0, 1.0]), 0, SETTINGS)
+        step(state, np.array([1.0]), np.array([1.0, 1.0]), now=0, settings=SETTINGS)
     with pytest.raises(ValueError, match="finite"):
-        step(state, np.array([1.0, 1.0]), np.array([1.0, NAN]), 0, SETTINGS)
+        step(state, np.array([1.0, 1.0]), np.array([1.0, NAN]), now=0, settings=SETTINGS)
     with pytest.raises(ValueError, match="hysteresis"):
         BreachSettings(hysteresis=1.0)
 
@@ -206,7 +206,7 @@ def test_tracker_never_moves_on_missing_data_and_respects_thresholds(
     for k, watts in enumerate(readings):
         now = 10.0 * k
         before = bool(state.in_breach[0])
-        state, ev = step(state, np.array([watts]), np.array([CAP]), now, cfg)
+        state, ev = step(state, np.array([watts]), np.array([CAP]), now=now, settings=cfg)
         after = bool(state.in_breach[0])
         if np.isnan(watts):
             assert after == before and not ev.entered[0] and not ev.cleared[0]
@@ -233,7 +233,9 @@ def test_feedback_closes_a_breached_domain_to_new_replicas() -> None:
     measured = roll_up(tree.membership, _leaves(tree, {"rack-1": 1100.0}))
     in_breach = np.zeros(tree.size, dtype=bool)
     in_breach[i["rack-1"]] = True
-    add = feedback_watts(tree.parents, in_breach, measured, tree.caps[:, 0], ledger.load[:, 0])
+    add = feedback_watts(
+        tree.parents, in_breach, measured, caps=tree.caps[:, 0], predicted=ledger.load[:, 0]
+    )
     assert add[i["rack-1"]] == pytest.approx(600)  # measured − predicted > measured − cap
     assert add.sum() == pytest.approx(600)
     for d in np.flatnonzero(add):
@@ -251,7 +253,7 @@ def test_feedback_does_not_count_twice_up_the_tree() -> None:
     measured = roll_up(tree.membership, _leaves(tree, {"rack-1": 400.0, "rack-2": 350.0}))
     in_breach = np.zeros(tree.size, dtype=bool)
     in_breach[[i["rack-1"], i["rack-2"], i["row-a"]]] = True
-    add = feedback_watts(tree.parents, in_breach, measured, caps, predicted)
+    add = feedback_watts(tree.parents, in_breach, measured, caps=caps, predicted=predicted)
     raised = tree.membership.astype(float) @ add  # what add_watts does to every domain
     # Each breached domain is raised by at least its own need (measured − predicted here),
     # and a parent whose children already give it enough gets nothing of its own.
@@ -268,7 +270,9 @@ def test_feedback_ignores_domains_without_data_or_breach() -> None:
     measured[0] = NAN
     in_breach = np.zeros(tree.size, dtype=bool)
     in_breach[0] = True
-    add = feedback_watts(tree.parents, in_breach, measured, tree.caps[:, 0], np.zeros(tree.size))
+    add = feedback_watts(
+        tree.parents, in_breach, measured, caps=tree.caps[:, 0], predicted=np.zeros(tree.size)
+    )
     assert (add == 0).all()
 
 
@@ -284,7 +288,7 @@ def test_feedback_raises_each_breached_domain_enough_and_no_more_than_needed(
     tree = small_tree()
     m, p, b = np.array(measured), np.array(predicted), np.array(flags)
     caps = tree.caps[:, 0]
-    add = feedback_watts(tree.parents, b, m, caps, p)
+    add = feedback_watts(tree.parents, b, m, caps=caps, predicted=p)
     assert (add >= 0).all()
     raised = tree.membership.astype(float) @ add
     need = np.where(b, np.clip(np.maximum(m - caps, m - p), 0, None), 0.0)

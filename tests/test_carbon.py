@@ -136,7 +136,7 @@ def test_carbon_aware_scales_only_the_site_by_default() -> None:
     np.testing.assert_allclose(aware.tree.caps[s], [20_000] * 4 + [17_000] * 4 + [14_000] * 4)
     np.testing.assert_array_equal(aware.tree.caps[a], problem.tree.caps[a])
     assert problem.tree.caps[s].max() == 20_000  # the input is untouched
-    racks = carbon_aware(problem, intensity, CapPolicy.parse("150:1,450:0.7"), ["rack-a"])
+    racks = carbon_aware(problem, intensity, CapPolicy.parse("150:1,450:0.7"), domains=["rack-a"])
     np.testing.assert_array_equal(racks.tree.caps[s], problem.tree.caps[s])
     assert racks.tree.caps[a, -1] == pytest.approx(12_000 * 0.7)
 
@@ -155,7 +155,7 @@ def test_carbon_aware_caps_never_exceed_the_originals(
     problem: Problem, intensity: list[float]
 ) -> None:
     names = list(problem.tree.names)
-    aware = carbon_aware(problem, np.array(intensity), DEFAULT_POLICY, names)
+    aware = carbon_aware(problem, np.array(intensity), DEFAULT_POLICY, domains=names)
     assert np.all(aware.tree.caps <= problem.tree.caps + 1e-9)
     assert np.all(aware.tree.caps >= problem.tree.caps * DEFAULT_POLICY.floor - 1e-9)
 
@@ -189,7 +189,7 @@ def test_window_longer_than_the_period_repeats_the_profile() -> None:
     series = series_of([100.0] * 12 + [300.0] * 12)  # two days
     from placement.carbon.intensity import on_window
 
-    window = on_window(series, problem.grid, T0, 24)
+    window = on_window(series, problem.grid, T0, slots=24)
     e = placement_emissions(problem, assignment, window)
     one_day = (1000 + 500) * 2 * 12 + 3000 * 2 * 6  # Wh per day
     assert e.site_kg == pytest.approx(one_day * (100 + 300) / 1e6)

@@ -52,7 +52,7 @@ def test_forecast_fractions_cover_only_the_slots_ahead_that_the_forecast_reaches
         [utc("2026-03-02 12:00"), utc("2026-03-02 13:00"), utc("2026-03-02 14:00")],
         [100.0, 300.0, 450.0],
     )
-    out = forecast_fractions(series, POLICY, GRID, T0)
+    out = forecast_fractions(series, POLICY, GRID, now=T0)
     assert math.isnan(out[12])  # the current slot is the live value's
     assert out[13] == pytest.approx(0.75)  # 300 g: halfway between 1.0 and 0.5
     assert out[14] == pytest.approx(0.5)
@@ -64,25 +64,33 @@ def test_forecast_fractions_wrap_around_the_period_and_average_within_a_slot() -
         [utc("2026-03-02 23:00"), utc("2026-03-02 23:30"), utc("2026-03-03 00:00")],
         [150.0, 450.0, 150.0],
     )
-    out = forecast_fractions(series, POLICY, GRID, utc("2026-03-02 22:40"))
+    out = forecast_fractions(series, POLICY, GRID, now=utc("2026-03-02 22:40"))
     assert out[23] == pytest.approx(POLICY.fraction(300.0))  # mean of 150 and 450
     assert out[0] == pytest.approx(1.0)  # tomorrow's first slot is slot 0
 
 
 def test_budget_fraction_is_the_affordable_rate_over_the_cap() -> None:
     # 10 kg left, 200 g/kWh, 10 h left: 10e6 / (200 · 10) = 5000 W affordable.
-    assert budget_cap_fraction(110.0, 100.0, 200.0, 10.0, 10_000.0, 0.2) == pytest.approx(0.5)
+    assert budget_cap_fraction(
+        110.0, 100.0, 200.0, hours_left=10.0, cap_w=10_000.0, floor=0.2
+    ) == pytest.approx(0.5)
     # Plenty left: no throttle. Overspent: the floor, never zero.
-    assert budget_cap_fraction(1000.0, 0.0, 200.0, 10.0, 10_000.0, 0.2) == 1.0
-    assert budget_cap_fraction(100.0, 120.0, 200.0, 10.0, 10_000.0, 0.2) == 0.2
+    assert (
+        budget_cap_fraction(1000.0, 0.0, 200.0, hours_left=10.0, cap_w=10_000.0, floor=0.2) == 1.0
+    )
+    assert (
+        budget_cap_fraction(100.0, 120.0, 200.0, hours_left=10.0, cap_w=10_000.0, floor=0.2) == 0.2
+    )
     # The window is over, or nothing more can be emitted: nothing to throttle.
-    assert budget_cap_fraction(100.0, 120.0, 200.0, 0.0, 10_000.0, 0.2) == 1.0
-    assert budget_cap_fraction(100.0, 120.0, 0.0, 5.0, 10_000.0, 0.2) == 1.0
+    assert (
+        budget_cap_fraction(100.0, 120.0, 200.0, hours_left=0.0, cap_w=10_000.0, floor=0.2) == 1.0
+    )
+    assert budget_cap_fraction(100.0, 120.0, 0.0, hours_left=5.0, cap_w=10_000.0, floor=0.2) == 1.0
 
 
 def test_a_projection_at_the_affordable_rate_lands_on_the_budget() -> None:
     budget, emitted, g, hours, cap = 80.0, 30.0, 250.0, 7.5, 40_000.0
-    fraction = budget_cap_fraction(budget, emitted, g, hours, cap, 0.0)
+    fraction = budget_cap_fraction(budget, emitted, g, hours_left=hours, cap_w=cap, floor=0.0)
     assert emitted + float(emitted_kg(fraction * cap, g, hours)) == pytest.approx(budget)
 
 
@@ -107,15 +115,15 @@ def test_window_bounds_follow_the_grid_clock() -> None:
 def test_live_caps_scale_the_named_domains_only_and_throttle_takes_the_lower() -> None:
     base = np.array([[10.0] * 4, [6.0] * 4])
     ahead = np.array([np.nan, 0.5, np.nan, 0.8])
-    caps = live_caps(base, 0, [([0], 0.7, ahead)], {})
+    caps = live_caps(base, 0, [([0], 0.7, ahead)], throttles={})
     assert caps[0].tolist() == pytest.approx([7.0, 5.0, 10.0, 8.0])
     assert caps[1].tolist() == [6.0] * 4
     # A throttle below the carbon-aware cap wins; one above it changes nothing.
-    assert live_caps(base, 0, [([0], 0.7, None)], {0: 0.5})[0, 0] == pytest.approx(5.0)
-    assert live_caps(base, 0, [([0], 0.7, None)], {0: 0.9})[0, 0] == pytest.approx(7.0)
-    assert live_caps(base, 2, [], {1: 0.5})[1].tolist() == [6.0, 6.0, 3.0, 6.0]
+    assert live_caps(base, 0, [([0], 0.7, None)], throttles={0: 0.5})[0, 0] == pytest.approx(5.0)
+    assert live_caps(base, 0, [([0], 0.7, None)], throttles={0: 0.9})[0, 0] == pytest.approx(7.0)
+    assert live_caps(base, 2, [], throttles={1: 0.5})[1].tolist() == [6.0, 6.0, 3.0, 6.0]
     # Two sources, one domain each.
-    both = live_caps(base, 1, [([0], 0.5, None), ([1], 0.8, None)], {})
+    both = live_caps(base, 1, [([0], 0.5, None), ([1], 0.8, None)], throttles={})
     assert both[:, 1].tolist() == pytest.approx([5.0, 4.8])
 
 
@@ -201,8 +209,8 @@ class Rig:
             [(settings, self.source)],
             self.state,
             self.config.grid,
-            self.config.tree.caps,
-            self.metrics,
+            base=self.config.tree.caps,
+            metrics=self.metrics,
             measured=lambda now: self.measured,
         )
 
@@ -308,7 +316,7 @@ def test_the_forecast_sets_the_slots_ahead_and_its_failure_leaves_them_configure
 def test_emissions_count_measured_power_where_known_else_predicted() -> None:
     rig = Rig(g_per_kwh=200.0, euaPrice=80.0, period="1h")
     # Predicted: one node of 2 kW idle in rack-1 (site and rack-1 carry it).
-    rig.state.upsert_node("gpu-1", rig.state.tree.index["rack-1"], 8, 2000.0)
+    rig.state.upsert_node("gpu-1", rig.state.tree.index["rack-1"], 8, idle_watts=2000.0)
     rig.tick()
     assert rig.sample("powercap_emissions_kg_total", domain="site") == 0.0  # nothing before
     rig.tick(1800)  # half an hour at 2 kW and 200 g/kWh: 0.2 kg
@@ -637,8 +645,8 @@ def test_each_zone_caps_its_domains_and_the_site_sums_their_emissions() -> None:
         list(zip(cfg.intensity, sources, strict=True)),
         state,
         cfg.grid,
-        cfg.tree.caps,
-        CarbonMetrics(registry),
+        base=cfg.tree.caps,
+        metrics=CarbonMetrics(registry),
         measured=lambda now: measured,
     )
     assert caps.period_s == 60.0
@@ -676,7 +684,7 @@ def test_two_sources_with_one_name_are_refused() -> None:
     state = ClusterState(cfg.grid, cfg.tree)
     same = [Resilient(FakeSource(100.0, name="ukci")) for _ in range(2)]
     with pytest.raises(ValueError, match="two intensity sources are the same"):
-        CarbonCaps(list(zip(cfg.intensity, same, strict=True)), state, cfg.grid, cfg.tree.caps)
+        CarbonCaps(list(zip(cfg.intensity, same, strict=True)), state, cfg.grid, base=cfg.tree.caps)
 
 
 @pytest.mark.parametrize(

@@ -190,7 +190,7 @@ class FakePower:
         when = T0 if at is None else at
         if self.down:
             return failed_readings(nodes, when, "querying Prometheus failed: connection refused")
-        return readings_from_vectors(self.watts, None, nodes, self.settings, when)
+        return readings_from_vectors(self.watts, None, nodes, settings=self.settings, at=when)
 
 
 class Rig:
@@ -201,7 +201,7 @@ class Rig:
         self.state = ClusterState(self.config.grid, self.config.tree, self.config.headroom)
         tree = self.config.tree
         for name, rack in (("a1", "rack-a"), ("a2", "rack-a"), ("b1", "rack-b")):
-            self.state.upsert_node(name, tree.index[rack], 8, IDLE)
+            self.state.upsert_node(name, tree.index[rack], 8, idle_watts=IDLE)
         self.cluster = FakeCluster()
         self.resolver = DemandResolver(self.config)
         for name, service, node in (
@@ -232,9 +232,9 @@ class Rig:
             self.config,
             self.state,
             self.power,
-            api,
-            self.events,
-            self.metrics,
+            api=api,
+            events=self.events,
+            metrics=self.metrics,
             leader=lambda: self.leader,
         )
 
@@ -574,16 +574,16 @@ def test_pod_watts_share_the_node_measurement_by_profile() -> None:
     rig = Rig()
     pods = rig.state.pods_on("a1")
     slot = 0
-    watts = pod_watts(pods, 14_000.0, IDLE, slot)
+    watts = pod_watts(pods, 14_000.0, IDLE, slot=slot)
     assert watts.sum() == pytest.approx(13_500.0)
     by_name = dict(zip((p.name for p in pods), watts, strict=True))
     assert by_name["vip-0"] == pytest.approx(13_500.0 * 5 / 11)
     # No fresh reading: the profiles as they are.
     np.testing.assert_array_equal(
-        sorted(pod_watts(pods, math.nan, IDLE, slot)), [3000.0, 3000.0, 5000.0]
+        sorted(pod_watts(pods, math.nan, IDLE, slot=slot)), [3000.0, 3000.0, 5000.0]
     )
     # Measured below idle: nothing is attributed to the pods.
-    assert pod_watts(pods, 100.0, IDLE, slot).sum() == 0.0
+    assert pod_watts(pods, 100.0, IDLE, slot=slot).sum() == 0.0
 
 
 def test_label_selectors_as_budgets_read_them() -> None:

@@ -114,7 +114,7 @@ def test_breach_names_domain_time_and_watts() -> None:
     eu = p.services.profiles[0]
     caps = p.effective_caps
     ledger.add(eu, rack_a)  # 4000 idle + 5000 peak at 10:00
-    breach = first_breach(ledger, eu, rack_a, caps, p.grid)
+    breach = first_breach(ledger, eu, rack_a, caps=caps, grid=p.grid)
     assert breach is not None
     assert breach.domain == "rack-a"
     assert breach.time_of_day in {"09:50", "10:00"}
@@ -124,7 +124,7 @@ def test_breach_names_domain_time_and_watts() -> None:
     )
     # The US service peaks eight hours later and still fits beside it.
     us = p.services.profiles[1]
-    assert first_breach(ledger, us, rack_a, caps, p.grid) is None
+    assert first_breach(ledger, us, rack_a, caps=caps, grid=p.grid) is None
     fits = fitting_domains(ledger, eu, caps)
     assert fits.tolist() == [True, False, True]
 

@@ -80,7 +80,9 @@ def test_filter_names_domain_time_and_watts_of_a_breach() -> None:
     state = ext.state
     profile = ext.config.services["chat-eu"].profile
     assert profile is not None
-    breach = first_breach(state.ledger, profile, state.tree.index["rack-1"], state.caps, state.grid)
+    breach = first_breach(
+        state.ledger, profile, state.tree.index["rack-1"], caps=state.caps, grid=state.grid
+    )
     assert breach is not None
     assert message == "powercap: " + breach.message()
     # The EU bump peaks at 10:00; on an hourly grid the slots either side tie.
@@ -316,7 +318,9 @@ def test_preempt_passes_unmanaged_pods_through() -> None:
 def test_breach_text_matches_the_core_message() -> None:
     for over, cap in ((0.4, 41000.0), (1234.56, 9999.5), (7.0, 1e6)):
         b = Breach("rack-1-01", 61, "10:10", over, cap)
-        assert breach_text(b.domain, b.time_of_day, over, cap) == "powercap: " + b.message()
+        assert (
+            breach_text(b.domain, b.time_of_day, over, cap_watts=cap) == "powercap: " + b.message()
+        )
 
 
 def test_worst_on_path_prefers_the_rootmost_on_ties() -> None:
@@ -348,7 +352,7 @@ def test_breach_messages_agree_with_first_breach(problem: Problem) -> None:
             view = decider._view(demand)
             for leaf in problem.tree.leaves:
                 breach = first_breach(
-                    state.ledger, demand.profile, int(leaf), state.caps, state.grid
+                    state.ledger, demand.profile, int(leaf), caps=state.caps, grid=state.grid
                 )
                 assert (breach is None) == bool(view.fits[leaf])
                 if breach is not None:
@@ -442,7 +446,7 @@ def test_held_power_updates_incrementally_like_a_rebuild() -> None:
             state.remove_pod(gone["metadata"]["uid"])
         elif step == 20:
             state.remove_node("gpu-2a")
-            state.upsert_node("gpu-2a", state.tree.index["rack-2"], 8, 2000.0)
+            state.upsert_node("gpu-2a", state.tree.index["rack-2"], 8, idle_watts=2000.0)
         else:
             s = int(rng.integers(problem.services.size))
             p = pod(f"p{step}", problem.services.names[s], int(problem.services.gpus[s]))

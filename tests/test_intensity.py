@@ -151,7 +151,7 @@ def hourly(values: list[float], start: str = "2020-01-01 00:00") -> IntensitySer
 
 def test_upsampling_holds_each_sample_through_its_hour() -> None:
     series = hourly([100.0, 200.0, 300.0])
-    window = on_window(series, Grid(step_s=1800), unix("2020-01-01 00:00"), 6)
+    window = on_window(series, Grid(step_s=1800), unix("2020-01-01 00:00"), slots=6)
     assert window.intensity.tolist() == [100, 100, 200, 200, 300, 300]
 
 
@@ -161,7 +161,7 @@ def test_downsampling_is_the_time_weighted_mean() -> None:
         [100.0, 300.0, 50.0],
     )
     # first hour: 15 min at 100, 45 min at 300 → 250; second hour holds 50 (one spacing).
-    window = on_window(series, Grid(step_s=3600), unix("2020-01-01 00:00"), 1)
+    window = on_window(series, Grid(step_s=3600), unix("2020-01-01 00:00"), slots=1)
     assert window.intensity.tolist() == [250.0]
 
 
@@ -212,7 +212,7 @@ def test_resampling_keeps_the_energy_weighted_sum(values: list[float], step: int
         [unix("2020-01-01 00:00") + 3600 * k for k in range(len(values))], values
     )
     slots = len(values) * 3600 // step
-    window = on_window(series, Grid(step_s=step), series.start_s, slots)
+    window = on_window(series, Grid(step_s=step), series.start_s, slots=slots)
     # Every hour is split into whole slots, so slot means times slot hours add up to the
     # hourly values — nothing lost or counted twice at the edges.
     assert window.intensity.sum() * step / 3600 == pytest.approx(sum(values), abs=1e-6)

@@ -251,7 +251,7 @@ def test_watttime_logs_in_and_converts_lbs_per_mwh(fake: Fake) -> None:
     fake.route("/login", Reply(fixture="watttime_login.json"))
     fake.route("/v3/forecast", Reply(fixture="watttime_forecast.json"))
     fake.route("/v3/signal-index", Reply(fixture="watttime_signal_index.json"))
-    source = WattTime("CAISO_NORTH", "user", "pass", fake.url)
+    source = WattTime("CAISO_NORTH", "user", "pass", base_url=fake.url)
 
     series = source.forecast(NOW, 3600)
     assert series.values.tolist() == pytest.approx([453.59237, 408.233133, 362.873896, 317.514659])
@@ -280,7 +280,7 @@ def test_watttime_logs_in_again_when_the_token_expired(fake: Fake) -> None:
         Reply(401, body="{}"),
         Reply(fixture="watttime_forecast.json"),
     )
-    source = WattTime("CAISO_NORTH", "user", "pass", fake.url)
+    source = WattTime("CAISO_NORTH", "user", "pass", base_url=fake.url)
     source.forecast(NOW, 3600)
     source.forecast(NOW, 3600)
     assert fake.paths() == ["/login", "/v3/forecast", "/v3/forecast", "/login", "/v3/forecast"]
@@ -289,7 +289,7 @@ def test_watttime_logs_in_again_when_the_token_expired(fake: Fake) -> None:
 def test_watttime_refused_login_is_a_clear_error(fake: Fake) -> None:
     fake.route("/login", Reply(403, body='{"error": "bad"}'))
     with pytest.raises(SourceRejected, match=r"watttime:CAISO_NORTH: GET /login answered HTTP 403"):
-        WattTime("CAISO_NORTH", "user", "wrong", fake.url).forecast(NOW, 3600)
+        WattTime("CAISO_NORTH", "user", "wrong", base_url=fake.url).forecast(NOW, 3600)
 
 
 def test_watttime_rejects_units_it_cannot_convert(fake: Fake) -> None:
@@ -301,7 +301,7 @@ def test_watttime_rejects_units_it_cannot_convert(fake: Fake) -> None:
     fake.route("/login", Reply(fixture="watttime_login.json"))
     fake.route("/v3/forecast", Reply(body=body))
     with pytest.raises(SourceDataError, match=r"meta\.units: expected 'lbs_co2_per_mwh'"):
-        WattTime("CAISO_NORTH", "user", "pass", fake.url).forecast(NOW, 3600)
+        WattTime("CAISO_NORTH", "user", "pass", base_url=fake.url).forecast(NOW, 3600)
 
 
 # ---------------------------------------------------------------- Carbon Aware SDK
@@ -645,7 +645,7 @@ EVERY_SOURCE: dict[str, tuple[SourceMaker, dict[str, str], str, float, int]] = {
         utc("2026-03-02T12:00:00"),
     ),
     "watttime": (
-        lambda url, t: WattTime("CAISO_NORTH", "user", "pass", url, timeout_s=t),
+        lambda url, t: WattTime("CAISO_NORTH", "user", "pass", base_url=url, timeout_s=t),
         {"/login": "watttime_login.json", "/v3/forecast": "watttime_forecast.json"},
         "/v3/forecast",
         800 * LBS_PER_MWH_TO_G_PER_KWH,

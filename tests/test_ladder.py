@@ -82,11 +82,13 @@ def services() -> list[ScaledService]:
 
 def test_no_data_means_no_action() -> None:
     stale = dataclasses.replace(breach(), stale=True, to_clear_w=math.nan)
-    assert isinstance(next_action(stale, services(), [], 0, CFG, 5), Wait)
+    assert isinstance(
+        next_action(stale, services(), [], now=0, settings=CFG, evictions_allowed=5), Wait
+    )
 
 
 def test_reshape_lowers_the_lowest_priorities_first_and_never_protected() -> None:
-    action = next_action(breach(1500), services(), [], 10, CFG, 5)
+    action = next_action(breach(1500), services(), [], now=10, settings=CFG, evictions_allowed=5)
     assert isinstance(action, Reshape)
     # batch (priority 10) gives both its in-domain replicas (1000 W), summarise (20)
     # one of the three it may lose down to its minimum of 2 (700 W); chat-eu is protected.
@@ -117,47 +119,63 @@ def test_reshape_counts_down_from_running_replicas_and_keeps_the_original() -> N
 
 def test_wait_for_the_effect_of_a_step_then_escalate_to_eviction() -> None:
     history = [Step("reshape", 10)]
-    wait = next_action(breach(), services(), history, 200, CFG, 5)
+    wait = next_action(breach(), services(), history, now=200, settings=CFG, evictions_allowed=5)
     assert wait == Wait("waiting for the effect of reshape", 310)
-    evict = next_action(breach(800), services(), history, 310, CFG, 5)
+    evict = next_action(
+        breach(800), services(), history, now=310, settings=CFG, evictions_allowed=5
+    )
     assert evict == Evict(overage_w=800, max_victims=5)
     # After an eviction, the shorter eviction settle period applies.
     history.append(Step("evict", 320))
-    assert next_action(breach(300), services(), history, 350, CFG, 5) == Wait(
-        "waiting for the effect of evict", 380
-    )
-    assert next_action(breach(300), services(), history, 380, CFG, 2) == Evict(300, 2)
+    assert next_action(
+        breach(300), services(), history, now=350, settings=CFG, evictions_allowed=5
+    ) == Wait("waiting for the effect of evict", 380)
+    assert next_action(
+        breach(300), services(), history, now=380, settings=CFG, evictions_allowed=2
+    ) == Evict(300, 2)
 
 
 def test_eviction_waits_for_the_rate_limit() -> None:
     history = [Step("reshape", 0)]
-    action = next_action(breach(), services(), history, 1000, CFG, 0)
+    action = next_action(breach(), services(), history, now=1000, settings=CFG, evictions_allowed=0)
     assert action == Wait("eviction rate limit reached")
 
 
 def test_steps_of_an_earlier_breach_do_not_count() -> None:
     history = [Step("reshape", 10), Step("evict", 400)]
-    action = next_action(breach(since=2000), services(), history, 2000, CFG, 5)
+    action = next_action(
+        breach(since=2000), services(), history, now=2000, settings=CFG, evictions_allowed=5
+    )
     assert isinstance(action, Reshape)
 
 
 def test_more_reshape_rounds_when_configured() -> None:
     cfg = dataclasses.replace(CFG, reshape_rounds=2)
     history = [Step("reshape", 0)]
-    assert isinstance(next_action(breach(), services(), history, 300, cfg, 5), Reshape)
+    assert isinstance(
+        next_action(breach(), services(), history, now=300, settings=cfg, evictions_allowed=5),
+        Reshape,
+    )
     history.append(Step("reshape", 300))
-    assert isinstance(next_action(breach(), services(), history, 600, cfg, 5), Evict)
+    assert isinstance(
+        next_action(breach(), services(), history, now=600, settings=cfg, evictions_allowed=5),
+        Evict,
+    )
 
 
 def test_nothing_to_reshape_goes_straight_to_eviction() -> None:
     only_protected = [services()[0]]
-    assert next_action(breach(900), only_protected, [], 0, CFG, 3) == Evict(900, 3)
+    assert next_action(
+        breach(900), only_protected, [], now=0, settings=CFG, evictions_allowed=3
+    ) == Evict(900, 3)
     at_minimum = [
         ScaledService(
             "s", 1, replicas=2, in_domain=2, watts_per_replica=100, max_replicas=2, min_replicas=2
         )
     ]
-    assert isinstance(next_action(breach(), at_minimum, [], 0, CFG, 3), Evict)
+    assert isinstance(
+        next_action(breach(), at_minimum, [], now=0, settings=CFG, evictions_allowed=3), Evict
+    )
 
 
 def test_restore_waits_for_settle_and_headroom_and_is_paced_by_it() -> None:
@@ -182,16 +200,16 @@ def test_restore_waits_for_settle_and_headroom_and_is_paced_by_it() -> None:
         ),
     ]
     history = [Step("evict", 1000)]
-    assert next_action(calm(5000), lowered, history, 1100, CFG, 5) == Wait(
-        "letting evict settle before restoring", 1300
-    )
+    assert next_action(
+        calm(5000), lowered, history, now=1100, settings=CFG, evictions_allowed=5
+    ) == Wait("letting evict settle before restoring", 1300)
     # 9000 W is the restore line (10% margin): 8800 W measured leaves room for nothing.
-    assert next_action(calm(8800), lowered, history, 1300, CFG, 5) == Wait(
-        "waiting for headroom to restore"
-    )
+    assert next_action(
+        calm(8800), lowered, history, now=1300, settings=CFG, evictions_allowed=5
+    ) == Wait("waiting for headroom to restore")
     # 1900 W of headroom: summarise (more important) first, one replica (700 W), then
     # two of batch (1000 W).
-    action = next_action(calm(7100), lowered, history, 1300, CFG, 5)
+    action = next_action(calm(7100), lowered, history, now=1300, settings=CFG, evictions_allowed=5)
     assert action == Restore((ScaleChange("summarise", 4, 5, 5), ScaleChange("batch", 4, 6, 8)))
 
 
@@ -207,11 +225,18 @@ def test_a_service_held_by_another_breach_is_not_restored() -> None:
         held_elsewhere=True,
     )
     assert restore_plan([held], 10_000) == ()
-    assert next_action(calm(0), [held], [], 0, CFG, 5) == Wait("waiting for headroom to restore")
+    assert next_action(calm(0), [held], [], now=0, settings=CFG, evictions_allowed=5) == Wait(
+        "waiting for headroom to restore"
+    )
 
 
 def test_nothing_lowered_is_idle() -> None:
-    assert next_action(calm(5000), services(), [Step("evict", 0)], 10, CFG, 5) == Idle()
+    assert (
+        next_action(
+            calm(5000), services(), [Step("evict", 0)], now=10, settings=CFG, evictions_allowed=5
+        )
+        == Idle()
+    )
 
 
 def test_rate_budgets_use_a_sliding_window() -> None:
@@ -221,8 +246,10 @@ def test_rate_budgets_use_a_sliding_window() -> None:
     assert rate_budget([10, 50], 60, per_domain) == 0
     assert rate_budget([10, 50], 70, per_domain) == 1  # 10 left the window at 70
     assert rate_budget([10, 50, 55], 60, per_domain) == 0  # never negative
-    assert eviction_budget([50], [0, 10, 20, 30, 50], 60, per_domain, cluster) == 0
-    assert eviction_budget([50], [20, 50], 60, per_domain, cluster) == 1
+    assert (
+        eviction_budget([50], [0, 10, 20, 30, 50], 60, per_domain=per_domain, cluster=cluster) == 0
+    )
+    assert eviction_budget([50], [20, 50], 60, per_domain=per_domain, cluster=cluster) == 1
 
 
 # ------------------------------------------------------------------ a whole episode
@@ -248,8 +275,8 @@ def test_a_breach_episode_reshapes_evicts_clears_and_restores_the_original() -> 
     for now in range(0, 1800, 30):
         watts = base + 500.0 * running + (surge if now < 600 else 0.0)
         measured = np.array([watts])
-        state, events = step(state, measured, np.array([cap]), float(now), bcfg)
-        status = DomainStatus.of(state, events, measured, np.array([cap]), 0)
+        state, events = step(state, measured, np.array([cap]), now=float(now), settings=bcfg)
+        status = DomainStatus.of(state, events, measured, caps=np.array([cap]), domain=0)
         svc = [
             ScaledService(
                 "batch",
@@ -261,7 +288,9 @@ def test_a_breach_episode_reshapes_evicts_clears_and_restores_the_original() -> 
                 original_max=original,
             )
         ]
-        action = next_action(status, svc, history, float(now), lcfg, evictions_allowed=2)
+        action = next_action(
+            status, svc, history, now=float(now), settings=lcfg, evictions_allowed=2
+        )
         if isinstance(action, Reshape):
             (change,) = action.changes
             top, original = change.to_max, change.original_max

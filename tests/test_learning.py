@@ -55,7 +55,7 @@ def test_quantile_per_slot_is_numpys_on_constructed_data() -> None:
     slots = rng.integers(0, 24, 5000)
     watts = rng.gamma(3.0, 400.0, 5000)
     for q in (0.0, 0.5, 0.9, 0.95, 0.99, 1.0):
-        values, counts = slot_quantiles(slots, watts, 24, q)
+        values, counts = slot_quantiles(slots, watts, 24, quantile=q)
         for t in range(24):
             mine = watts[slots == t]
             assert counts[t] == mine.size
@@ -67,7 +67,9 @@ def test_quantile_of_known_values() -> None:
     # Slot 0 holds 1..100 W: p95 by linear interpolation is 95.05; slot 1 one sample.
     times = np.concatenate([ORIGIN + np.arange(100) * 30.0, [ORIGIN + 3600 + 5]])
     watts = np.concatenate([np.arange(100, 0, -1, dtype=float), [42.0]])
-    lp = learn_profile("svc", times, watts, HOUR_GRID, 0.95, min_samples=1, fill="nearest")
+    lp = learn_profile(
+        "svc", times, watts, grid=HOUR_GRID, quantile=0.95, min_samples=1, fill="nearest"
+    )
     assert lp.profile[0] == pytest.approx(95.05, abs=1e-12)
     assert lp.profile[1] == 42.0
     assert lp.counts[:2].tolist() == [100, 1]
@@ -81,12 +83,12 @@ def test_wraparound_at_midnight_and_offset() -> None:
     early = ORIGIN + 300 + days  # 00:05
     times = np.concatenate([late, early])
     watts = np.concatenate([np.full(5, 900.0), np.full(5, 100.0)])
-    lp = learn_profile("svc", times, watts, HOUR_GRID, 0.5, min_samples=5)
+    lp = learn_profile("svc", times, watts, grid=HOUR_GRID, quantile=0.5, min_samples=5)
     assert lp.profile[23] == 900.0 and lp.profile[0] == 100.0
     assert lp.counts[23] == 5 and lp.counts[0] == 5
     # An hour's offset moves both one slot on: 23:55 becomes 00:55 (slot 0).
     shifted = Grid(period_s=DAY, step_s=3600, offset_s=3600)
-    lp = learn_profile("svc", times, watts, shifted, 0.5, min_samples=5)
+    lp = learn_profile("svc", times, watts, grid=shifted, quantile=0.5, min_samples=5)
     assert lp.profile[0] == 900.0 and lp.profile[1] == 100.0
 
 
@@ -96,7 +98,7 @@ def test_too_few_samples_are_reported_not_zero() -> None:
     keep = ~np.isin(hours, [3, 4, 5]) | (np.arange(hours.size) % 10 < 2) & (hours != 5)
     times = ORIGIN + hours[keep] * 3600.0 + 60
     watts = np.full(times.size, 500.0)
-    lp = learn_profile("chat", times, watts, HOUR_GRID, 0.95, min_samples=10)
+    lp = learn_profile("chat", times, watts, grid=HOUR_GRID, quantile=0.95, min_samples=10)
     assert not lp.complete
     assert np.isnan(lp.profile[[3, 4, 5]]).all()
     assert (lp.profile[np.r_[0:3, 6:24]] == 500.0).all()
@@ -121,12 +123,14 @@ def test_fill_nearest_completes_a_thin_profile_and_says_which() -> None:
     hours = hours[hours != 23]  # nothing at 23:00: it takes 22:00's or 00:00's (larger)
     times = ORIGIN + hours * 3600.0
     watts = hours * 10.0
-    lp = learn_profile("b", times, watts, HOUR_GRID, 0.95, min_samples=1, fill="nearest")
+    lp = learn_profile(
+        "b", times, watts, grid=HOUR_GRID, quantile=0.95, min_samples=1, fill="nearest"
+    )
     assert lp.complete and lp.filled.tolist() == [h == 23 for h in range(24)]
     assert lp.profile[23] == 220.0
     assert thin_problems(lp, HOUR_GRID) == []
     # Nothing at all cannot be filled.
-    empty = learn_profile("e", [], [], HOUR_GRID, fill="nearest")
+    empty = learn_profile("e", [], [], grid=HOUR_GRID, fill="nearest")
     assert not empty.complete and empty.coverage == 0.0
     assert thin_problems(empty, HOUR_GRID) == [
         "e: all 24 slots with 0–0 samples (at least 10 wanted)"
@@ -136,23 +140,23 @@ def test_fill_nearest_completes_a_thin_profile_and_says_which() -> None:
 def test_negative_quantiles_clamp_to_zero_and_are_flagged() -> None:
     times = ORIGIN + np.arange(24) * 3600.0
     watts = np.where(np.arange(24) < 2, -15.0, 100.0)
-    lp = learn_profile("s", times, watts, HOUR_GRID, 0.95, min_samples=1)
+    lp = learn_profile("s", times, watts, grid=HOUR_GRID, quantile=0.95, min_samples=1)
     assert lp.profile[:2].tolist() == [0.0, 0.0] and lp.clamped.sum() == 2
 
 
 def test_non_finite_samples_are_dropped_and_counted() -> None:
     times = ORIGIN + np.arange(4) * 3600.0
-    lp = learn_profile("s", times, [1.0, np.nan, np.inf, 2.0], HOUR_GRID, min_samples=1)
+    lp = learn_profile("s", times, [1.0, np.nan, np.inf, 2.0], grid=HOUR_GRID, min_samples=1)
     assert lp.dropped == 2 and lp.samples == 2
 
 
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="quantile"):
-        learn_profile("s", [ORIGIN], [1.0], HOUR_GRID, quantile=1.5)
+        learn_profile("s", [ORIGIN], [1.0], grid=HOUR_GRID, quantile=1.5)
     with pytest.raises(ValueError, match="min_samples"):
-        learn_profile("s", [ORIGIN], [1.0], HOUR_GRID, min_samples=0)
+        learn_profile("s", [ORIGIN], [1.0], grid=HOUR_GRID, min_samples=0)
     with pytest.raises(ValueError, match="2 times for 1 watts"):
-        learn_profile("s", [ORIGIN, ORIGIN], [1.0], HOUR_GRID)
+        learn_profile("s", [ORIGIN, ORIGIN], [1.0], grid=HOUR_GRID)
 
 
 def test_slot_runs_join_across_the_end() -> None:
@@ -181,7 +185,7 @@ def test_profile_lies_between_each_slots_min_and_max(
     grid = Grid(period_s=DAY, step_s=step)
     times = np.array([ORIGIN + t for t, _ in pairs])
     watts = np.array([w for _, w in pairs])
-    lp = learn_profile("s", times, watts, grid, q, min_samples=1)
+    lp = learn_profile("s", times, watts, grid=grid, quantile=q, min_samples=1)
     slots = slots_of(times, grid)
     assert lp.samples == len(pairs)
     for t in range(grid.slots):
@@ -192,7 +196,7 @@ def test_profile_lies_between_each_slots_min_and_max(
             assert mine.min() <= lp.profile[t] <= mine.max()
             assert lp.profile[t] == np.quantile(mine, q)
     # A higher quantile is never lower.
-    higher = learn_profile("s", times, watts, grid, min(1.0, q + 0.1), min_samples=1)
+    higher = learn_profile("s", times, watts, grid=grid, quantile=min(1.0, q + 0.1), min_samples=1)
     ok = np.isfinite(lp.profile)
     assert (higher.profile[ok] >= lp.profile[ok]).all()
 
@@ -200,13 +204,13 @@ def test_profile_lies_between_each_slots_min_and_max(
 # --- the edge's pure parts ---------------------------------------------------------------
 def test_windows_cover_every_instant_once_within_the_point_limit() -> None:
     start, end = 1_000_030.5, 1_000_030.5 + 14 * DAY
-    chunks = windows(start, end, 60, 6 * 3600)
+    chunks = windows(start, end, 60, chunk_s=6 * 3600)
     instants = np.concatenate([np.arange(a, b + 1, 60) for a, b in chunks])
     assert instants[0] >= start and instants[-1] <= end
     assert instants[0] - start < 60 and end - instants[-1] < 60
     assert (np.diff(instants) == 60).all()  # no gap, no instant twice
     assert max((b - a) // 60 + 1 for a, b in chunks) == 360 <= MAX_POINTS
-    assert windows(0, 59, 60, 3600) == [(0, 0)]
+    assert windows(0, 59, 60, chunk_s=3600) == [(0, 0)]
 
 
 def test_default_query_joins_pod_power_to_the_service_label() -> None:
@@ -392,7 +396,7 @@ def test_a_refresh_replaces_the_learned_services_profiles(tmp_path: Path) -> Non
         _refresh_settings(since="2d", minSamples=12),
         lambda: config,
         seen.append,
-        client,
+        client=client,
         clock=lambda: now,
     )
     assert refresher.refresh_once()
@@ -415,7 +419,7 @@ def test_an_incomplete_or_failed_refresh_keeps_the_profiles_in_use(tmp_path: Pat
         _refresh_settings(since="2d", minSamples=100),
         lambda: config,
         seen.append,
-        FakeRange(_hourly(1000.0, 1, 2)),
+        client=FakeRange(_hourly(1000.0, 1, 2)),
         clock=lambda: ORIGIN + 2 * DAY - 1,
     )
     assert thin.refresh_once()
@@ -428,7 +432,7 @@ def test_an_incomplete_or_failed_refresh_keeps_the_profiles_in_use(tmp_path: Pat
             raise ConnectionError("connection refused")
 
     seen.clear()
-    down = ProfileRefresher(_refresh_settings(), lambda: config, seen.append, Down())
+    down = ProfileRefresher(_refresh_settings(), lambda: config, seen.append, client=Down())
     assert not down.refresh_once() and seen == []
     assert down.last_error is not None and "connection refused" in down.last_error
 
@@ -442,7 +446,7 @@ def test_the_refresher_thread_runs_at_start_and_stops(tmp_path: Path) -> None:
             calls.append(time.time())
             return True
 
-    refresher = Counting(_refresh_settings(), lambda: config, lambda c: None, FakeRange([]))
+    refresher = Counting(_refresh_settings(), lambda: config, lambda c: None, client=FakeRange([]))
     refresher.start()
     deadline = time.monotonic() + 5
     while not calls and time.monotonic() < deadline:

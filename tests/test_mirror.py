@@ -107,23 +107,23 @@ def test_running_pod_without_profile_is_accounted_at_nameplate(config: Config) -
 
 def test_node_events_move_pods_with_their_node(config: Config, state: ClusterState) -> None:
     resolver = DemandResolver(config)
-    apply_node_event(state, config, "ADDED", node("gpu-1a", "rack-1", idle_watts=1000))
-    apply_pod_event(state, resolver, "ADDED", pod("eu-0", node_name="gpu-1a", phase="Running"))
+    apply_node_event(state, config, "ADDED", obj=node("gpu-1a", "rack-1", idle_watts=1000))
+    apply_pod_event(state, resolver, "ADDED", obj=pod("eu-0", node_name="gpu-1a", phase="Running"))
     profile = eu_profile(config)
     np.testing.assert_allclose(load(state, "rack-1"), 1000 + profile)
     assert state.free_gpus("gpu-1a") == 0
     # relabelled into rack-3: idle and pod follow
-    apply_node_event(state, config, "MODIFIED", node("gpu-1a", "rack-3", idle_watts=1000))
+    apply_node_event(state, config, "MODIFIED", obj=node("gpu-1a", "rack-3", idle_watts=1000))
     np.testing.assert_allclose(load(state, "rack-1"), 0, atol=1e-9)
     np.testing.assert_allclose(load(state, "rack-3"), 1000 + profile)
     assert state.counts[state.service_row("chat-eu"), leaf(config, "rack-3")] == 1
     # label removed: the node leaves the tree, its pod waits uncounted
-    apply_node_event(state, config, "MODIFIED", node("gpu-1a", None))
+    apply_node_event(state, config, "MODIFIED", obj=node("gpu-1a", None))
     np.testing.assert_allclose(state.ledger.load, 0, atol=1e-9)
     assert "uid-llm-eu-0" in state.pods
-    apply_node_event(state, config, "ADDED", node("gpu-1a", "rack-2"))
+    apply_node_event(state, config, "ADDED", obj=node("gpu-1a", "rack-2"))
     np.testing.assert_allclose(load(state, "rack-2"), profile)
-    apply_node_event(state, config, "DELETED", node("gpu-1a", "rack-2"))
+    apply_node_event(state, config, "DELETED", obj=node("gpu-1a", "rack-2"))
     assert state.node("gpu-1a") is None
 
 
@@ -135,19 +135,25 @@ def test_pod_events(config: Config, state: ClusterState) -> None:
     def on_pending(obj: Any) -> None:
         pending.append(obj["metadata"]["name"])
 
-    apply_pod_event(state, resolver, "ADDED", pod("eu-0"), on_pending)
+    apply_pod_event(state, resolver, "ADDED", obj=pod("eu-0"), on_pending=on_pending)
     assert pending == ["eu-0"] and state.pods == {}
-    apply_pod_event(state, resolver, "MODIFIED", pod("eu-0", node_name="gpu-1a"), on_pending)
+    apply_pod_event(
+        state, resolver, "MODIFIED", obj=pod("eu-0", node_name="gpu-1a"), on_pending=on_pending
+    )
     assert state.pods["uid-llm-eu-0"].node == "gpu-1a"
     version = state.version
     # the same pod again (bind recorded it first, then the watch event arrives): no change
-    apply_pod_event(state, resolver, "MODIFIED", pod("eu-0", node_name="gpu-1a", phase="Running"))
+    apply_pod_event(
+        state, resolver, "MODIFIED", obj=pod("eu-0", node_name="gpu-1a", phase="Running")
+    )
     assert state.version == version
-    apply_pod_event(state, resolver, "MODIFIED", pod("eu-0", node_name="gpu-1a", phase="Succeeded"))
+    apply_pod_event(
+        state, resolver, "MODIFIED", obj=pod("eu-0", node_name="gpu-1a", phase="Succeeded")
+    )
     assert state.pods == {}
     np.testing.assert_allclose(load(state, "rack-1"), 0, atol=1e-9)
-    apply_pod_event(state, resolver, "ADDED", pod("eu-1", node_name="gpu-1a"))
-    apply_pod_event(state, resolver, "DELETED", pod("eu-1", node_name="gpu-1a"))
+    apply_pod_event(state, resolver, "ADDED", obj=pod("eu-1", node_name="gpu-1a"))
+    apply_pod_event(state, resolver, "DELETED", obj=pod("eu-1", node_name="gpu-1a"))
     assert state.pods == {}
 
 
@@ -163,19 +169,19 @@ def test_a_stale_pending_event_does_not_unrecord_a_bound_pod(
     assert bound is not None
     state.add_pod(bound)  # as Decider.bind does, before creating the Binding
     before = load(state, "rack-1").copy()
-    apply_pod_event(state, resolver, "MODIFIED", pod("eu-0"))  # an older, unbound version
+    apply_pod_event(state, resolver, "MODIFIED", obj=pod("eu-0"))  # an older, unbound version
     assert "uid-llm-eu-0" in state.pods
     np.testing.assert_allclose(load(state, "rack-1"), before)
     # Deletion and a terminal phase still release it.
-    apply_pod_event(state, resolver, "MODIFIED", pod("eu-0", phase="Failed"))
+    apply_pod_event(state, resolver, "MODIFIED", obj=pod("eu-0", phase="Failed"))
     assert state.pods == {}
 
 
 def test_pod_before_its_node(config: Config, state: ClusterState) -> None:
     resolver = DemandResolver(config)
-    apply_pod_event(state, resolver, "ADDED", pod("eu-0", node_name="gpu-4b"))
+    apply_pod_event(state, resolver, "ADDED", obj=pod("eu-0", node_name="gpu-4b"))
     np.testing.assert_allclose(state.ledger.load, 0)
-    apply_node_event(state, config, "ADDED", node("gpu-4b", "rack-4"))
+    apply_node_event(state, config, "ADDED", obj=node("gpu-4b", "rack-4"))
     np.testing.assert_allclose(load(state, "rack-4"), eu_profile(config))
 
 
@@ -359,7 +365,7 @@ def test_mirror_becomes_ready_after_both_lists(config: Config, state: ClusterSta
     nodes = ScriptedSource([([node("gpu-1a", "rack-1")], "5")], [])
     pods = ScriptedSource([([pod("eu-0", node_name="gpu-1a")], "6")], [])
     seen: dict[str, float] = {}
-    mirror = Mirror(state, config, nodes, pods, seen=seen)
+    mirror = Mirror(state, config, nodes, pods=pods, seen=seen)
     assert not state.synced
     mirror.start()
     deadline = time.monotonic() + 5
@@ -381,7 +387,12 @@ def test_mirror_counts_relists_after_410_in_its_metrics(
     pods = ScriptedSource([([], "6"), ([pod("eu-0", node_name="gpu-1a")], "40")], [[gone()]])
     telemetry = Telemetry(state)
     mirror = Mirror(
-        state, config, nodes, pods, seen=telemetry.mirror_seen, relists=telemetry.mirror_relists
+        state,
+        config,
+        nodes,
+        pods=pods,
+        seen=telemetry.mirror_seen,
+        relists=telemetry.mirror_relists,
     )
     assert telemetry.mirror_relists == {"nodes": 0, "pods": 0}  # zero before any list
     mirror.start()

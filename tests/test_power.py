@@ -214,7 +214,9 @@ def test_parse_vector_rejects_what_is_not_an_instant_vector(answer: dict[str, An
 
 
 def judge(values: dict[str, float], stamps: dict[str, float] | None, **kw: Any) -> Any:
-    return readings_from_vectors(values, stamps, ["gpu-1", "gpu-2", "gpu-3"], settings(**kw), NOW)
+    return readings_from_vectors(
+        values, stamps, ["gpu-1", "gpu-2", "gpu-3"], settings=settings(**kw), at=NOW
+    )
 
 
 def test_fresh_readings_add_non_gpu_watts() -> None:
@@ -385,13 +387,13 @@ def test_domain_watts_follows_the_mirrors_node_map() -> None:
         state.upsert_node(fleet.names[n], int(fleet.domain[n]), int(fleet.gpus[n]))
     values = {name: 1000.0 + i for i, name in enumerate(fleet.names)}
     stamps = dict.fromkeys(fleet.names, NOW)
-    r = readings_from_vectors(values, stamps, fleet.names, settings(), NOW)
+    r = readings_from_vectors(values, stamps, fleet.names, settings=settings(), at=NOW)
     got = domain_watts(r, state)
     leaf = np.zeros(problem.tree.size)
     np.add.at(leaf, fleet.domain, [values[n] for n in fleet.names])
     np.testing.assert_allclose(got, problem.tree.membership.astype(float) @ leaf)
     del values[fleet.names[0]]
-    r = readings_from_vectors(values, stamps, fleet.names, settings(), NOW)
+    r = readings_from_vectors(values, stamps, fleet.names, settings=settings(), at=NOW)
     got = domain_watts(r, state)
     hit = problem.tree.ancestors(int(fleet.domain[0]))
     assert np.isnan(got[hit]).all()
@@ -417,7 +419,7 @@ def simulator(**kw: Any) -> tuple[PowerSimulator, StaticPods]:
         ]
     )
     clock = SimClock(start_s=6 * 600.0, speed=0.0)  # slot 6: 60 W per replica
-    return PowerSimulator(nodes, {"chat": profile}, pods, clock, **kw), pods
+    return PowerSimulator(nodes, {"chat": profile}, pods, clock=clock, **kw), pods
 
 
 def test_pods_draw_their_profile_slot_spread_over_their_gpus() -> None:

@@ -63,7 +63,7 @@ def test_admitted_placements_never_exceed_any_cap(problem: Problem, data: st.Dat
     for s, d in offers:
         profile = problem.services.profiles[s]
         fits = bool(fitting_domains(ledger, profile, caps)[d])
-        breach = first_breach(ledger, profile, d, caps, problem.grid)
+        breach = first_breach(ledger, profile, d, caps=caps, grid=problem.grid)
         assert fits == (breach is None)
         if breach is not None:
             assert breach.over_watts > 0

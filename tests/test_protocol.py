@@ -123,7 +123,9 @@ def test_malformed_binding_args_name_the_field(body: bytes, expected: str) -> No
 
 
 def test_filter_result_uses_go_field_names() -> None:
-    out = orjson.loads(encode_filter_result(["a"], None, {"b": "over cap"}, {"c": "unknown"}))
+    out = orjson.loads(
+        encode_filter_result(["a"], None, {"b": "over cap"}, unresolvable={"c": "unknown"})
+    )
     assert out == {
         "Nodes": None,
         "NodeNames": ["a"],
@@ -132,7 +134,7 @@ def test_filter_result_uses_go_field_names() -> None:
         "Error": "",
     }
     items = [node("a", "rack-1")]
-    out = orjson.loads(encode_filter_result(None, items, {}, {}))
+    out = orjson.loads(encode_filter_result(None, items, {}, unresolvable={}))
     assert out["NodeNames"] is None
     assert out["Nodes"]["items"] == items
 
@@ -142,7 +144,7 @@ def test_filter_result_model_matches_encoder() -> None:
         node_names=["a"], failed_nodes={"b": "x"}, failed_and_unresolvable_nodes={}
     )
     assert orjson.loads(model.to_json()) == orjson.loads(
-        encode_filter_result(["a"], None, {"b": "x"}, {})
+        encode_filter_result(["a"], None, {"b": "x"}, unresolvable={})
     )
     # and the generic encoder agrees on the field names
     assert set(orjson.loads(encode(model))) == {

@@ -91,7 +91,7 @@ def check_report(index: Path) -> str:
 def test_report_small_tree_writes_every_chart(tmp_path: Path) -> None:
     problem = tree_problem(rows=2, racks_per_row=2)
     plans, metrics = plans_for(problem)
-    index = write_report(tmp_path / "out", problem, plans, metrics)
+    index = write_report(tmp_path / "out", problem, plans, metrics=metrics)
     page = check_report(index)
     names = {p.name for p in index.parent.glob("*.png")}
     assert {"strategies.png", "peak_over_cap.png"} <= names
@@ -108,7 +108,7 @@ def test_report_large_tree_selects_profiles_and_focus(tmp_path: Path) -> None:
     # 1 + 3 + 45 domains: past the size where every domain gets a labelled row.
     problem = tree_problem(rows=3, racks_per_row=15)
     plans, metrics = plans_for(problem)
-    index = write_report(tmp_path, problem, plans, metrics, focus="peak-sum")
+    index = write_report(tmp_path, problem, plans, metrics=metrics, focus="peak-sum")
     page = check_report(index)
     profiles = sorted(p.name for p in tmp_path.glob("profile-*.png"))
     # The root, the three rows, and the most loaded leaves only.
@@ -128,14 +128,14 @@ def test_report_with_cpsat_focuses_on_it(tmp_path: Path) -> None:
     plans["cpsat"] = run_strategy("cpsat", problem, time_limit_s=5.0)
     metrics["cpsat"] = evaluate(problem, plans["cpsat"].assignment)
     assert best_strategy(plans, metrics) == "cpsat"
-    check_report(write_report(tmp_path, problem, plans, metrics))
+    check_report(write_report(tmp_path, problem, plans, metrics=metrics))
 
 
 def test_report_escapes_names(tmp_path: Path) -> None:
     problem = tree_problem(rows=1, racks_per_row=1)
     problem = replace(problem, name="<b>x</b> & y")
     plans, metrics = plans_for(problem, ("greedy",))
-    page = check_report(write_report(tmp_path, problem, plans, metrics))
+    page = check_report(write_report(tmp_path, problem, plans, metrics=metrics))
     assert "&lt;b&gt;x&lt;/b&gt; &amp; y" in page and "<b>x</b>" not in page
 
 
@@ -143,11 +143,11 @@ def test_report_rejects_inconsistent_input(tmp_path: Path) -> None:
     problem = tree_problem(rows=1, racks_per_row=1)
     plans, metrics = plans_for(problem, ("greedy", "nameplate"))
     with pytest.raises(ValueError, match="same strategies"):
-        write_report(tmp_path, problem, plans, {"greedy": metrics["greedy"]})
+        write_report(tmp_path, problem, plans, metrics={"greedy": metrics["greedy"]})
     with pytest.raises(ValueError, match="at least one"):
-        write_report(tmp_path, problem, {}, {})
+        write_report(tmp_path, problem, {}, metrics={})
     with pytest.raises(ValueError, match="focus"):
-        write_report(tmp_path, problem, plans, metrics, focus="cpsat")
+        write_report(tmp_path, problem, plans, metrics=metrics, focus="cpsat")
 
 
 def test_domain_order_is_depth_first() -> None:

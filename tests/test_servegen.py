@@ -159,7 +159,7 @@ def test_topology_caps() -> None:
 
 def test_replay(dirs: list[Path], built: ServeGenScenario, tmp_path: Path) -> None:
     names = [c.name for c in built.sizing.clients[:3]]
-    watts = replay_watts(dirs, names, 2, H100_LLAMA70B_TP4, built.sizing)
+    watts = replay_watts(dirs, names, 2, curve=H100_LLAMA70B_TP4, sizing=built.sizing)
     assert list(watts) == names
     for series in watts.values():
         assert len(series) == 2 * 144
@@ -173,9 +173,9 @@ def test_replay(dirs: list[Path], built: ServeGenScenario, tmp_path: Path) -> No
     write_replay(out, watts)
     assert json.loads(out.read_text()) == {"step_s": 600, "watts": watts}
     with pytest.raises(ValueError, match="whole days"):
-        replay_watts(dirs, names, 8, H100_LLAMA70B_TP4, built.sizing)
+        replay_watts(dirs, names, 8, curve=H100_LLAMA70B_TP4, sizing=built.sizing)
     with pytest.raises(ValueError, match="no sized client"):
-        replay_watts(dirs, ["m-large-99999"], 1, H100_LLAMA70B_TP4, built.sizing)
+        replay_watts(dirs, ["m-large-99999"], 1, curve=H100_LLAMA70B_TP4, sizing=built.sizing)
 
 
 # ----------------------------------------------------------------------------- errors

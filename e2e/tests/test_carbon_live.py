@@ -211,7 +211,10 @@ def test_a_dirtier_grid_lowers_the_cap_the_controller_sheds_and_filter_admits_le
             core.patch_node(name, {"spec": {"unschedulable": True}})
         sim_pods = StaticPods()
         sim = PowerSimulator(
-            sim_nodes(problem), grid_profiles(problem), sim_pods, SimClock(start_s=time.time())
+            sim_nodes(problem),
+            grid_profiles(problem),
+            sim_pods,
+            clock=SimClock(start_s=time.time()),
         )
         address = sim.start()
         try:
@@ -228,7 +231,7 @@ def test_a_dirtier_grid_lowers_the_cap_the_controller_sheds_and_filter_admits_le
                     "renewDeadline": "2s",
                     "retryPeriod": "1s",
                 }
-                config |= fast_controller(prom.url, sim.non_gpu_watts(RACK_1[0]), 2, lease)
+                config |= fast_controller(prom.url, sim.non_gpu_watts(RACK_1[0]), 2, lease=lease)
                 config["intensity"] = {
                     "kind": "ukci",
                     "url": grid_url,
@@ -321,7 +324,9 @@ def test_a_dirtier_grid_lowers_the_cap_the_controller_sheds_and_filter_admits_le
                     return seen_breach and breach == 0.0 and watts < LOWERED_W
 
                 try:
-                    wait_for("rack 1 in breach, then under its lowered cap", shed, 40.0, 0.25)
+                    wait_for(
+                        "rack 1 in breach, then under its lowered cap", shed, 40.0, every_s=0.25
+                    )
                 except TimeoutError as exc:
                     raise AssertionError(f"{exc}{logs()}") from exc
                 evicted = {e["involvedObject"]["name"] for e in evict_events(core)}

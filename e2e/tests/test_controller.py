@@ -160,7 +160,7 @@ def test_a_surge_is_shed_by_reshape_then_eviction_and_replacements_land_elsewher
             sim_nodes(problem),
             grid_profiles(problem),
             sim_pods,
-            SimClock(start_s=time.time(), speed=1.0),
+            clock=SimClock(start_s=time.time(), speed=1.0),
         )
         address = sim.start()
         try:

@@ -100,7 +100,10 @@ def test_only_the_lease_holder_acts_and_the_other_takes_over_when_it_dies() -> N
         create_bare_pods(core, [NODES[i % 2] for i in range(PODS)])
         sim_pods = StaticPods()
         sim = PowerSimulator(
-            sim_nodes(problem), grid_profiles(problem), sim_pods, SimClock(start_s=time.time())
+            sim_nodes(problem),
+            grid_profiles(problem),
+            sim_pods,
+            clock=SimClock(start_s=time.time()),
         )
         address = sim.start()
         try:
@@ -118,7 +121,7 @@ def test_only_the_lease_holder_acts_and_the_other_takes_over_when_it_dies() -> N
                     "renewDeadline": f"{LEASE_S - 1}s",
                     "retryPeriod": f"{RETRY_S}s",
                 }
-                config |= fast_controller(prom.url, sim.non_gpu_watts(NODES[0]), 4, lease)
+                config |= fast_controller(prom.url, sim.non_gpu_watts(NODES[0]), 4, lease=lease)
                 path = c.run_dir / "powercap.json"
                 path.write_bytes(orjson.dumps(config))
                 procs = dict(

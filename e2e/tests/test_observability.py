@@ -202,7 +202,10 @@ def test_stale_data_alert_no_action_and_every_query_returns_series() -> None:
         create_bare_pods(core, ["gpu-a1"] * PODS)
         sim_pods = StaticPods()
         sim = PowerSimulator(
-            sim_nodes(problem), grid_profiles(problem), sim_pods, SimClock(start_s=time.time())
+            sim_nodes(problem),
+            grid_profiles(problem),
+            sim_pods,
+            clock=SimClock(start_s=time.time()),
         )
         address = sim.start()
         try:
@@ -220,7 +223,9 @@ def test_stale_data_alert_no_action_and_every_query_returns_series() -> None:
                         "renewDeadline": "2s",
                         "retryPeriod": "1s",
                     }
-                    config |= fast_controller(data.url, sim.non_gpu_watts("gpu-a1"), 60, lease)
+                    config |= fast_controller(
+                        data.url, sim.non_gpu_watts("gpu-a1"), 60, lease=lease
+                    )
                     config["intensity"] = carbon_section(c.run_dir / "intensity.csv")
                     path = c.run_dir / "powercap.json"
                     path.write_bytes(orjson.dumps(config))

@@ -131,7 +131,7 @@ def test_readings_follow_the_simulator_through_prometheus(tmp_path: Path) -> Non
             nodes,
             grid_profiles(problem),
             pods,
-            clock,
+            clock=clock,
             gpu_idle_watts=GPU_IDLE_W,
             noise=0.05,
             seed=11,
@@ -144,7 +144,10 @@ def test_readings_follow_the_simulator_through_prometheus(tmp_path: Path) -> Non
     fleet = problem.fleet
     for n in range(fleet.size):
         state.upsert_node(
-            names[n], int(fleet.domain[n]), int(fleet.gpus[n]), float(fleet.idle_watts[n])
+            names[n],
+            int(fleet.domain[n]),
+            int(fleet.gpus[n]),
+            idle_watts=float(fleet.idle_watts[n]),
         )
 
     address = sim.start()

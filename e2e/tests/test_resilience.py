@@ -136,7 +136,7 @@ def wait_placed(run: Run, wanted: int, timeout_s: float = SETTLE_TIMEOUT_S) -> O
         run.client,
         run.problem,
         timeout_s,
-        QUIET_S,
+        quiet_s=QUIET_S,
         wanted=wanted,
         decided=decided_by_extender,
         context=run.logs,

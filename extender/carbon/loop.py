@@ -47,7 +47,7 @@ MAX_GAP_PERIODS = 3.0
 
 
 def forecast_fractions(
-    series: IntensitySeries, policy: CapPolicy, grid: Grid, now: float
+    series: IntensitySeries, policy: CapPolicy, grid: Grid, *, now: float
 ) -> FloatArray:
     """(T,) cap fractions of the slots ahead of ``now`` from a forecast; NaN for the
     current slot and for slots the forecast does not reach.
@@ -92,6 +92,7 @@ def budget_cap_fraction(
     budget_kg: float,
     emitted: float,
     g_per_kwh: float,
+    *,
     hours_left: float,
     cap_w: float,
     floor: float,
@@ -110,6 +111,7 @@ def live_caps(
     base: FloatArray,
     slot: int,
     scaled: Sequence[tuple[Sequence[int], float, FloatArray | None]],
+    *,
     throttles: dict[int, float],
 ) -> FloatArray:
     """Caps (domains × T) from the configured ``base``. For each ``(domains, now_fraction,
@@ -234,6 +236,7 @@ class CarbonCaps:
         zones: Sequence[tuple[IntensitySettings, Resilient]],
         state: ClusterState,
         grid: Grid,
+        *,
         base: FloatArray,
         metrics: CarbonMetrics | None = None,
         measured: MeasuredPower | None = None,
@@ -342,9 +345,9 @@ class CarbonCaps:
                     budget.settings.kg,
                     budget.emitted,
                     g_eff,
-                    hours_left,
-                    float(self.base[d, slot]),
-                    self.floors[d],
+                    hours_left=hours_left,
+                    cap_w=float(self.base[d, slot]),
+                    floor=self.floors[d],
                 )
             throttles[d] = min(throttles.get(d, 1.0), budget.fraction)
 
@@ -352,9 +355,9 @@ class CarbonCaps:
         for z in self.zones:
             ahead: FloatArray | None = None
             if z.forecast is not None and z.forecast.series is not None:
-                ahead = forecast_fractions(z.forecast.series, z.settings.policy, grid, now)
+                ahead = forecast_fractions(z.forecast.series, z.settings.policy, grid, now=now)
             scaled.append((z.domains, z.now_fraction, ahead))
-        caps = live_caps(self.base, slot, scaled, throttles)
+        caps = live_caps(self.base, slot, scaled, throttles=throttles)
         with self.state.lock:
             changed = not np.array_equal(caps, self.state.tree.caps)
             if changed:
@@ -462,9 +465,14 @@ class CarbonLoop(PeriodicLoop):
         caps: CarbonCaps,
         period_s: float,
         clock: Callable[[], float] = time.time,
+        *,
         ready: Callable[[], bool] | None = None,
     ) -> None:
         super().__init__(
-            "powercap-carbon", caps.tick, period_s, ready or (lambda: caps.state.synced), clock
+            "powercap-carbon",
+            caps.tick,
+            period_s,
+            ready=ready or (lambda: caps.state.synced),
+            clock=clock,
         )
         self.caps = caps

@@ -120,6 +120,7 @@ class _Http:
         path: str,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
+        *,
         auth: httpx.BasicAuth | None = None,
     ) -> Any:
         url = self.base_url + path
@@ -298,6 +299,7 @@ class ElectricityMaps:
         zone: str,
         token: str,
         base_url: str = "https://api.electricitymap.org",
+        *,
         timeout_s: float = 5.0,
         client: httpx.Client | None = None,
     ) -> None:
@@ -349,6 +351,7 @@ class WattTime:
         region: str,
         username: str,
         password: str,
+        *,
         base_url: str = "https://api.watttime.org",
         timeout_s: float = 5.0,
         client: httpx.Client | None = None,
@@ -423,6 +426,7 @@ class CarbonAwareSdk:
         location: str,
         base_url: str = "http://localhost:8080",
         timeout_s: float = 5.0,
+        *,
         client: httpx.Client | None = None,
     ) -> None:
         self.name = f"carbon-aware-sdk:{location}"
@@ -469,12 +473,14 @@ class CsvIntensity:
         path: Path | str,
         time_column: str | None = None,
         value_column: str | None = None,
+        *,
         tz: str = "UTC",
         unit: str | Unit = Unit.g_per_kwh,
     ) -> None:
         self.path = Path(path)
         self.name = f"csv:{self.path}"
-        self._options = (time_column, value_column, tz, unit)
+        self._columns = (time_column, value_column)
+        self._tz, self._unit = tz, unit
         self._cached: tuple[float, IntensitySeries] | None = None
 
     def series(self) -> IntensitySeries:
@@ -484,7 +490,7 @@ class CsvIntensity:
             raise SourceUnavailable(f"{self.name}: cannot read the file: {exc.strerror}") from None
         if self._cached is None or self._cached[0] != mtime:
             try:
-                series = read_intensity_csv(self.path, *self._options)
+                series = read_intensity_csv(self.path, *self._columns, tz=self._tz, unit=self._unit)
             except ValueError as exc:
                 raise SourceDataError(f"{self.name}: {exc}") from None
             self._cached = (mtime, series)
@@ -647,6 +653,7 @@ def build_source(
     settings: IntensitySettings,
     env: Mapping[str, str] | None = None,
     where: str = "intensity",
+    *,
     client: httpx.Client | None = None,
 ) -> Resilient:
     """The source an ``intensity:`` section describes, wrapped in :class:`Resilient`.
@@ -668,22 +675,24 @@ def build_source(
     timeout = settings.timeout_s
     if settings.kind == "electricitymaps":
         token = secret(settings.token_env, "tokenEnv")
-        source = ElectricityMaps(settings.zone or "", token, url, timeout, client)
+        source = ElectricityMaps(settings.zone or "", token, url, timeout_s=timeout, client=client)
     elif settings.kind == "watttime":
         user = secret(settings.username_env, "usernameEnv")
         password = secret(settings.password_env, "passwordEnv")
-        source = WattTime(settings.region or "", user, password, url, timeout, client)
+        source = WattTime(
+            settings.region or "", user, password, base_url=url, timeout_s=timeout, client=client
+        )
     elif settings.kind == "ukci":
         source = UkCarbonIntensity(url, timeout, client)
     elif settings.kind == "carbon-aware-sdk":
-        source = CarbonAwareSdk(settings.location or "", url, timeout, client)
+        source = CarbonAwareSdk(settings.location or "", url, timeout, client=client)
     else:
         source = CsvIntensity(
             settings.path or "",
             settings.time_column,
             settings.value_column,
-            settings.timezone,
-            settings.unit,
+            tz=settings.timezone,
+            unit=settings.unit,
         )
     if problems:
         raise ProblemsError(problems, "config")

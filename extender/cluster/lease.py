@@ -126,6 +126,7 @@ class LeaderElector:
         api: LeaseApi,
         settings: LeaseSettings,
         identity: str | None = None,
+        *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         on_change: Callable[[bool], None] | None = None,

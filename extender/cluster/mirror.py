@@ -120,14 +120,14 @@ def pod_record(obj: RawObject, resolver: DemandResolver) -> PodRecord | None:
     )
 
 
-def apply_node_event(state: ClusterState, config: Config, kind: str, obj: RawObject) -> None:
+def apply_node_event(state: ClusterState, config: Config, kind: str, *, obj: RawObject) -> None:
     """Apply one watch event (``ADDED``/``MODIFIED``/``DELETED``) of a Node."""
     view = node_view(obj, config)
     if kind == "DELETED" or view.leaf is None:
         if state.remove_node(view.name) and view.problem:
             log.warning("node %s left the power tree: %s", view.name, view.problem)
         return
-    state.upsert_node(view.name, view.leaf, view.gpus, view.idle_watts)
+    state.upsert_node(view.name, view.leaf, view.gpus, idle_watts=view.idle_watts)
 
 
 def _uid(obj: RawObject) -> str:
@@ -142,6 +142,7 @@ def apply_pod_event(
     state: ClusterState,
     resolver: DemandResolver,
     kind: str,
+    *,
     obj: RawObject,
     on_pending: Callable[[RawObject], None] | None = None,
 ) -> None:
@@ -175,7 +176,7 @@ def replace_nodes(state: ClusterState, config: Config, objs: Iterable[RawObject]
                 state.remove_node(name)
         for v in views:
             if v.leaf is not None:
-                state.upsert_node(v.name, v.leaf, v.gpus, v.idle_watts)
+                state.upsert_node(v.name, v.leaf, v.gpus, idle_watts=v.idle_watts)
     skipped = [f"{v.name} ({v.problem})" for v in views if v.leaf is None]
     if skipped:
         log.info("%d nodes are outside the power tree, e.g. %s", len(skipped), skipped[:3])
@@ -185,6 +186,7 @@ def replace_pods(
     state: ClusterState,
     resolver: DemandResolver,
     objs: Iterable[RawObject],
+    *,
     on_pending: Callable[[RawObject], None] | None = None,
 ) -> None:
     """Make the state's pods exactly the listed bound ones (after a list or relist)."""
@@ -251,6 +253,7 @@ class Reflector:
         name: str,
         source: Source,
         on_replace: Callable[[list[dict[str, Any]]], None],
+        *,
         on_event: Callable[[str, dict[str, Any]], None],
         on_contact: Callable[[], None] | None = None,
         backoff: Backoff | None = None,
@@ -415,6 +418,7 @@ class Mirror:
         state: ClusterState,
         config: Config,
         nodes: Source,
+        *,
         pods: Source,
         on_pending: Callable[[RawObject], None] | None = None,
         seen: dict[str, float] | None = None,
@@ -447,15 +451,19 @@ class Mirror:
             "nodes",
             nodes,
             on_replace=lambda items: replace_nodes(state, config, items),
-            on_event=lambda kind, obj: apply_node_event(state, config, kind, obj),
+            on_event=lambda kind, obj: apply_node_event(state, config, kind, obj=obj),
             on_contact=contact("nodes"),
             on_relist=relisted("nodes"),
         )
         self.pods = Reflector(
             "pods",
             pods,
-            on_replace=lambda items: replace_pods(state, self.resolver, items, on_pending),
-            on_event=lambda kind, obj: apply_pod_event(state, self.resolver, kind, obj, on_pending),
+            on_replace=lambda items: replace_pods(
+                state, self.resolver, items, on_pending=on_pending
+            ),
+            on_event=lambda kind, obj: apply_pod_event(
+                state, self.resolver, kind, obj=obj, on_pending=on_pending
+            ),
             on_contact=contact("pods"),
             on_relist=relisted("pods"),
         )

@@ -168,7 +168,7 @@ class ClusterState:
             self.node_gpus[slot] = 0
             self.node_used[slot] = 0
 
-    def upsert_node(self, name: str, leaf: int, gpus: int, idle_watts: float = 0.0) -> bool:
+    def upsert_node(self, name: str, leaf: int, gpus: int, *, idle_watts: float = 0.0) -> bool:
         """Add a node under leaf domain ``leaf`` or update it; returns whether anything
         changed. Raises ``ValueError`` for a domain that is not a leaf."""
         if not (0 <= leaf < self.tree.size) or not self.is_leaf[leaf]:
@@ -320,7 +320,7 @@ class ClusterState:
             self.journal.clear()
             self.ledger.load[:] = self.feedback
             for n in nodes:
-                self.upsert_node(n.name, n.leaf, n.gpus, n.idle_watts)
+                self.upsert_node(n.name, n.leaf, n.gpus, idle_watts=n.idle_watts)
             for p in pods:
                 self.add_pod(p)
             self._changed(topology=topology_changed)

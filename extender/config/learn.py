@@ -91,7 +91,7 @@ class LearnRefreshSettings:
 
 
 def resolve_learn(
-    spec: LearnSpec, power_url: str | None, grid_step_s: int, where: str = "learn"
+    spec: LearnSpec, power_url: str | None, grid_step_s: int, *, where: str = "learn"
 ) -> tuple[LearnRefreshSettings | None, list[str]]:
     """Settings from a spec (``None`` when ``refresh`` is not set), or ``None`` and the
     ``where.field: message`` problems. ``power_url`` is ``power.url`` when the config

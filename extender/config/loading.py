@@ -221,7 +221,7 @@ def config_from_spec(
     # and a config without power: must not be asked where Prometheus is.
     if "learn" in spec.model_fields_set:
         learn, learn_problems = resolve_learn(
-            spec.learn, power.url if power is not None else None, grid.step_s, "learn"
+            spec.learn, power.url if power is not None else None, grid.step_s, where="learn"
         )
         problems += learn_problems
     if problems:
@@ -276,6 +276,7 @@ def config_from_problem(
     problem: Problem,
     policy: PolicySpec | None = None,
     planner: PlannerSettings | None = None,
+    *,
     scoring: ScoringSpec | None = None,
     source: str = "scenario",
 ) -> Config:

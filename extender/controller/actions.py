@@ -67,7 +67,9 @@ class KubernetesClusterApi:
     """:class:`ClusterApi` over the Kubernetes client: ``core`` (CoreV1Api), ``custom``
     (CustomObjectsApi) and ``policy`` (PolicyV1Api). Reads are raw JSON, as the mirror's."""
 
-    def __init__(self, core: Any, custom: Any, policy: Any, namespaces: Sequence[str] = ()) -> None:
+    def __init__(
+        self, core: Any, custom: Any, policy: Any, *, namespaces: Sequence[str] = ()
+    ) -> None:
         self.core = core
         self.custom = custom
         self.policy = policy

@@ -147,7 +147,7 @@ def _int_or(value: Any, default: int) -> int:
 
 
 def pod_watts(
-    pods: Sequence[PodRecord], node_w: float, idle_w: float, slot: int
+    pods: Sequence[PodRecord], node_w: float, idle_w: float, *, slot: int
 ) -> NDArray[np.float64]:
     """Watts each pod of one node draws now: profiles at ``slot``, scaled so they add up
     to the node's measured watts above idle; the profiles alone when ``node_w`` is NaN."""
@@ -216,6 +216,7 @@ class Controller:
         config: Config,
         state: ClusterState,
         source: PowerSource,
+        *,
         api: ClusterApi | None,
         events: EventSink,
         metrics: ControllerMetrics | None = None,
@@ -255,7 +256,9 @@ class Controller:
         node_w = readings.watts(names)
         leaves = np.fromiter((n.leaf for n in nodes), dtype=np.int64, count=len(nodes))
         measured = rollup_watts(tree.membership, leaf_watts(node_w, leaves, tree.size))
-        self.breach, events = step(self.breach, measured, caps, now, self.settings.breach)
+        self.breach, events = step(
+            self.breach, measured, caps, now=now, settings=self.settings.breach
+        )
         leader = bool(self.leader())
         report = TickReport(now, slot, leader, measured, caps, events)
         report.stale = [tree.names[d] for d in np.flatnonzero(events.stale)]
@@ -279,14 +282,20 @@ class Controller:
             log.info("domain %s cleared: %.0f W, cap %.0f W", tree.names[d], measured[d], caps[d])
 
         fb = feedback_watts(
-            tree.parents, self.breach.in_breach, measured, caps, state.predicted_watts(slot)
+            tree.parents,
+            self.breach.in_breach,
+            measured,
+            caps=caps,
+            predicted=state.predicted_watts(slot),
         )
         # Missing data never clears a breach, nor may it drop the breach's feedback (the
         # pure core gives a domain without data nothing): keep what it had.
         held = self.breach.in_breach & events.stale
         fb = np.where(held, self._feedback, fb)
         self._feedback = fb
-        self.held = self.held.record(fb, self.breach.in_breach, slot, now, self.settings.hold_s)
+        self.held = self.held.record(
+            fb, self.breach.in_breach, slot, now=now, hold_s=self.settings.hold_s
+        )
         active = self.held.active(now)
         state.set_feedback(active)
         report.feedback = active[:, slot]
@@ -327,17 +336,24 @@ class Controller:
             if in_breach[d] and (below & in_breach & ~events.stale).any():
                 report.decisions[name] = Wait("a domain below is in breach and acts first")
                 continue
-            status = DomainStatus.of(self.breach, events, report.measured, report.caps, d)
+            status = DomainStatus.of(
+                self.breach, events, report.measured, caps=report.caps, domain=d
+            )
             services = self._services(d, scaled, watts, slot)
             budget = eviction_budget(
                 self.evictions.get(d, []),
                 self.cluster_evictions,
                 now,
-                self.settings.per_domain,
-                self.settings.cluster,
+                per_domain=self.settings.per_domain,
+                cluster=self.settings.cluster,
             )
             action = next_action(
-                status, services, self.history.get(d, []), now, self.settings.ladder, budget
+                status,
+                services,
+                self.history.get(d, []),
+                now=now,
+                settings=self.settings.ladder,
+                evictions_allowed=budget,
             )
             report.decisions[name] = action
             try:
@@ -640,7 +656,9 @@ class Controller:
         out: dict[str, float] = {}
         for node, w in zip(nodes, node_w, strict=True):
             pods = self.state.pods_on(node.name)
-            for pod, pw in zip(pods, pod_watts(pods, float(w), node.idle_watts, slot), strict=True):
+            for pod, pw in zip(
+                pods, pod_watts(pods, float(w), node.idle_watts, slot=slot), strict=True
+            ):
                 out[pod.uid] = float(pw)
         return out
 
@@ -771,13 +789,14 @@ class ControllerLoop(PeriodicLoop):
         controller: Controller,
         period_s: float,
         clock: Callable[[], float] = time.time,
+        *,
         ready: Callable[[], bool] | None = None,
     ) -> None:
         super().__init__(
             "powercap-controller",
             controller.tick,
             period_s,
-            ready or (lambda: controller.state.synced),
-            clock,
+            ready=ready or (lambda: controller.state.synced),
+            clock=clock,
         )
         self.controller = controller

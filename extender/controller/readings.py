@@ -138,6 +138,7 @@ def readings_from_vectors(
     values: Mapping[str, float],
     stamps: Mapping[str, float] | None,
     nodes: Iterable[str],
+    *,
     settings: PowerSettings,
     at: float,
     problems: Sequence[str] = (),
@@ -295,7 +296,9 @@ class PrometheusPowerSource:
         # requests' errors are OSErrors; the client raises its own for non-200 answers.
         except (OSError, PrometheusApiClientException, ValueError) as exc:
             return failed_readings(expected, when, f"querying Prometheus at {s.url} failed: {exc}")
-        return readings_from_vectors(values, stamps, expected, s, when, problems)
+        return readings_from_vectors(
+            values, stamps, expected, settings=s, at=when, problems=problems
+        )
 
     def close(self) -> None:
         close = getattr(self.client, "close", None)

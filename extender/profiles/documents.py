@@ -42,7 +42,7 @@ def _span(seconds: int) -> str:
     return f"{seconds // 86400}d" if seconds % 86400 == 0 else format_duration(seconds)
 
 
-def describe(learned: LearnedProfile, grid: Grid, since_s: int, pods: int) -> str:
+def describe(learned: LearnedProfile, grid: Grid, since_s: int, *, pods: int) -> str:
     """The ``description`` of a learned profile: what it is and what it came from."""
     q = f"p{learned.quantile * 100:g}"
     text = (
@@ -91,7 +91,7 @@ def profile_text(document: Mapping[str, Any], header: str = "") -> str:
 
 
 def configmap_document(
-    files: Mapping[str, str], name: str, namespace: str, annotations: Mapping[str, str]
+    files: Mapping[str, str], name: str, namespace: str, *, annotations: Mapping[str, str]
 ) -> dict[str, Any]:
     """A v1 ConfigMap with one key per profile file."""
     return {
@@ -118,7 +118,7 @@ def output_files(result: LearnResult, settings: LearnSettings, learned_at: float
     """``{file name: PowerProfile text}``, one per service."""
     files: dict[str, str] = {}
     for name, lp in result.learned.items():
-        description = describe(lp, settings.grid, settings.since_s, result.pods.get(name, 0))
+        description = describe(lp, settings.grid, settings.since_s, pods=result.pods.get(name, 0))
         header = (
             f"Learned from {settings.url}, {iso_time(settings.start)} to {iso_time(settings.end)} "
             f"at {iso_time(learned_at)}.\nWatts per replica above node idle, per slot."

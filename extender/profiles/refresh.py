@@ -37,7 +37,7 @@ def settings_for(refresh: LearnRefreshSettings, grid: Grid, now: float) -> Learn
     """The learner's settings for a refresh at ``now``: the ``since`` before it."""
     label = promql_label(refresh.service_label)
     query = refresh.query or default_query(
-        label, refresh.gpu_idle_w, refresh.metric, refresh.labels_metric
+        label, refresh.gpu_idle_w, refresh.metric, labels_metric=refresh.labels_metric
     )
     return LearnSettings(
         url=refresh.url,
@@ -91,6 +91,7 @@ class ProfileRefresher:
         settings: LearnRefreshSettings,
         current: Callable[[], Config],
         on_config: Callable[[Config], None],
+        *,
         client: RangeClient | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:

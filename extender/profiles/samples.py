@@ -70,6 +70,7 @@ def default_query(
     service_label: str,
     gpu_idle_w: float = 0.0,
     metric: str = DCGM_METRIC,
+    *,
     labels_metric: str = DEFAULT_LABELS_METRIC,
 ) -> str:
     """The PromQL of watts per pod above GPU idle, labelled with the pod's service."""
@@ -84,7 +85,7 @@ def default_query(
     )
 
 
-def windows(start: float, end: float, resolution_s: int, chunk_s: int) -> list[tuple[int, int]]:
+def windows(start: float, end: float, resolution_s: int, *, chunk_s: int) -> list[tuple[int, int]]:
     """Inclusive ``(first, last)`` evaluation instants of consecutive range queries
     covering ``[start, end]`` on multiples of ``resolution_s``, each at most
     ``chunk_s`` long; no instant is evaluated twice."""
@@ -109,7 +110,7 @@ class Samples:
     pods: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
-    def add(self, service: str, pod: tuple[str, str], t: NDArray[Any], w: NDArray[Any]) -> None:
+    def add(self, service: str, pod: tuple[str, str], t: NDArray[Any], *, w: NDArray[Any]) -> None:
         self.times.setdefault(service, []).append(t)
         self.watts.setdefault(service, []).append(w)
         self.pods.setdefault(service, set()).add(pod)
@@ -151,7 +152,7 @@ def add_matrix(samples: Samples, result: Any, service_label: str) -> None:
         t = np.fromiter((float(v[0]) for v in values), dtype=np.float64, count=len(values))
         w = np.array([v[1] for v in values], dtype=np.float64)
         pod = (str(labels.get("namespace", "")), str(labels.get("pod", "")))
-        samples.add(str(service), pod, t, w)
+        samples.add(str(service), pod, t, w=w)
 
 
 # --- the edge: Prometheus ------------------------------------------------------------------
@@ -194,7 +195,7 @@ def fetch_samples(client: RangeClient, settings: LearnSettings) -> Samples:
     """Run the range query over every chunk of the window; raises :class:`LearnError`
     naming the failing chunk when Prometheus refuses or cannot be reached."""
     samples = Samples()
-    chunks = windows(settings.start, settings.end, settings.resolution_s, settings.chunk_s)
+    chunks = windows(settings.start, settings.end, settings.resolution_s, chunk_s=settings.chunk_s)
     for first, last in chunks:
         try:
             result = client.custom_query_range(
@@ -245,7 +246,11 @@ def learn(client: RangeClient, settings: LearnSettings) -> LearnResult:
     """Fetch the history and learn every service's profile."""
     samples = fetch_samples(client, settings)
     learned = learn_profiles(
-        samples.arrays(), settings.grid, settings.quantile, settings.min_samples, settings.fill
+        samples.arrays(),
+        settings.grid,
+        settings.quantile,
+        min_samples=settings.min_samples,
+        fill=settings.fill,
     )
     thin = [line for lp in learned.values() for line in thin_problems(lp, settings.grid)]
     pods = {s: len(samples.pods.get(s, ())) for s in learned}

@@ -100,10 +100,14 @@ class Handlers:
             passed = (
                 names if len(outcome.passed) == len(names) else [names[i] for i in outcome.passed]
             )
-            content = encode_filter_result(passed, None, outcome.failed, outcome.unresolvable)
+            content = encode_filter_result(
+                passed, None, outcome.failed, unresolvable=outcome.unresolvable
+            )
         else:
             items = candidate_items(args, outcome.passed)
-            content = encode_filter_result(None, items, outcome.failed, outcome.unresolvable)
+            content = encode_filter_result(
+                None, items, outcome.failed, unresolvable=outcome.unresolvable
+            )
         return Response(content, media_type=JSON)
 
     def prioritize(self, body: bytes) -> Response:
@@ -142,6 +146,7 @@ def create_app(
     decider: Decider,
     telemetry: Telemetry,
     is_ready: Callable[[], bool],
+    *,
     on_start: Callable[[], None] | None = None,
     on_stop: Callable[[], None] | None = None,
     bind_in_thread: bool = True,

@@ -121,6 +121,7 @@ class Decider:
         state: ClusterState,
         config: Config,
         binder: Binder,
+        *,
         events: EventSink | None = None,
         plan: PlanSource | None = None,
         telemetry: Telemetry | None = None,

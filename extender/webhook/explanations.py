@@ -48,7 +48,7 @@ class Explainer:
             t = int(self.slot[k])
             args = (state.tree.names[k], state.slot_labels[t], float(self.worst[k]))
             cap = float(state.caps[k, t])
-            message = held_text(*args, cap) if held else breach_text(*args, cap)
+            message = held_text(*args, cap_watts=cap) if held else breach_text(*args, cap_watts=cap)
             configured = float(state.configured_caps[k, t])
             if cap < configured - 0.5:  # say why the cap is not the one in the config
                 message += f"; lowered from {configured:.0f} W by the live carbon caps"
@@ -63,7 +63,7 @@ class Explainer:
         self.culprit = worst_on_path(self.worst, state.tree.parents, state.levels)
 
 
-def held_text(domain: str, time_of_day: str, over_watts: float, cap_watts: float) -> str:
+def held_text(domain: str, time_of_day: str, over_watts: float, *, cap_watts: float) -> str:
     """Message for a node whose power the plan holds for other services' replicas."""
     return (
         f"powercap: the plan holds the rest of domain {domain}'s cap at {time_of_day} for "
@@ -72,7 +72,7 @@ def held_text(domain: str, time_of_day: str, over_watts: float, cap_watts: float
     )
 
 
-def breach_text(domain: str, time_of_day: str, over_watts: float, cap_watts: float) -> str:
+def breach_text(domain: str, time_of_day: str, over_watts: float, *, cap_watts: float) -> str:
     """``"powercap: " + Breach.message()`` without building the Breach (a frozen
     dataclass costs ~2 µs; a filter may explain hundreds of nodes). Tests hold the
     two texts equal."""

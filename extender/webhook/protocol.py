@@ -140,8 +140,8 @@ class ExtenderFilterResult(GoStruct):
             self.node_names,
             None if self.nodes is None else (self.nodes.items or []),
             self.failed_nodes,
-            self.failed_and_unresolvable_nodes,
-            self.error,
+            unresolvable=self.failed_and_unresolvable_nodes,
+            error=self.error,
         )
 
 
@@ -282,6 +282,7 @@ def encode_filter_result(
     node_names: Sequence[str] | None,
     nodes: Sequence[Mapping[str, Any]] | None,
     failed: Mapping[str, str],
+    *,
     unresolvable: Mapping[str, str],
     error: str = "",
 ) -> bytes:

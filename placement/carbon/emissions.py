@@ -39,6 +39,7 @@ def emissions_kg(
     load_w: NDArray[np.float64],
     intensity: NDArray[np.float64],
     step_h: float,
+    *,
     grid_slots: NDArray[np.int64] | None = None,
 ) -> NDArray[np.float64]:
     """kg CO2e per domain and slot: ``intensity[k] · load[:, grid_slots[k]] · Δt``.
@@ -102,9 +103,9 @@ def placement_emissions(problem: Problem, assignment: Assignment, window: SlotWi
     load = assignment.load(problem)
     slots = window.grid_slots
     step_h = problem.grid.step_hours
-    kg = emissions_kg(load, window.intensity, step_h, slots)
+    kg = emissions_kg(load, window.intensity, step_h, grid_slots=slots)
     idle = np.repeat(problem.idle_by_domain[:, None], problem.grid.slots, axis=1)
-    idle_kg = emissions_kg(idle, window.intensity, step_h, slots).sum(axis=1)
+    idle_kg = emissions_kg(idle, window.intensity, step_h, grid_slots=slots).sum(axis=1)
     energy = load[:, slots].sum(axis=1) * step_h / 1000.0
     # The tree is stored parents first, so row 0 is a root: the site.
     return Emissions(problem.tree.names, window, kg, idle_kg, energy, int(assignment.hosted.sum()))

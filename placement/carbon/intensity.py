@@ -202,7 +202,7 @@ def period_start(grid: Grid, day: date) -> int:
     return at - (at + grid.offset_s) % grid.period_s
 
 
-def on_window(series: IntensitySeries, grid: Grid, start_s: int, slots: int) -> SlotWindow:
+def on_window(series: IntensitySeries, grid: Grid, start_s: int, *, slots: int) -> SlotWindow:
     """Mean intensity in each of ``slots`` consecutive slots from ``start_s``, which is
     moved back to a slot boundary if it falls inside one."""
     if slots <= 0:
@@ -214,7 +214,7 @@ def on_window(series: IntensitySeries, grid: Grid, start_s: int, slots: int) -> 
 
 def day_window(series: IntensitySeries, grid: Grid, day: date) -> SlotWindow:
     """``day`` from its midnight on the grid's clock, one slot per step."""
-    return on_window(series, grid, local_midnight(grid, day), 86400 // grid.step_s)
+    return on_window(series, grid, local_midnight(grid, day), slots=86400 // grid.step_s)
 
 
 def month_window(series: IntensitySeries, grid: Grid, day: date) -> SlotWindow:
@@ -222,16 +222,18 @@ def month_window(series: IntensitySeries, grid: Grid, day: date) -> SlotWindow:
     first = day.replace(day=1)
     following = (first + timedelta(days=32)).replace(day=1)
     days = (following - first).days
-    return on_window(series, grid, local_midnight(grid, first), days * 86400 // grid.step_s)
+    return on_window(series, grid, local_midnight(grid, first), slots=days * 86400 // grid.step_s)
 
 
-def on_grid(series: IntensitySeries, grid: Grid, day: date, days: int = 1) -> NDArray[np.float64]:
+def on_grid(
+    series: IntensitySeries, grid: Grid, day: date, *, days: int = 1
+) -> NDArray[np.float64]:
     """A (T,) periodic profile: the mean intensity in each grid slot over ``days``
     consecutive periods from the one holding ``day``. With ``days=1`` it is that day's
     intensity on the grid — the forecast a cap schedule is made from."""
     if days <= 0:
         raise ValueError("days must be positive")
-    window = on_window(series, grid, period_start(grid, day), grid.slots * days)
+    window = on_window(series, grid, period_start(grid, day), slots=grid.slots * days)
     return window.intensity.reshape(days, grid.slots).mean(axis=0)
 
 

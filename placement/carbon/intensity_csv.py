@@ -29,6 +29,7 @@ def read_intensity_csv(
     path: Path | str,
     time_column: str | None = None,
     value_column: str | None = None,
+    *,
     tz: str = "UTC",
     unit: str | Unit = Unit.g_per_kwh,
 ) -> IntensitySeries:
@@ -38,13 +39,14 @@ def read_intensity_csv(
         text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise IntensityCsvError([f"cannot read the file: {exc.strerror or exc}"], source) from None
-    return parse_intensity_csv(text, time_column, value_column, tz, unit, source)
+    return parse_intensity_csv(text, time_column, value_column, tz=tz, unit=unit, source=source)
 
 
 def parse_intensity_csv(
     text: str,
     time_column: str | None = None,
     value_column: str | None = None,
+    *,
     tz: str = "UTC",
     unit: str | Unit = Unit.g_per_kwh,
     source: str = "<csv>",

@@ -116,7 +116,7 @@ class AllowancePosition:
 
 
 def allowance_position(
-    emissions: Emissions, allocation_t: float, price: EuaPrice, domain: str | None = None
+    emissions: Emissions, allocation_t: float, price: EuaPrice, *, domain: str | None = None
 ) -> AllowancePosition:
     """The allowance position of ``domain`` (default: the site) over the window."""
     if not math.isfinite(allocation_t) or allocation_t < 0:

@@ -114,6 +114,7 @@ def carbon_aware(
     problem: Problem,
     intensity: NDArray[np.float64],
     policy: CapPolicy = DEFAULT_POLICY,
+    *,
     domains: Sequence[str] | None = None,
 ) -> Problem:
     """The problem with carbon-aware caps on ``domains`` (default: the root, the site).
@@ -130,6 +131,7 @@ def carbon_aware_rows(
     problem: Problem,
     intensity: NDArray[np.float64],
     policy: CapPolicy = DEFAULT_POLICY,
+    *,
     domains: Sequence[str] | None = None,
 ) -> Problem:
     """Like :func:`carbon_aware`, with a (domains × T) intensity: each named domain's

@@ -101,6 +101,7 @@ def step(
     state: BreachState,
     measured: FloatArray,
     caps: FloatArray,
+    *,
     now: float,
     settings: BreachSettings,
 ) -> tuple[BreachState, TickEvents]:
@@ -201,6 +202,7 @@ def feedback_watts(
     parents: NDArray[np.int64],
     in_breach: BoolArray,
     measured: FloatArray,
+    *,
     caps: FloatArray,
     predicted: FloatArray,
 ) -> FloatArray:
@@ -254,7 +256,7 @@ class HeldFeedback:
         )
 
     def record(
-        self, adds: FloatArray, seen: BoolArray, slot: int, now: float, hold_s: float
+        self, adds: FloatArray, seen: BoolArray, slot: int, *, now: float, hold_s: float
     ) -> HeldFeedback:
         """A copy where each domain in ``seen`` (in breach, with data) holds ``adds`` in
         ``slot`` until ``now + hold_s``; other entries unchanged."""

@@ -117,6 +117,7 @@ class DomainStatus:
         state: BreachState,
         events: TickEvents,
         measured: NDArray[np.float64],
+        *,
         caps: NDArray[np.float64],
         domain: int,
     ) -> DomainStatus:
@@ -191,6 +192,7 @@ def next_action(
     status: DomainStatus,
     services: Sequence[ScaledService],
     history: Sequence[Step],
+    *,
     now: float,
     settings: LadderSettings,
     evictions_allowed: int,
@@ -302,6 +304,7 @@ def eviction_budget(
     domain_times: Sequence[float],
     cluster_times: Sequence[float],
     now: float,
+    *,
     per_domain: RateLimit,
     cluster: RateLimit,
 ) -> int:

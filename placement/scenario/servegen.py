@@ -299,6 +299,7 @@ def size_clients(
     dirs: PathLike | Sequence[PathLike],
     services: int = 40,
     train_days: int = 7,
+    *,
     curve: PowerCurve = H100_LLAMA70B_TP4,
     quantile: float = 0.95,
     seed: int = 0,
@@ -388,6 +389,7 @@ def build_servegen(
     dirs: PathLike | Sequence[PathLike],
     services: int = 40,
     train_days: int = 7,
+    *,
     curve: PowerCurve = H100_LLAMA70B_TP4,
     topology: Topology = Topology(),
     quantile: float = 0.95,
@@ -464,6 +466,7 @@ def replay_watts(
     dirs: PathLike | Sequence[PathLike],
     names: Sequence[str],
     days: int,
+    *,
     curve: PowerCurve,
     sizing: Sizing,
 ) -> dict[str, list[float]]:

@@ -47,6 +47,7 @@ def place_sequentially(
     problem: Problem,
     accounted: NDArray[np.float64],
     domain_cost: DomainCost,
+    *,
     pack: bool,
 ) -> Assignment:
     """Offer every replica of :func:`replica_queue` in turn.

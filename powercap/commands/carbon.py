@@ -185,7 +185,7 @@ def report(
         floor=floor,
     )
     problem = load_scenario(scenario)
-    series = read_intensity(intensity_csv, time_column, value_column, tz, unit)
+    series = read_intensity(intensity_csv, time_column, value_column, tz=tz, unit=unit)
     eua = _read_price(price, price_series)
     chosen = planning_day([series], problem, day)
     slot_window, forecast, aware_problem = _carbon_window(
@@ -206,7 +206,14 @@ def report(
     index = None
     if report_dir is not None:
         index = write_carbon_report(
-            report_dir, problem, forecast, slot_window, oblivious, aware, payload, domains
+            report_dir,
+            problem,
+            forecast,
+            window=slot_window,
+            oblivious=oblivious,
+            aware=aware,
+            payload=payload,
+            domains=domains,
         )
     if output is OutputFormat.json:
         emit_json(payload)
@@ -261,8 +268,8 @@ def _carbon_window(
             slot_window = month_window(series, problem.grid, chosen)
             first = chosen.replace(day=1)
             days = slot_window.slots * problem.grid.step_s // 86400
-            forecast = on_grid(series, problem.grid, first, days)
-        return slot_window, forecast, carbon_aware(problem, forecast, policy, domains)
+            forecast = on_grid(series, problem.grid, first, days=days)
+        return slot_window, forecast, carbon_aware(problem, forecast, policy, domains=domains)
     except ValueError as exc:
         raise fail(f"--intensity/--day/--window/--domain: {exc}") from None
 
@@ -278,8 +285,10 @@ def _plan_both(
     """Plan the scenario's caps and the carbon-aware ones with ``strategy``, each with its
     emissions over ``window``."""
     with progress_display() as progress:
-        plan_o, metrics_o = solve(progress, oblivious, strategy, options, "oblivious: ")
-        plan_a, metrics_a = solve(progress, aware, strategy, options, "aware:     ")
+        plan_o, metrics_o = solve(
+            progress, oblivious, strategy, options=options, label="oblivious: "
+        )
+        plan_a, metrics_a = solve(progress, aware, strategy, options=options, label="aware:     ")
     return (
         Side(
             oblivious,

@@ -55,9 +55,11 @@ def plan(
     )
     options = {"time_limit_s": time_limit, "workers": workers}
     with progress_display() as progress:
-        plans, metrics = solve_all(progress, problem, [strategy], options)
+        plans, metrics = solve_all(progress, problem, [strategy], options=options)
         index = (
-            write_plan_report(progress, report, problem, plans, metrics, strategy)
+            write_plan_report(
+                progress, report, problem, plans=plans, metrics=metrics, focus=strategy
+            )
             if report
             else None
         )
@@ -76,7 +78,7 @@ def plan(
         emit_json(payload)
     else:
         console = stdout()
-        console.print(summary_table(problem, chosen, metrics, emissions.get(strategy)))
+        console.print(summary_table(problem, chosen, metrics, emissions=emissions.get(strategy)))
         console.print(domain_table(problem, metrics[strategy], all_domains))
     if index is not None:
         stderr().print(f"report: {index}")
@@ -103,9 +105,11 @@ def compare(
     )
     options = {"time_limit_s": time_limit, "workers": workers}
     with progress_display() as progress:
-        plans, metrics = solve_all(progress, problem, STRATEGY_NAMES, options)
+        plans, metrics = solve_all(progress, problem, STRATEGY_NAMES, options=options)
         index = (
-            write_plan_report(progress, report, problem, plans, metrics, None) if report else None
+            write_plan_report(progress, report, problem, plans=plans, metrics=metrics, focus=None)
+            if report
+            else None
         )
     emissions = emissions_of(problem, plans)
     if output is OutputFormat.json:
@@ -122,7 +126,7 @@ def compare(
             payload["carbon"] = setup.as_dict()
         emit_json(payload)
     else:
-        stdout().print(compare_table(problem, plans, metrics, emissions))
+        stdout().print(compare_table(problem, plans, metrics, emissions=emissions))
     if index is not None:
         stderr().print(f"report: {index}")
 

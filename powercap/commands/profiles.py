@@ -242,7 +242,7 @@ def learn_command(
         url=prometheus.rstrip("/"),
         query=query
         if query is not None
-        else default_query(label, gpu_idle_watts or 0.0, metric, labels_metric),
+        else default_query(label, gpu_idle_watts or 0.0, metric, labels_metric=labels_metric),
         service_label=label,
         grid=grid,
         start=end - spans.since_s,
@@ -379,7 +379,7 @@ def _write(
             "powercap.io/learned-from": settings.url,
             "powercap.io/learned-window": f"{iso_time(settings.start)}/{iso_time(settings.end)}",
         }
-        text = dump_yaml(configmap_document(files, name, namespace, annotations))
+        text = dump_yaml(configmap_document(files, name, namespace, annotations=annotations))
         if output is None:
             typer.echo(text, nl=False)
         else:

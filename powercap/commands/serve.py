@@ -118,7 +118,7 @@ def serve(
             raise fail(f"--missing-profile must be reject or nameplate, not {missing_profile!r}")
         try:
             ext = runtime.from_scenario_file(
-                scenario, missing_profile or "nameplate", planner, reserve_plan
+                scenario, missing_profile or "nameplate", planner, reserve_plan=reserve_plan
             )
         except ScenarioError as exc:
             raise fail("invalid scenario:\n  " + "\n  ".join(exc.problems)) from exc

@@ -248,8 +248,8 @@ def _whatif_offline(
     if changed is problem:
         stderr().print("[yellow]warning:[/] no change requested; before and after are equal")
     with progress_display() as progress:
-        before = solve_all(progress, problem, [strategy], options, "before: ")
-        after = solve_all(progress, changed, [strategy], options, "after:  ")
+        before = solve_all(progress, problem, [strategy], options=options, label="before: ")
+        after = solve_all(progress, changed, [strategy], options=options, label="after:  ")
     if output is OutputFormat.json:
         emit_json(
             {
@@ -269,7 +269,9 @@ def _whatif_offline(
             }
         )
     else:
-        stdout().print(whatif_table(problem, changed, change, strategy, before, after))
+        stdout().print(
+            whatif_table(problem, changed, change, strategy=strategy, before=before, after=after)
+        )
 
 
 def _replay_settings(
@@ -420,7 +422,7 @@ def _whatif_live(
     backend = _cluster_backend("kwok")
     runs: dict[str, ClusterRun] = {}
     with progress_display() as progress:
-        plans, metrics = solve_all(progress, problem, ["cpsat"], options, "offline: ")
+        plans, metrics = solve_all(progress, problem, ["cpsat"], options=options, label="offline: ")
         for scheduler in schedulers:
             settings = LiveSettings(
                 scheduler=scheduler,
@@ -436,7 +438,9 @@ def _whatif_live(
             metrics[name] = evaluate(problem, run.assignment)
         focus = _live_name(schedulers[0])
         index = (
-            write_plan_report(progress, report, problem, plans, metrics, focus) if report else None
+            write_plan_report(progress, report, problem, plans=plans, metrics=metrics, focus=focus)
+            if report
+            else None
         )
     if output is OutputFormat.json:
         emit_json(_live_json(problem, runs, plans, metrics))
