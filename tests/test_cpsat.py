@@ -14,8 +14,9 @@ from placement.assignment import Assignment
 from placement.metrics import priority_weights
 from placement.problem import Problem
 from placement.strategies import Plan, run_strategy
-from placement.strategies import cpsat as cpsat_module
+from placement.strategies.cpsat import model as cpsat_model
 from placement.strategies.cpsat import plan_cpsat
+from placement.strategies.cpsat import planning as cpsat_planning
 from placement.strategies.greedy import plan_greedy
 from tests.problems import problem_from_dict, problems
 
@@ -188,7 +189,7 @@ def test_lazy_generation_adds_the_binding_slot() -> None:
 
 
 def test_cpsat_rounds_add_slots_without_the_lp_phase(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cpsat_module, "_lp_generate", lambda *args: None)
+    monkeypatch.setattr(cpsat_planning, "relaxed_slots", lambda *args, **kwargs: None)
     problem = lazy_problem()
     plan = plan_cpsat(problem, **QUICK)
     assert plan.stats.extra["stage1"]["rounds"] > 1
@@ -271,10 +272,10 @@ def test_never_worse_than_greedy_even_if_the_solver_finds_nothing(
     problem = lazy_problem()
 
     def no_solution(self: Any, *args: Any) -> Any:
-        return cpsat_module._Solve("UNKNOWN", None, float("nan"), float("nan"), 0)
+        return cpsat_model.Solve("UNKNOWN", None, float("nan"), float("nan"), 0)
 
-    monkeypatch.setattr(cpsat_module._Model, "solve", no_solution)
-    monkeypatch.setattr(cpsat_module, "_lp_generate", lambda *args: None)
+    monkeypatch.setattr(cpsat_model.Model, "solve", no_solution)
+    monkeypatch.setattr(cpsat_planning, "relaxed_slots", lambda *args, **kwargs: None)
     plan = plan_cpsat(problem, **QUICK)
     greedy = plan_greedy(problem)
     assert weighted(problem, plan.assignment) >= weighted(problem, greedy.assignment)
@@ -288,7 +289,7 @@ def test_greedy_is_returned_when_packing_loses_replicas(monkeypatch: pytest.Monk
     def lose_everything(problem: Problem, *args: Any) -> tuple[Assignment, int]:
         return Assignment.empty(problem), 0
 
-    monkeypatch.setattr(cpsat_module, "_pack", lose_everything)
+    monkeypatch.setattr(cpsat_planning, "pack", lose_everything)
     plan = plan_cpsat(problem, **QUICK)
     greedy = plan_greedy(problem)
     np.testing.assert_array_equal(plan.assignment.counts, greedy.assignment.counts)

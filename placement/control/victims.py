@@ -26,7 +26,7 @@ from placement.frozen import read_only
 from placement.metrics import priority_weights
 
 WATT_SCALE = 1000
-"""Model units per watt (milliwatts), as in :mod:`placement.strategies.cpsat`."""
+"""Model units per watt (milliwatts), as in :mod:`placement.strategies.cpsat.prep`."""
 
 _STAGE_SHARE = (0.4, 0.4, 0.2)
 
