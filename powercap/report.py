@@ -122,7 +122,7 @@ def write_report(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
 
-    charts = [_comparison_chart(out, problem, metrics)]
+    charts = [_comparison_chart(out, metrics)]
     charts.append(_peak_heatmap(out, problem, metrics))
     profile_charts = [
         _profile_chart(out, problem, plans[focus], metrics[focus], d, i)
@@ -199,7 +199,7 @@ def _ratio_cmap() -> Colormap:
 # ---------------------------------------------------------------- charts
 
 
-def _comparison_chart(out: Path, problem: Problem, metrics: dict[str, Metrics]) -> _Chart:
+def _comparison_chart(out: Path, metrics: dict[str, Metrics]) -> _Chart:
     names = list(metrics)
     fig = _figure(10.5, 4.0)
     ax_hosted, ax_gain = fig.subplots(1, 2, width_ratios=(1.1, 1))

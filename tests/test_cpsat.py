@@ -286,7 +286,7 @@ def test_never_worse_than_greedy_even_if_the_solver_finds_nothing(
 def test_greedy_is_returned_when_packing_loses_replicas(monkeypatch: pytest.MonkeyPatch) -> None:
     problem = lazy_problem()
 
-    def lose_everything(problem: Problem, *args: Any) -> tuple[Assignment, int]:
+    def lose_everything(problem: Problem, *args: Any, **kwargs: Any) -> tuple[Assignment, int]:
         return Assignment.empty(problem), 0
 
     monkeypatch.setattr(cpsat_planning, "pack", lose_everything)

@@ -495,7 +495,9 @@ class Controller:
                 group[i] = index[b]
         priority = [self._priority(p, lab) for p, lab in zip(pods, labels, strict=True)]
         draw = [watts.get(p.uid, math.nan) for p in pods]
-        candidates = Candidates.build(draw, priority, group, protected, allowance)
+        candidates = Candidates.build(
+            draw, priority, group, protected=protected, allowance=allowance
+        )
         choice: VictimChoice = choose_victims(
             candidates,
             action.overage_w,

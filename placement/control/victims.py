@@ -65,6 +65,7 @@ class Candidates:
         watts: Any,
         priority: Any,
         group: Any = None,
+        *,
         protected: Any = None,
         allowance: Any = (),
     ) -> Candidates:

@@ -56,7 +56,7 @@ def _pick_slots(excess: NDArray[Any], spacing: int, limit: int) -> list[int]:
     return picked
 
 
-def mark_near_binding(prep: Prep, dom_load: NDArray[Any], gen: BoolArray, spacing: int) -> None:
+def mark_near_binding(prep: Prep, dom_load: NDArray[Any], gen: BoolArray, *, spacing: int) -> None:
     """Mark in ``gen`` the slots of live domains, not marked yet, where ``dom_load``
     (D × T, above idle) is within :data:`NEAR_BINDING` of the allowance (the worst few
     per domain, as for violations). Placements near that load reach the cap there first."""

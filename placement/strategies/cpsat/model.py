@@ -40,7 +40,7 @@ class Solve:
 class Model:
     """The CP-SAT model and the bookkeeping of emitted (domain, slot) constraints."""
 
-    def __init__(self, prep: Prep, st: Structure, n_dom: int, current: IntArray | None) -> None:
+    def __init__(self, prep: Prep, st: Structure, n_dom: int, *, current: IntArray | None) -> None:
         self.prep = prep
         self.st = st
         self.model = cp_model.CpModel()
@@ -72,7 +72,7 @@ class Model:
         if self.gen_power[d, t]:
             return False
         self.gen_power[d, t] = True
-        ids, coeffs = power_row(self.prep, self.st, d, t)
+        ids, coeffs = power_row(self.prep, self.st, d, t=t)
         if ids.size:
             self.model.add(self._expr(ids, coeffs) <= int(self.prep.rhs[d, t]))
         return True
@@ -84,7 +84,7 @@ class Model:
             return False
         self.gen_util[d, t] = True
         prep = self.prep
-        ids, coeffs = power_row(prep, self.st, d, t)
+        ids, coeffs = power_row(prep, self.st, d, t=t)
         expr = self._expr(ids, PERMILLE * coeffs) - int(prep.cap_u[d, t]) * self.u_var
         self.model.add(expr <= -PERMILLE * int(prep.idle_u[d]))
         return True

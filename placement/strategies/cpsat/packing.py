@@ -13,7 +13,7 @@ from placement.strategies.cpsat.prep import INT, BoolArray, IntArray, Prep
 
 
 def pack(
-    problem: Problem, prep: Prep, x: IntArray, current: IntArray | None
+    problem: Problem, prep: Prep, x: IntArray, *, current: IntArray | None
 ) -> tuple[Assignment, int]:
     """Put per-host counts on nodes. Replicas that run on a node now stay there; the
     rest go best-fit decreasing by GPUs (heaviest weight first among equal sizes).

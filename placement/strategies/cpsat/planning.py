@@ -45,6 +45,7 @@ def plan_cpsat(
     problem: Problem,
     time_limit_s: float = 30.0,
     workers: int = 2,
+    *,
     hint: Assignment | None = None,
     seed: int = 0,
     relative_gap: float = 0.005,
@@ -236,7 +237,7 @@ def _set_up(ctx: _Context, starts: list[tuple[str, IntArray]]) -> _Setup:
     if lp is not None:
         starts = [*starts, ("lp", make_feasible(prep, np.floor(lp.x + 1e-6).astype(INT)))]
     start_name, x0 = max(starts, key=lambda kv: value(prep, kv[1]))
-    model = Model(prep, st, problem.tree.size, ctx.current)
+    model = Model(prep, st, problem.tree.size, current=ctx.current)
     for d, t in zip(*np.nonzero(gen), strict=True):
         model.emit_power(int(d), int(t))
     return _Setup(st, model, start_name, x0, len(initial), lp, int(gen.sum()))
@@ -346,7 +347,7 @@ def _emissions_stage(
     )
     # Where the start is nearly binding, moving load in breaks the cap first: a
     # greener placement shifts load between sites, so those slots go in too.
-    mark_near_binding(prep, load(prep, x), gen_e, ctx.spacing)
+    mark_near_binding(prep, load(prep, x), gen_e, spacing=ctx.spacing)
     for d, t in zip(*np.nonzero(gen_e & ~model.gen_power), strict=True):
         model.emit_power(int(d), int(t))
     se = EmissionsStage(model, settings=ctx.settings, spacing=ctx.spacing, start=x)
@@ -366,7 +367,7 @@ def _packed(
 ) -> tuple[Assignment, float, dict[str, Any]]:
     """``x`` packed onto nodes (greedy's plan if that hosts less), its weighted value,
     and the report: replicas that did not fit, and whether greedy was returned."""
-    assignment, dropped = pack(problem, prep, x, problem.current)
+    assignment, dropped = pack(problem, prep, x, current=problem.current)
     assignment = fix_float_violations(problem, assignment, prep.dead)
     weighted = _weighted_hosted(problem, assignment)
     report: dict[str, Any] = {"unpacked": dropped, "fallback": None}

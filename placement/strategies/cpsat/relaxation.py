@@ -93,7 +93,7 @@ class _LpRounds(LazyRounds[FloatArray]):
         for ids, coeffs, rhs in st.rows:
             self._add_row(ids, coeffs, float(rhs))
         for d, t in zip(*np.nonzero(gen), strict=True):
-            self._add_row(*power_row(prep, st, int(d), int(t)), float(prep.rhs[d, t]))
+            self._add_row(*power_row(prep, st, int(d), t=int(t)), float(prep.rhs[d, t]))
         self.objective = self._objective(minimise, floor)
         self.x: FloatArray = np.zeros(prep.ub_host.shape)
         self.value = 0.0
@@ -138,11 +138,11 @@ class _LpRounds(LazyRounds[FloatArray]):
 
     def emit_power(self, d: int, t: int) -> bool:
         self.gen[d, t] = True
-        self._add_row(*power_row(self.prep, self.st, d, t), float(self.prep.rhs[d, t]))
+        self._add_row(*power_row(self.prep, self.st, d, t=t), float(self.prep.rhs[d, t]))
         return True
 
     def passed(self, x: FloatArray) -> bool:
         # Integer placements near the LP optimum load domains where the LP is nearly
         # binding: give the first CP-SAT round those slots too.
-        mark_near_binding(self.prep, _float_load(self.prep, x), self.gen, self.spacing)
+        mark_near_binding(self.prep, _float_load(self.prep, x), self.gen, spacing=self.spacing)
         return True

@@ -169,7 +169,7 @@ def _budget_rows(prep: Prep, x_s: IntArray, x_h: IntArray) -> list[Row]:
     return []
 
 
-def power_row(prep: Prep, st: Structure, d: int, t: int) -> tuple[IntArray, IntArray]:
+def power_row(prep: Prep, st: Structure, d: int, *, t: int) -> tuple[IntArray, IntArray]:
     """Variables and coefficients of domain ``d``'s power row in slot ``t``."""
     coeffs = prep.pk[st.dom_svc[d], t]
     keep = coeffs > 0
