@@ -334,9 +334,12 @@ def test_idle_floor_message_names_the_floor(files: dict[str, Path]) -> None:
     assert "'world'" in text
 
 
-@pytest.mark.skipif(not (DATA / "carbon-intensity" / "gb_ci.csv").exists(), reason="no data")
 def test_real_grids_plan(files: dict[str, Path]) -> None:
     ci = DATA / "carbon-intensity"
+    assert (ci / "gb_ci.csv").is_file(), (
+        f"{ci / 'gb_ci.csv'} is missing: this test reads the shared public data in "
+        "../shared/data beside the repository (see its README)"
+    )
     data = plan_json(
         files,
         "--intensity", f"gb={ci / 'gb_ci.csv'}",
