@@ -9,7 +9,8 @@ default Stage objects kwokctl installs) from the pinned toolchain. Its own kube-
 disabled: the harness runs kube-scheduler itself (:meth:`Cluster.start`) so that the test owns
 its configuration, its lifetime and its log, and can restart it or the extender mid-run.
 kwokctl's components can be failed one at a time too: :meth:`Cluster.stop_component` kills
-one (kube-apiserver, say) through kwokctl's pid file, :meth:`Cluster.start_components` has
+one (kube-apiserver, say) through kwokctl's pid file, :meth:`Cluster.signal_component` pauses
+one (``SIGSTOP``) and resumes it, :meth:`Cluster.start_components` has
 kwokctl start it again with its recorded arguments, and :meth:`Cluster.compact_etcd` drops
 etcd's history, so old resourceVersions expire.
 
@@ -215,6 +216,15 @@ class Cluster:
             self.logs_dir.mkdir(parents=True, exist_ok=True)
             n = 1 + len(list(self.logs_dir.glob(f"{component}.*.log")))
             shutil.copy2(log, self.logs_dir / f"{component}.{n}.log")
+
+    def signal_component(self, component: str, sig: signal.Signals) -> None:
+        """Send ``sig`` to one kwokctl-run component: ``SIGSTOP`` freezes it with its
+        sockets open (connections are accepted, nothing is answered) until ``SIGCONT``.
+        A test that stops one resumes it in a ``finally``, before teardown."""
+        pid = self.component_pid(component)
+        if pid is None:
+            raise RuntimeError(f"{component} of cluster {self.name} is not running")
+        os.kill(pid, sig)
 
     def start_components(self) -> None:
         """``kwokctl start cluster``: starts every kwokctl-run component that is stopped, with

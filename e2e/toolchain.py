@@ -1,14 +1,23 @@
 """Build the pinned upstream binaries the e2e harness runs, once, into a cache outside the repo.
 
-    python -m e2e.toolchain               # build what is missing, print progress and timings
-    python -m e2e.toolchain --print-env   # same, then print `export ...` lines for `eval`
+    python -m e2e.toolchain                    # build what is missing, print progress and timings
+    python -m e2e.toolchain --print-env        # same, then print `export ...` lines for `eval`
+    python -m e2e.toolchain --update-wrappers  # after changing a pinned version (see below)
 
 Layout: ``${POWERCAP_CACHE:-~/.cache/powercap}/toolchain/<component>-<version>/bin/``. Each
 component directory gets a ``.stamp`` (JSON of the build recipe) once built; a later run whose
 recipe matches and whose binaries (and files) are present does nothing. Go components are built
-from the Go module proxy through a wrapper module generated under ``<component>-<version>/src/``.
-The CRDs the manifests need are fetched the same way, as files picked out of their projects' Go
-module zips (:mod:`e2e.crds`), into ``crd-<project>-<version>/crds/``.
+from the Go module proxy through a wrapper module copied to ``<component>-<version>/src/``.
+
+The wrapper modules are committed, each a ``go.mod`` with its ``go.sum``, under
+``e2e/wrappers/<wrapper>/``: the go.sum pins the hash of every module the build reads, so a
+module the proxy (or a tampered module cache) serves differently fails the build rather than
+entering a binary. A build copies both files, runs ``go mod verify`` (the module cache against
+the go.sum) and builds with ``-mod=readonly`` (no go.mod or go.sum change, no hash taken on
+trust). ``--update-wrappers`` regenerates them from the pinned versions: the go.mod, then every
+hash the build needs, fetched through the proxy and checked against the checksum database.
+The CRDs the manifests need are fetched from the module proxy too, as files picked out of their
+projects' Go module zips (:mod:`e2e.crds`), into ``crd-<project>-<version>/crds/``.
 Progress goes to stderr so that stdout carries only ``--print-env`` output.
 """
 
@@ -44,7 +53,13 @@ KUBE_COMMANDS = ("kube-apiserver", "kube-scheduler", "kube-controller-manager")
 KUBECTL_COMMANDS = ("kubectl",)
 KWOK_COMMANDS = ("kwok", "kwokctl")
 PROMETHEUS_INSTALL = "sudo apt-get update && sudo apt-get install -y prometheus"
-GO_ENV = {"GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
+# -mod=readonly: go.mod and go.sum are read, never written; a hash missing from the committed
+# go.sum is an error, not a lookup (the build command says so again, for the reader).
+GO_ENV = {"GOFLAGS": "-mod=readonly", "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
+# The committed wrapper modules (go.mod and go.sum), one directory each.
+WRAPPERS = Path(__file__).resolve().parent / "wrappers"
+KUBERNETES_WRAPPER = "kubernetes"
+ETCD_WRAPPER = "etcd"
 STAMP = ".stamp"
 # No symbol table or DWARF: about a third smaller, and nothing here is run under a debugger.
 STRIP = "-s -w"
@@ -150,11 +165,8 @@ def go_download_json(module: str, cwd: Path) -> dict[str, str]:
     return data
 
 
-def write_wrapper(
-    src: Path, module: str, requires: dict[str, str], *, replaces: dict[str, str]
-) -> None:
-    """Write a fresh wrapper go.mod (and drop any old go.sum so -mod=mod regenerates it)."""
-    src.mkdir(parents=True, exist_ok=True)
+def render_wrapper(module: str, requires: dict[str, str], *, replaces: dict[str, str]) -> str:
+    """The text of a wrapper go.mod: ``requires`` and ``replaces`` (module → version)."""
     lines = [f"module {module}", "", "go 1.26.0", ""]
     if requires:
         lines += ["require ("] + [f"\t{m} {v}" for m, v in sorted(requires.items())] + [")", ""]
@@ -162,8 +174,81 @@ def write_wrapper(
         lines += ["replace ("]
         lines += [f"\t{m} => {m} {v}" for m, v in sorted(replaces.items())]
         lines += [")", ""]
-    (src / "go.mod").write_text("\n".join(lines))
+    return "\n".join(lines)
+
+
+def write_wrapper(
+    src: Path, module: str, requires: dict[str, str], *, replaces: dict[str, str]
+) -> None:
+    """Write a fresh wrapper go.mod (and drop any old go.sum, which no longer matches)."""
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "go.mod").write_text(render_wrapper(module, requires, replaces=replaces))
     (src / "go.sum").unlink(missing_ok=True)
+
+
+GO_MOD_LINE = re.compile(r"^\s*(\S+)\s+(v\S+)\s*$")
+REPLACE_LINE = re.compile(r"^\s*(\S+)\s*=>\s*(\S+)\s+(v\S+)\s*$")
+
+
+def wrapper_modules(go_mod: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The ``require`` and ``replace`` blocks of a wrapper go.mod written by
+    :func:`render_wrapper`, as module → version (a replacement's target version)."""
+    requires: dict[str, str] = {}
+    replaces: dict[str, str] = {}
+    block = ""
+    for line in go_mod.splitlines():
+        if line.rstrip().endswith("("):
+            block = line.split()[0]
+        elif line.strip() == ")":
+            block = ""
+        elif block == "require" and (m := GO_MOD_LINE.match(line)):
+            requires[m.group(1)] = m.group(2)
+        elif block == "replace" and (m := REPLACE_LINE.match(line)):
+            replaces[m.group(1)] = m.group(3)
+    return requires, replaces
+
+
+def install_wrapper(name: str, src: Path) -> None:
+    """Copy the committed wrapper ``name`` (go.mod and go.sum) into ``src`` and check the
+    module cache against its go.sum (``go mod verify``)."""
+    committed = WRAPPERS / name
+    src.mkdir(parents=True, exist_ok=True)
+    for file in ("go.mod", "go.sum"):
+        if not (committed / file).is_file():
+            raise StepError(
+                f"{committed / file} is missing; regenerate the wrappers",
+                "python -m e2e.toolchain --update-wrappers",
+            )
+        shutil.copyfile(committed / file, src / file)
+    run(["go", "mod", "verify"], src)
+
+
+def check_wrapper(name: str, requires: dict[str, str], *, replaces: dict[str, str]) -> None:
+    """Raise :class:`StepError` unless the committed wrapper ``name`` requires and replaces
+    exactly what the pinned versions call for (a version changed without
+    ``--update-wrappers`` would build the old one under the new name)."""
+    committed = wrapper_modules((WRAPPERS / name / "go.mod").read_text())
+    if committed != (requires, replaces):
+        raise StepError(
+            f"the committed wrapper {WRAPPERS / name}/go.mod does not match the pinned "
+            "versions; regenerate it",
+            "python -m e2e.toolchain --update-wrappers",
+        )
+
+
+def go_build(ldflags: str, *, output: str, packages: Sequence[str]) -> list[str]:
+    """The ``go build`` command run in a wrapper: the committed go.mod and go.sum only."""
+    return [
+        "go",
+        "build",
+        "-mod=readonly",
+        "-trimpath",
+        "-ldflags",
+        ldflags,
+        "-o",
+        output,
+        *packages,
+    ]
 
 
 STAGING_RE = re.compile(r"^\s*(k8s\.io/[\w.-]+)\s*=>\s*\./staging/src/\1\s*$", re.M)
@@ -185,37 +270,44 @@ def kube_ldflags(version: str, build_date: str) -> str:
     return " ".join(flags)
 
 
-def build_kubernetes(c: Component) -> None:
-    staging_version = "v0." + c.version.split(".", 1)[1]
-    src = c.src_dir
-    write_wrapper(src, "powercap.local/toolchain/kubernetes", {}, replaces={})
-    info = go_download_json(f"k8s.io/kubernetes@{c.version}", src)
+def staging_modules(version: str, cwd: Path) -> tuple[list[str], dict[str, str]]:
+    """The staging modules ``k8s.io/kubernetes@version`` replaces with its own directories,
+    read from its go.mod, and its ``go mod download -json`` record."""
+    info = go_download_json(f"k8s.io/kubernetes@{version}", cwd)
     staging = STAGING_RE.findall(Path(info["GoMod"]).read_text())
     if not staging:
         raise StepError("found no staging replace directives in k8s.io/kubernetes' go.mod", "")
-    log(f"replacing {len(staging)} staging modules with {staging_version}")
-    write_wrapper(
-        src,
-        "powercap.local/toolchain/kubernetes",
-        {"k8s.io/kubernetes": c.version},
-        replaces={m: staging_version for m in staging},
-    )
+    return staging, info
+
+
+def kubernetes_modules(
+    version: str, staging: Sequence[str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """What the kubernetes wrapper requires (``k8s.io/kubernetes@version``) and replaces
+    (each staging module with v0.N.P of the same release)."""
+    staging_version = "v0." + version.split(".", 1)[1]
+    return {"k8s.io/kubernetes": version}, {m: staging_version for m in staging}
+
+
+def etcd_modules(version: str) -> dict[str, str]:
+    """What the etcd wrapper requires: the server and its sibling modules at ``version``."""
+    base = "go.etcd.io/etcd"
+    return {f"{base}/{m}": version for m in ("server/v3", *ETCD_SIBLINGS)}
+
+
+def build_kubernetes(c: Component) -> None:
+    src = c.src_dir
+    install_wrapper(KUBERNETES_WRAPPER, src)
+    staging, info = staging_modules(c.version, src)
+    requires, replaces = kubernetes_modules(c.version, staging)
+    log(f"replacing {len(staging)} staging modules with {replaces[staging[0]]}")
+    check_wrapper(KUBERNETES_WRAPPER, requires, replaces=replaces)
     # The release's publication time on the proxy: a reproducible buildDate.
     build_date = str(json.loads(Path(info["Info"]).read_text()).get("Time", "1970-01-01T00:00:00Z"))
     c.bin_dir.mkdir(parents=True, exist_ok=True)
-    run(
-        [
-            "go",
-            "build",
-            "-trimpath",
-            "-ldflags",
-            kube_ldflags(c.version, build_date),
-            "-o",
-            str(c.bin_dir) + "/",
-            *[f"k8s.io/kubernetes/cmd/{b}" for b in c.binaries],
-        ],
-        src,
-    )
+    packages = [f"k8s.io/kubernetes/cmd/{b}" for b in c.binaries]
+    ldflags = kube_ldflags(c.version, build_date)
+    run(go_build(ldflags, output=str(c.bin_dir) + "/", packages=packages), src)
 
 
 def fetch_crds(source: crds.CrdSource) -> Callable[[Component], None]:
@@ -233,24 +325,40 @@ def fetch_crds(source: crds.CrdSource) -> Callable[[Component], None]:
 
 
 def build_etcd(c: Component) -> None:
-    base = "go.etcd.io/etcd"
-    requires = {f"{base}/server/v3": c.version}
-    requires |= {f"{base}/{s}": c.version for s in ETCD_SIBLINGS}
-    write_wrapper(c.src_dir, "powercap.local/toolchain/etcd", requires, replaces={})
+    check_wrapper(ETCD_WRAPPER, etcd_modules(c.version), replaces={})
+    install_wrapper(ETCD_WRAPPER, c.src_dir)
     c.bin_dir.mkdir(parents=True, exist_ok=True)
-    run(
-        [
-            "go",
-            "build",
-            "-trimpath",
-            "-ldflags",
-            STRIP,
-            "-o",
-            str(c.bin_dir / "etcd"),
-            f"{base}/server/v3",
-        ],
-        c.src_dir,
+    output = str(c.bin_dir / "etcd")
+    run(go_build(STRIP, output=output, packages=["go.etcd.io/etcd/server/v3"]), c.src_dir)
+
+
+def fill_wrapper(
+    directory: Path, requires: dict[str, str], *, replaces: dict[str, str], packages: list[str]
+) -> None:
+    """Write the wrapper go.mod in ``directory`` and a go.sum with every hash building
+    ``packages`` needs (each fetched through the proxy and checked against the checksum
+    database), then verify the module cache against it."""
+    write_wrapper(
+        directory, f"powercap.local/toolchain/{directory.name}", requires, replaces=replaces
     )
+    run(["go", "list", "-mod=mod", "-deps", *packages], directory)
+    run(["go", "mod", "verify"], directory)
+
+
+def update_wrappers() -> None:
+    """Regenerate the committed wrappers (``--update-wrappers``) from the pinned versions."""
+    kube = WRAPPERS / KUBERNETES_WRAPPER
+    write_wrapper(kube, f"powercap.local/toolchain/{kube.name}", {}, replaces={})
+    staging, _ = staging_modules(KUBERNETES_VERSION, kube)
+    requires, replaces = kubernetes_modules(KUBERNETES_VERSION, staging)
+    commands = (*KUBE_COMMANDS, *KUBECTL_COMMANDS)
+    packages = [f"k8s.io/kubernetes/cmd/{b}" for b in commands]
+    fill_wrapper(kube, requires, replaces=replaces, packages=packages)
+    etcd = WRAPPERS / ETCD_WRAPPER
+    fill_wrapper(
+        etcd, etcd_modules(ETCD_VERSION), replaces={}, packages=["go.etcd.io/etcd/server/v3"]
+    )
+    log(f"wrote {kube} and {etcd}; commit their go.mod and go.sum")
 
 
 def build_kwok(c: Component) -> None:
@@ -352,7 +460,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--print-env", action="store_true", help="print `export` lines for the built binaries"
     )
+    parser.add_argument(
+        "--update-wrappers",
+        action="store_true",
+        help="regenerate the committed wrapper modules (e2e/wrappers/) from the pinned versions",
+    )
     args = parser.parse_args(argv)
+    if args.update_wrappers:
+        try:
+            update_wrappers()
+        except StepError as exc:
+            log(f"FAILED updating the wrappers: {exc}")
+            return 1
+        return 0
     total_start = time.monotonic()
     comps = components()
     timings: list[tuple[str, float]] = []

@@ -6,7 +6,8 @@ Two shapes:
   any ``current`` placement; bind records in the ledger only. Ready at once. For dry
   runs, simulators and benchmarks.
 * :func:`from_cluster` — a live cluster through a ``kubernetes.client.CoreV1Api``:
-  the mirror fills the state, bind creates Bindings, events are posted. Ready after
+  the mirror fills the state, bind creates Bindings, events are posted; every API call
+  has the timeouts of the config's ``kubernetes:`` section. Ready after
   the mirror's first full sync. With ``controller.enabled`` (and a ``power:`` section)
   the companion controller runs beside it, acting while it holds its Lease. With
   ``learn.refresh`` the profiles are re-learned from Prometheus every interval and
@@ -29,6 +30,7 @@ from numpy.typing import NDArray
 
 from extender.carbon.loop import CarbonCaps, CarbonLoop
 from extender.carbon.sources import Resilient, build_source
+from extender.cluster.client import bind_timeout
 from extender.cluster.events import EventSink, KubernetesEventSink, RecordingEventSink
 from extender.cluster.lease import KubernetesLeaseApi, LeaderElector, LeaseApi
 from extender.cluster.mirror import KubernetesSource, Mirror
@@ -212,9 +214,14 @@ def from_cluster(
     source from ``config.power`` unless given."""
     from kubernetes.client.exceptions import ApiException
 
+    timeouts = config.kubernetes
+
     def lookup(namespace: str, name: str) -> RawObject | None:
         try:
-            response = core.read_namespaced_pod(name, namespace, _preload_content=False)
+            # Read within a bind: bounded as the Binding is (extender/cluster/client.py).
+            response = core.read_namespaced_pod(
+                name, namespace, _preload_content=False, _request_timeout=bind_timeout(timeouts)
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -223,12 +230,17 @@ def from_cluster(
         response.release_conn()  # back to the pool (see extender/webhook/binding.py)
         return data
 
-    ext = _assemble(config, KubernetesBinder(core), KubernetesEventSink(core), lookup)
+    ext = _assemble(
+        config,
+        KubernetesBinder(core, timeouts=timeouts),
+        KubernetesEventSink(core, timeouts=timeouts),
+        lookup,
+    )
     ext.mirror = Mirror(
         ext.state,
         config,
-        KubernetesSource(core, "nodes"),
-        pods=KubernetesSource(core, "pods"),
+        KubernetesSource(core, "nodes", timeouts=timeouts),
+        pods=KubernetesSource(core, "pods", timeouts=timeouts),
         on_pending=ext.decider.remember,
         seen=ext.telemetry.mirror_seen,
         relists=ext.telemetry.mirror_relists,
@@ -298,9 +310,12 @@ def add_controller(
                 client.CustomObjectsApi(api_client),
                 client.PolicyV1Api(api_client),
                 namespaces=settings.namespaces,
+                timeouts=ext.config.kubernetes,
             )
         if lease_api is None:
-            lease_api = KubernetesLeaseApi(client.CoordinationV1Api(api_client))
+            lease_api = KubernetesLeaseApi(
+                client.CoordinationV1Api(api_client), timeouts=ext.config.kubernetes
+            )
     metrics = ControllerMetrics(ext.telemetry.registry)
     elector = LeaderElector(
         lease_api, settings.lease, on_change=lambda leading: metrics.leader.set(float(leading))

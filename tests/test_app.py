@@ -157,6 +157,7 @@ def test_kubernetes_binder_posts_a_v1_binding() -> None:
     from kubernetes.client.exceptions import ApiException
 
     from extender.cluster.pods import PodRef
+    from extender.config.kubernetes import KubernetesSettings
     from extender.webhook.binding import BindError, KubernetesBinder
 
     class Reply:
@@ -186,7 +187,8 @@ def test_kubernetes_binder_posts_a_v1_binding() -> None:
             return self.replies[-1]
 
     core = Core()
-    binder = KubernetesBinder(core)
+    # The whole Binding call is bounded by the bind timeout (connect and read together).
+    binder = KubernetesBinder(core, timeouts=KubernetesSettings(bind_timeout_s=2.5))
     binder.bind(PodRef("llm", "eu-0", "u-1"), "gpu-1a")
     name, namespace, body, kw = core.calls[0]
     assert (name, namespace) == ("eu-0", "llm")
@@ -196,7 +198,7 @@ def test_kubernetes_binder_posts_a_v1_binding() -> None:
         "metadata": {"name": "eu-0", "namespace": "llm", "uid": "u-1"},
         "target": {"apiVersion": "v1", "kind": "Node", "name": "gpu-1a"},
     }
-    assert kw == {"_preload_content": False}
+    assert kw == {"_preload_content": False, "_request_timeout": 2.5}
     # The raw reply is drained and its connection handed back to the pool.
     assert core.replies[0].read_and_released == [True, True]
     core.fail = True

@@ -12,8 +12,10 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
+from extender.config.kubernetes import KubernetesSettings
 from extender.config.loading import config_from_data, load_config
 from extender.config.model import ConfigError
+from placement.grid import parse_seconds
 from powercap.commands.serve import register
 
 REPO = Path(__file__).resolve().parent.parent
@@ -262,3 +264,52 @@ def test_intensity_problems_come_with_the_other_sections_problems() -> None:
     assert any(p.startswith("intensity[1].kind") for p in found), found
     shape = problems_of(minimal(intensity="ukci", controller={"enabled": "perhaps"}))
     assert any(p.startswith("intensity: expected a source") for p in shape), shape
+
+
+def test_kubernetes_timeouts_default_below_the_schedulers_http_timeout() -> None:
+    settings = config_from_data(minimal()).kubernetes
+    assert settings == KubernetesSettings(
+        connect_timeout_s=3.0, read_timeout_s=10.0, bind_timeout_s=4.0, scheduler_http_timeout_s=5.0
+    )
+    # The shipped scheduler gives the extender as long as the default assumes.
+    (extender,) = yaml.safe_load((CONFIG / "kube-scheduler.yaml").read_text())["extenders"]
+    assert parse_seconds(extender["httpTimeout"]) == settings.scheduler_http_timeout_s
+    custom = config_from_data(
+        minimal(
+            kubernetes={
+                "connectTimeout": "500ms",
+                "readTimeout": 30,
+                "bindTimeout": "8s",
+                "schedulerHttpTimeout": "10s",
+            }
+        )
+    ).kubernetes
+    assert custom == KubernetesSettings(0.5, 30.0, 8.0, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        (
+            {"bindTimeout": "5s"},
+            ["kubernetes.bindTimeout: must be shorter than schedulerHttpTimeout"],
+        ),
+        (
+            {"bindTimeout": "12s", "schedulerHttpTimeout": "10s"},
+            ["kubernetes.bindTimeout: must be shorter than schedulerHttpTimeout (12s ≥ 10s)"],
+        ),
+        ({"connectTimeout": "0s"}, ["kubernetes.connectTimeout: a duration must be positive"]),
+        (
+            {"readTimeout": "soon", "bindTimeout": -1},
+            ["kubernetes.readTimeout: expected a duration", "kubernetes.bindTimeout: a duration"],
+        ),
+        ({"timeout": "5s"}, ["kubernetes.timeout: unknown field"]),
+    ],
+)
+def test_kubernetes_timeout_problems_name_the_field(
+    section: dict[str, Any], expected: list[str]
+) -> None:
+    found = problems_of(minimal(kubernetes=section))
+    assert len(found) == len(expected), found
+    for problem, start in zip(found, expected, strict=True):
+        assert problem.startswith(start), found

@@ -22,6 +22,7 @@ from extender.cluster.events import RecordingEventSink, event_body
 from extender.cluster.mirror import pod_record
 from extender.cluster.pods import DemandResolver
 from extender.cluster.state import ClusterState, NodeRecord
+from extender.config.kubernetes import KubernetesSettings
 from extender.config.loading import config_from_data
 from extender.config.model import Config, ConfigError
 from extender.controller.actions import KubernetesClusterApi
@@ -38,6 +39,9 @@ from placement.control.ladder import Evict, Reshape, Restore, Wait
 from tests.scheduler_payloads import pod
 
 T0 = 1_795_730_400.0  # a whole hour, so one slot spans the test
+# Every call the controller makes carries the timeouts it was given (as (connect, read)).
+TIMEOUTS = KubernetesSettings(connect_timeout_s=1.5, read_timeout_s=7.0)
+TIMEOUT = (1.5, 7.0)
 IDLE = 500.0
 RACK_CAP = 20_000.0
 
@@ -112,14 +116,16 @@ class FakeCluster:
 
     # CoreV1Api
     def list_pod_for_all_namespaces(self, **kw: Any) -> _Raw:
+        assert kw["_request_timeout"] == TIMEOUT
         self.reads += 1
         node = kw["field_selector"].removeprefix("spec.nodeName=")
         items = [p for p in self.pods.values() if p["spec"].get("nodeName") == node]
         return _Raw({"metadata": {"resourceVersion": "9"}, "items": items})
 
     def create_namespaced_pod_eviction(
-        self, name: str, namespace: str, body: Any, **_: Any
+        self, name: str, namespace: str, body: Any, **kw: Any
     ) -> _Raw:
+        assert kw["_request_timeout"] == TIMEOUT
         assert body["kind"] == "Eviction" and body["apiVersion"] == "policy/v1"
         self.eviction_attempts.append(name)
         if name in self.refuse_eviction:
@@ -131,14 +137,26 @@ class FakeCluster:
         return _Raw({"kind": "Status", "status": "Success"})
 
     # CustomObjectsApi
-    def list_cluster_custom_object(self, group: str, version: str, plural: str) -> Any:
+    def list_cluster_custom_object(
+        self, group: str, version: str, plural: str, *, _request_timeout: Any
+    ) -> Any:
+        assert _request_timeout == TIMEOUT
         self.reads += 1
         assert (group, version, plural) == ("keda.sh", "v1alpha1", "scaledobjects")
         return {"items": copy.deepcopy(list(self.scaled.values()))}
 
     def patch_namespaced_custom_object(
-        self, group: str, version: str, ns: str, plural: str, name: str, body: Any
+        self,
+        group: str,
+        version: str,
+        ns: str,
+        plural: str,
+        name: str,
+        body: Any,
+        *,
+        _request_timeout: Any,
     ) -> Any:
+        assert _request_timeout == TIMEOUT
         obj = self.scaled[name]
         rv = body.get("metadata", {}).get("resourceVersion")
         if rv is not None and rv != obj["metadata"]["resourceVersion"]:
@@ -149,7 +167,8 @@ class FakeCluster:
         return obj
 
     # PolicyV1Api
-    def list_pod_disruption_budget_for_all_namespaces(self, **_: Any) -> _Raw:
+    def list_pod_disruption_budget_for_all_namespaces(self, **kw: Any) -> _Raw:
+        assert kw["_request_timeout"] == TIMEOUT
         self.reads += 1
         return _Raw({"items": self.pdbs})
 
@@ -227,7 +246,7 @@ class Rig:
         self.registry = CollectorRegistry()
         self.metrics = ControllerMetrics(self.registry)
         self.leader = leader
-        api = KubernetesClusterApi(self.cluster, self.cluster, self.cluster)
+        api = KubernetesClusterApi(self.cluster, self.cluster, self.cluster, timeouts=TIMEOUTS)
         self.controller = Controller(
             self.config,
             self.state,
@@ -551,8 +570,8 @@ def test_a_scaled_object_changed_under_the_patch_is_a_conflict() -> None:
     rig.cluster.scaled["batch"]["metadata"]["resourceVersion"] = "101"  # changed since read?
     original = rig.cluster.list_cluster_custom_object
 
-    def stale_list(group: str, version: str, plural: str) -> Any:
-        listed = original(group, version, plural)
+    def stale_list(group: str, version: str, plural: str, *, _request_timeout: Any) -> Any:
+        listed = original(group, version, plural, _request_timeout=_request_timeout)
         for item in listed["items"]:
             item["metadata"]["resourceVersion"] = "100"  # what the controller saw
         return listed
@@ -672,7 +691,7 @@ def test_from_cluster_adds_the_controller_its_lease_and_metrics() -> None:
     cluster = FakeCluster()
     store = LeaseStore()
     power = FakePower(config)
-    api = KubernetesClusterApi(cluster, cluster, cluster)
+    api = KubernetesClusterApi(cluster, cluster, cluster, timeouts=TIMEOUTS)
     ext = from_cluster(config, cluster, cluster_api=api, lease_api=store, power_source=power)
     assert ext.controller is not None and ext.elector is not None
     assert ext.controller_loop is not None and ext.controller_loop.period_s == 15.0

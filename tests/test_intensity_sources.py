@@ -596,6 +596,7 @@ def test_build_source_reads_secrets_from_the_environment(fake: Fake) -> None:
         {
             "kind": "electricitymaps",
             "url": fake.url,
+            "allowInsecureHttp": True,  # the fake serves plain http
             "zone": "DE",
             "tokenEnv": "EM_TOKEN",
             "fallbackCapFraction": 0.8,
@@ -608,8 +609,87 @@ def test_build_source_reads_secrets_from_the_environment(fake: Fake) -> None:
     assert resilient.source.latest(NOW) is not None
     assert fake.seen[0].headers["auth-token"] == "from-env"
 
-    with pytest.raises(ProblemsError, match=r"intensity\.tokenEnv: environment variable EM_TOKEN"):
+    with pytest.raises(
+        ProblemsError, match=r"intensity\.tokenEnv: the environment variable it names is not set"
+    ):
         build_source(settings, env={})
+
+
+# Alphanumeric, so it passes for a variable name: only its absence from the environment
+# shows that it is not one.
+PASTED_TOKEN = "a8Fk29xQzT0k3nWb7Lr1"
+
+
+@pytest.mark.parametrize(
+    ("section", "fields"),
+    [
+        ({"kind": "electricitymaps", "zone": "DE", "tokenEnv": PASTED_TOKEN}, ["tokenEnv"]),
+        (
+            {
+                "kind": "watttime",
+                "region": "CAISO_NORTH",
+                "usernameEnv": PASTED_TOKEN,
+                "passwordEnv": PASTED_TOKEN + "x",
+            },
+            ["usernameEnv", "passwordEnv"],
+        ),
+    ],
+)
+def test_a_secret_pasted_where_its_variable_name_belongs_is_never_echoed(
+    section: dict[str, object], fields: list[str]
+) -> None:
+    settings, problems = resolve({**section, "fallbackCapFraction": 0.8})
+    assert problems == [] and settings is not None
+    with pytest.raises(ProblemsError) as err:
+        build_source(settings, env={})
+    assert len(err.value.problems) == len(fields)
+    for problem, name in zip(err.value.problems, fields, strict=True):
+        assert problem.startswith(f"intensity.{name}: "), problem
+        assert "NAME of an environment variable" in problem, problem
+    assert PASTED_TOKEN not in str(err.value)
+    assert PASTED_TOKEN not in " ".join(err.value.problems)
+
+
+def test_a_secret_that_is_no_variable_name_is_not_echoed_either() -> None:
+    pasted = "sk-live 9f8e7d"
+    _, problems = resolve(
+        {"kind": "electricitymaps", "zone": "DE", "tokenEnv": pasted, "fallbackCapFraction": 0.8}
+    )
+    (problem,) = problems
+    assert problem.startswith("intensity.tokenEnv: ") and "NAME" in problem, problem
+    assert pasted not in problem and "9f8e7d" not in problem
+
+
+@pytest.mark.parametrize(
+    ("section", "refused"),
+    [
+        ({"kind": "electricitymaps", "zone": "DE", "tokenEnv": "EM_TOKEN"}, "the token (tokenEnv)"),
+        (
+            {"kind": "watttime", "region": "R", "usernameEnv": "U", "passwordEnv": "P"},
+            "the username and password (usernameEnv, passwordEnv)",
+        ),
+        ({"kind": "ukci"}, None),  # no credentials: http is its own business
+        ({"kind": "carbon-aware-sdk", "location": "eastus"}, None),
+    ],
+)
+def test_credentials_over_plain_http_need_allow_insecure_http(
+    section: dict[str, object], refused: str | None
+) -> None:
+    base = {**section, "fallbackCapFraction": 0.8}
+    settings, problems = resolve({**base, "url": "http://carbon.internal:8080"})
+    if refused is None:
+        assert problems == [] and settings is not None
+        return
+    assert settings is None
+    (problem,) = problems
+    assert problem.startswith(f"intensity.url: kind {section['kind']} sends {refused}"), problem
+    assert "use https://, or set allowInsecureHttp: true" in problem
+    for allowed in (
+        {**base, "url": "https://carbon.internal:8443"},
+        {**base, "url": "http://carbon.internal:8080", "allowInsecureHttp": True},
+    ):
+        settings, problems = resolve(allowed)
+        assert problems == [] and settings is not None, problems
 
 
 def test_build_source_csv(tmp_path: Path) -> None:

@@ -17,7 +17,17 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 PACKAGES = ("placement", "extender", "powercap")
-HARNESS = ("e2e/__init__.py", "e2e/backend.py", "e2e/cluster.py", "e2e/toolchain.py")
+HARNESS = (
+    "e2e/__init__.py",
+    "e2e/backend.py",
+    "e2e/cluster.py",
+    "e2e/toolchain.py",
+    # the wrapper modules the toolchain builds from
+    "e2e/wrappers/kubernetes/go.mod",
+    "e2e/wrappers/kubernetes/go.sum",
+    "e2e/wrappers/etcd/go.mod",
+    "e2e/wrappers/etcd/go.sum",
+)
 # what the build reads; tests/ is copied too, so a wider package include would show
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", *PACKAGES, "e2e", "tests")
 # `license = "Apache-2.0"` (an SPDX expression) needs setuptools 77; the dev extra pins it

@@ -37,7 +37,7 @@ from typing import Any, Protocol, TypeVar
 import httpx
 import numpy as np
 
-from extender.config.intensity import IntensitySettings
+from extender.config.intensity import ENV_NAME_HINT, IntensitySettings
 from placement.carbon.intensity import IntensitySeries, Unit
 from placement.carbon.intensity_csv import read_intensity_csv
 from placement.validation import ProblemsError
@@ -660,14 +660,19 @@ def build_source(
 
     Secrets are read here from the environment variables the section names (``env``,
     ``os.environ`` by default); a variable that is unset or empty raises
-    :class:`~placement.validation.ProblemsError` naming the config field."""
+    :class:`~placement.validation.ProblemsError` naming the config field, never the value
+    written in it (a secret pasted in where its variable's name belongs would be shown)."""
     variables = os.environ if env is None else env
     problems: list[str] = []
 
     def secret(name: str | None, alias: str) -> str:
         value = variables.get(name or "", "")
         if not value:
-            problems.append(f"{where}.{alias}: environment variable {name} is not set")
+            # The name is not repeated: a secret pasted in as the name would be shown.
+            problems.append(
+                f"{where}.{alias}: the environment variable it names is not set or empty; "
+                f"{alias} {ENV_NAME_HINT}"
+            )
         return value
 
     source: IntensitySource

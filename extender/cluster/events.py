@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from extender.cluster.client import DEFAULT_TIMEOUTS, call_timeout
 from extender.cluster.pods import PodRef
+from extender.config.kubernetes import KubernetesSettings
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +89,15 @@ def event_body(event: Event, now: datetime | None = None) -> dict[str, Any]:
 
 class KubernetesEventSink:
     """Posts events from a background thread; a full queue drops (and logs) rather
-    than slowing a scheduling decision. ``core`` is a ``kubernetes.client.CoreV1Api``."""
+    than slowing a scheduling decision. ``core`` is a ``kubernetes.client.CoreV1Api``;
+    each post has the connect and read timeouts of ``timeouts``, so an API server that
+    stopped answering delays the queue, never blocks it for good."""
 
-    def __init__(self, core: Any, capacity: int = 1000) -> None:
+    def __init__(
+        self, core: Any, capacity: int = 1000, *, timeouts: KubernetesSettings = DEFAULT_TIMEOUTS
+    ) -> None:
         self.core = core
+        self.timeouts = timeouts
         self._queue: queue.Queue[Event] = queue.Queue(capacity)
         self._thread = threading.Thread(target=self._run, name="powercap-events", daemon=True)
         self._thread.start()
@@ -105,10 +112,18 @@ class KubernetesEventSink:
         while True:
             event = self._queue.get()
             try:
-                response = self.core.create_namespaced_event(
-                    event.pod.namespace, event_body(event), _preload_content=False
-                )
-                response.read()
-                response.release_conn()  # back to the pool (see extender/webhook/binding.py)
+                self.post(event)
             except Exception as exc:  # an event is best effort; the decision stands
                 log.warning("cannot post event %s for %s: %s", event.reason, event.pod, exc)
+
+    def post(self, event: Event) -> None:
+        """Post one event now (the background thread's step); raises what the client
+        raises, a timeout included."""
+        response = self.core.create_namespaced_event(
+            event.pod.namespace,
+            event_body(event),
+            _preload_content=False,
+            _request_timeout=call_timeout(self.timeouts),
+        )
+        response.read()
+        response.release_conn()  # back to the pool (see extender/webhook/binding.py)

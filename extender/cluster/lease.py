@@ -35,7 +35,9 @@ from typing import Any, Protocol
 
 import orjson
 
+from extender.cluster.client import DEFAULT_TIMEOUTS, call_timeout
 from extender.config.controller import LeaseSettings
+from extender.config.kubernetes import KubernetesSettings
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +69,19 @@ def default_identity() -> str:
 
 
 class KubernetesLeaseApi:
-    """:class:`LeaseApi` over a ``kubernetes.client.CoordinationV1Api``, raw JSON."""
+    """:class:`LeaseApi` over a ``kubernetes.client.CoordinationV1Api``, raw JSON; every
+    call has the connect and read timeouts of ``timeouts`` (a call that hangs counts as a
+    failed attempt once it times out)."""
 
-    def __init__(self, coordination: Any) -> None:
+    def __init__(
+        self, coordination: Any, *, timeouts: KubernetesSettings = DEFAULT_TIMEOUTS
+    ) -> None:
         self.api = coordination
+        self.timeouts = timeouts
+
+    @property
+    def _timeout(self) -> tuple[float, float]:
+        return call_timeout(self.timeouts)
 
     @staticmethod
     def _body(response: Any) -> dict[str, Any]:
@@ -83,7 +94,9 @@ class KubernetesLeaseApi:
 
         try:
             return self._body(
-                self.api.read_namespaced_lease(name, namespace, _preload_content=False)
+                self.api.read_namespaced_lease(
+                    name, namespace, _preload_content=False, _request_timeout=self._timeout
+                )
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -95,7 +108,9 @@ class KubernetesLeaseApi:
 
         try:
             return self._body(
-                self.api.create_namespaced_lease(namespace, body, _preload_content=False)
+                self.api.create_namespaced_lease(
+                    namespace, body, _preload_content=False, _request_timeout=self._timeout
+                )
             )
         except ApiException as exc:
             if exc.status == 409:
@@ -107,7 +122,9 @@ class KubernetesLeaseApi:
 
         try:
             return self._body(
-                self.api.replace_namespaced_lease(name, namespace, body, _preload_content=False)
+                self.api.replace_namespaced_lease(
+                    name, namespace, body, _preload_content=False, _request_timeout=self._timeout
+                )
             )
         except ApiException as exc:
             if exc.status == 409:

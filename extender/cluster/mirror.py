@@ -28,9 +28,11 @@ from typing import Any, Protocol
 
 import orjson
 
+from extender.cluster.client import DEFAULT_TIMEOUTS, call_timeout, watch_timeout
 from extender.cluster.pods import DemandResolver, is_terminal, node_name_of
 from extender.cluster.raw import ProtocolError, RawObject, get_field, metadata_of
 from extender.cluster.state import ClusterState, PodRecord
+from extender.config.kubernetes import KubernetesSettings
 from extender.config.model import Config
 
 log = logging.getLogger(__name__)
@@ -339,14 +341,24 @@ class Reflector:
 class KubernetesSource:
     """Nodes (``resource="nodes"``) or Pods of all namespaces (``"pods"``) through a
     ``kubernetes.client.CoreV1Api``, raw. Terminal pods are filtered out by the server
-    (they leave the watch as DELETED)."""
+    (they leave the watch as DELETED). Each page of a list has the connect and read
+    timeouts of ``timeouts``; a watch reads for its server-side timeout plus the read
+    timeout (:mod:`extender.cluster.client`)."""
 
-    def __init__(self, core: Any, resource: str, page_size: int = 500) -> None:
+    def __init__(
+        self,
+        core: Any,
+        resource: str,
+        page_size: int = 500,
+        *,
+        timeouts: KubernetesSettings = DEFAULT_TIMEOUTS,
+    ) -> None:
         if resource not in ("nodes", "pods"):
             raise ValueError(f"unknown resource {resource!r}")
         self.core = core
         self.resource = resource
         self.page_size = page_size
+        self.timeouts = timeouts
 
     def _call(self, **kwargs: Any) -> Any:
         from kubernetes.client.exceptions import ApiException
@@ -367,7 +379,10 @@ class KubernetesSource:
         items: list[dict[str, Any]] = []
         token: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"limit": self.page_size}
+            kwargs: dict[str, Any] = {
+                "limit": self.page_size,
+                "_request_timeout": call_timeout(self.timeouts),
+            }
             if token:
                 kwargs["_continue"] = token
             response = self._call(**kwargs)
@@ -385,7 +400,7 @@ class KubernetesSource:
             resource_version=resource_version,
             allow_watch_bookmarks=True,
             timeout_seconds=timeout_s,
-            _request_timeout=timeout_s + 30,
+            _request_timeout=watch_timeout(self.timeouts, timeout_s),
         )
         try:
             yield from split_events(response.stream(65536, decode_content=True))

@@ -8,7 +8,10 @@ grid zone. :func:`resolve_intensity` checks the whole section against the tree a
 :func:`resolve_intensity_source` one source; both return resolved
 :class:`IntensitySettings` (with :class:`BudgetSettings`) or ``path: message`` problems,
 so the config loader reports them with every other problem at once. Secrets are named by
-environment variable, never written here. This module imports no HTTP client.
+environment variable, never written here, and a problem with such a field never repeats
+its value (it may be the secret, pasted in by mistake). A kind that sends credentials
+(``electricitymaps``, ``watttime``) is refused a plain ``http://`` URL unless
+``allowInsecureHttp: true``. This module imports no HTTP client.
 
 Every field, the sources and what ``powercap serve`` does with them: docs/carbon.md,
 "Live sources" and "Live caps and the budget throttle".
@@ -52,7 +55,19 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
     "carbon-aware-sdk": ("location",),
     "csv": ("path",),
 }
+# What each kind sends with every request, by the field naming it; such a kind is refused a
+# plain http:// URL unless allowInsecureHttp says so.
+_CREDENTIALS: dict[str, str] = {
+    "electricitymaps": "the token (tokenEnv)",
+    "watttime": "the username and password (usernameEnv, passwordEnv)",
+}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# How a secret field is meant to be filled; said whenever its value cannot be used, since
+# that value may be the secret pasted in by mistake and is therefore never repeated.
+ENV_NAME_HINT = (
+    "takes the NAME of an environment variable holding the secret (such as EM_TOKEN), "
+    "not the secret itself"
+)
 
 
 class BudgetSpec(BaseModel):
@@ -84,6 +99,8 @@ class IntensitySourceSpec(BaseModel):
     token_env: str | None = Field(default=None, alias="tokenEnv")
     username_env: str | None = Field(default=None, alias="usernameEnv")
     password_env: str | None = Field(default=None, alias="passwordEnv")
+    # Send credentials over plain http:// anyway (a test double, a proxy on the same host).
+    allow_insecure_http: bool = Field(default=False, alias="allowInsecureHttp")
     timeout: str | int = "5s"
     retries: int = Field(default=2, ge=0, le=10)
     backoff: str | int = "1s"
@@ -112,8 +129,7 @@ class IntensitySourceSpec(BaseModel):
         if v is not None and not _ENV_NAME.fullmatch(v):
             # Whatever this is, it is not a variable name: most likely the secret itself.
             raise ValueError(
-                "expected the name of an environment variable holding the secret "
-                "(such as EM_TOKEN), not the secret itself"
+                f"expected the name of an environment variable: this field {ENV_NAME_HINT}"
             )
         return v
 
@@ -198,6 +214,13 @@ def resolve_intensity_source(
                 f"{where}.url: kind {kind} needs the URL of its WebAPI deployment "
                 "(such as http://carbon-aware-api.carbon.svc:8080)"
             )
+    credentials = _CREDENTIALS.get(kind)
+    if credentials and url and url.startswith("http://") and not spec.allow_insecure_http:
+        problems.append(
+            f"{where}.url: kind {kind} sends {credentials} with every request, and plain "
+            "http:// would show it to anyone on the path; use https://, or set "
+            "allowInsecureHttp: true to send it unencrypted all the same"
+        )
     unit = Unit.g_per_kwh
     if spec.unit is not None:
         try:

@@ -32,6 +32,7 @@ from extender.config.intensity import (
     intensity_schema_problems,
     resolve_intensity,
 )
+from extender.config.kubernetes import KubernetesSettings, resolve_kubernetes
 from extender.config.learn import LearnRefreshSettings, resolve_learn
 from extender.config.model import (
     Config,
@@ -224,6 +225,8 @@ def config_from_spec(
             spec.learn, power.url if power is not None else None, grid.step_s, where="learn"
         )
         problems += learn_problems
+    kubernetes, kubernetes_problems = resolve_kubernetes(spec.kubernetes, "kubernetes")
+    problems += kubernetes_problems
     if problems:
         raise ConfigError(problems, source)
     return Config(
@@ -241,6 +244,7 @@ def config_from_spec(
         intensity=intensity,
         controller=controller or ControllerSettings(),
         learn=learn,
+        kubernetes=kubernetes or KubernetesSettings(),
         source=source,
     )
 

@@ -5,10 +5,11 @@
 here (:class:`NodesSpec`, :class:`ServiceSpec`, :class:`PolicySpec`,
 :class:`PlannerSpec`, :class:`ScoringSpec`); the larger ones each have a module of their
 own, ``extender/config/<section>.py`` (``power``, ``intensity``, ``controller``,
-``learn``). :class:`ProfileDocument` is a ``kind: PowerProfile`` file. :class:`Config`
-is what the extender runs on once :mod:`extender.config.loading` has checked everything
-(with :class:`ServiceEntry` and :class:`PlannerSettings`); :class:`ConfigError` lists
-every problem found. The file section by section: docs/extender.md, "Configuration".
+``learn``, ``kubernetes``). :class:`ProfileDocument` is a ``kind: PowerProfile`` file.
+:class:`Config` is what the extender runs on once :mod:`extender.config.loading` has
+checked everything (with :class:`ServiceEntry` and :class:`PlannerSettings`);
+:class:`ConfigError` lists every problem found. The file section by section:
+docs/extender.md, "Configuration".
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from extender.config.controller import ControllerSettings, ControllerSpec
 from extender.config.intensity import (
     IntensitySettings,
 )
+from extender.config.kubernetes import KubernetesSettings, KubernetesSpec
 from extender.config.learn import LearnRefreshSettings, LearnSpec
 from extender.config.power import PowerSettings, PowerSourceSpec
 from placement.grid import Grid
@@ -137,6 +139,8 @@ class ConfigSpec(_Model):
     controller: ControllerSpec = ControllerSpec()
     # Re-learning profiles from Prometheus while serving (``learn.refresh``; absent: never).
     learn: LearnSpec = LearnSpec()
+    # Timeouts of every call to the Kubernetes API server.
+    kubernetes: KubernetesSpec = KubernetesSpec()
 
 
 class ProfileDocument(_Model):
@@ -191,6 +195,7 @@ class Config:
     intensity: tuple[IntensitySettings, ...] = ()  # one per grid zone; () without the section
     controller: ControllerSettings = field(default_factory=ControllerSettings)
     learn: LearnRefreshSettings | None = None
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     source: str = "config"
     # Scenario mode: the static fleet the cluster state starts from.
     problem: Problem | None = field(default=None, compare=False)

@@ -9,7 +9,9 @@ from typing import Any, Protocol
 
 import orjson
 
+from extender.cluster.client import DEFAULT_TIMEOUTS, call_timeout
 from extender.cluster.raw import RawObject
+from extender.config.kubernetes import KubernetesSettings
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +67,29 @@ def _raw(response: Any) -> Any:
 
 class KubernetesClusterApi:
     """:class:`ClusterApi` over the Kubernetes client: ``core`` (CoreV1Api), ``custom``
-    (CustomObjectsApi) and ``policy`` (PolicyV1Api). Reads are raw JSON, as the mirror's."""
+    (CustomObjectsApi) and ``policy`` (PolicyV1Api). Reads are raw JSON, as the mirror's.
+    Every call has the connect and read timeouts of ``timeouts``; one that times out
+    raises, and the controller's tick acts again next period."""
 
     def __init__(
-        self, core: Any, custom: Any, policy: Any, *, namespaces: Sequence[str] = ()
+        self,
+        core: Any,
+        custom: Any,
+        policy: Any,
+        *,
+        namespaces: Sequence[str] = (),
+        timeouts: KubernetesSettings = DEFAULT_TIMEOUTS,
     ) -> None:
         self.core = core
         self.custom = custom
         self.policy = policy
         self.namespaces = tuple(namespaces)
+        self.timeouts = timeouts
         self._warned_no_crd = False
+
+    @property
+    def _timeout(self) -> tuple[float, float]:
+        return call_timeout(self.timeouts)
 
     def scaled_objects(self) -> list[RawObject]:
         from kubernetes.client.exceptions import ApiException
@@ -82,11 +97,15 @@ class KubernetesClusterApi:
         args = (KEDA_GROUP, KEDA_VERSION)
         try:
             if not self.namespaces:
-                found = self.custom.list_cluster_custom_object(*args, SCALED_OBJECTS)
+                found = self.custom.list_cluster_custom_object(
+                    *args, SCALED_OBJECTS, _request_timeout=self._timeout
+                )
                 return list(found.get("items") or [])
             items: list[RawObject] = []
             for ns in self.namespaces:
-                found = self.custom.list_namespaced_custom_object(*args, ns, SCALED_OBJECTS)
+                found = self.custom.list_namespaced_custom_object(
+                    *args, ns, SCALED_OBJECTS, _request_timeout=self._timeout
+                )
                 items.extend(found.get("items") or [])
             return items
         except ApiException as exc:
@@ -102,7 +121,13 @@ class KubernetesClusterApi:
 
         try:
             patched: RawObject = self.custom.patch_namespaced_custom_object(
-                KEDA_GROUP, KEDA_VERSION, namespace, SCALED_OBJECTS, name, dict(patch)
+                KEDA_GROUP,
+                KEDA_VERSION,
+                namespace,
+                SCALED_OBJECTS,
+                name,
+                dict(patch),
+                _request_timeout=self._timeout,
             )
             return patched
         except ApiException as exc:
@@ -112,14 +137,20 @@ class KubernetesClusterApi:
     def pods_on(self, node: str) -> list[RawObject]:
         data = _raw(
             self.core.list_pod_for_all_namespaces(
-                field_selector=f"spec.nodeName={node}", _preload_content=False
+                field_selector=f"spec.nodeName={node}",
+                _preload_content=False,
+                _request_timeout=self._timeout,
             )
         )
         return list(data.get("items") or [])
 
     def disruption_budgets(self) -> list[RawObject]:
         api = self.policy
-        data = _raw(api.list_pod_disruption_budget_for_all_namespaces(_preload_content=False))
+        data = _raw(
+            api.list_pod_disruption_budget_for_all_namespaces(
+                _preload_content=False, _request_timeout=self._timeout
+            )
+        )
         return list(data.get("items") or [])
 
     def evict(self, namespace: str, name: str) -> EvictOutcome:
@@ -132,7 +163,7 @@ class KubernetesClusterApi:
         }
         try:
             response = self.core.create_namespaced_pod_eviction(
-                name, namespace, body, _preload_content=False
+                name, namespace, body, _preload_content=False, _request_timeout=self._timeout
             )
             response.read()
             response.release_conn()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from extender.cluster.client import DEFAULT_TIMEOUTS, bind_timeout
 from extender.cluster.pods import PodRef
+from extender.config.kubernetes import KubernetesSettings
 
 
 class BindError(RuntimeError):
@@ -44,10 +46,13 @@ def binding_body(pod: PodRef, node: str) -> dict[str, Any]:
 
 
 class KubernetesBinder:
-    """Creates Bindings through ``core`` (a ``kubernetes.client.CoreV1Api``)."""
+    """Creates Bindings through ``core`` (a ``kubernetes.client.CoreV1Api``). Each call
+    is bounded by ``timeouts.bind_timeout_s``, connect and read together, so the bind verb
+    answers before kube-scheduler's ``httpTimeout`` even when the API server does not."""
 
-    def __init__(self, core: Any) -> None:
+    def __init__(self, core: Any, *, timeouts: KubernetesSettings = DEFAULT_TIMEOUTS) -> None:
         self.core = core
+        self.timeouts = timeouts
 
     def bind(self, pod: PodRef, node: str) -> None:
         from kubernetes.client.exceptions import ApiException
@@ -56,7 +61,11 @@ class KubernetesBinder:
         try:
             # Raw response: the client's model of a Binding reply fails to deserialise.
             response = self.core.create_namespaced_pod_binding(
-                pod.name, pod.namespace, binding_body(pod, node), _preload_content=False
+                pod.name,
+                pod.namespace,
+                binding_body(pod, node),
+                _preload_content=False,
+                _request_timeout=bind_timeout(self.timeouts),
             )
             # Read and release, or the connection never returns to the pool and the
             # next bind pays a new TLS handshake.

@@ -8,8 +8,9 @@
 :func:`serve` loads the config (exit 2 listing every problem), builds the extender with
 :mod:`extender.runtime` and runs it under uvicorn; :func:`register` adds it to the
 ``powercap`` CLI. Against a cluster the Kubernetes client is configured in-cluster when it
-runs in a pod, else from ``--kubeconfig`` (or ``$KUBECONFIG`` / ``~/.kube/config``), with a
-pool of :data:`CONNECTION_POOL` API connections. With ``controller.enabled`` in the
+runs in a pod, else from ``--kubeconfig`` (or ``$KUBECONFIG`` / ``~/.kube/config``), by
+:func:`extender.cluster.client.kubernetes_core`, with the timeouts of the config's
+``kubernetes:`` section on every call. With ``controller.enabled`` in the
 config, the companion controller runs in the same process
 (:func:`extender.runtime.add_controller`), acting while it holds its Lease.
 """
@@ -19,50 +20,19 @@ from __future__ import annotations
 import logging
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from extender.cluster.client import ClientConfigError, kubernetes_core
 from extender.config.loading import load_config
 from extender.config.model import ConfigError
 from powercap.console import fail as console_fail
 
 DEFAULT_PORT = 8888
-# Connections to the API server: the bind threads (anyio's default limit is 40) and the
-# mirror's watches, with a few to spare.
-CONNECTION_POOL = 48
 
 
 fail = partial(console_fail, prefix="powercap serve")
-
-
-def _kubernetes_core(kubeconfig: Path | None) -> Any:
-    """A CoreV1Api, in-cluster when possible, else from the kubeconfig."""
-    from kubernetes import client
-    from kubernetes import config as loaded
-
-    kube_config: Any = loaded  # the client ships no type information
-
-    try:
-        if kubeconfig is None:
-            try:
-                kube_config.load_incluster_config()
-            except kube_config.ConfigException:
-                kube_config.load_kube_config()
-        else:
-            kube_config.load_kube_config(config_file=str(kubeconfig))
-    except (kube_config.ConfigException, OSError) as exc:
-        raise fail(
-            f"cannot configure the Kubernetes client: {exc}; run in a pod with a "
-            "ServiceAccount, or pass --kubeconfig"
-        ) from exc
-    # The client's default pool holds cpu_count × 5 connections. kube-scheduler binds many
-    # pods at once (one thread each here) while the mirror's two watches hold a connection
-    # each; a pool smaller than that throws connections away and every bind beyond it pays
-    # a fresh TLS handshake — measured at a third of the extender's bind time.
-    settings = client.Configuration.get_default_copy()
-    settings.connection_pool_maxsize = CONNECTION_POOL
-    return client.CoreV1Api(client.ApiClient(settings))
 
 
 def serve(
@@ -129,7 +99,11 @@ def serve(
         except ConfigError as exc:
             raise fail(f"invalid config {exc.source}:\n  " + "\n  ".join(exc.problems)) from exc
         try:
-            ext = runtime.from_cluster(cfg, _kubernetes_core(kubeconfig))
+            core = kubernetes_core(kubeconfig)
+        except ClientConfigError as exc:
+            raise fail(str(exc)) from exc
+        try:
+            ext = runtime.from_cluster(cfg, core)
         except ProblemsError as exc:  # e.g. a secret's environment variable is unset
             raise fail(f"invalid config {exc.source}:\n  " + "\n  ".join(exc.problems)) from exc
     uvicorn.run(
