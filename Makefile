@@ -44,7 +44,8 @@ lint: $(STAMP)
 typecheck: lint
 
 # testpaths is tests/ only, so `unit` never collects the e2e suite; `e2e` runs it on its own.
-unit: $(STAMP)
+# After tools: a unit test checks the committed go.sum files against the Go module cache.
+unit: $(STAMP) tools
 	$(PY) -m pytest -q
 
 # Real kube-apiserver, kube-scheduler and the extender on a throwaway local KWOK cluster.

@@ -81,7 +81,7 @@ def go_env(tmp_path: Path) -> dict[str, str]:
 @pytest.mark.parametrize("wrapper", sorted(WRAPPED))
 def test_go_verifies_the_committed_go_sum_in_a_copy(wrapper: str, tmp_path: Path) -> None:
     if shutil.which("go") is None:
-        pytest.skip("no go on PATH (make tools needs Go >= 1.26)")
+        pytest.fail("no go on PATH: install Go >= 1.26 (make tools builds the toolchain with it)")
     copy = tmp_path / wrapper
     shutil.copytree(toolchain.WRAPPERS / wrapper, copy)
     env = go_env(tmp_path)
@@ -94,7 +94,9 @@ def test_go_verifies_the_committed_go_sum_in_a_copy(wrapper: str, tmp_path: Path
         check=False,
     )
     if "module lookup disabled" in load.stderr:
-        pytest.skip(f"the modules of {wrapper} are not in the local module cache (make tools)")
+        pytest.fail(
+            f"the modules of {wrapper} are not in the local module cache: run make tools first"
+        )
     # A hash the build needs and the go.sum lacks: "missing go.sum entry".
     assert load.returncode == 0, load.stderr[-2000:]
     verify = subprocess.run(
