@@ -288,6 +288,13 @@ def add_controller(
         if ext.config.power is None:  # the config loader refuses this; keep mypy sure
             raise ValueError("the controller needs the power: section")
         power_source = PrometheusPowerSource(ext.config.power)
+    power = ext.config.power
+    if power is not None and power.preset != "custom" and not power.selector:
+        log.warning(
+            "power.selector is not set: every series of the %s preset's metric counts, "
+            "whoever exports it; select the trusted exporter's job (docs/power.md)",
+            power.preset,
+        )
     if cluster_api is None or lease_api is None:
         from kubernetes import client
 
