@@ -82,10 +82,10 @@ def bare_pod(name: str, node: str) -> dict[str, Any]:
     }
 
 
-def create_bare_pods(core: Any, nodes: list[str]) -> None:
-    """``batch-<i>`` bound to ``nodes[i]``, once the namespace's ``default``
-    ServiceAccount exists (admission refuses pods before kube-controller-manager has
-    created it, which a fresh cluster may not have done yet)."""
+def wait_for_default_account(core: Any) -> None:
+    """Wait until the namespace's ``default`` ServiceAccount exists: admission refuses pods
+    before kube-controller-manager has created it, which a fresh cluster may not have done
+    yet."""
     from kubernetes.client.exceptions import ApiException
 
     def has_account() -> bool:
@@ -98,6 +98,12 @@ def create_bare_pods(core: Any, nodes: list[str]) -> None:
         return True
 
     wait_for("the default ServiceAccount", has_account, 30.0, every_s=0.2)
+
+
+def create_bare_pods(core: Any, nodes: list[str]) -> None:
+    """``batch-<i>`` bound to ``nodes[i]``, once the namespace's ``default``
+    ServiceAccount exists (:func:`wait_for_default_account`)."""
+    wait_for_default_account(core)
     for i, node in enumerate(nodes):
         core.create_namespaced_pod(NAMESPACE, bare_pod(f"batch-{i}", node))
 

@@ -28,6 +28,7 @@ from extender.controller.actions import KubernetesClusterApi
 from extender.controller.loop import (
     Controller,
     TickReport,
+    eviction_priority,
     pod_watts,
     scaled_object_service,
     selector_matches,
@@ -567,6 +568,63 @@ def test_a_scaled_object_changed_under_the_patch_is_a_conflict() -> None:
     rig.cluster.list_cluster_custom_object = original  # type: ignore[method-assign]
     rig.tick(45)
     assert len(rig.cluster.patches) == 1
+
+
+# --- whose priority counts -------------------------------------------------------------------
+def set_priority(rig: Rig, name: str, *, value: int | None, label: str | None = None) -> None:
+    """``spec.priority`` as the API server's Priority admission sets it from the pod's
+    PriorityClass (``None``: no such field), and the tenant-written priority label."""
+    raw = rig.cluster.pods[name]
+    if value is None:
+        raw["spec"].pop("priority", None)
+    else:
+        raw["spec"]["priority"] = value
+    if label is not None:
+        raw["metadata"]["labels"]["powercap.io/priority"] = label
+
+
+@pytest.mark.parametrize("label", ["999", "5000"])  # above the others; above protectPriority
+def test_a_priority_class_outranks_a_tenant_set_priority_label(label: str) -> None:
+    """batch-0 is labelled important by whoever created it, but its PriorityClass is the
+    lowest in the domain: it goes first, and its label protects nothing."""
+    rig = Rig()
+    for name in rig.cluster.pods:
+        set_priority(rig, name, value=500)
+    set_priority(rig, "batch-0", value=100, label=label)
+    breach(rig)
+    report = rig.tick(30 + 300)
+    decision = report.decisions["rack-a"]
+    assert isinstance(decision, Evict) and decision.max_victims == 2
+    # 4 kW to clear, ~3.7 kW per batch pod: two go, batch-0 and one of the others.
+    assert len(rig.cluster.evicted) == 2 and "batch-0" in rig.cluster.evicted, rig.cluster.evicted
+    message = next(a.message for a in report.actions if a.target == "llm/batch-0")
+    assert "(priority 100, service priority 10," in message
+
+
+def test_a_priority_class_at_the_threshold_protects_whatever_the_labels_say() -> None:
+    """batch-0's PriorityClass is at or above protectPriority: never evicted, though its
+    service is the lowest and the other batch pods claim more with their labels. vip-0's
+    class is the default, but the operator protects its service."""
+    rig = Rig()
+    for name in rig.cluster.pods:
+        set_priority(rig, name, value=0)
+    set_priority(rig, "batch-0", value=2_000_000)
+    set_priority(rig, "batch-1", value=0, label="20")
+    set_priority(rig, "batch-2", value=0, label="20")
+    breach(rig)
+    report = rig.tick(30 + 300)
+    assert isinstance(report.decisions["rack-a"], Evict)
+    assert sorted(rig.cluster.evicted) == ["batch-1", "batch-2"]
+    assert not {"batch-0", "vip-0", "chat-0"} & set(rig.cluster.eviction_attempts)
+
+
+def test_eviction_priority_reads_the_label_only_without_a_class_value() -> None:
+    assert eviction_priority(100, 5000, 10) == (100, 10)
+    assert eviction_priority(0, None, 10) == (0, 10)
+    # No spec.priority (an API server without Priority admission): the label, else the
+    # service's priority.
+    assert eviction_priority(None, 5000, 10) == (5000, 10)
+    assert eviction_priority(None, None, 10) == (10, 10)
 
 
 # --- pieces --------------------------------------------------------------------------------

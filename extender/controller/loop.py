@@ -9,7 +9,8 @@ while this process holds the Lease — takes the next step of
 :class:`extender.controller.actions.ClusterApi`. It returns a :class:`TickReport` with an
 :class:`ActionRecord` per step. :class:`ControllerLoop` runs it every
 ``controller.period`` once the mirror has synced. :func:`pod_watts`,
-:func:`scaled_object_service` and :func:`selector_matches` are the pure rules it applies.
+:func:`eviction_priority`, :func:`scaled_object_service` and :func:`selector_matches` are
+the pure rules it applies.
 
 The tick step by step, dry-run, missing data and the choices made where the design is
 silent (deepest domain first, watts per pod, priorities, ScaledObject services, 429s):
@@ -144,6 +145,26 @@ def _int_or(value: Any, default: int) -> int:
         return int(str(value))
     except (TypeError, ValueError):
         return default
+
+
+def eviction_priority(
+    class_priority: int | None, label_priority: int | None, service_priority: int
+) -> tuple[int, int]:
+    """A pod's eviction priority: pods with the smaller pair go first.
+
+    ``class_priority`` is the pod's ``spec.priority``: the value of its PriorityClass, set
+    by the API server's Priority admission from ``priorityClassName`` (the default class's,
+    or 0, without one) and refused on create when it does not match, so a tenant can only
+    pick among the classes the cluster's administrators created. When it is there the
+    pair is (that value, the service's configured priority) and ``label_priority`` — the
+    ``powercap.io/priority`` label, which whoever creates the pod writes — is not read: as
+    a tie-breaker it would let a tenant reorder every pod of its class, which for the
+    default class is most of the cluster. Only when the pod has no ``spec.priority`` (an
+    API server without Priority admission) does the label stand in for it: (the label,
+    else the service priority; the service priority)."""
+    if class_priority is not None:
+        return (class_priority, service_priority)
+    return (service_priority if label_priority is None else label_priority, service_priority)
 
 
 def pod_watts(
@@ -467,7 +488,7 @@ class Controller:
         s = self.settings
         tree = self.state.tree
         domain = tree.names[d]
-        pods, labels = self._domain_pods(d)
+        pods, labels, classes = self._domain_pods(d)
         if not pods:
             log.warning("domain %s in breach: no pod to evict", domain)
             return False
@@ -493,15 +514,20 @@ class Controller:
                     status = budgets[b].get("status") or {}
                     allowance.append(max(0, _int_or(status.get("disruptionsAllowed"), 0)))
                 group[i] = index[b]
-        priority = [self._priority(p, lab) for p, lab in zip(pods, labels, strict=True)]
+        keys = [self._priority(p, lab, c) for p, lab, c in zip(pods, labels, classes, strict=True)]
+        # Either part at or above the threshold protects: a PriorityClass value or the
+        # priority the operator gave the service.
+        protected |= np.array([max(k) >= s.ladder.protect_priority for k in keys], dtype=bool)
+        # choose_victims weighs priorities by rank, so the ranks of the pairs order it.
+        rank = {k: r for r, k in enumerate(sorted(set(keys)))}
         draw = [watts.get(p.uid, math.nan) for p in pods]
         candidates = Candidates.build(
-            draw, priority, group, protected=protected, allowance=allowance
+            draw, [rank[k] for k in keys], group, protected=protected, allowance=allowance
         )
         choice: VictimChoice = choose_victims(
             candidates,
             action.overage_w,
-            priority_threshold=s.ladder.protect_priority,
+            priority_threshold=len(rank),
             max_victims=action.max_victims,
             time_limit_s=s.victim_time_limit_s,
         )
@@ -523,10 +549,11 @@ class Controller:
         took = False
         for i in choice.victims:
             pod = pods[int(i)]
+            first, service = keys[int(i)]
             message = (
                 f"domain {domain} is over its cap: evicting {pod.namespace}/{pod.name} "
-                f"(priority {priority[int(i)]}, ~{draw[int(i)]:.0f} W) to shed "
-                f"{action.overage_w:.0f} W"
+                f"(priority {first}, service priority {service}, ~{draw[int(i)]:.0f} W) "
+                f"to shed {action.overage_w:.0f} W"
             )
             outcome = "dry-run" if s.dry_run else "done"
             if not s.dry_run:
@@ -721,14 +748,18 @@ class Controller:
             )
         return out
 
-    def _domain_pods(self, d: int) -> tuple[list[PodRecord], list[Mapping[str, Any]]]:
+    def _domain_pods(
+        self, d: int
+    ) -> tuple[list[PodRecord], list[Mapping[str, Any]], list[int | None]]:
         """Running managed pods on the domain's nodes, read from the API server (their
-        labels decide budgets and priority), with their labels."""
+        labels decide budgets, their ``spec.priority`` the order), with their labels and
+        ``spec.priority`` (``None`` when absent)."""
         assert self.api is not None
         tree = self.state.tree
         below = tree.membership[d]
         pods: list[PodRecord] = []
         labels: list[Mapping[str, Any]] = []
+        classes: list[int | None] = []
         for node in self.state.nodes():
             if not below[node.leaf]:
                 continue
@@ -740,18 +771,28 @@ class Controller:
                     continue
                 pods.append(record)
                 labels.append(_labels(obj))
-        return pods, labels
+                value = (obj.get("spec") or {}).get("priority")
+                classes.append(
+                    value if isinstance(value, int) and not isinstance(value, bool) else None
+                )
+        return pods, labels, classes
 
-    def _priority(self, pod: PodRecord, labels: Mapping[str, Any]) -> int:
+    def _priority(
+        self, pod: PodRecord, labels: Mapping[str, Any], class_priority: int | None
+    ) -> tuple[int, int]:
+        """:func:`eviction_priority` of one pod."""
+        entry = self.config.services.get(pod.service) if pod.service is not None else None
+        service = entry.priority if entry is not None else 0
+        label: int | None = None
         raw = labels.get(self.settings.priority_label)
-        if raw is not None:
+        if class_priority is None and raw is not None:  # read only where it counts
             value = _int_or(raw, -(2**31))
             if value != -(2**31):
-                return value
-            label = self.settings.priority_label
-            log.warning("pod %s/%s: unreadable %s=%r", pod.namespace, pod.name, label, raw)
-        entry = self.config.services.get(pod.service) if pod.service is not None else None
-        return entry.priority if entry is not None else 0
+                label = value
+            else:
+                name = self.settings.priority_label
+                log.warning("pod %s/%s: unreadable %s=%r", pod.namespace, pod.name, name, raw)
+        return eviction_priority(class_priority, label, service)
 
     # --- metrics ------------------------------------------------------------------------------
     def _export(self, report: TickReport, readings: PowerReadings) -> None:
