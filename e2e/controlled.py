@@ -1,5 +1,6 @@
 """What the controller's e2e tests share: API clients, pods bound by hand, the feed of bound
-pods into the power simulator, the controller's Eviction events and flat metric samples."""
+pods into the power simulator, KEDA's ScaledObject CRD and ScaledObjects, the controller's
+Eviction events and flat metric samples."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import orjson
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from e2e import crds, toolchain
 from e2e.deploy import NAMESPACE, SCHEDULER_NAME, SERVICE_LABEL, pod_watch, wait_for
 from e2e.powersim import StaticPods, bound_pod
 from e2e.scenarios import BATCH
@@ -143,5 +146,35 @@ def fast_controller(
                 "cluster": {"limit": 1, "window": window},
             },
             "lease": lease,
+        },
+    }
+
+
+def install_scaled_object_crd(extensions: Any) -> None:
+    """KEDA's own ScaledObject CRD (pinned, from ``make tools``), Established."""
+    (path,) = [p for p in crds.installed(toolchain.cache_root()) if "scaledobjects" in p.name]
+    crd = yaml.safe_load(path.read_text())
+    extensions.create_custom_resource_definition(crd)
+
+    def established() -> bool:
+        got = extensions.read_custom_resource_definition(crd["metadata"]["name"])
+        return any(
+            c.type == "Established" and c.status == "True" for c in got.status.conditions or []
+        )
+
+    wait_for("the ScaledObject CRD", established, 60.0, every_s=0.2)
+
+
+def scaled_object(name: str, max_replicas: int) -> dict[str, Any]:
+    """A ScaledObject of the Deployment ``name``, labelled as the service ``name``."""
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {SERVICE_LABEL: name}},
+        "spec": {
+            "scaleTargetRef": {"name": name},
+            "minReplicaCount": 1,
+            "maxReplicaCount": max_replicas,
+            "triggers": [{"type": "cpu", "metricType": "Utilization", "metadata": {"value": "60"}}],
         },
     }

@@ -37,18 +37,18 @@ from typing import Any
 
 import orjson
 import pytest
-import yaml
 
-from e2e import crds, toolchain
 from e2e.cluster import TEST_LOG_DIR, cluster
 from e2e.controlled import (
     bare_pod,
     evict_events,
     fast_controller,
+    install_scaled_object_crd,
     k8s_apis,
     pod_feed,
     pods,
     samples,
+    scaled_object,
     wait_for_default_account,
 )
 from e2e.deploy import (
@@ -113,35 +113,6 @@ SCENARIO: dict[str, Any] = {
         for name, (priority, replicas) in SERVICES.items()
     ],
 }
-
-
-def install_scaled_object_crd(extensions: Any) -> None:
-    """KEDA's own ScaledObject CRD (pinned, from ``make tools``), Established."""
-    (path,) = [p for p in crds.installed(toolchain.cache_root()) if "scaledobjects" in p.name]
-    crd = yaml.safe_load(path.read_text())
-    extensions.create_custom_resource_definition(crd)
-
-    def established() -> bool:
-        got = extensions.read_custom_resource_definition(crd["metadata"]["name"])
-        return any(
-            c.type == "Established" and c.status == "True" for c in got.status.conditions or []
-        )
-
-    wait_for("the ScaledObject CRD", established, 60.0, every_s=0.2)
-
-
-def scaled_object(name: str, max_replicas: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "keda.sh/v1alpha1",
-        "kind": "ScaledObject",
-        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {SERVICE_LABEL: name}},
-        "spec": {
-            "scaleTargetRef": {"name": name},
-            "minReplicaCount": 1,
-            "maxReplicaCount": max_replicas,
-            "triggers": [{"type": "cpu", "metricType": "Utilization", "metadata": {"value": "60"}}],
-        },
-    }
 
 
 def no_disruption_budget(service: str) -> dict[str, Any]:
