@@ -1,5 +1,6 @@
 """What the controller's e2e tests share: API clients, pods bound by hand, the feed of bound
-pods into the power simulator, the controller's Eviction events and flat metric samples."""
+pods into the power simulator, KEDA's ScaledObject CRD and ScaledObjects, the controller's
+Eviction events and flat metric samples."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import orjson
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from e2e import crds, toolchain
 from e2e.deploy import NAMESPACE, SCHEDULER_NAME, SERVICE_LABEL, pod_watch, wait_for
 from e2e.powersim import StaticPods, bound_pod
 from e2e.scenarios import BATCH
@@ -82,10 +85,10 @@ def bare_pod(name: str, node: str) -> dict[str, Any]:
     }
 
 
-def create_bare_pods(core: Any, nodes: list[str]) -> None:
-    """``batch-<i>`` bound to ``nodes[i]``, once the namespace's ``default``
-    ServiceAccount exists (admission refuses pods before kube-controller-manager has
-    created it, which a fresh cluster may not have done yet)."""
+def wait_for_default_account(core: Any) -> None:
+    """Wait until the namespace's ``default`` ServiceAccount exists: admission refuses pods
+    before kube-controller-manager has created it, which a fresh cluster may not have done
+    yet."""
     from kubernetes.client.exceptions import ApiException
 
     def has_account() -> bool:
@@ -98,6 +101,12 @@ def create_bare_pods(core: Any, nodes: list[str]) -> None:
         return True
 
     wait_for("the default ServiceAccount", has_account, 30.0, every_s=0.2)
+
+
+def create_bare_pods(core: Any, nodes: list[str]) -> None:
+    """``batch-<i>`` bound to ``nodes[i]``, once the namespace's ``default``
+    ServiceAccount exists (:func:`wait_for_default_account`)."""
+    wait_for_default_account(core)
     for i, node in enumerate(nodes):
         core.create_namespaced_pod(NAMESPACE, bare_pod(f"batch-{i}", node))
 
@@ -137,5 +146,35 @@ def fast_controller(
                 "cluster": {"limit": 1, "window": window},
             },
             "lease": lease,
+        },
+    }
+
+
+def install_scaled_object_crd(extensions: Any) -> None:
+    """KEDA's own ScaledObject CRD (pinned, from ``make tools``), Established."""
+    (path,) = [p for p in crds.installed(toolchain.cache_root()) if "scaledobjects" in p.name]
+    crd = yaml.safe_load(path.read_text())
+    extensions.create_custom_resource_definition(crd)
+
+    def established() -> bool:
+        got = extensions.read_custom_resource_definition(crd["metadata"]["name"])
+        return any(
+            c.type == "Established" and c.status == "True" for c in got.status.conditions or []
+        )
+
+    wait_for("the ScaledObject CRD", established, 60.0, every_s=0.2)
+
+
+def scaled_object(name: str, max_replicas: int) -> dict[str, Any]:
+    """A ScaledObject of the Deployment ``name``, labelled as the service ``name``."""
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {SERVICE_LABEL: name}},
+        "spec": {
+            "scaleTargetRef": {"name": name},
+            "minReplicaCount": 1,
+            "maxReplicaCount": max_replicas,
+            "triggers": [{"type": "cpu", "metricType": "Utilization", "metadata": {"value": "60"}}],
         },
     }

@@ -41,6 +41,7 @@ from extender.config.loading import config_from_problem
 from extender.config.model import Config, PlannerSettings, PolicySpec, ScoringSpec
 from extender.controller.actions import ClusterApi, KubernetesClusterApi
 from extender.controller.loop import Controller, ControllerLoop, PowerSource
+from extender.controller.memory import ConfigMapStateStore, MemoryKeeper, StateStore
 from extender.profiles.refresh import ProfileRefresher
 from extender.telemetry import CarbonMetrics, ControllerMetrics, Telemetry
 from extender.webhook.app import create_app
@@ -206,12 +207,13 @@ def from_cluster(
     cluster_api: ClusterApi | None = None,
     lease_api: LeaseApi | None = None,
     power_source: PowerSource | None = None,
+    state_store: StateStore | None = None,
 ) -> Extender:
     """An extender over a live cluster; ``core`` is a ``kubernetes.client.CoreV1Api``.
 
     With ``controller.enabled`` the controller is added; its API clients are built on
-    ``core``'s connection unless given (``cluster_api``, ``lease_api``), and its power
-    source from ``config.power`` unless given."""
+    ``core``'s connection unless given (``cluster_api``, ``lease_api``, ``state_store``),
+    and its power source from ``config.power`` unless given."""
     from kubernetes.client.exceptions import ApiException
 
     timeouts = config.kubernetes
@@ -246,7 +248,14 @@ def from_cluster(
         relists=ext.telemetry.mirror_relists,
     )
     if config.controller.enabled:
-        add_controller(ext, core, cluster_api, lease_api=lease_api, power_source=power_source)
+        add_controller(
+            ext,
+            core,
+            cluster_api,
+            lease_api=lease_api,
+            power_source=power_source,
+            state_store=state_store,
+        )
     if config.intensity:
         add_carbon(ext)
     if config.learn is not None:
@@ -291,8 +300,12 @@ def add_controller(
     *,
     lease_api: LeaseApi | None = None,
     power_source: PowerSource | None = None,
+    state_store: StateStore | None = None,
 ) -> None:
-    """Add the companion controller, its Lease and its metrics to ``ext``."""
+    """Add the companion controller, its Lease, its memory and its metrics to ``ext``.
+    The memory is kept through ``state_store``, by default the ConfigMap
+    ``controller.state.configMap`` in the Lease's namespace (none in dry-run, or when the
+    name is empty)."""
     settings = ext.config.controller
     if power_source is None:
         from extender.controller.readings import PrometheusPowerSource
@@ -300,6 +313,13 @@ def add_controller(
         if ext.config.power is None:  # the config loader refuses this; keep mypy sure
             raise ValueError("the controller needs the power: section")
         power_source = PrometheusPowerSource(ext.config.power)
+    power = ext.config.power
+    if power is not None and power.preset != "custom" and not power.selector:
+        log.warning(
+            "power.selector is not set: every series of the %s preset's metric counts, "
+            "whoever exports it; select the trusted exporter's job (docs/power.md)",
+            power.preset,
+        )
     if cluster_api is None or lease_api is None:
         from kubernetes import client
 
@@ -322,6 +342,16 @@ def add_controller(
     )
     metrics.leader.set(0.0)
     ext.elector = elector
+    memory: MemoryKeeper | None = None
+    if not settings.dry_run and (state_store is not None or settings.state_config_map):
+        if state_store is None:
+            state_store = ConfigMapStateStore(
+                core,
+                settings.lease.namespace,
+                settings.state_config_map,
+                identity=elector.identity,
+            )
+        memory = MemoryKeeper(state_store, settings.state_min_interval_s)
     ext.controller = Controller(
         ext.config,
         ext.state,
@@ -330,6 +360,7 @@ def add_controller(
         events=ext.events,
         metrics=metrics,
         leader=elector.is_leader,
+        memory=memory,
     )
     ext.controller_loop = ControllerLoop(ext.controller, settings.period_s)
     log.info(

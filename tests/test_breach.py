@@ -14,6 +14,7 @@ from placement.control.breach import (
     direct_watts,
     feedback_watts,
     measured_by_domain,
+    resume,
     roll_up,
     step,
 )
@@ -88,6 +89,33 @@ def test_missing_data_never_starts_or_clears_a_breach() -> None:
     _, gap = results[2]
     assert gap.stale[0] and not gap.cleared[0]
     assert np.isnan(gap.overage_w[0]) and np.isnan(gap.to_clear_w[0])
+
+
+def test_resume_carries_on_a_recorded_breach_over_now_or_in_breach_here() -> None:
+    """Seven domains (cap 1000 W: over above 1020 W, clearing below 950 W). A breach
+    recorded from t=10 in the first five and the last: over now, between the thresholds,
+    below them, without data, over and in breach here since t=40, and between the
+    thresholds but in breach here since t=40; the sixth has nothing recorded."""
+    caps = np.full(7, CAP)
+    state, _ = step(
+        BreachState.initial(7),
+        np.array([NAN, NAN, NAN, NAN, 1100.0, 1100.0, 1100.0]),
+        caps,
+        now=40,
+        settings=BreachSettings(grace_s=0, hysteresis=0.05),
+    )
+    since = np.array([10.0, 10.0, 10.0, 10.0, 10.0, NAN, 10.0])
+    measured = np.array([1100.0, 960.0, 900.0, NAN, 1100.0, 1100.0, 960.0])
+    resumed, settled = resume(state, since, measured, caps=caps, settings=SETTINGS)
+    np.testing.assert_array_equal(resumed.breach_since, [10.0, NAN, NAN, NAN, 10.0, 40.0, 10.0])
+    np.testing.assert_array_equal(settled, [True, True, True, False, True, False, True])
+    # step() then goes on from there: no new entry, a domain in breach stays in it.
+    after, events = step(resumed, measured, caps, now=50, settings=SETTINGS)
+    np.testing.assert_array_equal(after.in_breach, [True, False, False, False, True, True, True])
+    assert not events.entered[[0, 6]].any()
+    assert events.to_clear_w[0] == pytest.approx(150.0)
+    with pytest.raises(ValueError):
+        resume(state, since[:2], measured, caps=caps, settings=SETTINGS)
 
 
 def test_overage_and_watts_to_clear() -> None:

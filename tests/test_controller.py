@@ -29,13 +29,22 @@ from extender.controller.actions import KubernetesClusterApi
 from extender.controller.loop import (
     Controller,
     TickReport,
+    eviction_priority,
     pod_watts,
     scaled_object_service,
     selector_matches,
 )
+from extender.controller.memory import (
+    ConfigMapStateStore,
+    ControllerMemory,
+    MemoryKeeper,
+    StateConflict,
+    StateStoreError,
+    union_times,
+)
 from extender.controller.readings import PowerReadings, failed_readings, readings_from_vectors
 from extender.telemetry import ControllerMetrics
-from placement.control.ladder import Evict, Reshape, Restore, Wait
+from placement.control.ladder import Evict, Reshape, Restore, Step, Wait
 from tests.scheduler_payloads import pod
 
 T0 = 1_795_730_400.0  # a whole hour, so one slot spans the test
@@ -113,6 +122,7 @@ class FakeCluster:
         self.eviction_attempts: list[str] = []
         self.refuse_eviction: set[str] = set()  # names answered with 429
         self.reads = 0
+        self.configmaps: dict[tuple[str, str], dict[str, Any]] = {}
 
     # CoreV1Api
     def list_pod_for_all_namespaces(self, **kw: Any) -> _Raw:
@@ -135,6 +145,30 @@ class FakeCluster:
         del self.pods[name]
         self.evicted.append(name)
         return _Raw({"kind": "Status", "status": "Success"})
+
+    def read_namespaced_config_map(self, name: str, namespace: str, **_: Any) -> _Raw:
+        if (namespace, name) not in self.configmaps:
+            raise ApiException(status=404, reason="Not Found")
+        return _Raw(self.configmaps[namespace, name])
+
+    def create_namespaced_config_map(self, namespace: str, body: Any, **_: Any) -> _Raw:
+        key = (namespace, body["metadata"]["name"])
+        if key in self.configmaps:
+            raise ApiException(status=409, reason="AlreadyExists")
+        obj = copy.deepcopy(body)
+        obj["metadata"]["resourceVersion"] = "1"
+        self.configmaps[key] = obj
+        return _Raw(obj)
+
+    def replace_namespaced_config_map(self, name: str, namespace: str, body: Any, **_: Any) -> _Raw:
+        current = self.configmaps[namespace, name]
+        version = current["metadata"]["resourceVersion"]
+        if body["metadata"].get("resourceVersion") != version:
+            raise ApiException(status=409, reason="Conflict")
+        obj = copy.deepcopy(body)
+        obj["metadata"]["resourceVersion"] = str(int(version) + 1)
+        self.configmaps[namespace, name] = obj
+        return _Raw(obj)
 
     # CustomObjectsApi
     def list_cluster_custom_object(
@@ -215,7 +249,9 @@ class FakePower:
 class Rig:
     """A config, a state with three nodes and five pods, a fake cluster and the controller."""
 
-    def __init__(self, leader: bool = True, **controller: Any) -> None:
+    def __init__(
+        self, leader: bool = True, *, memory: MemoryKeeper | None = None, **controller: Any
+    ) -> None:
         self.config = config_from_data(config_data(**controller))
         self.state = ClusterState(self.config.grid, self.config.tree, self.config.headroom)
         tree = self.config.tree
@@ -255,6 +291,7 @@ class Rig:
             events=self.events,
             metrics=self.metrics,
             leader=lambda: self.leader,
+            memory=memory,
         )
 
     def add_pod(self, name: str, service: str, node: str) -> None:
@@ -586,6 +623,285 @@ def test_a_scaled_object_changed_under_the_patch_is_a_conflict() -> None:
     rig.cluster.list_cluster_custom_object = original  # type: ignore[method-assign]
     rig.tick(45)
     assert len(rig.cluster.patches) == 1
+
+
+# --- whose priority counts -------------------------------------------------------------------
+def set_priority(rig: Rig, name: str, *, value: int | None, label: str | None = None) -> None:
+    """``spec.priority`` as the API server's Priority admission sets it from the pod's
+    PriorityClass (``None``: no such field), and the tenant-written priority label."""
+    raw = rig.cluster.pods[name]
+    if value is None:
+        raw["spec"].pop("priority", None)
+    else:
+        raw["spec"]["priority"] = value
+    if label is not None:
+        raw["metadata"]["labels"]["powercap.io/priority"] = label
+
+
+@pytest.mark.parametrize("label", ["999", "5000"])  # above the others; above protectPriority
+def test_a_priority_class_outranks_a_tenant_set_priority_label(label: str) -> None:
+    """batch-0 is labelled important by whoever created it, but its PriorityClass is the
+    lowest in the domain: it goes first, and its label protects nothing."""
+    rig = Rig()
+    for name in rig.cluster.pods:
+        set_priority(rig, name, value=500)
+    set_priority(rig, "batch-0", value=100, label=label)
+    breach(rig)
+    report = rig.tick(30 + 300)
+    decision = report.decisions["rack-a"]
+    assert isinstance(decision, Evict) and decision.max_victims == 2
+    # 4 kW to clear, ~3.7 kW per batch pod: two go, batch-0 and one of the others.
+    assert len(rig.cluster.evicted) == 2 and "batch-0" in rig.cluster.evicted, rig.cluster.evicted
+    message = next(a.message for a in report.actions if a.target == "llm/batch-0")
+    assert "(priority 100, service priority 10," in message
+
+
+def test_a_priority_class_at_the_threshold_protects_whatever_the_labels_say() -> None:
+    """batch-0's PriorityClass is at or above protectPriority: never evicted, though its
+    service is the lowest and the other batch pods claim more with their labels. vip-0's
+    class is the default, but the operator protects its service."""
+    rig = Rig()
+    for name in rig.cluster.pods:
+        set_priority(rig, name, value=0)
+    set_priority(rig, "batch-0", value=2_000_000)
+    set_priority(rig, "batch-1", value=0, label="20")
+    set_priority(rig, "batch-2", value=0, label="20")
+    breach(rig)
+    report = rig.tick(30 + 300)
+    assert isinstance(report.decisions["rack-a"], Evict)
+    assert sorted(rig.cluster.evicted) == ["batch-1", "batch-2"]
+    assert not {"batch-0", "vip-0", "chat-0"} & set(rig.cluster.eviction_attempts)
+
+
+def test_eviction_priority_reads_the_label_only_without_a_class_value() -> None:
+    assert eviction_priority(100, 5000, 10) == (100, 10)
+    assert eviction_priority(0, None, 10) == (0, 10)
+    # No spec.priority (an API server without Priority admission): the label, else the
+    # service's priority.
+    assert eviction_priority(None, 5000, 10) == (5000, 10)
+    assert eviction_priority(None, None, 10) == (10, 10)
+
+
+# --- the memory a next leader reads -------------------------------------------------------------
+class FakeStateStore:
+    """A ConfigMap's payload and resourceVersion; each write is kept with the number of
+    eviction attempts the cluster had seen when it was made."""
+
+    def __init__(self, cluster: FakeCluster) -> None:
+        self.cluster = cluster
+        self.payload: bytes | None = None
+        self.version = 0
+        self.writes: list[tuple[ControllerMemory, int]] = []
+        self.down = False
+
+    def read(self) -> tuple[bytes | None, str | None]:
+        if self.down:
+            raise StateStoreError("reading ConfigMap: 503 Service Unavailable")
+        return self.payload, None if self.payload is None else str(self.version)
+
+    def write(self, payload: bytes, version: str | None) -> str:
+        if self.down:
+            raise StateStoreError("writing ConfigMap: 503 Service Unavailable")
+        if version != (None if self.payload is None else str(self.version)):
+            raise StateConflict("the ConfigMap changed since it was read")
+        self.payload = payload
+        self.version += 1
+        memory = ControllerMemory.from_payload(payload)
+        self.writes.append((memory, len(self.cluster.eviction_attempts)))
+        return str(self.version)
+
+    def memory(self) -> ControllerMemory:
+        assert self.payload is not None
+        return ControllerMemory.from_payload(self.payload)
+
+
+def test_a_new_leader_carries_on_the_breach_its_steps_and_the_rate_windows() -> None:
+    """Leader a reshapes and evicts, then dies; b, a process that starts only then, reads
+    what a wrote: the breach goes on from a's start, the evictions' settle period and
+    rate window hold, and no second reshape happens."""
+    a = Rig(memory=None)
+    store = FakeStateStore(a.cluster)
+    a.controller.memory = MemoryKeeper(store, 10.0)
+    breach(a)
+    rack = a.config.tree.index["rack-a"]
+    assert store.memory().breach_since == {"rack-a": T0 + 30}
+    assert store.memory().steps["rack-a"] == (Step("reshape", T0 + 30),)
+    a.tick(330)
+    assert len(a.cluster.evicted) == 2
+    # The two evictions were written before the first was posted.
+    ahead = [m for m, attempts in store.writes if attempts == 0]
+    assert ahead[-1].evictions == {"rack-a": (T0 + 330, T0 + 330)}
+    assert ahead[-1].cluster_evictions == (T0 + 330, T0 + 330)
+
+    # a dies. b starts on the same cluster, as leader at once, the surge still on.
+    b = Rig(memory=MemoryKeeper(store, 10.0))
+    b.cluster, b.power = a.cluster, a.power
+    b.controller.api = a.controller.api
+    b.controller.source = a.power
+    b.mirror_evictions()
+    patches = len(a.cluster.patches)
+    report = b.tick(345)
+    # In breach since a's start (not pending a grace period of its own), within the
+    # settle period of a's evictions.
+    assert b.controller.breach.breach_since[rack] == T0 + 30
+    assert report.decisions["rack-a"] == Wait("waiting for the effect of evict", T0 + 390)
+    # Settled: a's two evictions fill the 5-minute window; the reshape was this breach's.
+    report = b.tick(390)
+    assert report.decisions["rack-a"] == Wait("eviction rate limit reached")
+    assert len(a.cluster.patches) == patches and len(a.cluster.evicted) == 2
+    # Once a's evictions leave the window, b evicts the last batch pod.
+    report = b.tick(631)
+    assert isinstance(report.decisions["rack-a"], Evict)
+    assert len(a.cluster.evicted) == 3
+
+
+def test_the_memory_is_written_on_change_only_and_rate_limited_without_a_step() -> None:
+    rig = Rig(state={"minInterval": "60s"})
+    store = FakeStateStore(rig.cluster)
+    keeper = MemoryKeeper(store, rig.config.controller.state_min_interval_s)
+    rig.controller.memory = keeper
+    for at in (-30, -15):
+        rig.tick(at)
+    assert store.writes == []  # nothing to remember: nothing written
+    breach(rig)  # reshape at 30: written at once
+    assert len(store.writes) == 1
+    rig.tick(45)  # waiting for the reshape to settle: nothing changed
+    assert len(store.writes) == 1
+    rig.power.watts.update({"a1": 5_000.0, "a2": 4_000.0})
+    rig.tick(60)  # cleared, no step: the change waits for the interval
+    assert len(store.writes) == 1
+    rig.tick(75)
+    assert len(store.writes) == 1
+    rig.tick(90)  # 60 s since the last write
+    assert len(store.writes) == 2
+    assert store.memory().breach_since == {}
+    assert store.memory().steps == {"rack-a": (Step("reshape", T0 + 30),)}
+
+
+def test_what_a_stop_finds_unwritten_is_written_then() -> None:
+    rig = Rig(state={"minInterval": "1h"})
+    store = FakeStateStore(rig.cluster)
+    rig.controller.memory = MemoryKeeper(store, rig.config.controller.state_min_interval_s)
+    breach(rig)
+    rig.power.watts.update({"a1": 5_000.0, "a2": 4_000.0})
+    rig.tick(45)  # cleared: not due for an hour
+    assert [m.breach_since for m, _ in store.writes] == [{"rack-a": T0 + 30}]
+    rig.controller.flush(T0 + 46)
+    assert [m.breach_since for m, _ in store.writes] == [{"rack-a": T0 + 30}, {}]
+
+
+def test_no_eviction_is_posted_unless_its_memory_was_written_first() -> None:
+    rig = Rig()
+    store = FakeStateStore(rig.cluster)
+    rig.controller.memory = MemoryKeeper(store, 10.0)
+    breach(rig)
+    store.down = True
+    report = rig.tick(330)
+    assert isinstance(report.decisions["rack-a"], Evict)
+    assert rig.cluster.eviction_attempts == []
+    assert {a.outcome for a in report.actions} == {"error"}
+    failed = {"kind": "evict", "domain": "rack-a", "reason": "error"}
+    assert rig.metric("powercap_controller_action_failures_total", **failed) == 2.0
+    # Nothing was taken, so the next period tries again, and the memory is there first.
+    store.down = False
+    rig.tick(345)
+    assert len(rig.cluster.evicted) == 2
+    assert store.memory().cluster_evictions == (T0 + 345, T0 + 345)
+
+
+def test_a_leader_that_cannot_read_the_memory_takes_no_step() -> None:
+    rig = Rig()
+    store = FakeStateStore(rig.cluster)
+    rig.controller.memory = MemoryKeeper(store, 10.0)
+    store.down = True
+    report = breach(rig)
+    assert report.decisions == {} and rig.cluster.writes == 0
+    store.down = False
+    assert isinstance(rig.tick(45).decisions["rack-a"], Reshape)
+
+
+def test_two_writers_merge_what_each_recorded() -> None:
+    """A write that meets a newer version (another leader wrote) keeps both records."""
+    cluster = FakeCluster()
+    store = FakeStateStore(cluster)
+    first, second = MemoryKeeper(store, 0.0), MemoryKeeper(store, 0.0)
+    assert first.load() == ControllerMemory() and second.load() == ControllerMemory()
+    mine = ControllerMemory(
+        {"r": 100.0}, {"r": (Step("reshape", 100.0),)}, {"r": (200.0,)}, (200.0,)
+    )
+    theirs = ControllerMemory({"r": 90.0}, {"r": (Step("evict", 150.0),)}, {}, (150.0, 200.0))
+    assert first.save(theirs, now=0.0, urgent=False).written
+    saved = second.save(mine, now=0.0, urgent=False)
+    assert saved.written and saved.theirs == theirs
+    assert store.memory() == ControllerMemory(
+        {"r": 90.0},
+        {"r": (Step("reshape", 100.0), Step("evict", 150.0))},
+        {"r": (200.0,)},
+        (150.0, 200.0),
+    )
+    # Unchanged: not written again.
+    assert not second.save(store.memory(), now=1.0, urgent=True).written
+
+
+def test_the_memory_lives_in_a_configmap_of_the_lease_namespace() -> None:
+    from extender.runtime import from_cluster
+    from tests.test_lease import LeaseStore
+
+    config = config_from_data(config_data(lease={"namespace": "ops"}))
+    cluster = FakeCluster()
+    api = KubernetesClusterApi(cluster, cluster, cluster)
+    ext = from_cluster(
+        config, cluster, cluster_api=api, lease_api=LeaseStore(), power_source=FakePower(config)
+    )
+    assert ext.controller is not None and ext.controller.memory is not None
+    assert ext.elector is not None
+    store = ext.controller.memory.store
+    assert isinstance(store, ConfigMapStateStore)
+    keeper = MemoryKeeper(store, 0.0)
+    assert keeper.load() == ControllerMemory()  # no ConfigMap yet
+    memory = ControllerMemory({"rack-a": T0}, {"rack-a": (Step("reshape", T0),)}, {}, ())
+    assert keeper.save(memory, now=T0, urgent=True).written
+    written = cluster.configmaps["ops", "powercap-controller-state"]
+    assert written["metadata"]["annotations"]["powercap.io/written-by"] == ext.elector.identity
+    assert ControllerMemory.from_payload(written["data"]["memory.json"]) == memory
+    # A second process reads it; a stale write is a conflict, merged and retried.
+    other = MemoryKeeper(store, 0.0)
+    assert other.load() == memory
+    later = ControllerMemory({"rack-a": T0}, {}, {}, (T0 + 60,))
+    assert keeper.save(later, now=T0 + 60, urgent=True).written
+    saved = other.save(ControllerMemory({"rack-b": T0 + 90}), now=T0 + 90, urgent=True)
+    assert saved.theirs == later
+    assert keeper.load().breach_since == {"rack-a": T0, "rack-b": T0 + 90}
+    # In dry run the controller writes nothing, its memory neither.
+    dry = config_from_data(config_data(dryRun=True))
+    ext = from_cluster(
+        dry, cluster, cluster_api=api, lease_api=LeaseStore(), power_source=FakePower(dry)
+    )
+    assert ext.controller is not None and ext.controller.memory is None
+
+
+def test_memory_payload_round_trip_and_refusals() -> None:
+    memory = ControllerMemory(
+        {"rack-a": T0}, {"rack-a": (Step("evict", T0 + 1), Step("reshape", T0))}, {}, (T0 + 1,)
+    )
+    again = ControllerMemory.from_payload(memory.payload())
+    assert again.payload() == memory.payload()
+    assert again.steps["rack-a"] == (Step("reshape", T0), Step("evict", T0 + 1))
+    for bad in (b"{", b"[]", b'{"version": 2}', b'{"version": 1, "steps": {"r": [["jump", 1]]}}'):
+        with pytest.raises(ValueError):
+            ControllerMemory.from_payload(bad)
+    # Two victims of one tick are two evictions; one both writers record is one.
+    assert union_times([5.0, 5.0, 7.0], [5.0, 9.0]) == (5.0, 5.0, 7.0, 9.0)
+
+
+def test_state_section_is_resolved_and_checked() -> None:
+    c = config_from_data(config_data()).controller
+    assert c.state_config_map == "powercap-controller-state" and c.state_min_interval_s == 10.0
+    c = config_from_data(config_data(state={"configMap": "", "minInterval": 0})).controller
+    assert c.state_config_map == "" and c.state_min_interval_s == 0.0
+    with pytest.raises(ConfigError) as err:
+        config_from_data(config_data(state={"configMap": "Controller_State"}))
+    assert any(p.startswith("controller.state.configMap:") for p in err.value.problems)
 
 
 # --- pieces --------------------------------------------------------------------------------

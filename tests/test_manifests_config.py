@@ -199,6 +199,75 @@ def test_controller_lease_is_granted() -> None:
     assert {v for r in named for v in r["verbs"]} == {"get", "update"}
 
 
+def test_controller_memory_configmap_is_granted() -> None:
+    """The ConfigMap the shipped config's controller keeps its memory in, in the Lease's
+    namespace, is the one rbac.yaml lets it get and update (and create)."""
+    controller = load_config(CONFIG / "powercap.yaml").controller
+    role = next(
+        d
+        for d in _docs(BASE / "rbac.yaml")
+        if d["kind"] == "Role" and d["metadata"]["name"] == "powercap-controller-state"
+    )
+    assert role["metadata"]["namespace"] == controller.lease.namespace
+    assert all(r["resources"] == ["configmaps"] for r in role["rules"])
+    named = [r for r in role["rules"] if "resourceNames" in r]
+    assert [n for r in named for n in r["resourceNames"]] == [controller.state_config_map]
+    assert {v for r in named for v in r["verbs"]} == {"get", "update"}
+    unnamed = [r for r in role["rules"] if "resourceNames" not in r]
+    assert [v for r in unnamed for v in r["verbs"]] == ["create"]
+    binding = next(
+        d
+        for d in _docs(BASE / "rbac.yaml")
+        if d["kind"] == "RoleBinding" and d["metadata"]["name"] == "powercap-controller-state"
+    )
+    assert binding["roleRef"]["name"] == "powercap-controller-state"
+
+
+def test_admission_policies_guard_the_label_the_controller_reads() -> None:
+    """Every ValidatingAdmissionPolicy of admission.yaml, one per kind of object that
+    carries pod labels, guards the shipped config's priority label; who may set it is the
+    ClusterRole the policies ask the authorizer about."""
+    label = load_config(CONFIG / "powercap.yaml").controller.priority_label
+    docs = _docs(BASE / "admission.yaml")
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"}
+    bound = {
+        d["spec"]["policyName"]
+        for d in docs
+        if d["kind"] == "ValidatingAdmissionPolicyBinding"
+        and d["spec"]["validationActions"] == ["Deny"]
+    }
+    assert bound == set(policies)
+    resources = {
+        r
+        for p in policies.values()
+        for rule in p["spec"]["matchConstraints"]["resourceRules"]
+        for r in rule["resources"]
+    }
+    assert resources == {
+        "pods",
+        "deployments",
+        "replicasets",
+        "statefulsets",
+        "daemonsets",
+        "jobs",
+        "cronjobs",
+    }
+    role = _one(BASE / "admission.yaml", "ClusterRole")
+    (rule,) = role["rules"]
+    asked = (
+        f"authorizer.group('{rule['apiGroups'][0]}').resource('{rule['resources'][0]}')"
+        f".namespace(request.namespace).check('{rule['verbs'][0]}').allowed()"
+    )
+    for name, policy in policies.items():
+        (condition,) = policy["spec"]["matchConditions"]
+        assert asked in "".join(condition["expression"].split()), name
+        variables = [v["expression"] for v in policy["spec"]["variables"]]
+        assert all(f"'{label}'" in v for v in variables), name
+    assert (
+        "admission.yaml" in yaml.safe_load((BASE / "kustomization.yaml").read_text())["resources"]
+    )
+
+
 def test_alerts_cover_the_controller() -> None:
     """A sustained breach, stale power data and extender errors each have an alert."""
     exprs = _alert_exprs()

@@ -38,6 +38,7 @@ from extender.config.power import (
     PowerSourceSpec,
     preset_queries,
     resolve_power_source,
+    series_selector,
 )
 from extender.controller.readings import (
     Freshness,
@@ -127,6 +128,75 @@ def test_kepler_preset_takes_the_rate_of_the_platform_energy_counter() -> None:
     assert resolved.timestamp_query == (
         "min by (exported_instance) (timestamp(kepler_node_platform_joules_total))"
     )
+
+
+def test_a_selector_limits_the_dcgm_queries_to_the_trusted_exporter() -> None:
+    spec = PowerSourceSpec.model_validate(
+        {"selector": {"job": "dcgm-exporter", "namespace": "gpu-operator"}}
+    )
+    resolved, problems = resolve_power_source(spec)
+    assert problems == [] and resolved is not None
+    series = 'DCGM_FI_DEV_POWER_USAGE{job="dcgm-exporter",namespace="gpu-operator"}'
+    assert resolved.query == f"sum by (Hostname) ({series})"
+    assert resolved.timestamp_query == f"min by (Hostname) (timestamp({series}))"
+    assert resolved.selector == 'job="dcgm-exporter",namespace="gpu-operator"'
+    # Values are quoted for PromQL, whatever they hold.
+    spec = PowerSourceSpec.model_validate({"selector": {"job": 'a"b\\c'}})
+    resolved, problems = resolve_power_source(spec)
+    assert resolved is not None
+    assert resolved.query == 'sum by (Hostname) (DCGM_FI_DEV_POWER_USAGE{job="a\\"b\\\\c"})'
+
+
+def test_a_matcher_string_selector_limits_the_kepler_queries() -> None:
+    spec = PowerSourceSpec.model_validate(
+        {
+            "preset": "kepler",
+            "selector": '{job="kepler", namespace=~"kepler|monitoring",}',
+        }
+    )
+    resolved, problems = resolve_power_source(spec)
+    assert problems == [] and resolved is not None
+    series = 'kepler_node_platform_joules_total{job="kepler",namespace=~"kepler|monitoring"}'
+    assert resolved.query == f"sum by (instance) (rate({series}[1m]))"
+    assert resolved.timestamp_query == f"min by (instance) (timestamp({series}))"
+    # The braces are optional; escapes PromQL accepts are kept as written.
+    assert series_selector('job!~"dcgm\\\\.old"') == 'job!~"dcgm\\\\.old"'
+
+
+@pytest.mark.parametrize(
+    ("selector", "message"),
+    [
+        ({}, "an empty selector selects every series"),
+        ("", "an empty selector selects every series"),
+        ("{}", "an empty selector selects every series"),
+        ({"job-name": "x"}, "'job-name' is not a Prometheus label name"),
+        ('__name__="DCGM_FI_DEV_GPU_TEMP"', "the metric name is the preset's"),
+        ("job=dcgm", "expected a label matcher"),
+        ('job="a" namespace="b"', "expected a comma between matchers"),
+        ('job="a\\q"', "has an escape PromQL does not accept"),
+    ],
+)
+def test_selector_problems_name_the_field(selector: Any, message: str) -> None:
+    resolved, problems = resolve_power_source(
+        PowerSourceSpec.model_validate({"selector": selector})
+    )
+    assert resolved is None
+    (problem,) = problems
+    assert problem.startswith("power.selector: ") and message in problem, problem
+
+
+def test_a_custom_query_carries_its_own_selector() -> None:
+    spec = PowerSourceSpec.model_validate(
+        {
+            "preset": "custom",
+            "query": "sum by (node) (w)",
+            "nodeLabel": "node",
+            "selector": {"a": "b"},
+        }
+    )
+    resolved, problems = resolve_power_source(spec)
+    assert resolved is None
+    assert problems == ["power.selector: preset custom takes its selector inside power.query"]
 
 
 def test_custom_query_node_label_and_non_gpu_watts() -> None:

@@ -20,20 +20,37 @@ per node (7 kW measured). ``powercap serve --config`` with the controller enable
 * bring rack 1's measured power under its cap (and out of breach) within a bounded number
   of control periods;
 * once the surge ends, restore ``maxReplicaCount`` and remove the annotations.
+
+A second test trusts neither tenants nor stray exporters: three ``batch`` pods on one node,
+two of PriorityClass ``powercap-e2e-high`` (500) and one of ``powercap-e2e-low`` (100)
+whose creator labelled it ``powercap.io/priority: "999"``; a rogue simulator, scraped under
+another job, reports the node drawing 50 kW more. With ``power.selector`` on the real
+simulator's job the controller reads the calm rack and does nothing; after a surge any one
+pod would clear the breach, and the one evicted is the low-class pod, label or not.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 import orjson
 import pytest
-import yaml
 
-from e2e import crds, toolchain
 from e2e.cluster import TEST_LOG_DIR, cluster
-from e2e.controlled import k8s_apis, pod_feed, pods, samples
+from e2e.controlled import (
+    bare_pod,
+    evict_events,
+    fast_controller,
+    install_scaled_object_crd,
+    k8s_apis,
+    pod_feed,
+    pods,
+    samples,
+    scaled_object,
+    wait_for_default_account,
+)
 from e2e.deploy import (
     NAMESPACE,
     SERVICE_LABEL,
@@ -45,6 +62,7 @@ from e2e.deploy import (
 )
 from e2e.powersim import PowerSimulator, SimClock, StaticPods, grid_profiles, sim_nodes
 from e2e.prometheus import ScrapeJob, prometheus
+from e2e.scenarios import batch_scenario
 from e2e.scheduler import start_extender, start_scheduler
 from placement.problem import Problem
 from placement.scenario.building import problem_from_spec
@@ -95,35 +113,6 @@ SCENARIO: dict[str, Any] = {
         for name, (priority, replicas) in SERVICES.items()
     ],
 }
-
-
-def install_scaled_object_crd(extensions: Any) -> None:
-    """KEDA's own ScaledObject CRD (pinned, from ``make tools``), Established."""
-    (path,) = [p for p in crds.installed(toolchain.cache_root()) if "scaledobjects" in p.name]
-    crd = yaml.safe_load(path.read_text())
-    extensions.create_custom_resource_definition(crd)
-
-    def established() -> bool:
-        got = extensions.read_custom_resource_definition(crd["metadata"]["name"])
-        return any(
-            c.type == "Established" and c.status == "True" for c in got.status.conditions or []
-        )
-
-    wait_for("the ScaledObject CRD", established, 60.0, every_s=0.2)
-
-
-def scaled_object(name: str, max_replicas: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "keda.sh/v1alpha1",
-        "kind": "ScaledObject",
-        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {SERVICE_LABEL: name}},
-        "spec": {
-            "scaleTargetRef": {"name": name},
-            "minReplicaCount": 1,
-            "maxReplicaCount": max_replicas,
-            "triggers": [{"type": "cpu", "metricType": "Utilization", "metadata": {"value": "60"}}],
-        },
-    }
 
 
 def no_disruption_budget(service: str) -> dict[str, Any]:
@@ -312,3 +301,132 @@ def test_a_surge_is_shed_by_reshape_then_eviction_and_replacements_land_elsewher
                     raise AssertionError(f"{exc}{logs()}") from exc
         finally:
             sim.stop()
+
+
+TRUST_NODES = ("gpu-a1", "gpu-a2")
+TRUST_REPLICA_W = 400.0
+# Calm: 2 × 500 W idle + 3 × 400 W = 2.2 kW. A 1 kW surge on gpu-a1 makes 3.2 kW, 350 W
+# above where the breach clears (95% of 3 kW): any one pod (~730 W now) covers it, so
+# priority alone decides which.
+TRUST_CAP_W = 3000.0
+TRUST_SURGE_W = 1000.0
+ROGUE_W = 50_000.0
+PRIORITY_CLASSES = {"powercap-e2e-low": 100, "powercap-e2e-high": 500}
+# (name, PriorityClass, the creator's powercap.io/priority label)
+TRUST_PODS = (
+    ("claims-999", "powercap-e2e-low", "999"),
+    ("batch-1", "powercap-e2e-high", None),
+    ("batch-2", "powercap-e2e-high", None),
+)
+
+
+def test_the_lowest_priority_class_goes_first_and_a_rogue_exporter_moves_nothing() -> None:
+    from kubernetes import client as k8s
+
+    problem = problem_from_spec(
+        spec_from_data(
+            batch_scenario(
+                "e2e-trust",
+                racks={"rack-1": TRUST_NODES},
+                rack_cap_w=TRUST_CAP_W,
+                site_cap_w=2 * TRUST_CAP_W,
+                replicas=len(TRUST_PODS),
+                replica_w=TRUST_REPLICA_W,
+                idle_w=IDLE_W,
+            )
+        )
+    )
+    with cluster(TEST_LOG_DIR, prefix="powercap-trust") as c:
+        client = api_client(c.kubeconfig)
+        core = k8s_apis(client)[0]
+        scheduling: Any = k8s.SchedulingV1Api(client)
+        create_nodes(client, problem)
+        for name, value in PRIORITY_CLASSES.items():
+            scheduling.create_priority_class(
+                {
+                    "apiVersion": "scheduling.k8s.io/v1",
+                    "kind": "PriorityClass",
+                    "metadata": {"name": name},
+                    "value": value,
+                }
+            )
+        wait_for_default_account(core)
+        for name, priority_class, label in TRUST_PODS:
+            body = bare_pod(name, TRUST_NODES[0])
+            body["spec"]["priorityClassName"] = priority_class
+            if label is not None:
+                body["metadata"]["labels"]["powercap.io/priority"] = label
+            core.create_namespaced_pod(NAMESPACE, body)
+        # The API server's Priority admission wrote each class's value into the pod.
+        assert {p["metadata"]["name"]: p["spec"]["priority"] for p in pods(core)} == {
+            name: PRIORITY_CLASSES[priority_class] for name, priority_class, _ in TRUST_PODS
+        }
+
+        sim_pods = StaticPods()
+        clock = SimClock(start_s=time.time())
+        sim = PowerSimulator(sim_nodes(problem), grid_profiles(problem), sim_pods, clock=clock)
+        rogue = PowerSimulator(sim_nodes(problem), grid_profiles(problem), sim_pods, clock=clock)
+        rogue.surge(extra_watts=ROGUE_W, start_s=-math.inf)
+        address, rogue_address = sim.start(), rogue.start()
+        try:
+            with (
+                pod_feed(core, sim_pods),
+                prometheus(
+                    [ScrapeJob("powersim", [address]), ScrapeJob("rogue", [rogue_address])],
+                    TEST_LOG_DIR,
+                ) as prom,
+            ):
+                prom.wait_for_targets()
+                config = powercap_config(problem)
+                config["planner"]["enabled"] = False
+                lease = {
+                    "namespace": NAMESPACE,
+                    "duration": "4s",
+                    "renewDeadline": "3s",
+                    "retryPeriod": "1s",
+                }
+                # One eviction per minute: the test sees exactly the first choice.
+                config |= fast_controller(
+                    prom.url, sim.non_gpu_watts(TRUST_NODES[0]), 60, lease=lease
+                )
+                config["power"]["selector"] = {"job": "powersim"}
+                path = c.run_dir / "powercap.json"
+                path.write_bytes(orjson.dumps(config))
+                extender, port = start_extender(c, path)
+
+                def logs() -> str:
+                    return f"\n--- powercap serve (tail) ---\n{extender.tail(40)}"
+
+                # The rogue is in Prometheus, reporting gpu-a1 far over the cap ...
+                rogue_w = prom.query('sum by (Hostname) (DCGM_FI_DEV_POWER_USAGE{job="rogue"})')
+                assert rogue_w and all(float(r["value"][1]) > ROGUE_W for r in rogue_w)
+                # ... but the controller reads the real simulator only: calm, no action.
+                calm = IDLE_W * 2 + TRUST_REPLICA_W * len(TRUST_PODS)
+
+                def reads_calm() -> bool:
+                    watts, breach = rack_1(port)
+                    return watts == pytest.approx(calm, abs=1.0) and breach == 0.0
+
+                try:
+                    wait_for(f"the controller to read {calm:.0f} W", reads_calm, 60.0)
+                except TimeoutError as exc:
+                    raise AssertionError(f"{exc}; rack 1 now {rack_1(port)}{logs()}") from exc
+                assert samples(port)[("powercap_controller_leader", ())] == 1.0, logs()
+                assert evict_events(core) == []
+
+                sim.surge(extra_watts=TRUST_SURGE_W, nodes=[TRUST_NODES[0]])
+
+                def evicted() -> bool:
+                    return bool(evict_events(core))
+
+                try:
+                    wait_for("an eviction", evicted, 30.0, every_s=0.25)
+                except TimeoutError as exc:
+                    raise AssertionError(f"{exc}; rack 1 now {rack_1(port)}{logs()}") from exc
+                (event,) = evict_events(core)
+                assert event["involvedObject"]["name"] == "claims-999", f"{event}{logs()}"
+                left = {p["metadata"]["name"] for p in pods(core)}
+                assert {"batch-1", "batch-2"} <= left
+        finally:
+            sim.stop()
+            rogue.stop()

@@ -306,3 +306,106 @@ def test_config_file_as_configmap(api: Api, path: Path) -> None:
         "data": {path.name: path.read_text()},
     }
     api.dry_run(f"{_rel(path)} as a ConfigMap", yaml.safe_dump(configmap), NAMESPACE)
+
+
+PRIORITY_KEY = "powercap.io/priority"
+SETTERS_GROUP = "powercap.io:priority-setters"
+POLICY_TIMEOUT_S = 30.0
+
+
+def _pod(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "server", "image": "registry.invalid/x:0"}]},
+    }
+
+
+def _deployment(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name, **labels}},
+                "spec": {"containers": [{"name": "server", "image": "registry.invalid/x:0"}]},
+            },
+        },
+    }
+
+
+def _cronjob(name: str, annotations: dict[str, str]) -> dict[str, Any]:
+    template = {
+        "metadata": {"annotations": annotations},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "job", "image": "registry.invalid/x:0"}],
+        },
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": name},
+        "spec": {"schedule": "0 * * * *", "jobTemplate": {"spec": {"template": template}}},
+    }
+
+
+def test_only_priority_setters_may_set_the_priority_label(api: Api) -> None:
+    """``manifests/base/admission.yaml`` applied for real: a tenant (RBAC ``edit`` in a
+    namespace) may not set ``powercap.io/priority`` on a pod, a Deployment's template or a
+    CronJob's (label or annotation), nor change it on a pod; a member of the setters' group
+    may, kube-controller-manager creates the pods of a Deployment whose template carries it,
+    and the tenant may still update such a pod, or remove the label."""
+    api.run("apply", "-f", str(MANIFESTS / "base" / "admission.yaml"))
+    ns = EXAMPLES_NAMESPACE
+    api.run("create", "rolebinding", "tenant-edit", "--clusterrole=edit", "--user=tenant", "-n", ns)
+    api.run(
+        "create", "rolebinding", "platform-edit", "--clusterrole=edit", "--user=platform", "-n", ns
+    )
+    tenant = ["--as=tenant"]
+    platform = ["--as=platform", f"--as-group={SETTERS_GROUP}"]
+
+    def create(who: list[str], obj: dict[str, Any], dry: bool = True) -> tuple[bool, str]:
+        flags = ["--dry-run=server"] if dry else []
+        proc = api.run(
+            *who, "create", *flags, "-n", ns, "-f", "-", stdin=yaml.safe_dump(obj), check=False
+        )
+        return proc.returncode == 0, proc.stderr
+
+    claimed = _pod("claims-priority", {PRIORITY_KEY: "999"})
+    # The API server enforces a new policy once its informers have it.
+    deadline = time.monotonic() + POLICY_TIMEOUT_S
+    while (refused := create(tenant, claimed))[0]:
+        assert time.monotonic() < deadline, "the pod policy never refused the tenant"
+        time.sleep(0.2)
+    assert "powercap-priority-pods" in refused[1] and "PriorityClass" in refused[1], refused
+    ok, err = create(tenant, _deployment("claims", {PRIORITY_KEY: "999"}))
+    assert not ok and "powercap-priority-templates" in err, err
+    ok, err = create(tenant, _cronjob("claims", {PRIORITY_KEY: "999"}))
+    assert not ok and "powercap-priority-cronjobs" in err, err
+    # Without the key the tenant is not bothered.
+    assert create(tenant, _pod("plain", {"app": "x"})) == (True, "")
+
+    # A priority setter may; kube-controller-manager then creates the pod from the template.
+    ok, err = create(platform, _deployment("approved", {PRIORITY_KEY: "999"}), dry=False)
+    assert ok, err
+    assert create(platform, _cronjob("approved", {PRIORITY_KEY: "999"}))[0]
+    selector = ["-n", ns, "-l", "app=approved", "-o", "jsonpath={.items[*].metadata.name}"]
+    deadline = time.monotonic() + POLICY_TIMEOUT_S
+    while not (names := api.run("get", "pods", *selector).stdout.split()):
+        assert time.monotonic() < deadline, "kube-controller-manager created no pod"
+        time.sleep(0.2)
+    (pod,) = names
+    # The tenant may update the pod as long as the label stays as it is ...
+    api.run(*tenant, "label", "pod", pod, "-n", ns, "owner=tenant")
+    # ... not change it ...
+    changed = api.run(
+        *tenant, "label", "pod", pod, "-n", ns, f"{PRIORITY_KEY}=5000", "--overwrite", check=False
+    )
+    assert changed.returncode != 0 and "powercap-priority-pods" in changed.stderr, changed.stderr
+    # ... and may drop it, which only lowers the pod's claim.
+    api.run(*tenant, "label", "pod", pod, "-n", ns, f"{PRIORITY_KEY}-")

@@ -9,6 +9,11 @@ stopped exporter must make the readings missing (DCGM-style, unstamped samples: 
 marks them stale at once) or stale once older than the limit (stamped samples) — never
 zero, and every domain above them unknown. The same Prometheus scrapes ``powercap serve``
 (scenario mode: no API server) and must hold its predicted headroom per domain.
+
+A second, rogue simulator is scraped too, under another job: it reports the same nodes
+drawing 50 kW more each. The source reads through ``power.selector: {job: powersim}``, so
+the rogue changes none of the readings above (nor stands in for the real exporter once
+that stops), while a source without a selector reads it.
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ pytestmark = pytest.mark.e2e
 
 GPU_IDLE_W = 40.0  # 8 × 40 W of each node's 500 W idle on its GPUs, 180 W elsewhere
 STALENESS_S = 3
+JOB = "powersim"
+ROGUE_JOB = "rogue"
+ROGUE_W = 50_000.0  # per node, on top of what the real simulator serves
 SCENARIO = racks_scenario(
     "e2e-powersim",
     racks=2,
@@ -113,7 +121,8 @@ def extender_on(scenario: Path, log: Path) -> Iterator[str]:
 
 
 def sim_time_at(prom: Prometheus, at: float) -> float:
-    (series,) = prom.query(SIM_TIME_METRIC, at)
+    # The real simulator's clock: the rogue serves one too.
+    (series,) = prom.query(f'{SIM_TIME_METRIC}{{job="{JOB}"}}', at)
     return float(series["value"][1])
 
 
@@ -140,6 +149,8 @@ def test_readings_follow_the_simulator_through_prometheus(tmp_path: Path) -> Non
 
     sim = model()
     calm = model()  # the same model without surges: what the nodes would draw anyway
+    rogue = model()  # another exporter of the same metric, for the same nodes
+    rogue.surge(extra_watts=ROGUE_W, start_s=-math.inf)
     state = ClusterState(problem.grid, problem.tree)
     fleet = problem.fleet
     for n in range(fleet.size):
@@ -151,24 +162,32 @@ def test_readings_follow_the_simulator_through_prometheus(tmp_path: Path) -> Non
         )
 
     address = sim.start()
+    rogue_address = rogue.start()
     try:
         with (
             extender_on(scenario, tmp_path / "powercap.log") as extender,
             prometheus(
-                [ScrapeJob("powersim", [address]), ScrapeJob("powercap", [extender])], TEST_LOG_DIR
+                [
+                    ScrapeJob(JOB, [address]),
+                    ScrapeJob(ROGUE_JOB, [rogue_address]),
+                    ScrapeJob("powercap", [extender]),
+                ],
+                TEST_LOG_DIR,
             ) as prom,
         ):
-            spec = PowerSourceSpec.model_validate(
-                {
-                    "url": prom.url,
-                    "nonGpuWatts": {"default": sim.non_gpu_watts(names[0])},
-                    "staleness": f"{STALENESS_S}s",
-                    "timeout": "2s",
-                }
-            )
+            section = {
+                "url": prom.url,
+                "nonGpuWatts": {"default": sim.non_gpu_watts(names[0])},
+                "staleness": f"{STALENESS_S}s",
+                "timeout": "2s",
+            }
+            spec = PowerSourceSpec.model_validate({**section, "selector": {"job": JOB}})
             settings, problems = resolve_power_source(spec)
             assert settings is not None, problems
             source = PrometheusPowerSource(settings)
+            trusting_settings, _ = resolve_power_source(PowerSourceSpec.model_validate(section))
+            assert trusting_settings is not None
+            trusting = PrometheusPowerSource(trusting_settings)
             prom.wait_for_targets()
 
             # 0. Prometheus scrapes powercap's own metrics too: the predicted headroom of
@@ -183,6 +202,16 @@ def test_readings_follow_the_simulator_through_prometheus(tmp_path: Path) -> Non
             def read() -> PowerReadings:
                 # Half a second back: every scrape stamped before then is stored.
                 return source.read(names, at=time.time() - 0.5)
+
+            def read_everything() -> PowerReadings:
+                return trusting.read(names, at=time.time() - 0.5)
+
+            # The rogue is in Prometheus: a source without a selector adds its watts.
+            poll(
+                "the rogue's watts without a selector",
+                read_everything,
+                lambda r: r.complete and bool((r.watts(names) > ROGUE_W).all()),
+            )
 
             # 1. Exactly what was served, per node and per domain.
             first = poll("fresh readings", read, lambda r: r.complete)
@@ -231,6 +260,8 @@ def test_readings_follow_the_simulator_through_prometheus(tmp_path: Path) -> Non
             )
             assert np.isnan(gone.watts(names)).all()
             assert np.isnan(domain_watts(gone, state)).all()
+            # Without the selector the rogue alone would pass for the dead exporter.
+            assert (read_everything().watts(names) > ROGUE_W).all()
 
             # 4. An exporter that stamps its samples, on the same address: once it stops,
             # Prometheus keeps its last samples, which age past the limit and are stale.
@@ -255,5 +286,7 @@ def test_readings_follow_the_simulator_through_prometheus(tmp_path: Path) -> Non
                 assert reading.last_watts == pytest.approx(last.node_gpu_watts[name], rel=1e-9)
             assert np.isnan(domain_watts(stale, state)).all()
             source.close()
+            trusting.close()
     finally:
         sim.stop()
+        rogue.stop()

@@ -2,7 +2,7 @@
 
 :class:`ControllerSpec` is the section as written (with :class:`SettleSpec`,
 :class:`EvictionsSpec` of :class:`RateSpec`, :class:`ScaledObjectsSpec`,
-:class:`AnnotationsSpec`, :class:`FeedbackSpec` and :class:`LeaseSpec`).
+:class:`AnnotationsSpec`, :class:`FeedbackSpec`, :class:`LeaseSpec` and :class:`StateSpec`).
 :func:`resolve_controller` turns its durations into seconds, checks the cross-field rules
 and returns :class:`ControllerSettings` (with :class:`LeaseSettings` and the
 :mod:`placement.control` settings), or ``controller.<field>: message`` problems so the
@@ -13,6 +13,7 @@ Every field with its default: docs/controller.md, "Configuration (controller:)".
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -74,6 +75,20 @@ class LeaseSpec(_Model):
     retry_period: str | int = Field(default="2s", alias="retryPeriod")
 
 
+# A ConfigMap's name: a DNS subdomain (RFC 1123).
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+class StateSpec(_Model):
+    """Where the leader keeps what the next leader needs — breach starts, steps, eviction
+    times: the ConfigMap ``configMap`` in ``lease.namespace`` ("" keeps them in memory
+    only). A change is written at once when a step was taken (and before every
+    Eviction), otherwise at most once per ``minInterval``."""
+
+    config_map: str = Field(default="powercap-controller-state", alias="configMap")
+    min_interval: str | int = Field(default="10s", alias="minInterval")
+
+
 class ControllerSpec(_Model):
     """The ``controller:`` section, as written."""
 
@@ -94,6 +109,7 @@ class ControllerSpec(_Model):
     scaled_objects: ScaledObjectsSpec = Field(default=ScaledObjectsSpec(), alias="scaledObjects")
     annotations: AnnotationsSpec = AnnotationsSpec()
     lease: LeaseSpec = LeaseSpec()
+    state: StateSpec = StateSpec()
 
 
 @dataclass(frozen=True)
@@ -125,6 +141,8 @@ class ControllerSettings:
     original_max_annotation: str = "powercap.io/original-max-replicas"
     reshaped_by_annotation: str = "powercap.io/reshaped-by"
     lease: LeaseSettings = field(default_factory=LeaseSettings)
+    state_config_map: str = "powercap-controller-state"  # in lease.namespace; "": none
+    state_min_interval_s: float = 10.0
 
 
 def resolve_controller(
@@ -163,6 +181,13 @@ def resolve_controller(
             f"{where}.lease.retryPeriod: must be shorter than lease.renewDeadline "
             f"({retry:g}s ≥ {renew:g}s), or the leader loses the lease between two tries"
         )
+    state_interval = secs(spec.state.min_interval, "state.minInterval", zero=True)
+    name = spec.state.config_map
+    if name and not (len(name) <= 253 and _DNS_SUBDOMAIN.fullmatch(name)):
+        problems.append(
+            f"{where}.state.configMap: {name!r} is not a ConfigMap name (lower-case letters, "
+            "digits, '-' and '.'); \"\" keeps the controller's memory in the process only"
+        )
     if spec.annotations.original_max_replicas == spec.annotations.reshaped_by:
         problems.append(f"{where}.annotations: originalMaxReplicas and reshapedBy must differ")
     if problems:
@@ -197,6 +222,8 @@ def resolve_controller(
                 renew_deadline_s=renew,
                 retry_period_s=retry,
             ),
+            state_config_map=name,
+            state_min_interval_s=state_interval,
         ),
         [],
     )

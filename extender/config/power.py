@@ -6,12 +6,17 @@
       url: http://prometheus-operated.monitoring.svc:9090
       preset: dcgm              # dcgm | kepler | custom
       nodeLabel: Hostname       # the label carrying the Kubernetes node name
+      selector: {job: nvidia-dcgm-exporter}   # only these series count (or a matcher string)
       nonGpuWatts: {default: 1200, nodes: {gpu-0001: 1500}}
       staleness: 60s            # a sample older than this is stale, never used
       timeout: 5s               # per query
 
 With ``preset: custom``, ``query`` (and optionally ``timestampQuery``) give the PromQL;
 both must return an instant vector with one series per node, labelled ``nodeLabel``.
+
+``selector`` restricts the presets' queries to the series of the trusted exporter:
+anything else that exports the same metric (a rogue pod reporting huge watts for a
+node) is not read. :func:`series_selector` checks and renders it.
 
 :func:`resolve_power_source` checks what pydantic cannot (cross-field rules and
 durations) and returns ``path: message`` problems, so the config loader reports them
@@ -21,6 +26,7 @@ config stays cheap.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -51,22 +57,87 @@ def _check_label(label: str) -> str:
     return label
 
 
-def preset_queries(preset: Preset, node_label: str) -> tuple[str, str]:
-    """The (value, timestamp) PromQL of a preset, grouped by ``node_label``.
+# One label matcher of a PromQL selector: name, operator, and a quoted string (double or
+# single quotes with backslash escapes, or backticks without).
+_MATCHER = re.compile(
+    r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"
+    r"(\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'|`[^`]*`)\s*"
+)
+# The escapes PromQL strings accept (Go's), scanned pair by pair; a backslash starting
+# none of them (group 1) is a parse error at query time.
+_ESCAPE = re.compile(
+    r"\\(?:[abfnrtv\\'\"]|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|[0-7]{3})|(\\)"
+)
+
+
+def _quote(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def _check_matcher_label(label: str) -> str:
+    _check_label(label)
+    if label == "__name__":
+        raise ValueError("the metric name is the preset's; select on other labels")
+    return label
+
+
+def series_selector(given: Mapping[str, str] | str) -> str:
+    """The label matchers of ``power.selector`` as PromQL, without braces.
+
+    A mapping is exact matches, ``{job: dcgm-exporter}`` → ``job="dcgm-exporter"``; a
+    string is PromQL label matchers as written inside ``{...}`` (the braces optional),
+    ``job="dcgm-exporter", namespace=~"gpu-operator|nvidia"``, each kept as written.
+    Raises ``ValueError`` saying what is wrong: an empty selector (it would select
+    everything), a bad label name, ``__name__``, or a string that is not matchers."""
+    if isinstance(given, Mapping):
+        if not given:
+            raise ValueError("an empty selector selects every series; leave it out instead")
+        return ",".join(f"{_check_matcher_label(k)}={_quote(v)}" for k, v in given.items())
+    text = given.strip()
+    if text.startswith("{") and text.endswith("}"):
+        text = text[1:-1]
+    matchers: list[str] = []
+    pos = 0
+    while pos < len(text):
+        found = _MATCHER.match(text, pos)
+        if found is None:
+            raise ValueError(
+                f'expected a label matcher such as job="dcgm-exporter" at {text[pos:]!r}'
+            )
+        label, op, value = found.groups()
+        _check_matcher_label(label)
+        if value[0] != "`" and any(m.group(1) for m in _ESCAPE.finditer(value[1:-1])):
+            raise ValueError(f"{value} has an escape PromQL does not accept")
+        matchers.append(f"{label}{op}{value}")
+        pos = found.end()
+        if pos < len(text):
+            if text[pos] != ",":
+                raise ValueError(f"expected a comma between matchers at {text[pos:]!r}")
+            pos += 1
+    if not matchers:
+        raise ValueError("an empty selector selects every series; leave it out instead")
+    return ",".join(matchers)
+
+
+def preset_queries(preset: Preset, node_label: str, *, selector: str = "") -> tuple[str, str]:
+    """The (value, timestamp) PromQL of a preset, grouped by ``node_label``, over the
+    series ``selector`` matches (rendered label matchers, :func:`series_selector`;
+    empty: every series of the metric).
 
     The value query gives watts per node; the timestamp query gives, per node, the
     time of its *oldest* underlying sample, so one GPU whose reading stopped makes
     the whole node stale rather than silently lower."""
     label = _check_label(node_label)
+    matchers = f"{{{selector}}}" if selector else ""
     if preset == "dcgm":
-        return (
-            f"sum by ({label}) ({DCGM_METRIC})",
-            f"min by ({label}) (timestamp({DCGM_METRIC}))",
-        )
+        series = f"{DCGM_METRIC}{matchers}"
+        return (f"sum by ({label}) ({series})", f"min by ({label}) (timestamp({series}))")
     if preset == "kepler":
+        series = f"{KEPLER_METRIC}{matchers}"
         return (
-            f"sum by ({label}) (rate({KEPLER_METRIC}[{KEPLER_RATE_WINDOW}]))",
-            f"min by ({label}) (timestamp({KEPLER_METRIC}))",
+            f"sum by ({label}) (rate({series}[{KEPLER_RATE_WINDOW}]))",
+            f"min by ({label}) (timestamp({series}))",
         )
     raise ValueError("preset custom has no built-in query; give power.query")
 
@@ -99,6 +170,9 @@ class PowerSourceSpec(_Model):
     query: str | None = None
     timestamp_query: str | None = Field(default=None, alias="timestampQuery")
     node_label: str | None = Field(default=None, alias="nodeLabel")
+    # Which series of the preset's metric count: a mapping of exact label values, or
+    # PromQL label matchers. Absent: every series, whoever exports it.
+    selector: dict[str, str] | str | None = None
     non_gpu_watts: NonGpuWattsSpec = Field(default=NonGpuWattsSpec(), alias="nonGpuWatts")
     staleness: str | int = "60s"
     timeout: str | int = "5s"
@@ -116,13 +190,15 @@ class PowerSettings:
     """The resolved ``power:`` section: what
     :class:`extender.controller.readings.PrometheusPowerSource` runs on. ``timestamp_query``
     is ``None`` when ages cannot be measured (a custom query without one): freshness then
-    rests on Prometheus's own staleness handling."""
+    rests on Prometheus's own staleness handling. ``selector`` is the label matchers the
+    preset's queries carry (empty: none; always empty with a custom query)."""
 
     url: str
     query: str
     node_label: str
     timestamp_query: str | None = None
     preset: Preset = "custom"
+    selector: str = ""
     non_gpu_default_w: float = 0.0
     non_gpu_node_w: Mapping[str, float] = field(default_factory=dict)
     staleness_s: float = 60.0
@@ -148,6 +224,17 @@ def resolve_power_source(
             label = None
     query = spec.query
     stamp_query = spec.timestamp_query
+    selector = ""
+    if spec.selector is not None:
+        if preset == "custom":
+            problems.append(
+                f"{where}.selector: preset custom takes its selector inside power.query"
+            )
+        else:
+            try:
+                selector = series_selector(spec.selector)
+            except ValueError as exc:
+                problems.append(f"{where}.selector: {exc}")
     if preset == "custom":
         if not query:
             problems.append(
@@ -166,7 +253,7 @@ def resolve_power_source(
                 )
         default_label = DCGM_NODE_LABEL if preset == "dcgm" else KEPLER_NODE_LABEL
         label = label or default_label
-        query, stamp_query = preset_queries(preset, label)
+        query, stamp_query = preset_queries(preset, label, selector=selector)
         non_gpu = spec.non_gpu_watts
         if preset == "kepler" and (non_gpu.default > 0 or any(non_gpu.nodes.values())):
             problems.append(
@@ -184,6 +271,7 @@ def resolve_power_source(
             node_label=label,
             timestamp_query=stamp_query or None,
             preset=preset,
+            selector=selector,
             non_gpu_default_w=spec.non_gpu_watts.default,
             non_gpu_node_w=dict(spec.non_gpu_watts.nodes),
             staleness_s=staleness,

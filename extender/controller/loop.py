@@ -9,7 +9,12 @@ while this process holds the Lease — takes the next step of
 :class:`extender.controller.actions.ClusterApi`. It returns a :class:`TickReport` with an
 :class:`ActionRecord` per step. :class:`ControllerLoop` runs it every
 ``controller.period`` once the mirror has synced. :func:`pod_watts`,
-:func:`scaled_object_service` and :func:`selector_matches` are the pure rules it applies.
+:func:`eviction_priority`, :func:`scaled_object_service` and :func:`selector_matches` are
+the pure rules it applies.
+
+With a :class:`extender.controller.memory.MemoryKeeper`, the leader keeps the breach
+starts, steps and eviction times in the cluster (a ConfigMap) and the next leader reads
+them back, carrying on each ladder and rate window where the last one left it.
 
 The tick step by step, dry-run, missing data and the choices made where the design is
 silent (deepest domain first, watts per pod, priorities, ScaledObject services, 429s):
@@ -42,10 +47,23 @@ from extender.controller.actions import (
     ClusterApi,
     EvictOutcome,
 )
+from extender.controller.memory import (
+    ControllerMemory,
+    MemoryKeeper,
+    StateStoreError,
+    union_times,
+)
 from extender.controller.readings import PowerReadings, leaf_watts, rollup_watts
 from extender.periodic import PeriodicLoop
 from extender.telemetry import ControllerMetrics
-from placement.control.breach import BreachState, HeldFeedback, TickEvents, feedback_watts, step
+from placement.control.breach import (
+    BreachState,
+    HeldFeedback,
+    TickEvents,
+    feedback_watts,
+    resume,
+    step,
+)
 from placement.control.ladder import (
     Action,
     DomainStatus,
@@ -146,6 +164,26 @@ def _int_or(value: Any, default: int) -> int:
         return default
 
 
+def eviction_priority(
+    class_priority: int | None, label_priority: int | None, service_priority: int
+) -> tuple[int, int]:
+    """A pod's eviction priority: pods with the smaller pair go first.
+
+    ``class_priority`` is the pod's ``spec.priority``: the value of its PriorityClass, set
+    by the API server's Priority admission from ``priorityClassName`` (the default class's,
+    or 0, without one) and refused on create when it does not match, so a tenant can only
+    pick among the classes the cluster's administrators created. When it is there the
+    pair is (that value, the service's configured priority) and ``label_priority`` — the
+    ``powercap.io/priority`` label, which whoever creates the pod writes — is not read: as
+    a tie-breaker it would let a tenant reorder every pod of its class, which for the
+    default class is most of the cluster. Only when the pod has no ``spec.priority`` (an
+    API server without Priority admission) does the label stand in for it: (the label,
+    else the service priority; the service priority)."""
+    if class_priority is not None:
+        return (class_priority, service_priority)
+    return (service_priority if label_priority is None else label_priority, service_priority)
+
+
 def pod_watts(
     pods: Sequence[PodRecord], node_w: float, idle_w: float, *, slot: int
 ) -> NDArray[np.float64]:
@@ -208,7 +246,10 @@ class Controller:
     """One control loop over one :class:`ClusterState`; :meth:`tick` does one period.
 
     ``api`` is ``None`` for a controller that only tracks breaches and feeds placement
-    (no cluster to act on); ``leader`` says whether this process may act now.
+    (no cluster to act on); ``leader`` says whether this process may act now. ``memory``
+    keeps what the leader knows for the next one (ignored in dry-run, which writes
+    nothing): read when this process becomes the leader — it takes no step until it has
+    been read — written when it changes, and before every Eviction.
     """
 
     def __init__(
@@ -222,6 +263,7 @@ class Controller:
         metrics: ControllerMetrics | None = None,
         leader: Callable[[], bool] = lambda: True,
         settings: ControllerSettings | None = None,
+        memory: MemoryKeeper | None = None,
     ) -> None:
         self.config = config
         self.state = state
@@ -239,6 +281,10 @@ class Controller:
         self.blocked: dict[str, float] = {}  # pod uid → until when it is left out
         self._feedback = np.zeros(state.tree.size)  # this slot's feedback, last tick
         self.held = HeldFeedback.empty(state.tree.size, config.grid.slots)
+        self.memory = None if self.settings.dry_run else memory
+        self._recalled = False  # the memory has been read since this process became leader
+        # Breach starts a previous leader recorded, not yet taken over or dropped (resume).
+        self._resumed = np.full(state.tree.size, np.nan)
         self.last: TickReport | None = None
         if metrics is not None:
             metrics.zero(state.tree.names, self.settings.dry_run)
@@ -256,10 +302,21 @@ class Controller:
         node_w = readings.watts(names)
         leaves = np.fromiter((n.leaf for n in nodes), dtype=np.int64, count=len(nodes))
         measured = rollup_watts(tree.membership, leaf_watts(node_w, leaves, tree.size))
+        leader = bool(self.leader())
+        acting = leader and self.api is not None and readings.error is None
+        if not leader:
+            self._recalled = False  # whoever leads meanwhile writes; read it again first
+            self._resumed[:] = np.nan
+        elif acting and self.memory is not None and not self._recalled:
+            self._recall()
+        if leader and not np.isnan(self._resumed).all():
+            self.breach, settled = resume(
+                self.breach, self._resumed, measured, caps=caps, settings=self.settings.breach
+            )
+            self._resumed[settled] = np.nan
         self.breach, events = step(
             self.breach, measured, caps, now=now, settings=self.settings.breach
         )
-        leader = bool(self.leader())
         report = TickReport(now, slot, leader, measured, caps, events)
         report.stale = [tree.names[d] for d in np.flatnonzero(events.stale)]
         if readings.error:
@@ -300,8 +357,11 @@ class Controller:
         state.set_feedback(active)
         report.feedback = active[:, slot]
 
-        if leader and self.api is not None and readings.error is None:
-            self._act(report, nodes, node_w, now, slot)
+        # Without the last leader's memory a step could repeat its steps or overrun its
+        # rate windows: wait until it has been read.
+        if acting and (self.memory is None or self._recalled):
+            took = self._act(report, nodes, node_w, now, slot)
+            self._remember(now, urgent=took)
         self._export(report, readings)
         self.last = report
         return report
@@ -314,7 +374,8 @@ class Controller:
         node_w: FloatArray,
         now: float,
         slot: int,
-    ) -> None:
+    ) -> bool:
+        """Decide and take a step in every domain that needs one; whether any was taken."""
         assert self.api is not None
         tree = self.state.tree
         events = report.events
@@ -326,6 +387,7 @@ class Controller:
             lowered_by.update(so.reshaped_by)
         watts = self._pod_watts(nodes, node_w, slot)
         self.blocked = {u: t for u, t in self.blocked.items() if t > now}
+        taken = False
         # Deepest first (see the module doc).
         for d in sorted(range(tree.size), key=lambda d: -int(tree.depth[d])):
             name = tree.names[d]
@@ -365,6 +427,8 @@ class Controller:
                 history = self.history.setdefault(d, [])
                 history.append(Step(took, now))
                 del history[:-HISTORY_KEPT]
+                taken = True
+        return taken
 
     def _take(
         self,
@@ -467,7 +531,7 @@ class Controller:
         s = self.settings
         tree = self.state.tree
         domain = tree.names[d]
-        pods, labels = self._domain_pods(d)
+        pods, labels, classes = self._domain_pods(d)
         if not pods:
             log.warning("domain %s in breach: no pod to evict", domain)
             return False
@@ -493,15 +557,20 @@ class Controller:
                     status = budgets[b].get("status") or {}
                     allowance.append(max(0, _int_or(status.get("disruptionsAllowed"), 0)))
                 group[i] = index[b]
-        priority = [self._priority(p, lab) for p, lab in zip(pods, labels, strict=True)]
+        keys = [self._priority(p, lab, c) for p, lab, c in zip(pods, labels, classes, strict=True)]
+        # Either part at or above the threshold protects: a PriorityClass value or the
+        # priority the operator gave the service.
+        protected |= np.array([max(k) >= s.ladder.protect_priority for k in keys], dtype=bool)
+        # choose_victims weighs priorities by rank, so the ranks of the pairs order it.
+        rank = {k: r for r, k in enumerate(sorted(set(keys)))}
         draw = [watts.get(p.uid, math.nan) for p in pods]
         candidates = Candidates.build(
-            draw, priority, group, protected=protected, allowance=allowance
+            draw, [rank[k] for k in keys], group, protected=protected, allowance=allowance
         )
         choice: VictimChoice = choose_victims(
             candidates,
             action.overage_w,
-            priority_threshold=s.ladder.protect_priority,
+            priority_threshold=len(rank),
             max_victims=action.max_victims,
             time_limit_s=s.victim_time_limit_s,
         )
@@ -521,15 +590,24 @@ class Controller:
                 action.overage_w,
             )
         took = False
+        # The evictions are in the memory before they are posted: a leader that dies
+        # between the two must not hand its successor a budget it has spent.
+        unrecorded = self._remember_ahead(d, len(choice.victims), now)
         for i in choice.victims:
             pod = pods[int(i)]
+            first, service = keys[int(i)]
             message = (
                 f"domain {domain} is over its cap: evicting {pod.namespace}/{pod.name} "
-                f"(priority {priority[int(i)]}, ~{draw[int(i)]:.0f} W) to shed "
-                f"{action.overage_w:.0f} W"
+                f"(priority {first}, service priority {service}, ~{draw[int(i)]:.0f} W) "
+                f"to shed {action.overage_w:.0f} W"
             )
             outcome = "dry-run" if s.dry_run else "done"
-            if not s.dry_run:
+            if unrecorded is not None:
+                outcome = "error"
+                message += (
+                    f" — not taken: the controller's memory could not be written ({unrecorded})"
+                )
+            elif not s.dry_run:
                 try:
                     result = self.api.evict(pod.namespace, pod.name)
                 except ApiRefused as exc:
@@ -559,6 +637,107 @@ class Controller:
         self.cluster_evictions = [t for t in self.cluster_evictions if now - t < window]
         self.evictions[d] = [t for t in self.evictions.get(d, []) if now - t < window]
         return took
+
+    # --- the memory a next leader reads ------------------------------------------------
+    def _recall(self) -> None:
+        """Read the memory (this process has just become the leader) and take it in."""
+        assert self.memory is not None
+        try:
+            recalled = self.memory.load()
+        except StateStoreError as exc:
+            log.warning("cannot read the controller's memory: %s; no step until it is read", exc)
+            return
+        self._take_in(recalled)
+        self._recalled = True
+        log.info(
+            "took over the controller's memory: %d domain(s) in breach, %d recent eviction(s)",
+            len(recalled.breach_since),
+            len(recalled.cluster_evictions),
+        )
+
+    def _take_in(self, memory: ControllerMemory) -> None:
+        """Merge ``memory`` into what this process knows: steps and eviction times join
+        its own; recorded breach starts wait for :func:`resume` and data."""
+        index = self.state.tree.index
+        for name, steps in memory.steps.items():
+            if name in index:
+                d = index[name]
+                merged = sorted({*self.history.get(d, []), *steps}, key=lambda s: (s.at, s.kind))
+                self.history[d] = merged[-HISTORY_KEPT:]
+        for name, times in memory.evictions.items():
+            if name in index:
+                d = index[name]
+                self.evictions[d] = list(union_times(self.evictions.get(d, []), times))
+        self.cluster_evictions = list(union_times(self.cluster_evictions, memory.cluster_evictions))
+        for name, since in memory.breach_since.items():
+            if name in index:
+                d = index[name]
+                self._resumed[d] = np.fmin(self._resumed[d], since)
+
+    def _memory(self, now: float, planned: tuple[int, int] | None = None) -> ControllerMemory:
+        """What the next leader needs: per domain in breach its start and the steps of
+        this breach, per domain the last step, the eviction times still in a window; with
+        ``planned`` ``(domain, count)``, that many evictions at ``now`` more."""
+        s, tree = self.settings, self.state.tree
+        window = max(s.per_domain.window_s, s.cluster.window_s)
+        # A recorded breach not yet taken over or dropped is kept for the next reader.
+        since_all = np.fmin(self.breach.breach_since, self._resumed)
+        since = {tree.names[d]: float(since_all[d]) for d in np.flatnonzero(~np.isnan(since_all))}
+        steps: dict[str, tuple[Step, ...]] = {}
+        for d, history in self.history.items():
+            start = since_all[d]
+            kept = [x for x in history if x.at >= start] if not math.isnan(start) else []
+            last = max(history, key=lambda x: x.at, default=None)
+            if last is not None and last not in kept:
+                kept.append(last)
+            if kept:
+                steps[tree.names[d]] = tuple(kept)
+        evictions = {
+            tree.names[d]: tuple(t for t in times if now - t < window)
+            for d, times in self.evictions.items()
+        }
+        cluster = [t for t in self.cluster_evictions if now - t < window]
+        if planned is not None:
+            d, count = planned
+            name = tree.names[d]
+            evictions[name] = (*evictions.get(name, ()), *([now] * count))
+            cluster += [now] * count
+        return ControllerMemory(
+            since, steps, {k: v for k, v in evictions.items() if v}, tuple(cluster)
+        )
+
+    def _remember(self, now: float, *, urgent: bool) -> None:
+        """Write the memory when it changed: at once after a step, else at most once per
+        ``state.minInterval``. A failure is logged; the next tick tries again."""
+        if self.memory is None or not self._recalled:
+            return
+        try:
+            saved = self.memory.save(self._memory(now), now=now, urgent=urgent)
+        except StateStoreError as exc:
+            log.warning("cannot write the controller's memory: %s", exc)
+            return
+        if saved.theirs is not None:
+            self._take_in(saved.theirs)  # someone else wrote meanwhile: know it too
+
+    def _remember_ahead(self, d: int, count: int, now: float) -> str | None:
+        """Write the memory with ``count`` evictions in domain ``d`` at ``now`` before they
+        are posted; ``None`` when written (or nothing to write to), else why not."""
+        if self.memory is None:  # none in dry-run either
+            return None
+        try:
+            saved = self.memory.save(self._memory(now, (d, count)), now=now, urgent=True)
+        except StateStoreError as exc:
+            log.error("cannot write the controller's memory: %s; no eviction now", exc)
+            return str(exc)
+        if saved.theirs is not None:
+            # Their evictions count too; ours are added as they are taken.
+            self._take_in(saved.theirs)
+        return None
+
+    def flush(self, now: float) -> None:
+        """Write whatever the memory has not written yet (a clean stop, while leading)."""
+        if self.leader():
+            self._remember(now, urgent=True)
 
     def _record(
         self,
@@ -721,14 +900,18 @@ class Controller:
             )
         return out
 
-    def _domain_pods(self, d: int) -> tuple[list[PodRecord], list[Mapping[str, Any]]]:
+    def _domain_pods(
+        self, d: int
+    ) -> tuple[list[PodRecord], list[Mapping[str, Any]], list[int | None]]:
         """Running managed pods on the domain's nodes, read from the API server (their
-        labels decide budgets and priority), with their labels."""
+        labels decide budgets, their ``spec.priority`` the order), with their labels and
+        ``spec.priority`` (``None`` when absent)."""
         assert self.api is not None
         tree = self.state.tree
         below = tree.membership[d]
         pods: list[PodRecord] = []
         labels: list[Mapping[str, Any]] = []
+        classes: list[int | None] = []
         for node in self.state.nodes():
             if not below[node.leaf]:
                 continue
@@ -740,18 +923,28 @@ class Controller:
                     continue
                 pods.append(record)
                 labels.append(_labels(obj))
-        return pods, labels
+                value = (obj.get("spec") or {}).get("priority")
+                classes.append(
+                    value if isinstance(value, int) and not isinstance(value, bool) else None
+                )
+        return pods, labels, classes
 
-    def _priority(self, pod: PodRecord, labels: Mapping[str, Any]) -> int:
+    def _priority(
+        self, pod: PodRecord, labels: Mapping[str, Any], class_priority: int | None
+    ) -> tuple[int, int]:
+        """:func:`eviction_priority` of one pod."""
+        entry = self.config.services.get(pod.service) if pod.service is not None else None
+        service = entry.priority if entry is not None else 0
+        label: int | None = None
         raw = labels.get(self.settings.priority_label)
-        if raw is not None:
+        if class_priority is None and raw is not None:  # read only where it counts
             value = _int_or(raw, -(2**31))
             if value != -(2**31):
-                return value
-            label = self.settings.priority_label
-            log.warning("pod %s/%s: unreadable %s=%r", pod.namespace, pod.name, label, raw)
-        entry = self.config.services.get(pod.service) if pod.service is not None else None
-        return entry.priority if entry is not None else 0
+                label = value
+            else:
+                name = self.settings.priority_label
+                log.warning("pod %s/%s: unreadable %s=%r", pod.namespace, pod.name, name, raw)
+        return eviction_priority(class_priority, label, service)
 
     # --- metrics ------------------------------------------------------------------------------
     def _export(self, report: TickReport, readings: PowerReadings) -> None:
@@ -802,3 +995,12 @@ class ControllerLoop(PeriodicLoop):
             clock=clock,
         )
         self.controller = controller
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop ticking, then write what the memory has not written yet (the Lease is
+        released after this, so the next leader reads it all)."""
+        super().stop(timeout_s)
+        try:
+            self.controller.flush(self.clock())
+        except Exception:  # stopping must go on
+            log.exception("%s: writing the controller's memory at stop failed", self.name)

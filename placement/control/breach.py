@@ -8,7 +8,8 @@ a domain (NaN) neither starts nor clears a breach: the domain is reported *stale
 in-breach domain stays in breach and a pending one loses its grace timer (as an alerting
 rule's ``for:`` does when its series vanishes), because a gap is not evidence that the
 domain stayed over. :func:`step` applies these rules (:class:`BreachSettings`,
-:class:`BreachState`) and reports a :class:`TickEvents`.
+:class:`BreachState`) and reports a :class:`TickEvents`; :func:`resume` carries on the
+breaches another tracker recorded (a previous leader's).
 
 The module also holds the sums up the tree (:func:`direct_watts`, :func:`roll_up`,
 :func:`measured_by_domain`; a node without data makes its domain and every ancestor NaN)
@@ -152,6 +153,38 @@ def step(
         to_clear_w=read_only(to_clear),
     )
     return BreachState(read_only(over_since), read_only(breach_since)), events
+
+
+def resume(
+    state: BreachState,
+    since: FloatArray,
+    measured: FloatArray,
+    *,
+    caps: FloatArray,
+    settings: BreachSettings,
+) -> tuple[BreachState, BoolArray]:
+    """Carry on the breaches another tracker recorded (the process that led before):
+    ``since[d]`` is when its breach of ``d`` began (NaN: none recorded). Call it before
+    :func:`step` with the same ``measured`` and ``caps``.
+
+    A domain with a recorded breach that is over the threshold now, or that this tracker
+    has in breach too, is in breach since the earlier of the two starts, as if this
+    tracker had watched it all along, so steps taken since then count as taken in this
+    breach; :func:`step` then goes on from there. One with data that is neither is
+    dropped: it may have cleared since, and a record of unknown age is no reason to act
+    on a domain that is not over its cap. One without data (NaN) is left for later.
+    Returns the state and which domains are settled (taken or dropped)."""
+    since = np.asarray(since, dtype=np.float64)
+    measured = np.asarray(measured, dtype=np.float64)
+    if since.shape != (state.size,) or measured.shape != (state.size,):
+        raise ValueError(f"expected ({state.size},) since and measured")
+    recorded = ~np.isnan(since)
+    seen = ~np.isnan(measured)
+    with np.errstate(invalid="ignore"):
+        over = seen & (measured > np.asarray(caps) * (1.0 + settings.tolerance))
+    take = recorded & (over | (seen & state.in_breach))
+    breach_since = np.where(take, np.fmin(state.breach_since, since), state.breach_since)
+    return BreachState(state.over_since, read_only(breach_since)), recorded & seen
 
 
 # ------------------------------------------------------------------ measurements → domains
