@@ -9,17 +9,23 @@ Two shapes:
   the mirror fills the state, bind creates Bindings, events are posted; every API call
   has the timeouts of the config's ``kubernetes:`` section. Ready after
   the mirror's first full sync. With ``controller.enabled`` (and a ``power:`` section)
-  the companion controller runs beside it, acting while it holds its Lease. With
+  the companion controller runs beside it, acting while it holds its Lease — or, with
+  :attr:`ControllerMode.TRACK`, only tracking measured power so that the overage of
+  breached domains reaches the ledger while a separate process acts. With
   ``learn.refresh`` the profiles are re-learned from Prometheus every interval and
   swapped in (:func:`swap_config`). With an ``intensity:`` section the caps follow the
   grid's carbon intensity and any emission budget (:func:`add_carbon`).
+
+:func:`controller_from_cluster` assembles the companion controller alone (``powercap
+controller``): the mirror, the controller with its Lease, the live caps loop, served by
+:meth:`Extender.health_app` — health, readiness and metrics, no scheduler verbs.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,8 @@ from extender.config.model import Config, PlannerSettings, PolicySpec, ScoringSp
 from extender.controller.actions import ClusterApi, KubernetesClusterApi
 from extender.controller.loop import Controller, ControllerLoop, PowerSource
 from extender.controller.memory import ConfigMapStateStore, MemoryKeeper, StateStore
+from extender.controller.mode import ControllerMode
+from extender.health import create_health_app
 from extender.profiles.refresh import ProfileRefresher
 from extender.telemetry import CarbonMetrics, ControllerMetrics, Telemetry
 from extender.webhook.app import create_app
@@ -107,6 +115,11 @@ class Extender:
             self.mirror.stop()
         if self.planner is not None:
             self.planner.stop()
+
+    def health_app(self) -> FastAPI:
+        """``/healthz``, ``/readyz`` and ``/metrics`` only, with the same lifespan as
+        :meth:`app`: what ``powercap controller`` serves."""
+        return create_health_app(self.telemetry, self.ready, on_start=self.start, on_stop=self.stop)
 
     def app(self) -> FastAPI:
         return create_app(
@@ -208,12 +221,14 @@ def from_cluster(
     lease_api: LeaseApi | None = None,
     power_source: PowerSource | None = None,
     state_store: StateStore | None = None,
+    controller: ControllerMode = ControllerMode.RUN,
 ) -> Extender:
     """An extender over a live cluster; ``core`` is a ``kubernetes.client.CoreV1Api``.
 
-    With ``controller.enabled`` the controller is added; its API clients are built on
-    ``core``'s connection unless given (``cluster_api``, ``lease_api``, ``state_store``),
-    and its power source from ``config.power`` unless given."""
+    With ``controller.enabled`` the controller is added as ``controller`` says
+    (:class:`ControllerMode`); its API clients are built on ``core``'s connection unless
+    given (``cluster_api``, ``lease_api``, ``state_store``), and its power source from
+    ``config.power`` unless given."""
     from kubernetes.client.exceptions import ApiException
 
     timeouts = config.kubernetes
@@ -247,7 +262,7 @@ def from_cluster(
         seen=ext.telemetry.mirror_seen,
         relists=ext.telemetry.mirror_relists,
     )
-    if config.controller.enabled:
+    if config.controller.enabled and controller is ControllerMode.RUN:
         add_controller(
             ext,
             core,
@@ -256,14 +271,71 @@ def from_cluster(
             power_source=power_source,
             state_store=state_store,
         )
+    elif config.controller.enabled and controller is ControllerMode.TRACK:
+        add_tracking(ext, power_source)
     if config.intensity:
         add_carbon(ext)
-    if config.learn is not None:
-        settings = config.learn
-        ext.refresher = ProfileRefresher(
-            settings, lambda: ext.config, lambda new: swap_config(ext, new)
-        )
-        log.info("profiles re-learned every %gs from %s", settings.interval_s, settings.url)
+    _add_refresher(ext)
+    return ext
+
+
+def _add_refresher(ext: Extender) -> None:
+    """With ``learn.refresh``, re-learn the profiles on a timer (:func:`swap_config`)."""
+    settings = ext.config.learn
+    if settings is None:
+        return
+    ext.refresher = ProfileRefresher(
+        settings, lambda: ext.config, lambda new: swap_config(ext, new)
+    )
+    log.info("profiles re-learned every %gs from %s", settings.interval_s, settings.url)
+
+
+def controller_from_cluster(
+    config: Config,
+    core: Any,
+    *,
+    cluster_api: ClusterApi | None = None,
+    lease_api: LeaseApi | None = None,
+    power_source: PowerSource | None = None,
+    state_store: StateStore | None = None,
+) -> Extender:
+    """The companion controller alone over a live cluster (``powercap controller``).
+
+    The mirror lists and watches Nodes and Pods into the state the controller reads; the
+    controller acts while it holds its Lease and keeps its memory for the next leader
+    (:func:`add_controller`, with the same arguments as :func:`from_cluster`); with an
+    ``intensity:`` section the live caps loop moves the caps it compares with, and with
+    ``learn.refresh`` the profiles it splits a node's watts by are re-learned. No planner
+    runs and nothing answers the scheduler: serve :meth:`Extender.health_app`, never
+    :meth:`Extender.app`. Ready once the mirror has synced. Raises ``ValueError`` when
+    ``controller.enabled`` is false."""
+    if not config.controller.enabled:
+        raise ValueError("controller.enabled is false: there is no controller to run")
+    # The plan only steers the scheduler's choices; nothing here would read it.
+    config = replace(config, planner=replace(config.planner, enabled=False))
+    # Nothing calls the decider (the health app has no verbs); the binder is a stand-in.
+    timeouts = config.kubernetes
+    ext = _assemble(config, StaticBinder(), KubernetesEventSink(core, timeouts=timeouts))
+    # No on_pending: the extender warns about pods it cannot place, not this process.
+    ext.mirror = Mirror(
+        ext.state,
+        config,
+        KubernetesSource(core, "nodes", timeouts=timeouts),
+        pods=KubernetesSource(core, "pods", timeouts=timeouts),
+        seen=ext.telemetry.mirror_seen,
+        relists=ext.telemetry.mirror_relists,
+    )
+    add_controller(
+        ext,
+        core,
+        cluster_api,
+        lease_api=lease_api,
+        power_source=power_source,
+        state_store=state_store,
+    )
+    if config.intensity:
+        add_carbon(ext)
+    _add_refresher(ext)
     return ext
 
 
@@ -370,6 +442,35 @@ def add_controller(
         settings.lease.namespace,
         settings.lease.name,
         elector.identity,
+    )
+
+
+def add_tracking(ext: Extender, power_source: PowerSource | None = None) -> None:
+    """Add a controller that only tracks measured power (:attr:`ControllerMode.TRACK`):
+    every period it reads the power source (``config.power`` unless given), follows each
+    domain's breach and feeds the overage of breached domains into ``ext``'s ledger. It
+    holds no Lease, calls no API, posts no Event and registers no metric; the controller
+    that acts (and exports the controller's metrics) runs elsewhere."""
+    settings = ext.config.controller
+    if power_source is None:
+        from extender.controller.readings import PrometheusPowerSource
+
+        if ext.config.power is None:  # the config loader refuses this; keep mypy sure
+            raise ValueError("the controller needs the power: section")
+        power_source = PrometheusPowerSource(ext.config.power)
+    ext.controller = Controller(
+        ext.config,
+        ext.state,
+        power_source,
+        api=None,
+        events=ext.events,
+        leader=lambda: False,
+    )
+    ext.controller_loop = ControllerLoop(ext.controller, settings.period_s)
+    log.info(
+        "controller tracking only: measured power every %gs feeds the ledger; "
+        "powercap controller acts",
+        settings.period_s,
     )
 
 

@@ -12,7 +12,10 @@ runs in a pod, else from ``--kubeconfig`` (or ``$KUBECONFIG`` / ``~/.kube/config
 :func:`extender.cluster.client.kubernetes_core`, with the timeouts of the config's
 ``kubernetes:`` section on every call. With ``controller.enabled`` in the
 config, the companion controller runs in the same process
-(:func:`extender.runtime.add_controller`), acting while it holds its Lease.
+(:func:`extender.runtime.add_controller`), acting while it holds its Lease; with
+``--controller=track`` it only tracks measured power and feeds the ledger, while
+``powercap controller`` acts in another process under its own ServiceAccount (the shipped
+manifests).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import typer
 from extender.cluster.client import ClientConfigError, kubernetes_core
 from extender.config.loading import load_config
 from extender.config.model import ConfigError
+from extender.controller.mode import ControllerMode
 from powercap.console import fail as console_fail
 
 DEFAULT_PORT = 8888
@@ -67,9 +71,18 @@ def serve(
         ),
     ] = False,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    controller: Annotated[
+        ControllerMode,
+        typer.Option(
+            "--controller",
+            help="with controller.enabled: run it here (act while holding the Lease), only "
+            "track measured power into the ledger while `powercap controller` acts, or off",
+        ),
+    ] = ControllerMode.RUN,
 ) -> None:
     """Serve the scheduler extender (filter, prioritize, bind, preempt, metrics); with
-    --config and controller.enabled, the power-cap controller runs beside it."""
+    --config and controller.enabled, the power-cap controller runs beside it (see
+    --controller)."""
     import uvicorn
 
     from extender import runtime
@@ -103,7 +116,7 @@ def serve(
         except ClientConfigError as exc:
             raise fail(str(exc)) from exc
         try:
-            ext = runtime.from_cluster(cfg, core)
+            ext = runtime.from_cluster(cfg, core, controller=controller)
         except ProblemsError as exc:  # e.g. a secret's environment variable is unset
             raise fail(f"invalid config {exc.source}:\n  " + "\n  ".join(exc.problems)) from exc
     uvicorn.run(
