@@ -197,6 +197,13 @@ def test_controller_lease_is_granted() -> None:
     named = [r for r in role["rules"] if "resourceNames" in r]
     assert [n for r in named for n in r["resourceNames"]] == [lease.name]
     assert {v for r in named for v in r["verbs"]} == {"get", "update"}
+    # ... and granted to the controller's own ServiceAccount, not the scheduler's.
+    binding = next(
+        d
+        for d in _docs(BASE / "rbac.yaml")
+        if d["kind"] == "RoleBinding" and d["roleRef"]["name"] == "powercap-controller-lease"
+    )
+    assert [s["name"] for s in binding["subjects"]] == ["powercap-controller"]
 
 
 def test_controller_memory_configmap_is_granted() -> None:
@@ -221,6 +228,8 @@ def test_controller_memory_configmap_is_granted() -> None:
         if d["kind"] == "RoleBinding" and d["metadata"]["name"] == "powercap-controller-state"
     )
     assert binding["roleRef"]["name"] == "powercap-controller-state"
+    # ... to the controller's own ServiceAccount, not the scheduler's.
+    assert [s["name"] for s in binding["subjects"]] == ["powercap-controller"]
 
 
 def test_admission_policies_guard_the_label_the_controller_reads() -> None:
@@ -279,3 +288,186 @@ def test_alerts_cover_the_controller() -> None:
         assert any(metric in e for e in exprs), f"no alert reads {metric}"
     errors = next(e for e in exprs if "bad_request" in e)
     assert "api_error" in errors
+
+
+# --- one ServiceAccount per component --------------------------------------------------------
+SCHEDULER_ACCOUNT = "powercap-scheduler"
+CONTROLLER_ACCOUNT = "powercap-controller"
+SCALED_OBJECTS_ROLE = "powercap-controller-scaledobjects"
+Rule = tuple[str, str, str, str]  # (API group, resource, verb, resource name or "")
+
+
+def _controller_deployment() -> dict[str, Any]:
+    return _one(BASE / "controller.yaml", "Deployment")
+
+
+def _pod_spec(deployment: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return spec
+
+
+def _rbac_docs() -> list[dict[str, Any]]:
+    return _docs(BASE / "rbac.yaml")
+
+
+def _bound_rules(account: str, docs: list[dict[str, Any]]) -> set[Rule]:
+    """Every rule of this repository's roles that the bindings in ``docs`` give ``account``
+    of powercap-system, one tuple per group, resource, verb and name. Built-in roles
+    (``system:*``) are not in the file; e2e/tests/test_rbac.py asks the API server about
+    those."""
+    roles = {
+        (d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d
+        for d in docs
+        if d["kind"] in ("Role", "ClusterRole")
+    }
+    rules: set[Rule] = set()
+    for binding in (d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")):
+        if {"kind": "ServiceAccount", "name": account, "namespace": "powercap-system"} not in (
+            binding["subjects"]
+        ):
+            continue
+        ref = binding["roleRef"]
+        namespace = binding["metadata"].get("namespace") if ref["kind"] == "Role" else None
+        role = roles.get((ref["kind"], namespace, ref["name"]))
+        for rule in role["rules"] if role else []:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    for verb in rule["verbs"]:
+                        for name in rule.get("resourceNames") or [""]:
+                            rules.add((group, resource, verb, name))
+    return rules
+
+
+def test_each_deployment_runs_under_its_own_account() -> None:
+    accounts = {d["metadata"]["name"] for d in _docs(BASE / "serviceaccount.yaml")}
+    assert accounts == {SCHEDULER_ACCOUNT, CONTROLLER_ACCOUNT}
+    scheduler = _one(BASE / "deployment.yaml", "Deployment")
+    assert _pod_spec(scheduler)["serviceAccountName"] == SCHEDULER_ACCOUNT
+    assert _pod_spec(_controller_deployment())["serviceAccountName"] == CONTROLLER_ACCOUNT
+    # The sidecar leaves acting to the controller's Deployment: with `run` it would need
+    # the controller's rights under the scheduler's identity.
+    assert _flag(_containers()["extender"], "controller") == "track"
+
+
+def test_the_controller_reads_the_extenders_config_and_serves_its_metrics_port() -> None:
+    spec = _pod_spec(_controller_deployment())
+    (container,) = spec["containers"]
+    assert container["command"][:2] == ["powercap", "controller"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    config_path = Path(_flag(container, "config"))
+    assert mounts["powercap-config"]["mountPath"] == str(config_path)
+    assert mounts["powercap-config"]["subPath"] == config_path.name
+    assert mounts["powercap-profiles"]["mountPath"] == str(config_path.parent / "profiles")
+    # The same ConfigMaps as the extender's, so both run the one config.
+    scheduler_volumes = {
+        v["name"]: v for v in _pod_spec(_one(BASE / "deployment.yaml", "Deployment"))["volumes"]
+    }
+    for volume in spec["volumes"]:
+        if "configMap" in volume:
+            assert volume == scheduler_volumes[volume["name"]]
+    port = int(_flag(container, "metrics-address").rsplit(":", 1)[1])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    service = _one(BASE / "controller.yaml", "Service")
+    assert [ports[p["targetPort"]] for p in service["spec"]["ports"]] == [port]
+    assert (
+        service["spec"]["selector"] == _controller_deployment()["spec"]["selector"]["matchLabels"]
+    )
+
+
+def test_the_controller_pod_is_as_restricted_as_the_scheduler_pod() -> None:
+    scheduler = _pod_spec(_one(BASE / "deployment.yaml", "Deployment"))
+    controller = _pod_spec(_controller_deployment())
+    assert controller["securityContext"] == scheduler["securityContext"]
+    assert controller["securityContext"]["runAsNonRoot"] is True
+    for container in controller["containers"]:
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
+
+
+def test_the_scheduler_account_holds_none_of_the_controllers_rights() -> None:
+    docs = _rbac_docs()
+    scheduler = _bound_rules(SCHEDULER_ACCOUNT, docs)
+    assert ("", "pods/binding", "create", "") in scheduler
+    assert ("coordination.k8s.io", "leases", "update", "powercap-scheduler") in scheduler
+    held = {(g, r) for g, r, _, _ in scheduler}
+    for forbidden in (
+        ("", "pods/eviction"),
+        ("keda.sh", "scaledobjects"),
+        ("", "secrets"),
+        ("", "configmaps"),  # the controller's memory is the only one either may write
+    ):
+        assert forbidden not in held, forbidden
+    # Nor the controller's Lease: the two leaderships stay independent.
+    lease = load_config(CONFIG / "powercap.yaml").controller.lease.name
+    assert not any(name == lease for *_, name in scheduler)
+
+
+def test_the_controller_account_holds_exactly_what_the_controller_calls() -> None:
+    controller = load_config(CONFIG / "powercap.yaml").controller
+    lease, memory = controller.lease.name, controller.state_config_map
+    assert _bound_rules(CONTROLLER_ACCOUNT, _rbac_docs()) == {
+        ("", "nodes", "list", ""),
+        ("", "nodes", "watch", ""),
+        ("", "pods", "list", ""),
+        ("", "pods", "watch", ""),
+        ("", "pods/eviction", "create", ""),
+        ("policy", "poddisruptionbudgets", "list", ""),
+        ("", "events", "create", ""),
+        ("keda.sh", "scaledobjects", "list", ""),
+        ("keda.sh", "scaledobjects", "patch", ""),
+        ("coordination.k8s.io", "leases", "create", ""),
+        ("coordination.k8s.io", "leases", "get", lease),
+        ("coordination.k8s.io", "leases", "update", lease),
+        ("", "configmaps", "create", ""),
+        ("", "configmaps", "get", memory),
+        ("", "configmaps", "update", memory),
+    }
+
+
+def scaled_object_binding_problems(
+    namespaces: tuple[str, ...], docs: list[dict[str, Any]]
+) -> list[str]:
+    """How the bindings of the ScaledObjects role in ``docs`` disagree with the controller's
+    ``scaledObjects.namespaces``: none named means a cluster-wide list, so one
+    ClusterRoleBinding; named ones mean a RoleBinding in each and no cluster-wide one."""
+    bindings = [
+        d
+        for d in docs
+        if d["kind"] in ("RoleBinding", "ClusterRoleBinding")
+        and d["roleRef"]["name"] == SCALED_OBJECTS_ROLE
+    ]
+    cluster_wide = [b for b in bindings if b["kind"] == "ClusterRoleBinding"]
+    in_namespaces = {b["metadata"]["namespace"] for b in bindings if b["kind"] == "RoleBinding"}
+    problems: list[str] = []
+    if not namespaces and not cluster_wide:
+        problems.append("every namespace is listed, but no ClusterRoleBinding allows it")
+    if namespaces and cluster_wide:
+        problems.append(f"only {', '.join(namespaces)} are listed, yet the binding is cluster-wide")
+    if namespaces and in_namespaces != set(namespaces):
+        problems.append(f"RoleBindings in {sorted(in_namespaces)}, namespaces {list(namespaces)}")
+    return problems
+
+
+def test_scaled_object_rights_follow_the_configured_namespaces() -> None:
+    namespaces = load_config(CONFIG / "powercap.yaml").controller.namespaces
+    docs = _rbac_docs()
+    assert scaled_object_binding_problems(namespaces, docs) == []
+    # The check itself tells the two cases apart: the shipped cluster-wide binding does
+    # not fit a config that names namespaces, and per-namespace bindings do.
+    assert scaled_object_binding_problems(("llm",), docs)
+    per_namespace = [
+        d
+        for d in docs
+        if not (d["kind"] == "ClusterRoleBinding" and d["metadata"]["name"] == SCALED_OBJECTS_ROLE)
+    ] + [
+        {
+            "kind": "RoleBinding",
+            "metadata": {"name": SCALED_OBJECTS_ROLE, "namespace": "llm"},
+            "roleRef": {"kind": "ClusterRole", "name": SCALED_OBJECTS_ROLE},
+        }
+    ]
+    assert scaled_object_binding_problems(("llm",), per_namespace) == []
+    assert scaled_object_binding_problems((), per_namespace)
