@@ -2,13 +2,15 @@
 
 :func:`replay_window` runs after :func:`e2e.backend.run_on_kwok` has placed a problem: the
 power simulator serves the replayed watts of the pods the API server reports bound
-(:class:`PodFeed`), a real Prometheus scrapes it, and with the controller ``powercap
-serve`` is restarted with ``power:`` and ``controller:`` sections (:func:`controller_section`)
-on a grid compressed by the speed (:func:`compress`, :class:`CompressedGrid`), so no
-controller code knows it is replayed. :class:`BreachMeter` integrates each domain's time
-over its cap from the simulator's own values — the ground truth, so runs with and without
-the controller are judged alike; :func:`controller_actions` and :func:`evicted_pods` read
-what the controller did. It returns a :class:`placement.cluster_run.ReplayOutcome`.
+(:class:`PodFeed`), a real Prometheus scrapes it, and with the controller ``powercap serve``
+is restarted with ``power:`` and ``controller:`` sections (:func:`controller_section`) on a
+grid compressed by the speed (:func:`compress`, :class:`CompressedGrid`), so no controller
+code knows it is replayed; as the manifests ship it, the extender only tracks measured power
+(its ledger's feedback) and ``powercap controller`` beside it, under its own ServiceAccount,
+acts (stopped at the window's end). :class:`BreachMeter` integrates each domain's time over
+its cap from the simulator's own values — the ground truth, so runs with and without the
+controller are judged alike; :func:`controller_actions` and :func:`evicted_pods` read what
+the controller did. It returns a :class:`placement.cluster_run.ReplayOutcome`.
 
 The steps, the timings and the compressed grid: docs/whatif.md, "Replayed power".
 """
@@ -42,16 +44,17 @@ from e2e.powersim import (
     sim_nodes,
 )
 from e2e.prometheus import ScrapeJob, prometheus
-from e2e.scheduler import start_extender
+from e2e.rbac import NAMESPACE as LEASE_NAMESPACE
+from e2e.scheduler import start_controller, start_extender
 from placement.cluster_run import DAY_S, ReplayOutcome, ReplaySettings, speed_problem
 from placement.grid import Grid
 from placement.problem import Problem
 
 # Wall seconds between two ground-truth samples (at speed 600: one simulated minute).
 SAMPLE_S = 0.1
-# Wall seconds between the extender's restart and the window's start: its mirror syncs
-# and it takes the controller Lease in that time.
-LEAD_S = 8.0
+# Wall seconds between the extender's restart and the window's start: its mirror syncs,
+# then the controller's, and the controller takes its Lease in that time.
+LEAD_S = 12.0
 # The Prometheus scrape interval, simulated seconds (a common DCGM exporter interval);
 # never below FASTEST_S wall seconds.
 SCRAPE_SIM_S = 30.0
@@ -140,7 +143,7 @@ def controller_section(replay: ReplaySettings) -> dict[str, Any]:
         "feedback": {"hold": dur(replay.hold_s)},
         "victimTimeLimit": "1s",
         "lease": {
-            "namespace": NAMESPACE,
+            "namespace": LEASE_NAMESPACE,
             "duration": "4s",
             "renewDeadline": "3s",
             "retryPeriod": "1s",
@@ -302,6 +305,7 @@ def replay_window(
         return clock_box[0].now() if clock_box else start
 
     running = extender[0] if extender is not None else None
+    acting: tuple[Process, int] | None = None  # the controller, with the controller on
     with (
         _simulator(problem, replay, pods) as sim,
         PodFeed(core, pods, sim_now) as feed,
@@ -330,6 +334,7 @@ def replay_window(
             proc, port = extender
             proc.stop()
             running, _ = start_extender(c, path, port=port)
+            acting = start_controller(c, path)
         else:
             clock = HeldClock(start, speed, t0=math.ceil(time.time()) + 1.0)
         sim.clock = clock
@@ -344,6 +349,8 @@ def replay_window(
         while True:
             if running is not None and not running.alive():
                 raise RuntimeError(f"powercap serve exited:\n{running.tail()}")
+            if acting is not None and not acting[0].alive():
+                raise RuntimeError(f"powercap controller exited:\n{acting[0].tail()}")
             snap = sim.snapshot()
             if snap.sim_s >= end:
                 break
@@ -351,8 +358,10 @@ def replay_window(
                 meter.add(snap.sim_s, snap.domain_watts(list(sim.nodes.values())))
             time.sleep(SAMPLE_S)
         meter.close()
-        actions = controller_actions(extender[1]) if replay.controller and extender else {}
+        actions = controller_actions(acting[1]) if acting is not None else {}
         evicted = evicted_pods(core) if replay.controller else set()
+        if acting is not None:  # nothing acts on the cluster after its window
+            acting[0].stop()
 
     priorities = {
         name: int(problem.services.priority[s]) for s, name in enumerate(problem.services.names)

@@ -1,8 +1,15 @@
-"""The powercap extender and the second kube-scheduler, as processes beside a test cluster.
+"""The powercap extender, the companion controller and the second kube-scheduler, as
+processes beside a test cluster.
+
+Each runs as the manifests run it, under its own ServiceAccount of ``manifests/base``: the
+extender and kube-scheduler as ``powercap-scheduler``, the controller as
+``powercap-controller``, each with a token of its account (:mod:`e2e.rbac`), never the
+cluster's admin credentials. The extender runs ``--controller=track`` as in the shipped
+Deployment: a config with the controller on has it act in :func:`start_controller`.
 
 The scheduler runs ``config/kube-scheduler.yaml`` — the configuration shipped to users —
 with only what a local run must change: the extender's port, the kubeconfig, and no leader
-election (one instance, and the Lease namespace ``powercap-system`` does not exist here).
+election (one instance).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import yaml
 
 from e2e.cluster import Cluster, Process, binary, free_ports
 from e2e.deploy import wait_for
+from e2e.rbac import CONTROLLER_ACCOUNT, SCHEDULER_ACCOUNT, account_kubeconfig
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEDULER_CONFIG = REPO / "config" / "kube-scheduler.yaml"
@@ -52,7 +60,8 @@ def start_extender(
     port: int | None = None,
     name: str = "powercap-extender",
 ) -> tuple[Process, int]:
-    """``powercap serve`` on loopback ``port`` (a free one when ``None``); returns once
+    """``powercap serve --controller=track`` on loopback ``port`` (a free one when
+    ``None``), authenticated as the ServiceAccount ``powercap-scheduler``; returns once
     ``/readyz`` answers 200 (the mirror has listed Nodes and Pods), so the scheduler's first
     calls find it ready. Passing the port of an extender that was stopped restarts it where
     a running kube-scheduler already calls it. ``name`` names the process and its log
@@ -65,7 +74,9 @@ def start_extender(
         "--config",
         str(config),
         "--kubeconfig",
-        str(c.kubeconfig),
+        str(account_kubeconfig(c, SCHEDULER_ACCOUNT)),
+        "--controller",
+        "track",
         "--host",
         "127.0.0.1",
         "--port",
@@ -76,20 +87,51 @@ def start_extender(
     return proc, port
 
 
+def start_controller(
+    c: Cluster,
+    config: Path,
+    timeout_s: float = 60.0,
+    *,
+    port: int | None = None,
+    name: str = "powercap-controller",
+) -> tuple[Process, int]:
+    """``powercap controller`` with ``/healthz``, ``/readyz`` and ``/metrics`` on loopback
+    ``port`` (a free one when ``None``), authenticated as the ServiceAccount
+    ``powercap-controller``; returns once ``/readyz`` answers 200 (its mirror has listed
+    Nodes and Pods). ``name`` names the process and its log (two instances side by side,
+    competing for the Lease, need two). The config's ``controller.lease`` must be one the
+    account may take: the shipped ``powercap-system/powercap-controller``."""
+    if port is None:
+        (port,) = free_ports(1)
+    argv = [
+        *powercap_command(),
+        "controller",
+        "--config",
+        str(config),
+        "--kubeconfig",
+        str(account_kubeconfig(c, CONTROLLER_ACCOUNT)),
+        "--metrics-address",
+        f"127.0.0.1:{port}",
+    ]
+    proc = c.start(name, argv)
+    wait_ready(proc, port, timeout_s)
+    return proc, port
+
+
 def wait_ready(proc: Process, port: int, timeout_s: float = 60.0) -> None:
-    """Wait until the ``powercap serve`` in ``proc`` answers 200 on ``/readyz``; raise with
-    its log tail if it exits first."""
+    """Wait until the ``powercap serve`` or ``powercap controller`` in ``proc`` answers 200
+    on ``/readyz``; raise with its log tail if it exits first."""
 
     def ready() -> bool:
         if not proc.alive():
-            raise RuntimeError(f"powercap serve exited early:\n{proc.tail()}")
+            raise RuntimeError(f"{proc.name} exited early:\n{proc.tail()}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
                 return int(r.status) == 200
         except (urllib.error.URLError, OSError):
             return False
 
-    wait_for("powercap serve's /readyz", ready, timeout_s, every_s=0.2)
+    wait_for(f"{proc.name}'s /readyz", ready, timeout_s, every_s=0.2)
 
 
 def scheduler_config(
@@ -115,11 +157,13 @@ def scheduler_config(
 
 
 def start_scheduler(c: Cluster, extender_port: int | None, stock: bool = False) -> Process:
-    """kube-scheduler with the adapted configuration (see :func:`scheduler_config`).
-    ``--secure-port=0`` turns its HTTPS endpoint off: nothing here reads it, and it would
-    otherwise listen on every interface."""
+    """kube-scheduler with the adapted configuration (see :func:`scheduler_config`),
+    authenticated as the ServiceAccount ``powercap-scheduler`` (its built-in roles are
+    bound there). ``--secure-port=0`` turns its HTTPS endpoint off: nothing here reads it,
+    and it would otherwise listen on every interface."""
     path = c.run_dir / "kube-scheduler.yaml"
-    path.write_text(yaml.safe_dump(scheduler_config(c.kubeconfig, extender_port, stock)))
+    kubeconfig = account_kubeconfig(c, SCHEDULER_ACCOUNT)
+    path.write_text(yaml.safe_dump(scheduler_config(kubeconfig, extender_port, stock)))
     argv = [str(binary("kube-scheduler")), f"--config={path}", "--secure-port=0", "--v=2"]
     proc = c.start("kube-scheduler", argv)
     return proc

@@ -3,8 +3,11 @@ controller sheds load there and the extender stops admitting into it.
 
 A local fake of the UK Carbon Intensity API (the recorded shapes of
 ``tests/fixtures/intensity/ukci_*.json``, with the time of now and a value the test sets)
-is the ``intensity:`` source of ``powercap serve``; ``intensity.domains`` names rack 1, so
-rack 1's cap follows the grid while rack 2's does not. Two racks of two 8-GPU fake nodes,
+is the ``intensity:`` source of ``powercap serve --controller=track`` and of ``powercap
+controller``, each under its own ServiceAccount as shipped (both move their caps with the
+grid: the extender's for admission, the controller's for acting). ``intensity.domains``
+names rack 1, so rack 1's cap follows the grid while rack 2's does not. Two racks of two
+8-GPU fake nodes,
 each capped at 6 kW; one ``batch`` service of four 1-GPU replicas at a constant 800 W.
 Rack 2 starts cordoned, so all four land in rack 1 (4.2 kW with idle), then it is opened.
 The power simulator, fed from the API server's pods and scraped by a real Prometheus, is
@@ -52,8 +55,9 @@ from e2e.deploy import (
 )
 from e2e.powersim import PowerSimulator, SimClock, StaticPods, grid_profiles, sim_nodes
 from e2e.prometheus import ScrapeJob, prometheus
+from e2e.rbac import NAMESPACE as LEASE_NAMESPACE
 from e2e.scenarios import batch_scenario
-from e2e.scheduler import start_extender, start_scheduler
+from e2e.scheduler import start_controller, start_extender, start_scheduler
 from placement.scenario.building import problem_from_spec
 from placement.scenario.spec import spec_from_data
 
@@ -226,7 +230,7 @@ def test_a_dirtier_grid_lowers_the_cap_the_controller_sheds_and_filter_admits_le
                 config = powercap_config(problem)
                 config["planner"]["enabled"] = False  # scoring and caps alone decide
                 lease = {
-                    "namespace": NAMESPACE,
+                    "namespace": LEASE_NAMESPACE,
                     "duration": "3s",
                     "renewDeadline": "2s",
                     "retryPeriod": "1s",
@@ -249,10 +253,12 @@ def test_a_dirtier_grid_lowers_the_cap_the_controller_sheds_and_filter_admits_le
                 path.write_bytes(orjson.dumps(config))
                 extender, port = start_extender(c, path)
                 scheduler = start_scheduler(c, port)
+                controller, metrics = start_controller(c, path)  # the controller's /metrics
 
                 def logs() -> str:
                     return (
                         f"\n--- powercap serve (tail) ---\n{extender.tail(40)}"
+                        f"\n--- powercap controller (tail) ---\n{controller.tail(25)}"
                         f"\n--- kube-scheduler (tail) ---\n{scheduler.tail(15)}"
                     )
 
@@ -280,7 +286,7 @@ def test_a_dirtier_grid_lowers_the_cap_the_controller_sheds_and_filter_admits_le
                 calm = 2 * IDLE_W + REPLICAS * REPLICA_W
 
                 def reads_calm() -> bool:
-                    m = samples(port)
+                    m = samples(metrics)
                     return (
                         m.get(("powercap_controller_leader", ())) == 1.0
                         and m.get(("powercap_domain_measured_watts", (("domain", "rack-1"),)))
@@ -288,7 +294,7 @@ def test_a_dirtier_grid_lowers_the_cap_the_controller_sheds_and_filter_admits_le
                     )
 
                 wait_for(f"the leader to read {calm:.0f} W in rack 1", reads_calm, 30.0)
-                assert metric(port, "powercap_domain_in_breach", domain="rack-1") == 0.0
+                assert metric(metrics, "powercap_domain_in_breach", domain="rack-1") == 0.0
 
                 # 2. The grid gets dirtier: rack 1's cap halves; rack 2's does not move.
                 grid.g_per_kwh = DIRTY_G
@@ -318,8 +324,8 @@ def test_a_dirtier_grid_lowers_the_cap_the_controller_sheds_and_filter_admits_le
 
                 def shed() -> bool:
                     nonlocal seen_breach
-                    breach = metric(port, "powercap_domain_in_breach", domain="rack-1")
-                    watts = metric(port, "powercap_domain_measured_watts", domain="rack-1")
+                    breach = metric(metrics, "powercap_domain_in_breach", domain="rack-1")
+                    watts = metric(metrics, "powercap_domain_measured_watts", domain="rack-1")
                     seen_breach = seen_breach or breach == 1.0
                     return seen_breach and breach == 0.0 and watts < LOWERED_W
 
@@ -333,7 +339,7 @@ def test_a_dirtier_grid_lowers_the_cap_the_controller_sheds_and_filter_admits_le
                 assert evicted and evicted <= set(before), evicted
                 assert all("rack-1" in e["message"] for e in evict_events(core)), evict_events(core)
                 acted = metric(
-                    port,
+                    metrics,
                     "powercap_controller_actions_total",
                     kind="evict",
                     domain="rack-1",

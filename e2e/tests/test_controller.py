@@ -6,15 +6,18 @@ allows it no disruption), ``batch`` (priority 10, scaled by a KEDA ScaledObject)
 ``vip`` (priority 2000, above ``protectPriority``). Rack 2 starts cordoned, so all five
 replicas land in rack 1 (5 kW predicted); then it is opened and the power simulator —
 fed from the pods the API server reports, scraped by Prometheus — surges rack 1 by 1 kW
-per node (7 kW measured). ``powercap serve --config`` with the controller enabled must:
+per node (7 kW measured). Laid out as the manifests ship it — ``powercap controller`` under
+the ServiceAccount ``powercap-controller``, beside ``powercap serve --controller=track`` and
+kube-scheduler under ``powercap-scheduler`` — the controller must:
 
 * reshape first: lower the ScaledObject's ``maxReplicaCount`` keeping the original in the
   annotation. KEDA's operator does not run here, so nothing scales down and the breach
   holds — which is what sends the ladder on to evictions;
 * evict ``batch`` pods only — never the budget-protected ``chat`` pod, though its priority
   is the lowest, and never ``vip`` — through policy/v1 Evictions, with Events;
-* while rack 1 is in breach, the measured overage in the extender's ledger sends the
-  replacements (recreated by the Deployment) to rack 2 — which, with its smaller cap and
+* while rack 1 is in breach, the measured overage in the extender's ledger (fed by its own
+  tracking of the same power data) sends the replacements (recreated by the Deployment) to
+  rack 2 — which, with its smaller cap and
   the planner off, the extender's scoring would otherwise rank below rack 1, where one
   more replica is predicted to fit;
 * bring rack 1's measured power under its cap (and out of breach) within a bounded number
@@ -25,8 +28,9 @@ A second test trusts neither tenants nor stray exporters: three ``batch`` pods o
 two of PriorityClass ``powercap-e2e-high`` (500) and one of ``powercap-e2e-low`` (100)
 whose creator labelled it ``powercap.io/priority: "999"``; a rogue simulator, scraped under
 another job, reports the node drawing 50 kW more. With ``power.selector`` on the real
-simulator's job the controller reads the calm rack and does nothing; after a surge any one
-pod would clear the breach, and the one evicted is the low-class pod, label or not.
+simulator's job the controller (``powercap controller`` alone: no scheduler runs) reads the
+calm rack and does nothing; after a surge any one pod would clear the breach, and the one
+evicted is the low-class pod, label or not.
 """
 
 from __future__ import annotations
@@ -62,8 +66,9 @@ from e2e.deploy import (
 )
 from e2e.powersim import PowerSimulator, SimClock, StaticPods, grid_profiles, sim_nodes
 from e2e.prometheus import ScrapeJob, prometheus
+from e2e.rbac import NAMESPACE as LEASE_NAMESPACE
 from e2e.scenarios import batch_scenario
-from e2e.scheduler import start_extender, start_scheduler
+from e2e.scheduler import start_controller, start_extender, start_scheduler
 from placement.problem import Problem
 from placement.scenario.building import problem_from_spec
 from placement.scenario.spec import spec_from_data
@@ -175,7 +180,7 @@ def test_a_surge_is_shed_by_reshape_then_eviction_and_replacements_land_elsewher
                     "restoreMargin": 0.05,
                     "protectPriority": 1000,
                     "lease": {
-                        "namespace": NAMESPACE,
+                        "namespace": LEASE_NAMESPACE,
                         "duration": "4s",
                         "renewDeadline": "3s",
                         "retryPeriod": "1s",
@@ -185,10 +190,12 @@ def test_a_surge_is_shed_by_reshape_then_eviction_and_replacements_land_elsewher
                 path.write_bytes(orjson.dumps(config))
                 extender, port = start_extender(c, path)
                 scheduler = start_scheduler(c, port)
+                controller, metrics = start_controller(c, path)  # the controller's /metrics
 
                 def logs() -> str:
                     return (
-                        f"\n--- powercap serve (tail) ---\n{extender.tail(40)}"
+                        f"\n--- powercap controller (tail) ---\n{controller.tail(40)}"
+                        f"\n--- powercap serve (tail) ---\n{extender.tail(15)}"
                         f"\n--- kube-scheduler (tail) ---\n{scheduler.tail(15)}"
                     )
 
@@ -216,11 +223,11 @@ def test_a_surge_is_shed_by_reshape_then_eviction_and_replacements_land_elsewher
                 calm = IDLE_W * 2 + REPLICA_W * wanted
 
                 def reads_calm() -> bool:
-                    watts, breach = rack_1(port)
+                    watts, breach = rack_1(metrics)
                     return watts == pytest.approx(calm, abs=1.0) and breach == 0.0
 
                 wait_for(f"the controller to read {calm:.0f} W in rack 1", reads_calm, 60.0)
-                scrape_now = samples(port)
+                scrape_now = samples(metrics)
                 assert scrape_now[("powercap_controller_leader", ())] == 1.0, logs()
                 assert scrape_now[("powercap_power_data_stale", ())] == 0.0
 
@@ -230,7 +237,7 @@ def test_a_surge_is_shed_by_reshape_then_eviction_and_replacements_land_elsewher
 
                 def shed() -> bool:
                     nonlocal seen_breach
-                    watts, breach = rack_1(port)
+                    watts, breach = rack_1(metrics)
                     seen_breach = seen_breach or breach == 1.0
                     return seen_breach and breach == 0.0 and watts < RACK_CAP_W
 
@@ -242,7 +249,7 @@ def test_a_surge_is_shed_by_reshape_then_eviction_and_replacements_land_elsewher
                         every_s=0.25,
                     )
                 except TimeoutError as exc:
-                    raise AssertionError(f"{exc}; rack 1 now {rack_1(port)}{logs()}") from exc
+                    raise AssertionError(f"{exc}; rack 1 now {rack_1(metrics)}{logs()}") from exc
                 periods = (time.monotonic() - surged_at) / PERIOD_S
                 print(f"[e2e] rack 1 back under its cap after {periods:.0f} periods", flush=True)
 
@@ -380,7 +387,7 @@ def test_the_lowest_priority_class_goes_first_and_a_rogue_exporter_moves_nothing
                 config = powercap_config(problem)
                 config["planner"]["enabled"] = False
                 lease = {
-                    "namespace": NAMESPACE,
+                    "namespace": LEASE_NAMESPACE,
                     "duration": "4s",
                     "renewDeadline": "3s",
                     "retryPeriod": "1s",
@@ -392,10 +399,10 @@ def test_the_lowest_priority_class_goes_first_and_a_rogue_exporter_moves_nothing
                 config["power"]["selector"] = {"job": "powersim"}
                 path = c.run_dir / "powercap.json"
                 path.write_bytes(orjson.dumps(config))
-                extender, port = start_extender(c, path)
+                controller, port = start_controller(c, path)  # its /metrics
 
                 def logs() -> str:
-                    return f"\n--- powercap serve (tail) ---\n{extender.tail(40)}"
+                    return f"\n--- powercap controller (tail) ---\n{controller.tail(40)}"
 
                 # The rogue is in Prometheus, reporting gpu-a1 far over the cap ...
                 rogue_w = prom.query('sum by (Hostname) (DCGM_FI_DEV_POWER_USAGE{job="rogue"})')

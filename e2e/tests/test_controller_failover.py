@@ -4,9 +4,11 @@ One rack of two 8-GPU fake nodes (cap 6 kW) carrying twelve ``batch`` pods bound
 test (no scheduler: evicted pods are not replaced, so every eviction shows), the power
 simulator fed from the API server's pods, a real Prometheus scraping it, a KEDA
 ScaledObject for ``batch`` (its CRD installed; KEDA's operator does not run), and two
-``powercap serve --config`` processes, ``a`` and ``b``, on different ports with the same
-config: the controller on, a 3 s Lease (renew deadline 2 s, retry every 1 s), one reshape
-round, then two evictions per 20 s window, cluster-wide. Then:
+``powercap controller --config`` processes, ``a`` and ``b``, on different ports with the
+same config and the ServiceAccount ``powercap-controller``'s token: a 3 s Lease (the
+shipped ``powercap-system/powercap-controller``, renew deadline 2 s, retry every 1 s), the
+memory in the shipped ConfigMap beside it, one reshape round, then two evictions per 20 s
+window, cluster-wide. Then:
 
 1. exactly one of them leads (``powercap_controller_leader`` 1 there, 0 in the other) and
    holds the Lease;
@@ -44,8 +46,9 @@ from e2e.controlled import (
 from e2e.deploy import NAMESPACE, api_client, create_nodes, powercap_config, wait_for
 from e2e.powersim import PowerSimulator, SimClock, StaticPods, grid_profiles, sim_nodes
 from e2e.prometheus import ScrapeJob, prometheus
+from e2e.rbac import NAMESPACE as LEASE_NAMESPACE
 from e2e.scenarios import BATCH, batch_scenario
-from e2e.scheduler import start_extender
+from e2e.scheduler import start_controller
 from placement.scenario.building import problem_from_spec
 from placement.scenario.spec import spec_from_data
 
@@ -85,7 +88,7 @@ def leader(port: int) -> float:
 
 
 def evictions(port: int) -> float:
-    """Evictions ``powercap serve`` on ``port`` has taken."""
+    """Evictions ``powercap controller`` on ``port`` has taken."""
     return sum(
         v
         for (name, labels), v in samples(port).items()
@@ -96,7 +99,7 @@ def evictions(port: int) -> float:
 def memory(core: Any) -> dict[str, Any]:
     """The controller's memory, as the leader last wrote it into its ConfigMap."""
     cm = orjson.loads(
-        core.read_namespaced_config_map(STATE, NAMESPACE, _preload_content=False).data
+        core.read_namespaced_config_map(STATE, LEASE_NAMESPACE, _preload_content=False).data
     )
     loaded: dict[str, Any] = orjson.loads(cm["data"]["memory.json"])
     return loaded
@@ -128,7 +131,7 @@ def stamp(event: dict[str, Any]) -> float:
 
 def holder(coordination: Any) -> str:
     lease = orjson.loads(
-        coordination.read_namespaced_lease(LEASE, NAMESPACE, _preload_content=False).data
+        coordination.read_namespaced_lease(LEASE, LEASE_NAMESPACE, _preload_content=False).data
     )
     return str(lease["spec"].get("holderIdentity") or "")
 
@@ -165,7 +168,7 @@ def test_only_the_lease_holder_acts_and_the_other_takes_over_when_it_dies() -> N
                 config["planner"]["enabled"] = False
                 lease = {
                     "name": LEASE,
-                    "namespace": NAMESPACE,
+                    "namespace": LEASE_NAMESPACE,
                     "duration": f"{LEASE_S}s",
                     "renewDeadline": f"{LEASE_S - 1}s",
                     "retryPeriod": f"{RETRY_S}s",
@@ -182,14 +185,14 @@ def test_only_the_lease_holder_acts_and_the_other_takes_over_when_it_dies() -> N
                 procs = dict(
                     zip(
                         "ab",
-                        (start_extender(c, path, name=f"powercap-{n}") for n in "ab"),
+                        (start_controller(c, path, name=f"powercap-{n}") for n in "ab"),
                         strict=True,
                     )
                 )
 
                 def logs() -> str:
                     return "".join(
-                        f"\n--- powercap serve {n} (tail) ---\n{p.tail(25)}"
+                        f"\n--- powercap controller {n} (tail) ---\n{p.tail(25)}"
                         for n, (p, _) in procs.items()
                     )
 

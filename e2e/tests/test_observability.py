@@ -1,8 +1,11 @@
-"""The monitoring manifests against a real Prometheus scraping a real ``powercap serve``.
+"""The monitoring manifests against a real Prometheus scraping a real ``powercap serve`` and
+``powercap controller``, laid out as shipped (two processes, two ServiceAccounts, two jobs).
 
 A rack-pair KWOK cluster with pods bound by the test, the power simulator, a data
-Prometheus (the controller's ``power.url``) and a monitoring Prometheus running the rules of
-``manifests/monitoring/prometheusrule.yaml`` (``PowercapPowerDataStale`` shortened to 2 s).
+Prometheus (the controller's ``power.url``) and a monitoring Prometheus scraping the
+extender as the job ``powercap-scheduler`` and the controller as ``powercap-controller``
+and running the rules of ``manifests/monitoring/prometheusrule.yaml``
+(``PowercapPowerDataStale`` shortened to 2 s).
 With the data Prometheus down during a surge, the controller takes no action and the
 stale-data alert fires; with it back, the controller evicts; then every rule evaluates and
 every dashboard query and alert operand returns series.
@@ -42,8 +45,9 @@ from e2e.deploy import (
 )
 from e2e.powersim import PowerSimulator, SimClock, StaticPods, grid_profiles, sim_nodes
 from e2e.prometheus import Prometheus, ScrapeJob, prometheus
+from e2e.rbac import NAMESPACE as LEASE_NAMESPACE
 from e2e.scenarios import batch_scenario
-from e2e.scheduler import start_extender
+from e2e.scheduler import start_controller, start_extender
 from placement.scenario.building import problem_from_spec
 from placement.scenario.spec import spec_from_data
 
@@ -52,7 +56,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.controller]
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "manifests" / "monitoring" / "prometheusrule.yaml"
 DASHBOARD = REPO / "manifests" / "monitoring" / "grafana-dashboard.json"
-JOB = "powercap-scheduler"  # the Service's name: the job label the ServiceMonitor gives
+# The Services' names: the job labels the ServiceMonitor gives.
+JOB = "powercap-scheduler"
+CONTROLLER_JOB = "powercap-controller"
 STALE_ALERT = "PowercapPowerDataStale"
 STALE_FOR = "2s"  # the manifest says 5m
 RACK_CAP_W = 4000.0
@@ -127,7 +133,7 @@ def operand(expr: str) -> str:
 
 
 def actions(port: int) -> float:
-    """Every step ``powercap serve`` on ``port`` has counted (taken or failed)."""
+    """Every step the controller on ``port`` has counted (taken or failed)."""
     return sum(
         v
         for (name, _), v in samples(port).items()
@@ -218,7 +224,7 @@ def test_stale_data_alert_no_action_and_every_query_returns_series() -> None:
                     # CP-SAT reports a gap, so the dashboard's plan-gap panel has a value.
                     config["planner"].update({"strategy": "cpsat", "timeLimit": "2s"})
                     lease = {
-                        "namespace": NAMESPACE,
+                        "namespace": LEASE_NAMESPACE,
                         "duration": "3s",
                         "renewDeadline": "2s",
                         "retryPeriod": "1s",
@@ -230,14 +236,18 @@ def test_stale_data_alert_no_action_and_every_query_returns_series() -> None:
                     path = c.run_dir / "powercap.json"
                     path.write_bytes(orjson.dumps(config))
                     extender, port = start_extender(c, path)
+                    controller, metrics = start_controller(c, path)
 
                     def logs() -> str:
-                        return f"\n--- powercap serve (tail) ---\n{extender.tail(30)}"
+                        return (
+                            f"\n--- powercap controller (tail) ---\n{controller.tail(30)}"
+                            f"\n--- powercap serve (tail) ---\n{extender.tail(15)}"
+                        )
 
                     calm = IDLE_W + REPLICA_W * PODS
 
                     def reads_calm() -> bool:
-                        m = samples(port)
+                        m = samples(metrics)
                         rack = (("domain", "rack-1"),)
                         return (
                             m.get(("powercap_controller_leader", ())) == 1.0
@@ -247,7 +257,10 @@ def test_stale_data_alert_no_action_and_every_query_returns_series() -> None:
                     wait_for("the leader to read rack 1 calm", reads_calm, 30.0, every_s=0.25)
 
                     monitoring = prometheus(
-                        [ScrapeJob(JOB, [f"127.0.0.1:{port}"])],
+                        [
+                            ScrapeJob(JOB, [f"127.0.0.1:{port}"]),
+                            ScrapeJob(CONTROLLER_JOB, [f"127.0.0.1:{metrics}"]),
+                        ],
                         TEST_LOG_DIR,
                         rule_groups=rules_for_test(),
                     )
@@ -271,11 +284,11 @@ def test_stale_data_alert_no_action_and_every_query_returns_series() -> None:
                             raise AssertionError(f"{exc}{logs()}") from exc
                         # A few periods more than the grace: with data it would have acted.
                         time.sleep(max(0.0, 4.0 - (time.monotonic() - down_at)))
-                        assert metric(port, "powercap_power_data_stale") == 1.0
-                        assert actions(port) == 0.0, logs()
+                        assert metric(metrics, "powercap_power_data_stale") == 1.0
+                        assert actions(metrics) == 0.0, logs()
                         assert not evict_events(core)
                         assert pod_names(core) == {f"batch-{i}" for i in range(PODS)}
-                        rack_breach = metric(port, "powercap_domain_in_breach", domain="rack-1")
+                        rack_breach = metric(metrics, "powercap_domain_in_breach", domain="rack-1")
                         assert rack_breach == 0.0
 
                         # 2. Power data back at the same address: the surge is seen, acted on.
@@ -284,14 +297,14 @@ def test_stale_data_alert_no_action_and_every_query_returns_series() -> None:
                             try:
                                 wait_for(
                                     "an eviction in rack 1",
-                                    lambda: actions(port) >= 1.0,
+                                    lambda: actions(metrics) >= 1.0,
                                     30.0,
                                     every_s=0.25,
                                 )
                             except TimeoutError as exc:
                                 raise AssertionError(f"{exc}{logs()}") from exc
                             assert evict_events(core)
-                            assert metric(port, "powercap_power_data_stale") == 0.0
+                            assert metric(metrics, "powercap_power_data_stale") == 0.0
                             # Two scrapes of the moved counters, for increase() and rate().
                             time.sleep(2.5)
 
