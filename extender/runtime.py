@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 from fastapi import FastAPI
 from numpy.typing import NDArray
 
@@ -33,7 +32,6 @@ from extender.cluster.events import EventSink, KubernetesEventSink, RecordingEve
 from extender.cluster.lease import KubernetesLeaseApi, LeaderElector, LeaseApi
 from extender.cluster.mirror import KubernetesSource, Mirror
 from extender.cluster.pods import DemandResolver
-from extender.cluster.raw import RawObject
 from extender.cluster.state import ClusterState, PodRecord
 from extender.config.loading import config_from_problem
 from extender.config.model import Config, PlannerSettings, PolicySpec, ScoringSpec
@@ -117,7 +115,7 @@ class Extender:
 
 
 def _assemble(
-    config: Config, binder: Binder, events: EventSink, pod_lookup: Any = None
+    config: Config, binder: Binder, events: EventSink, *, pods_from_requests: bool = False
 ) -> Extender:
     state = ClusterState(config.grid, config.tree, config.headroom)
     telemetry = Telemetry(state)
@@ -131,7 +129,7 @@ def _assemble(
         events=events,
         plan=planner,
         telemetry=telemetry,
-        pod_lookup=pod_lookup,
+        pods_from_requests=pods_from_requests,
     )
     return Extender(config, state, decider, telemetry, binder, events, planner)
 
@@ -172,7 +170,8 @@ def from_scenario(problem: Problem, config: Config | None = None) -> Extender:
     before the server answers, so prioritize steers from the first pod on.
     """
     config = config or config_from_problem(problem)
-    ext = _assemble(config, StaticBinder(), RecordingEventSink())
+    # No API server to read pods from: the scheduler's requests are all there is.
+    ext = _assemble(config, StaticBinder(), RecordingEventSink(), pods_from_requests=True)
     static_state(ext.state, problem)
     ext.plan_at_start = True
     return ext
@@ -210,20 +209,7 @@ def from_cluster(
     With ``controller.enabled`` the controller is added; its API clients are built on
     ``core``'s connection unless given (``cluster_api``, ``lease_api``), and its power
     source from ``config.power`` unless given."""
-    from kubernetes.client.exceptions import ApiException
-
-    def lookup(namespace: str, name: str) -> RawObject | None:
-        try:
-            response = core.read_namespaced_pod(name, namespace, _preload_content=False)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        data: RawObject = orjson.loads(response.data)
-        response.release_conn()  # back to the pool (see extender/webhook/binding.py)
-        return data
-
-    ext = _assemble(config, KubernetesBinder(core), KubernetesEventSink(core), lookup)
+    ext = _assemble(config, KubernetesBinder(core), KubernetesEventSink(core))
     ext.mirror = Mirror(
         ext.state,
         config,

@@ -201,6 +201,29 @@ def test_replace_drops_what_is_gone(config: Config, state: ClusterState) -> None
     np.testing.assert_allclose(load(state, "rack-2"), 0, atol=1e-9)
 
 
+# --- pods waiting for a node ---------------------------------------------------------------
+def test_the_mirror_keeps_pending_pods_for_bind(config: Config, state: ClusterState) -> None:
+    """Pending pods are kept as waiting (with their scheduler) until bound, terminal or
+    deleted; a relist replaces them."""
+    resolver = DemandResolver(config)
+    replace_nodes(state, config, [node("gpu-1a", "rack-1")])
+    other = pod("x-0")
+    other["spec"]["schedulerName"] = "default-scheduler"
+    replace_pods(state, resolver, [pod("a"), other, pod("b", node_name="gpu-1a")])
+    assert sorted(state.pending) == ["uid-llm-a", "uid-llm-x-0"]
+    assert state.pending["uid-llm-x-0"].scheduler == "default-scheduler"
+    assert state.pending["uid-llm-a"].scheduler == "powercap-scheduler"
+    assert state.pending_uid_of("llm", "a") == "uid-llm-a"
+    apply_pod_event(state, resolver, "MODIFIED", obj=pod("a", node_name="gpu-1a"))
+    apply_pod_event(state, resolver, "ADDED", obj=pod("c"))
+    apply_pod_event(state, resolver, "MODIFIED", obj=pod("c", phase="Failed"))
+    apply_pod_event(state, resolver, "DELETED", obj=other)
+    assert state.pending == {} and state.pending_uid_of("llm", "a") is None
+    apply_pod_event(state, resolver, "ADDED", obj=pod("d"))
+    replace_pods(state, resolver, [pod("e")])
+    assert list(state.pending) == ["uid-llm-e"]
+
+
 # --- list + watch ----------------------------------------------------------------------------
 def event(kind: str, obj: dict[str, Any], rv: str) -> dict[str, Any]:
     obj = orjson.loads(orjson.dumps(obj))

@@ -7,6 +7,10 @@ and every change happens under :attr:`ClusterState.lock`.
 A pod counts in the ledger (its profile under its node's leaf domain and all
 ancestors, its GPUs on the node) while its node is known; a pod on a node not in
 the tree yet is remembered and counted as soon as the node arrives.
+
+Beside the recorded pods the state keeps the pods waiting for a node
+(:attr:`ClusterState.pending`, as the mirror read them from the API server): the only
+pods bind will bind.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from extender.cluster.pods import Demand
 from placement.grid import Grid
 from placement.ledger import Ledger
 from placement.tree import PowerTree
@@ -36,6 +41,19 @@ class PodRecord:
     profile: NDArray[np.float64]
     gpus: int
     profile_key: str = ""  # Demand.profile_key: which profile the pod was admitted at
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPod:
+    """A pod the API server holds unbound: who it is (``demand.pod``), the scheduler it
+    waits for (its ``spec.schedulerName``) and its demand, resolved when it was read."""
+
+    demand: Demand
+    scheduler: str
+
+    @property
+    def uid(self) -> str:
+        return self.demand.pod.uid
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +106,10 @@ class ClusterState:
         # Pods, by uid and by node name (the latter also for nodes not known yet).
         self.pods: dict[str, PodRecord] = {}
         self._pods_on: dict[str, set[str]] = {}
+        # Pods waiting for a node, by uid and by (namespace, name). They hold nothing:
+        # changing them leaves the version alone.
+        self.pending: dict[str, PendingPod] = {}
+        self._pending_names: dict[tuple[str, str], str] = {}
         # Replicas per (service, leaf domain), for following the plan, and a journal
         # of their changes so plan reservations update incrementally.
         self.service_index: dict[str, int] = {}
@@ -297,10 +319,49 @@ class ClusterState:
         with self.lock:
             return [self.pods[u] for u in self._pods_on.get(node, ())]
 
+    # --- pods waiting for a node ------------------------------------------------------
+    def set_pending(self, pod: PendingPod) -> None:
+        """Remember a pod waiting for a node (replacing what was known of its uid)."""
+        ref = pod.demand.pod
+        with self.lock:
+            self.drop_pending(pod.uid)
+            self.pending[pod.uid] = pod
+            self._pending_names[(ref.namespace, ref.name)] = pod.uid
+
+    def drop_pending(self, uid: str) -> None:
+        """Forget a waiting pod (bound, terminal or deleted); unknown uids are ignored."""
+        with self.lock:
+            old = self.pending.pop(uid, None)
+            if old is not None:
+                key = (old.demand.pod.namespace, old.demand.pod.name)
+                if self._pending_names.get(key) == uid:
+                    del self._pending_names[key]
+
+    def pending_uid_of(self, namespace: str, name: str) -> str | None:
+        """The uid of the waiting pod ``namespace/name``, or ``None``."""
+        with self.lock:
+            return self._pending_names.get((namespace, name))
+
+    def replace_pods(self, bound: Iterable[PodRecord], pending: Iterable[PendingPod]) -> None:
+        """Make the pods exactly a fresh list's (a relist): ``bound`` recorded, ``pending``
+        waiting, every other pod forgotten."""
+        records = {p.uid: p for p in bound}
+        waiting = list(pending)
+        with self.lock:
+            for uid in [u for u in self.pods if u not in records]:
+                self.remove_pod(uid)
+            for record in records.values():
+                self.add_pod(record)
+            self.pending.clear()
+            self._pending_names.clear()
+            for p in waiting:
+                self.set_pending(p)
+
     # --- whole-state operations ------------------------------------------------------
     def replace(self, nodes: Iterable[NodeRecord], pods: Iterable[PodRecord]) -> None:
-        """Make the state exactly ``nodes`` and ``pods`` (a relist), rebuilding the
-        ledger from scratch so float drift from many add/remove pairs is shed."""
+        """Make the state exactly ``nodes`` and ``pods``, rebuilding the ledger from
+        scratch so float drift from many add/remove pairs is shed; the mirror's relist
+        of pods is :meth:`replace_pods`."""
         nodes = list(nodes)
         pods = list(pods)
         with self.lock:
