@@ -433,7 +433,7 @@ REFUSALS: list[Callable[[], Refusal]] = [
 def state_snapshot(ext: Extender) -> tuple[Any, ...]:
     s = ext.state
     pods = {uid: id(record) for uid, record in s.pods.items()}
-    return s.version, s.ledger.load.copy(), s.node_used.copy(), pods
+    return s.version, s.ledger.load.copy(), s.node_used.copy(), pods, dict(s.assumed)
 
 
 @pytest.mark.parametrize("case", REFUSALS, ids=lambda case: case.__name__)
@@ -447,13 +447,13 @@ def test_every_bind_refusal_says_why_and_leaves_the_state_unchanged(
     for text in expected:
         assert text in error
     after = state_snapshot(ext)
-    assert (after[0], after[3]) == (before[0], before[3])
+    assert (after[0], after[3], after[4]) == (before[0], before[3], before[4])
     np.testing.assert_array_equal(after[1], before[1])
     np.testing.assert_array_equal(after[2], before[2])
     assert ext.binder.bound == {}  # type: ignore[attr-defined]
 
 
-def test_bind_takes_the_pod_from_the_mirror() -> None:
+def test_bind_takes_the_pod_from_the_mirror_and_assumes_it_until_the_watch_agrees() -> None:
     ext = cluster_extender()
     # What the filter request says of the pod is not what counts: the mirror's copy is.
     seen_by_filter = pod("eu-0", gpus=1)
@@ -461,8 +461,10 @@ def test_bind_takes_the_pod_from_the_mirror() -> None:
     mirror_sees(ext, pod("eu-0"))
     assert ext.decider.bind(parse(bind_body(seen_by_filter, "gpu-1a"), ExtenderBindingArgs)) == ""
     assert ext.state.pods["uid-llm-eu-0"].gpus == 8 and ext.state.free_gpus("gpu-1a") == 0
+    assert "uid-llm-eu-0" in ext.state.assumed
     assert "uid-llm-eu-0" not in ext.state.pending
     mirror_sees(ext, pod("eu-0", node_name="gpu-1a"), "MODIFIED")  # the Binding, watched
+    assert ext.state.assumed == {}
     assert ext.state.free_gpus("gpu-1a") == 0
 
 

@@ -14,7 +14,8 @@ without a cluster. Nodes map to leaf domains by the ``powercap.io/domain`` label
 config's ``nodes.domainLabel``). Pods count once bound (``spec.nodeName`` set) and
 until they are deleted or terminal. Pending pods are kept in the state's
 :attr:`~extender.cluster.state.ClusterState.pending` — the only pods ``/bind`` binds —
-and handed to ``on_pending``.
+and handed to ``on_pending``. A relist keeps the pods the extender is binding
+(assumed) that the list still shows pending (``scheduler.assumedPodTTL``).
 """
 
 from __future__ import annotations
@@ -213,7 +214,9 @@ def replace_pods(
     on_pending: Callable[[RawObject], None] | None = None,
 ) -> None:
     """Make the state's pods exactly the listed ones (after a list or relist): the bound
-    ones recorded, the pending ones waiting."""
+    ones recorded, the pending ones waiting; pods the extender is binding stay while the
+    list shows them pending (:meth:`~extender.cluster.state.ClusterState.replace_pods`,
+    for the config's ``scheduler.assumedPodTTL``)."""
     records: dict[str, PodRecord] = {}
     waiting: list[PendingPod] = []
     for obj in objs:
@@ -224,7 +227,9 @@ def replace_pods(
             waiting.append(pending)
             if on_pending is not None:
                 on_pending(obj)
-    state.replace_pods(records.values(), waiting)
+    state.replace_pods(
+        records.values(), waiting, assumed_ttl_s=resolver.config.scheduler.assumed_pod_ttl_s
+    )
 
 
 # --- list + watch -------------------------------------------------------------------------

@@ -10,14 +10,16 @@ the tree yet is remembered and counted as soon as the node arrives.
 
 Beside the recorded pods the state keeps the pods waiting for a node
 (:attr:`ClusterState.pending`, as the mirror read them from the API server): the only
-pods bind will bind.
+pods bind will bind. A pod the extender bound itself is *assumed* (:meth:`assume`), as
+kube-scheduler's cache assumes pods, until the watch shows it bound: a relist that
+still lists it unbound (:meth:`replace_pods`) keeps it for ``assumed_ttl_s``.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,11 +71,20 @@ class ClusterState:
 
     ``caps`` are the effective caps, ``cap × (1 − headroom)``: what admission checks.
     ``version`` changes on every change; ``topology_version`` only when nodes,
-    services or caps change (what the planner re-plans on).
+    services or caps change (what the planner re-plans on). ``clock`` (monotonic
+    seconds) times assumed pods.
     """
 
-    def __init__(self, grid: Grid, tree: PowerTree, headroom: float = 0.0) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        tree: PowerTree,
+        headroom: float = 0.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.lock = threading.RLock()
+        self.clock = clock
         self.grid = grid
         self.tree = tree
         self.headroom = headroom
@@ -106,6 +117,8 @@ class ClusterState:
         # Pods, by uid and by node name (the latter also for nodes not known yet).
         self.pods: dict[str, PodRecord] = {}
         self._pods_on: dict[str, set[str]] = {}
+        # Pods this extender bound whose bound watch event has not arrived: uid → when.
+        self.assumed: dict[str, float] = {}
         # Pods waiting for a node, by uid and by (namespace, name). They hold nothing:
         # changing them leaves the version alone.
         self.pending: dict[str, PendingPod] = {}
@@ -276,23 +289,39 @@ class ClusterState:
         return -1 if service is None else self.service_index.get(service, -1)
 
     def add_pod(self, pod: PodRecord) -> bool:
-        """Record a pod; a pod already recorded on the same node is left as is
-        (returns ``False``), one recorded elsewhere is moved."""
+        """Record a pod as the API server reports it bound; a pod already recorded on
+        the same node is left as is (returns ``False``), one recorded elsewhere is
+        moved. Either way an assumed pod is confirmed."""
         with self.lock:
-            old = self.pods.get(pod.uid)
-            if old is not None:
-                if old.node == pod.node and old.gpus == pod.gpus:
-                    return False
-                self._drop(old)
-            if pod.service is not None:
-                self.service_slot(pod.service)
-            self.pods[pod.uid] = pod
-            self._pods_on.setdefault(pod.node, set()).add(pod.uid)
-            slot = self._node_slot.get(pod.node)
-            if slot is not None:
-                self._count(pod, slot, 1)
-            self._changed(topology=False)
-            return True
+            self.assumed.pop(pod.uid, None)
+            return self._record(pod)
+
+    def assume(self, pod: PodRecord) -> bool:
+        """Record a pod this extender is binding, before its Binding exists: it holds
+        its power and GPUs as a bound pod does, and a relist keeps it (see
+        :meth:`replace_pods`) until :meth:`add_pod` confirms it or :meth:`remove_pod`
+        drops it. Returns what :meth:`add_pod` does."""
+        with self.lock:
+            changed = self._record(pod)
+            self.assumed[pod.uid] = self.clock()
+            return changed
+
+    def _record(self, pod: PodRecord) -> bool:
+        """:meth:`add_pod` without touching :attr:`assumed`; call under the lock."""
+        old = self.pods.get(pod.uid)
+        if old is not None:
+            if old.node == pod.node and old.gpus == pod.gpus:
+                return False
+            self._drop(old)
+        if pod.service is not None:
+            self.service_slot(pod.service)
+        self.pods[pod.uid] = pod
+        self._pods_on.setdefault(pod.node, set()).add(pod.uid)
+        slot = self._node_slot.get(pod.node)
+        if slot is not None:
+            self._count(pod, slot, 1)
+        self._changed(topology=False)
+        return True
 
     def _drop(self, pod: PodRecord) -> None:
         del self.pods[pod.uid]
@@ -306,8 +335,10 @@ class ClusterState:
             self._count(pod, slot, -1)
 
     def remove_pod(self, uid: str) -> PodRecord | None:
-        """Forget a pod; returns its record, or ``None`` if it was not recorded."""
+        """Forget a pod (assumed or not); returns its record, or ``None`` if it was not
+        recorded."""
         with self.lock:
+            self.assumed.pop(uid, None)
             pod = self.pods.get(uid)
             if pod is None:
                 return None
@@ -342,13 +373,22 @@ class ClusterState:
         with self.lock:
             return self._pending_names.get((namespace, name))
 
-    def replace_pods(self, bound: Iterable[PodRecord], pending: Iterable[PendingPod]) -> None:
+    def replace_pods(
+        self, bound: Iterable[PodRecord], pending: Iterable[PendingPod], *, assumed_ttl_s: float
+    ) -> None:
         """Make the pods exactly a fresh list's (a relist): ``bound`` recorded, ``pending``
-        waiting, every other pod forgotten."""
+        waiting, every other pod forgotten — except an assumed pod the list still shows
+        waiting, assumed less than ``assumed_ttl_s`` ago. The list was read before its
+        Binding landed; forgetting it would free power a bind has just taken."""
         records = {p.uid: p for p in bound}
         waiting = list(pending)
         with self.lock:
+            listed_waiting = {p.uid for p in waiting}
+            now = self.clock()
             for uid in [u for u in self.pods if u not in records]:
+                since = self.assumed.get(uid)
+                if since is not None and uid in listed_waiting and now - since < assumed_ttl_s:
+                    continue
                 self.remove_pod(uid)
             for record in records.values():
                 self.add_pod(record)
@@ -360,8 +400,8 @@ class ClusterState:
     # --- whole-state operations ------------------------------------------------------
     def replace(self, nodes: Iterable[NodeRecord], pods: Iterable[PodRecord]) -> None:
         """Make the state exactly ``nodes`` and ``pods``, rebuilding the ledger from
-        scratch so float drift from many add/remove pairs is shed; the mirror's relist
-        of pods is :meth:`replace_pods`."""
+        scratch so float drift from many add/remove pairs is shed. Nothing stays
+        assumed; the mirror's relist of pods is :meth:`replace_pods`."""
         nodes = list(nodes)
         pods = list(pods)
         with self.lock:
@@ -376,6 +416,7 @@ class ClusterState:
             self._grow()
             self.pods.clear()
             self._pods_on.clear()
+            self.assumed.clear()
             self.counts[:] = 0
             self.journal_epoch += 1  # counts reset without journal entries
             self.journal.clear()

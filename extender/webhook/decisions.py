@@ -14,10 +14,10 @@
   read from the API server, waiting for a node, under the request's namespace and name,
   addressed to this scheduler (``scheduler.name``) and managed; the node must be in the
   tree with the pod's GPUs free. Under the state lock it re-checks the node's path
-  (:func:`placement.admission.fits_on_path`) and records the pod in the ledger, then
-  creates the binding through a :class:`~extender.webhook.binding.Binder`
-  and undoes the record if that fails. Every refusal is an error naming the field and
-  the fix (the scheduler retries the pod).
+  (:func:`placement.admission.fits_on_path`) and records the pod in the ledger as
+  assumed, then creates the binding through a :class:`~extender.webhook.binding.Binder`
+  and undoes the record if that fails. Every refusal is an error naming the field and the
+  fix (the scheduler retries the pod).
 * **preempt** keeps the candidates where evicting the proposed victims would let the pod
   fit, victims unchanged.
 
@@ -440,7 +440,7 @@ class Decider:
 
     def _record_if_fits(self, pod: PodRef, node: str) -> PodRecord | str:
         """Check the pod and ``node`` and re-check the power under the state lock, and
-        record the pod; the record, or the answer for the scheduler (``""``
+        record the pod as assumed; the record, or the answer for the scheduler (``""``
         when already bound there)."""
         if not pod.uid:
             return self._refuse(
@@ -495,8 +495,9 @@ class Decider:
                 gpus=demand.gpus,
                 profile_key=demand.profile_key,
             )
-            # Recorded before the API call so a concurrent bind sees this pod's watts.
-            state.add_pod(record)
+            # Recorded before the API call so a concurrent bind sees this pod's watts, and
+            # assumed so a relist before its watch event keeps it.
+            state.assume(record)
         return record
 
     def _bound_already(self, pod: PodRef, existing: PodRecord, node: str) -> str:
