@@ -289,6 +289,9 @@ class FailingBinder:
     def bind(self, pod_ref: PodRef, node: str) -> None:
         raise BindError(f"binding {pod_ref} to {node} failed: 409 Conflict")
 
+    def bound_node(self, pod_ref: PodRef) -> str | None:
+        return ""
+
 
 def test_bind_failure_rolls_back_the_ledger() -> None:
     ext = small_extender()
@@ -300,6 +303,99 @@ def test_bind_failure_rolls_back_the_ledger() -> None:
     np.testing.assert_allclose(ext.state.ledger.load, before)
     assert ext.state.pods == {}
     assert ext.state.free_gpus("gpu-1a") == 8
+
+
+class AnswerlessBinder:
+    """Its Binding calls get no answer (``maybe_bound``) unless ``answers``; ``created``
+    says whether such a Binding exists all the same, ``readable`` whether
+    :meth:`bound_node` can read the pod."""
+
+    def __init__(self, *, created: bool, readable: bool) -> None:
+        self.created, self.readable, self.answers = created, readable, False
+        self.bound: dict[PodRef, str] = {}
+
+    def bind(self, pod_ref: PodRef, node: str) -> None:
+        if self.answers or self.created:
+            self.bound[pod_ref] = node
+        if not self.answers:
+            raise BindError(f"binding {pod_ref} to {node} failed: reset", maybe_bound=True)
+
+    def bound_node(self, pod_ref: PodRef) -> str | None:
+        return self.bound.get(pod_ref, "") if self.readable else None
+
+
+def test_a_binding_whose_answer_was_lost_is_read_back() -> None:
+    for created in (True, False):
+        ext = cluster_extender()
+        ext.decider.binder = AnswerlessBinder(created=created, readable=True)
+        p = pod("eu-0")
+        mirror_sees(ext, p)
+        error = ext.decider.bind(parse(bind_body(p, "gpu-1a"), ExtenderBindingArgs))
+        if created:  # bound after all: the scheduler is told so, the power stays held
+            assert error == ""
+            assert ext.state.pods["uid-llm-eu-0"].node == "gpu-1a"
+            assert ext.state.free_gpus("gpu-1a") == 0
+        else:
+            assert "failed: reset" in error
+            assert ext.state.pods == {} and ext.state.free_gpus("gpu-1a") == 8
+        assert ext.state.unsure == set()
+
+
+def test_a_binding_without_an_answer_holds_its_power_until_it_is_read() -> None:
+    ext = cluster_extender()
+    binder = AnswerlessBinder(created=True, readable=False)
+    ext.decider.binder = binder
+    p = pod("eu-0")
+    mirror_sees(ext, p)
+    error = ext.decider.bind(parse(bind_body(p, "gpu-1a"), ExtenderBindingArgs))
+    assert "whether the Binding was created is unknown" in error
+    assert ext.state.unsure == {"uid-llm-eu-0"} and ext.state.free_gpus("gpu-1a") == 0
+    other = pod("eu-1")
+    mirror_sees(ext, other)
+    assert "free GPUs" in run_filter(ext, other, ["gpu-1a"]).failed["gpu-1a"]
+    # A retry while the pod cannot be read is refused and changes nothing.
+    before = state_snapshot(ext)
+    error = ext.decider.bind(parse(bind_body(p, "gpu-2a"), ExtenderBindingArgs))
+    assert "its Binding to gpu-1a got no answer" in error
+    assert state_snapshot(ext)[3:] == before[3:]
+    # Readable again: it was bound, so the retry to that node is answered as done.
+    binder.readable = True
+    assert ext.decider.bind(parse(bind_body(p, "gpu-1a"), ExtenderBindingArgs)) == ""
+    assert ext.state.unsure == set() and ext.state.assumed == {}
+    assert ext.state.free_gpus("gpu-1a") == 0
+
+
+def test_a_binding_without_an_answer_that_was_not_created_is_let_go() -> None:
+    ext = cluster_extender()
+    binder = AnswerlessBinder(created=False, readable=False)
+    ext.decider.binder = binder
+    p = pod("eu-0")
+    mirror_sees(ext, p)
+    assert "unknown" in ext.decider.bind(parse(bind_body(p, "gpu-1a"), ExtenderBindingArgs))
+    assert ext.state.free_gpus("gpu-1a") == 0
+    binder.readable = binder.answers = True
+    assert ext.decider.bind(parse(bind_body(p, "gpu-2a"), ExtenderBindingArgs)) == ""
+    assert ext.state.pods["uid-llm-eu-0"].node == "gpu-2a"
+    assert ext.state.free_gpus("gpu-1a") == 8 and ext.state.free_gpus("gpu-2a") == 0
+    assert binder.bound == {PodRef("llm", "eu-0", "uid-llm-eu-0"): "gpu-2a"}
+
+
+def test_a_failed_binding_never_undoes_what_the_watch_recorded() -> None:
+    """The Binding is refused because another binder bound the pod, and the watch has
+    recorded it there before the refusal comes back: that record stays."""
+    ext = cluster_extender()
+    p = pod("eu-0")
+    mirror_sees(ext, p)
+
+    class Overtaken(FailingBinder):
+        def bind(self, pod_ref: PodRef, node: str) -> None:
+            mirror_sees(ext, pod("eu-0", node_name="gpu-2a"), "MODIFIED")
+            super().bind(pod_ref, node)
+
+    ext.decider.binder = Overtaken()
+    assert "409 Conflict" in ext.decider.bind(parse(bind_body(p, "gpu-1a"), ExtenderBindingArgs))
+    assert ext.state.pods["uid-llm-eu-0"].node == "gpu-2a"
+    assert ext.state.free_gpus("gpu-1a") == 8 and ext.state.free_gpus("gpu-2a") == 0
 
 
 def test_bind_of_a_pod_filter_never_saw() -> None:

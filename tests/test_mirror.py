@@ -228,6 +228,9 @@ def test_a_relist_keeps_a_pod_whose_binding_is_in_flight() -> None:
             free_during.append(state.free_gpus(node_name))
             replace_pods(state, resolver, [first])  # 410 Gone: relisted meanwhile
 
+        def bound_node(self, pod_ref: PodRef) -> str | None:
+            return None
+
     ext.decider.binder = BindingInFlight()
     bound = ext.decider.bind(parse(bind_body(first, "gpu-1a"), ExtenderBindingArgs))
     assert bound == ""

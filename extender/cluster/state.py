@@ -12,7 +12,9 @@ Beside the recorded pods the state keeps the pods waiting for a node
 (:attr:`ClusterState.pending`, as the mirror read them from the API server): the only
 pods bind will bind. A pod the extender bound itself is *assumed* (:meth:`assume`), as
 kube-scheduler's cache assumes pods, until the watch shows it bound: a relist that
-still lists it unbound (:meth:`replace_pods`) keeps it for ``assumed_ttl_s``.
+still lists it unbound (:meth:`replace_pods`) keeps it for ``assumed_ttl_s``. An
+assumed pod whose Binding call got no answer is also *unsure* (:meth:`mark_unsure`):
+whether it is bound must be read before it is bound again.
 """
 
 from __future__ import annotations
@@ -117,8 +119,10 @@ class ClusterState:
         # Pods, by uid and by node name (the latter also for nodes not known yet).
         self.pods: dict[str, PodRecord] = {}
         self._pods_on: dict[str, set[str]] = {}
-        # Pods this extender bound whose bound watch event has not arrived: uid → when.
+        # Pods this extender bound whose bound watch event has not arrived: uid → when;
+        # and those of them whose Binding call ended without an answer.
         self.assumed: dict[str, float] = {}
+        self.unsure: set[str] = set()
         # Pods waiting for a node, by uid and by (namespace, name). They hold nothing:
         # changing them leaves the version alone.
         self.pending: dict[str, PendingPod] = {}
@@ -294,6 +298,7 @@ class ClusterState:
         moved. Either way an assumed pod is confirmed."""
         with self.lock:
             self.assumed.pop(pod.uid, None)
+            self.unsure.discard(pod.uid)
             return self._record(pod)
 
     def assume(self, pod: PodRecord) -> bool:
@@ -305,6 +310,25 @@ class ClusterState:
             changed = self._record(pod)
             self.assumed[pod.uid] = self.clock()
             return changed
+
+    def unassume(self, pod: PodRecord) -> bool:
+        """Undo :meth:`assume` of ``pod`` (its Binding was not created): forget it,
+        unless the watch has confirmed it bound or recorded it anew meanwhile. Returns
+        whether it was forgotten."""
+        with self.lock:
+            if pod.uid not in self.assumed or self.pods.get(pod.uid) is not pod:
+                return False
+            self.remove_pod(pod.uid)
+            return True
+
+    def mark_unsure(self, pod: PodRecord) -> bool:
+        """Note that the Binding of assumed ``pod`` got no answer (it may exist or not);
+        ``False`` when the watch has settled the pod meanwhile."""
+        with self.lock:
+            if pod.uid not in self.assumed or self.pods.get(pod.uid) is not pod:
+                return False
+            self.unsure.add(pod.uid)
+            return True
 
     def _record(self, pod: PodRecord) -> bool:
         """:meth:`add_pod` without touching :attr:`assumed`; call under the lock."""
@@ -339,6 +363,7 @@ class ClusterState:
         recorded."""
         with self.lock:
             self.assumed.pop(uid, None)
+            self.unsure.discard(uid)
             pod = self.pods.get(uid)
             if pod is None:
                 return None
@@ -417,6 +442,7 @@ class ClusterState:
             self.pods.clear()
             self._pods_on.clear()
             self.assumed.clear()
+            self.unsure.clear()
             self.counts[:] = 0
             self.journal_epoch += 1  # counts reset without journal entries
             self.journal.clear()

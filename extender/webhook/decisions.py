@@ -16,8 +16,10 @@
   tree with the pod's GPUs free. Under the state lock it re-checks the node's path
   (:func:`placement.admission.fits_on_path`) and records the pod in the ledger as
   assumed, then creates the binding through a :class:`~extender.webhook.binding.Binder`
-  and undoes the record if that fails. Every refusal is an error naming the field and the
-  fix (the scheduler retries the pod).
+  and undoes the record if that fails. A Binding call that ends without an answer is
+  settled by reading where the pod is; while that cannot be read the pod keeps its
+  power. Every refusal is an error naming the field and the fix (the scheduler retries
+  the pod).
 * **preempt** keeps the candidates where evicting the proposed victims would let the pod
   fit, victims unchanged.
 
@@ -429,6 +431,10 @@ class Decider:
         is already bound to ``Node`` (a retried bind), else the error for the scheduler.
         A refused bind leaves the state as it was."""
         pod = PodRef(args.pod_namespace, args.pod_name, args.pod_uid)
+        if pod.uid in self.state.unsure:
+            refused = self._settle(pod)
+            if refused:
+                return refused
         recorded = self._record_if_fits(pod, args.node)
         if isinstance(recorded, str):
             return recorded
@@ -572,13 +578,44 @@ class Decider:
             return f"powercap: {demand.problem}"
         return waiting
 
+    def _settle(self, pod: PodRef) -> str:
+        """Settle a pod whose last Binding got no answer by reading where it is: bound
+        there, its record stands (confirmed); not bound, the record goes and the bind
+        goes on. ``""`` to go on, else the refusal (where it is cannot be read)."""
+        landed = self.binder.bound_node(pod)  # an API call: outside the state lock
+        state = self.state
+        with state.lock:
+            record = state.pods.get(pod.uid)
+            if record is None or pod.uid not in state.unsure:
+                return ""  # the watch or a relist settled it meanwhile
+            if landed is None:
+                return self._refuse(
+                    "binding_unknown",
+                    pod,
+                    f"its Binding to {record.node} got no answer and where the pod is cannot "
+                    "be read now; it keeps its power until that is known: retry",
+                )
+            if landed == record.node:
+                state.add_pod(record)  # created after all, as the watch will say
+            else:
+                state.remove_pod(pod.uid)  # not created (or bound by another: the watch says)
+        return ""
+
     def _create_binding(self, pod: PodRef, node: str, record: PodRecord) -> str:
         try:
             self.binder.bind(pod, node)
         except BindError as exc:
-            self.state.remove_pod(record.uid)
-            self._decided("bind", "api_error")
-            return str(exc)
+            landed = self.binder.bound_node(pod) if exc.maybe_bound else ""
+            if landed != node:
+                if landed is None and self.state.mark_unsure(record):
+                    # It may be bound: holding its power until that is read is safe,
+                    # freeing power a bound pod draws is not.
+                    self._decided("bind", "api_unknown")
+                    return f"{exc}; whether the Binding was created is unknown: retry"
+                self.state.unassume(record)
+                self._decided("bind", "api_error")
+                return str(exc)
+            # The answer was lost, not the Binding.
         self.state.drop_pending(pod.uid)  # bound: no longer waiting (the watch agrees soon)
         self._decided("bind", "bound")
         return ""
