@@ -30,18 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 from fastapi import FastAPI
 from numpy.typing import NDArray
 
 from extender.carbon.loop import CarbonCaps, CarbonLoop
 from extender.carbon.sources import Resilient, build_source
-from extender.cluster.client import bind_timeout
 from extender.cluster.events import EventSink, KubernetesEventSink, RecordingEventSink
 from extender.cluster.lease import KubernetesLeaseApi, LeaderElector, LeaseApi
 from extender.cluster.mirror import KubernetesSource, Mirror
 from extender.cluster.pods import DemandResolver
-from extender.cluster.raw import RawObject
 from extender.cluster.state import ClusterState, PodRecord
 from extender.config.loading import config_from_problem
 from extender.config.model import Config, PlannerSettings, PolicySpec, ScoringSpec
@@ -133,7 +130,7 @@ class Extender:
 
 
 def _assemble(
-    config: Config, binder: Binder, events: EventSink, pod_lookup: Any = None
+    config: Config, binder: Binder, events: EventSink, *, pods_from_requests: bool = False
 ) -> Extender:
     state = ClusterState(config.grid, config.tree, config.headroom)
     telemetry = Telemetry(state)
@@ -147,7 +144,7 @@ def _assemble(
         events=events,
         plan=planner,
         telemetry=telemetry,
-        pod_lookup=pod_lookup,
+        pods_from_requests=pods_from_requests,
     )
     return Extender(config, state, decider, telemetry, binder, events, planner)
 
@@ -188,7 +185,8 @@ def from_scenario(problem: Problem, config: Config | None = None) -> Extender:
     before the server answers, so prioritize steers from the first pod on.
     """
     config = config or config_from_problem(problem)
-    ext = _assemble(config, StaticBinder(), RecordingEventSink())
+    # No API server to read pods from: the scheduler's requests are all there is.
+    ext = _assemble(config, StaticBinder(), RecordingEventSink(), pods_from_requests=True)
     static_state(ext.state, problem)
     ext.plan_at_start = True
     return ext
@@ -229,29 +227,11 @@ def from_cluster(
     (:class:`ControllerMode`); its API clients are built on ``core``'s connection unless
     given (``cluster_api``, ``lease_api``, ``state_store``), and its power source from
     ``config.power`` unless given."""
-    from kubernetes.client.exceptions import ApiException
-
     timeouts = config.kubernetes
-
-    def lookup(namespace: str, name: str) -> RawObject | None:
-        try:
-            # Read within a bind: bounded as the Binding is (extender/cluster/client.py).
-            response = core.read_namespaced_pod(
-                name, namespace, _preload_content=False, _request_timeout=bind_timeout(timeouts)
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        data: RawObject = orjson.loads(response.data)
-        response.release_conn()  # back to the pool (see extender/webhook/binding.py)
-        return data
-
     ext = _assemble(
         config,
         KubernetesBinder(core, timeouts=timeouts),
         KubernetesEventSink(core, timeouts=timeouts),
-        lookup,
     )
     ext.mirror = Mirror(
         ext.state,

@@ -206,6 +206,90 @@ def test_kubernetes_binder_posts_a_v1_binding() -> None:
         binder.bind(PodRef("llm", "eu-0", "u-1"), "gpu-1a")
 
 
+@pytest.mark.parametrize(
+    ("failure", "maybe_bound"),
+    [
+        ("409", False),  # refused: no Binding
+        ("429", False),  # turned away before it was handled
+        ("504", True),  # timed out: the write may still commit
+        ("reset", True),  # the connection dropped with the request sent
+        ("read-timeout", True),
+        ("refused", False),  # no connection: the request never left
+    ],
+)
+def test_kubernetes_binder_says_whether_a_failed_binding_may_exist(
+    failure: str, maybe_bound: bool
+) -> None:
+    from http.client import RemoteDisconnected
+
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import (
+        MaxRetryError,
+        NewConnectionError,
+        ProtocolError,
+        ReadTimeoutError,
+    )
+
+    from extender.cluster.pods import PodRef
+    from extender.webhook.binding import BindError, KubernetesBinder
+
+    errors: dict[str, Exception] = {
+        "409": ApiException(status=409, reason="Conflict"),
+        "429": ApiException(status=429, reason="Too Many Requests"),
+        "504": ApiException(status=504, reason="Gateway Timeout"),
+        "reset": ProtocolError("Connection aborted.", RemoteDisconnected("closed")),
+        "read-timeout": ReadTimeoutError(None, "/binding", "read timed out"),  # type: ignore[arg-type]
+        "refused": MaxRetryError(
+            None,  # type: ignore[arg-type]
+            "/binding",
+            NewConnectionError(None, "Connection refused"),  # type: ignore[arg-type]
+        ),
+    }
+
+    class Core:
+        def create_namespaced_pod_binding(self, *args: Any, **kw: Any) -> Any:
+            raise errors[failure]
+
+    with pytest.raises(BindError) as raised:
+        KubernetesBinder(Core()).bind(PodRef("llm", "eu-0", "u-1"), "gpu-1a")
+    assert raised.value.maybe_bound is maybe_bound
+
+
+def test_kubernetes_binder_reads_where_a_pod_is() -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    from extender.cluster.pods import PodRef
+    from extender.webhook.binding import KubernetesBinder
+
+    class Raw:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def release_conn(self) -> None:
+            pass
+
+    answers: list[Any] = [
+        pod("eu-0", uid="u-1", node_name="gpu-1a"),
+        pod("eu-0", uid="u-1"),
+        pod("eu-0", uid="u-2", node_name="gpu-1a"),  # recreated: not the pod bound
+        ApiException(status=404, reason="Not Found"),
+        ApiException(status=500, reason="Internal Server Error"),
+        ConnectionResetError("reset"),
+    ]
+
+    class Core:
+        def read_namespaced_pod(self, name: str, namespace: str, **kw: Any) -> Raw:
+            assert (name, namespace, kw) == ("eu-0", "llm", {"_preload_content": False})
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return Raw(orjson.dumps(answer))
+
+    binder = KubernetesBinder(Core())
+    ref = PodRef("llm", "eu-0", "u-1")
+    assert [binder.bound_node(ref) for _ in range(6)] == ["gpu-1a", "", "", "", None, None]
+
+
 def test_kubernetes_event_body() -> None:
     from datetime import UTC, datetime
 

@@ -51,6 +51,8 @@ def test_example_config_loads() -> None:
     assert config.grid.slot_label(int(np.argmax(eu.profile))) in ("09:50", "10:00")
     assert config.policy.missing_profile == "nameplate"
     assert config.planner.debounce_s == 5.0 and config.planner.interval_s == 900.0
+    assert config.scheduler.name == "powercap-scheduler"
+    assert config.scheduler.assumed_pod_ttl_s == 30.0
 
 
 def test_minimal_config_defaults() -> None:
@@ -59,6 +61,13 @@ def test_minimal_config_defaults() -> None:
     assert config.policy.default_nameplate_watts == 5600.0
     assert config.nodes.domain_label == "powercap.io/domain"
     assert config.services == {}
+
+
+def test_scheduler_section() -> None:
+    default = config_from_data(minimal()).scheduler
+    assert (default.name, default.assumed_pod_ttl_s) == ("powercap-scheduler", 30.0)
+    written = config_from_data(minimal(scheduler={"name": "gpu", "assumedPodTTL": "2m"}))
+    assert (written.scheduler.name, written.scheduler.assumed_pod_ttl_s) == ("gpu", 120.0)
 
 
 def test_inline_and_named_profiles() -> None:
@@ -96,6 +105,9 @@ def test_inline_and_named_profiles() -> None:
             "profiles.p: ",
         ),
         ({"planner": {"debounce": "soon"}}, "planner.debounce: expected a duration"),
+        ({"scheduler": {"assumedPodTTL": "soon"}}, "scheduler.assumedPodTTL: expected a duration"),
+        ({"scheduler": {"assumedPodTTL": 0}}, "scheduler.assumedPodTTL: a duration must be"),
+        ({"scheduler": {"name": ""}}, "scheduler.name: "),
         ({"profileFiles": ["nowhere/*.yaml"]}, "profileFiles[0]: 'nowhere/*.yaml' matches no file"),
         (
             {"domains": [{"name": "site", "cap": 1}, {"name": "r", "parent": "sight", "cap": 1}]},

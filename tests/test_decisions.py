@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -11,8 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from numpy.typing import NDArray
 
 from extender.cluster.events import RecordingEventSink
-from extender.cluster.pods import PodRef, pod_gpus, pod_service
+from extender.cluster.mirror import apply_pod_event
+from extender.cluster.pods import DemandResolver, PodRef, pod_gpus, pod_service
 from extender.cluster.raw import ProtocolError
+from extender.config.model import SchedulerSettings
 from extender.runtime import Extender
 from extender.webhook.binding import BindError
 from extender.webhook.decisions import Decider
@@ -56,6 +60,32 @@ def bind(ext: Extender, p: dict[str, Any], node_name: str, filtered: bool = True
     if filtered:
         run_filter(ext, p, [node_name])
     return ext.decider.bind(parse(bind_body(p, node_name), ExtenderBindingArgs))
+
+
+def mirror_sees(ext: Extender, p: dict[str, Any], kind: str = "ADDED") -> None:
+    """Deliver a watch event of ``p`` to the state, as the mirror does."""
+    apply_pod_event(ext.state, DemandResolver(ext.config), kind, obj=p)
+
+
+def cluster_extender(
+    problem: Problem | None = None, missing_profile: str = "nameplate"
+) -> Extender:
+    """:func:`small_extender` as against a cluster: bind knows a pod only from the
+    mirror (:func:`mirror_sees`), never from a filter request."""
+    ext = small_extender(problem, missing_profile)
+    ext.decider.pods_from_requests = False
+    return ext
+
+
+def bind_request(p: dict[str, Any], node_name: str, **change: Any) -> dict[str, Any]:
+    """The ``/bind`` body for ``p``, with fields changed (``None`` leaves one out)."""
+    body: dict[str, Any] = orjson.loads(bind_body(p, node_name))
+    for key, value in change.items():
+        if value is None:
+            del body[key]
+        else:
+            body[key] = value
+    return body
 
 
 def leaf_load(ext: Extender, domain: str) -> NDArray[np.float64]:
@@ -259,6 +289,9 @@ class FailingBinder:
     def bind(self, pod_ref: PodRef, node: str) -> None:
         raise BindError(f"binding {pod_ref} to {node} failed: 409 Conflict")
 
+    def bound_node(self, pod_ref: PodRef) -> str | None:
+        return ""
+
 
 def test_bind_failure_rolls_back_the_ledger() -> None:
     ext = small_extender()
@@ -272,12 +305,276 @@ def test_bind_failure_rolls_back_the_ledger() -> None:
     assert ext.state.free_gpus("gpu-1a") == 8
 
 
+class AnswerlessBinder:
+    """Its Binding calls get no answer (``maybe_bound``) unless ``answers``; ``created``
+    says whether such a Binding exists all the same, ``readable`` whether
+    :meth:`bound_node` can read the pod."""
+
+    def __init__(self, *, created: bool, readable: bool) -> None:
+        self.created, self.readable, self.answers = created, readable, False
+        self.bound: dict[PodRef, str] = {}
+
+    def bind(self, pod_ref: PodRef, node: str) -> None:
+        if self.answers or self.created:
+            self.bound[pod_ref] = node
+        if not self.answers:
+            raise BindError(f"binding {pod_ref} to {node} failed: reset", maybe_bound=True)
+
+    def bound_node(self, pod_ref: PodRef) -> str | None:
+        return self.bound.get(pod_ref, "") if self.readable else None
+
+
+def test_a_binding_whose_answer_was_lost_is_read_back() -> None:
+    for created in (True, False):
+        ext = cluster_extender()
+        ext.decider.binder = AnswerlessBinder(created=created, readable=True)
+        p = pod("eu-0")
+        mirror_sees(ext, p)
+        error = ext.decider.bind(parse(bind_body(p, "gpu-1a"), ExtenderBindingArgs))
+        if created:  # bound after all: the scheduler is told so, the power stays held
+            assert error == ""
+            assert ext.state.pods["uid-llm-eu-0"].node == "gpu-1a"
+            assert ext.state.free_gpus("gpu-1a") == 0
+        else:
+            assert "failed: reset" in error
+            assert ext.state.pods == {} and ext.state.free_gpus("gpu-1a") == 8
+        assert ext.state.unsure == set()
+
+
+def test_a_binding_without_an_answer_holds_its_power_until_it_is_read() -> None:
+    ext = cluster_extender()
+    binder = AnswerlessBinder(created=True, readable=False)
+    ext.decider.binder = binder
+    p = pod("eu-0")
+    mirror_sees(ext, p)
+    error = ext.decider.bind(parse(bind_body(p, "gpu-1a"), ExtenderBindingArgs))
+    assert "whether the Binding was created is unknown" in error
+    assert ext.state.unsure == {"uid-llm-eu-0"} and ext.state.free_gpus("gpu-1a") == 0
+    other = pod("eu-1")
+    mirror_sees(ext, other)
+    assert "free GPUs" in run_filter(ext, other, ["gpu-1a"]).failed["gpu-1a"]
+    # A retry while the pod cannot be read is refused and changes nothing.
+    before = state_snapshot(ext)
+    error = ext.decider.bind(parse(bind_body(p, "gpu-2a"), ExtenderBindingArgs))
+    assert "its Binding to gpu-1a got no answer" in error
+    assert state_snapshot(ext)[3:] == before[3:]
+    # Readable again: it was bound, so the retry to that node is answered as done.
+    binder.readable = True
+    assert ext.decider.bind(parse(bind_body(p, "gpu-1a"), ExtenderBindingArgs)) == ""
+    assert ext.state.unsure == set() and ext.state.assumed == {}
+    assert ext.state.free_gpus("gpu-1a") == 0
+
+
+def test_a_binding_without_an_answer_that_was_not_created_is_let_go() -> None:
+    ext = cluster_extender()
+    binder = AnswerlessBinder(created=False, readable=False)
+    ext.decider.binder = binder
+    p = pod("eu-0")
+    mirror_sees(ext, p)
+    assert "unknown" in ext.decider.bind(parse(bind_body(p, "gpu-1a"), ExtenderBindingArgs))
+    assert ext.state.free_gpus("gpu-1a") == 0
+    binder.readable = binder.answers = True
+    assert ext.decider.bind(parse(bind_body(p, "gpu-2a"), ExtenderBindingArgs)) == ""
+    assert ext.state.pods["uid-llm-eu-0"].node == "gpu-2a"
+    assert ext.state.free_gpus("gpu-1a") == 8 and ext.state.free_gpus("gpu-2a") == 0
+    assert binder.bound == {PodRef("llm", "eu-0", "uid-llm-eu-0"): "gpu-2a"}
+
+
+def test_a_failed_binding_never_undoes_what_the_watch_recorded() -> None:
+    """The Binding is refused because another binder bound the pod, and the watch has
+    recorded it there before the refusal comes back: that record stays."""
+    ext = cluster_extender()
+    p = pod("eu-0")
+    mirror_sees(ext, p)
+
+    class Overtaken(FailingBinder):
+        def bind(self, pod_ref: PodRef, node: str) -> None:
+            mirror_sees(ext, pod("eu-0", node_name="gpu-2a"), "MODIFIED")
+            super().bind(pod_ref, node)
+
+    ext.decider.binder = Overtaken()
+    assert "409 Conflict" in ext.decider.bind(parse(bind_body(p, "gpu-1a"), ExtenderBindingArgs))
+    assert ext.state.pods["uid-llm-eu-0"].node == "gpu-2a"
+    assert ext.state.free_gpus("gpu-1a") == 8 and ext.state.free_gpus("gpu-2a") == 0
+
+
 def test_bind_of_a_pod_filter_never_saw() -> None:
     ext = small_extender()
     p = pod("eu-0")
     assert "unknown to the extender" in bind(ext, p, "gpu-1a", filtered=False)
-    ext.decider.pod_lookup = lambda ns, name: p if (ns, name) == ("llm", "eu-0") else None
+    mirror_sees(ext, p)  # the watch delivers it pending: bind knows it without a filter
     assert bind(ext, p, "gpu-1a", filtered=False) == ""
+
+
+# --- a strict bind: every refusal says why and changes nothing ----------------------------------
+Refusal = tuple[Extender, dict[str, Any], list[str]]
+
+
+def refuse_without_uid() -> Refusal:
+    ext = cluster_extender()
+    p = pod("eu-0")
+    mirror_sees(ext, p)
+    return ext, bind_request(p, "gpu-1a", PodUID=None), ["PodUID is empty", "metadata.uid"]
+
+
+def refuse_a_pod_known_only_from_filter() -> Refusal:
+    ext = cluster_extender()
+    p = pod("eu-0")
+    run_filter(ext, p)  # a filter request is no evidence the pod exists
+    expected = ["PodUID uid-llm-eu-0 is unknown to the extender", "waiting for a node"]
+    return ext, bind_request(p, "gpu-1a"), expected
+
+
+def refuse_the_uid_of_a_deleted_pod() -> Refusal:
+    ext = cluster_extender()
+    mirror_sees(ext, pod("eu-0", uid="uid-new"))  # deleted and created again
+    expected = ["PodUID uid-old is not the UID of llm/eu-0", "uid-new"]
+    return ext, bind_request(pod("eu-0", uid="uid-old"), "gpu-1a"), expected
+
+
+def refuse_the_uid_of_another_pod() -> Refusal:
+    ext = cluster_extender()
+    a, b = pod("eu-0"), pod("eu-1")
+    mirror_sees(ext, a)
+    mirror_sees(ext, b)
+    body = bind_request(b, "gpu-1a", PodUID="uid-llm-eu-0")
+    return ext, body, ["PodUID uid-llm-eu-0 is the UID of llm/eu-0, not of PodNamespace/PodName"]
+
+
+def refuse_the_uid_of_another_bound_pod() -> Refusal:
+    ext = cluster_extender()
+    mirror_sees(ext, pod("eu-0", node_name="gpu-2a"), "MODIFIED")
+    mirror_sees(ext, pod("eu-1"))
+    body = bind_request(pod("eu-1"), "gpu-1a", PodUID="uid-llm-eu-0")
+    return ext, body, ["PodUID uid-llm-eu-0 is the UID of llm/eu-0, not of PodNamespace/PodName"]
+
+
+def refuse_another_schedulers_pod() -> Refusal:
+    ext = cluster_extender()
+    p = pod("eu-0")
+    p["spec"]["schedulerName"] = "default-scheduler"
+    mirror_sees(ext, p)
+    expected = [
+        "spec.schedulerName is 'default-scheduler'",
+        "'powercap-scheduler'",
+        "scheduler.name",
+    ]
+    return ext, bind_request(p, "gpu-1a"), expected
+
+
+def refuse_an_unmanaged_pod() -> Refusal:
+    ext = cluster_extender()
+    web = pod("web-0", service=None, gpus=0, labels={"app": "web"})
+    mirror_sees(ext, web)
+    expected = ["not managed by powercap", "nvidia.com/gpu", "powercap.io/service"]
+    return ext, bind_request(web, "gpu-1a"), expected
+
+
+def refuse_a_pod_bound_elsewhere() -> Refusal:
+    ext = cluster_extender()
+    mirror_sees(ext, pod("eu-0"))
+    mirror_sees(ext, pod("eu-0", node_name="gpu-2a"), "MODIFIED")  # bound by someone else
+    return ext, bind_request(pod("eu-0"), "gpu-1a"), ["refused: the pod is already bound to gpu-2a"]
+
+
+def refuse_an_unknown_node() -> Refusal:
+    ext = cluster_extender()
+    p = pod("eu-0")
+    mirror_sees(ext, p)
+    expected = ["Node 'cpu-node-7' is not a node of the power tree", "powercap.io/domain"]
+    return ext, bind_request(p, "cpu-node-7"), expected
+
+
+def refuse_a_node_without_free_gpus() -> Refusal:
+    ext = cluster_extender()
+    mirror_sees(ext, pod("eu-0", node_name="gpu-1a"), "MODIFIED")
+    p = pod("eu-1")
+    mirror_sees(ext, p)
+    expected = ["Node gpu-1a has 0 free GPUs now and the pod needs 8"]
+    return ext, bind_request(p, "gpu-1a"), expected
+
+
+def refuse_a_rejected_profile() -> Refusal:
+    ext = cluster_extender(missing_profile="reject")
+    bad = pod("bad-0", annotations={"powercap.io/profile": "no-such-profile"})
+    mirror_sees(ext, bad)
+    return ext, bind_request(bad, "gpu-1a"), ["no-such-profile", "powercap.io/profile"]
+
+
+def refuse_a_breach() -> Refusal:
+    ext = cluster_extender(small_problem(rack_cap=10_000))
+    mirror_sees(ext, pod("eu-a", node_name="gpu-1a"), "MODIFIED")
+    b = pod("eu-b")
+    mirror_sees(ext, b)
+    expected = ["rack-1 would exceed its cap at 09:00", "re-checked at bind"]
+    return ext, bind_request(b, "gpu-1b"), expected
+
+
+REFUSALS: list[Callable[[], Refusal]] = [
+    refuse_without_uid,
+    refuse_a_pod_known_only_from_filter,
+    refuse_the_uid_of_a_deleted_pod,
+    refuse_the_uid_of_another_pod,
+    refuse_the_uid_of_another_bound_pod,
+    refuse_another_schedulers_pod,
+    refuse_an_unmanaged_pod,
+    refuse_a_pod_bound_elsewhere,
+    refuse_an_unknown_node,
+    refuse_a_node_without_free_gpus,
+    refuse_a_rejected_profile,
+    refuse_a_breach,
+]
+
+
+def state_snapshot(ext: Extender) -> tuple[Any, ...]:
+    s = ext.state
+    pods = {uid: id(record) for uid, record in s.pods.items()}
+    return s.version, s.ledger.load.copy(), s.node_used.copy(), pods, dict(s.assumed)
+
+
+@pytest.mark.parametrize("case", REFUSALS, ids=lambda case: case.__name__)
+def test_every_bind_refusal_says_why_and_leaves_the_state_unchanged(
+    case: Callable[[], Refusal],
+) -> None:
+    ext, body, expected = case()
+    before = state_snapshot(ext)
+    error = ext.decider.bind(parse(orjson.dumps(body), ExtenderBindingArgs))
+    assert error.startswith("powercap: ")
+    for text in expected:
+        assert text in error
+    after = state_snapshot(ext)
+    assert (after[0], after[3], after[4]) == (before[0], before[3], before[4])
+    np.testing.assert_array_equal(after[1], before[1])
+    np.testing.assert_array_equal(after[2], before[2])
+    assert ext.binder.bound == {}  # type: ignore[attr-defined]
+
+
+def test_bind_takes_the_pod_from_the_mirror_and_assumes_it_until_the_watch_agrees() -> None:
+    ext = cluster_extender()
+    # What the filter request says of the pod is not what counts: the mirror's copy is.
+    seen_by_filter = pod("eu-0", gpus=1)
+    run_filter(ext, seen_by_filter)
+    mirror_sees(ext, pod("eu-0"))
+    assert ext.decider.bind(parse(bind_body(seen_by_filter, "gpu-1a"), ExtenderBindingArgs)) == ""
+    assert ext.state.pods["uid-llm-eu-0"].gpus == 8 and ext.state.free_gpus("gpu-1a") == 0
+    assert "uid-llm-eu-0" in ext.state.assumed
+    assert "uid-llm-eu-0" not in ext.state.pending
+    mirror_sees(ext, pod("eu-0", node_name="gpu-1a"), "MODIFIED")  # the Binding, watched
+    assert ext.state.assumed == {}
+    assert ext.state.free_gpus("gpu-1a") == 0
+
+
+def test_bind_follows_the_configured_scheduler_name() -> None:
+    ext = cluster_extender()
+    config = dataclasses.replace(ext.config, scheduler=SchedulerSettings(name="gpu-scheduler"))
+    ext.decider.config = config
+    ours, theirs = pod("eu-0"), pod("eu-1")
+    ours["spec"]["schedulerName"] = "gpu-scheduler"
+    mirror_sees(ext, ours)
+    mirror_sees(ext, theirs)
+    assert ext.decider.bind(parse(bind_body(ours, "gpu-1a"), ExtenderBindingArgs)) == ""
+    error = ext.decider.bind(parse(bind_body(theirs, "gpu-2a"), ExtenderBindingArgs))
+    assert "spec.schedulerName is 'powercap-scheduler'" in error
 
 
 def test_preempt_keeps_nodes_where_the_victims_make_room() -> None:

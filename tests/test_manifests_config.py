@@ -138,6 +138,11 @@ def test_examples_use_the_scheduler() -> None:
     assert isvc["spec"]["predictor"]["schedulerName"] == profile["schedulerName"]
 
 
+def test_the_extender_binds_for_the_scheduler_it_runs_beside() -> None:
+    (profile,) = _scheduler_config()["profiles"]
+    assert load_config(COPIES / "powercap.yaml").scheduler.name == profile["schedulerName"]
+
+
 def _families() -> list[Any]:
     """Every metric family ``powercap serve`` can export: the extender's, and the
     controller's and the live caps loop's, which join its registry only when they run."""

@@ -3,6 +3,7 @@ with resume, 410 relist and back-off, against a scripted source (no cluster)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -30,11 +31,19 @@ from extender.cluster.mirror import (
     replace_pods,
     split_events,
 )
-from extender.cluster.pods import DemandResolver
-from extender.cluster.state import ClusterState
+from extender.cluster.pods import DemandResolver, PodRef
+from extender.cluster.state import ClusterState, PodRecord
 from extender.config.loading import config_from_problem
-from extender.config.model import Config, PolicySpec
-from tests.scheduler_payloads import node, pod, small_problem
+from extender.config.model import Config, PolicySpec, SchedulerSettings
+from extender.webhook.protocol import ExtenderArgs, ExtenderBindingArgs, parse
+from tests.scheduler_payloads import (
+    bind_body,
+    filter_body,
+    node,
+    pod,
+    small_extender,
+    small_problem,
+)
 
 
 @pytest.fixture
@@ -199,6 +208,102 @@ def test_replace_drops_what_is_gone(config: Config, state: ClusterState) -> None
     assert state.node_names() == ["gpu-1a"]
     assert sorted(state.pods) == ["uid-llm-a"]
     np.testing.assert_allclose(load(state, "rack-2"), 0, atol=1e-9)
+
+
+# --- assumed pods across relists ----------------------------------------------------------
+def test_a_relist_keeps_a_pod_whose_binding_is_in_flight() -> None:
+    """The pods watch expires while a bind is between recording the pod and creating its
+    Binding; the relist's list was read before the Binding landed and shows the pod still
+    pending. The pod keeps its GPUs and watts: without that the node showed 0 free GPUs
+    during the bind, 8 after the relist, and a second 8-GPU pod passed filter there."""
+    ext = small_extender()
+    ext.decider.pods_from_requests = False
+    state, resolver = ext.state, DemandResolver(ext.config)
+    first = pod("eu-0")
+    replace_pods(state, resolver, [first])  # the mirror's list: eu-0 waits for a node
+    free_during: list[int] = []
+
+    class BindingInFlight:
+        def bind(self, pod_ref: PodRef, node_name: str) -> None:
+            free_during.append(state.free_gpus(node_name))
+            replace_pods(state, resolver, [first])  # 410 Gone: relisted meanwhile
+
+        def bound_node(self, pod_ref: PodRef) -> str | None:
+            return None
+
+    ext.decider.binder = BindingInFlight()
+    bound = ext.decider.bind(parse(bind_body(first, "gpu-1a"), ExtenderBindingArgs))
+    assert bound == ""
+    assert free_during == [0]
+    assert state.free_gpus("gpu-1a") == 0
+    second = pod("eu-1")
+    apply_pod_event(state, resolver, "ADDED", obj=second)
+    result = ext.decider.filter(parse(filter_body(second, ["gpu-1a"]), ExtenderArgs))
+    assert result.passed == []
+    assert "free GPUs" in result.failed["gpu-1a"]
+    # The watch from the relist's version brings the Binding: the pod is confirmed.
+    apply_pod_event(state, resolver, "MODIFIED", obj=pod("eu-0", node_name="gpu-1a"))
+    assert state.assumed == {}
+    assert state.free_gpus("gpu-1a") == 0
+
+
+def test_an_assumed_pod_leaves_at_a_relist_after_its_ttl_or_once_it_is_gone(
+    config: Config, state: ClusterState
+) -> None:
+    config = dataclasses.replace(config, scheduler=SchedulerSettings(assumed_pod_ttl_s=5.0))
+    resolver = DemandResolver(config)
+    now = [100.0]
+    state.clock = lambda: now[0]
+    replace_nodes(state, config, [node("gpu-1a", "rack-1"), node("gpu-2a", "rack-2")])
+
+    def assume(name: str, node_name: str) -> PodRecord:
+        record = pod_record(pod(name, node_name=node_name), resolver)
+        assert record is not None
+        state.assume(record)  # as Decider.bind records a pod before its Binding
+        return record
+
+    assume("a", "gpu-1a")
+    now[0] += 4.0
+    replace_pods(state, resolver, [pod("a")])  # listed pending, within the TTL: kept
+    assert "uid-llm-a" in state.pods and state.free_gpus("gpu-1a") == 0
+    now[0] += 2.0
+    replace_pods(state, resolver, [pod("a")])  # past the TTL: the binding never landed
+    assert state.pods == {} and state.assumed == {}
+    assert "uid-llm-a" in state.pending
+    np.testing.assert_allclose(load(state, "rack-1"), 0, atol=1e-9)
+
+    assume("b", "gpu-1a")
+    replace_pods(state, resolver, [])  # not listed at all: deleted meanwhile
+    assert state.pods == {} and state.assumed == {} and state.pending == {}
+
+    assume("c", "gpu-2a")
+    replace_pods(state, resolver, [pod("c", node_name="gpu-2a")])  # listed bound: confirmed
+    assert "uid-llm-c" in state.pods and state.assumed == {}
+    now[0] += 60.0
+    replace_pods(state, resolver, [pod("c", node_name="gpu-2a")])
+    assert state.free_gpus("gpu-2a") == 0
+
+
+def test_the_mirror_keeps_pending_pods_for_bind(config: Config, state: ClusterState) -> None:
+    """Pending pods are kept as waiting (with their scheduler) until bound, terminal or
+    deleted; a relist replaces them."""
+    resolver = DemandResolver(config)
+    replace_nodes(state, config, [node("gpu-1a", "rack-1")])
+    other = pod("x-0")
+    other["spec"]["schedulerName"] = "default-scheduler"
+    replace_pods(state, resolver, [pod("a"), other, pod("b", node_name="gpu-1a")])
+    assert sorted(state.pending) == ["uid-llm-a", "uid-llm-x-0"]
+    assert state.pending["uid-llm-x-0"].scheduler == "default-scheduler"
+    assert state.pending["uid-llm-a"].scheduler == "powercap-scheduler"
+    assert state.pending_uid_of("llm", "a") == "uid-llm-a"
+    apply_pod_event(state, resolver, "MODIFIED", obj=pod("a", node_name="gpu-1a"))
+    apply_pod_event(state, resolver, "ADDED", obj=pod("c"))
+    apply_pod_event(state, resolver, "MODIFIED", obj=pod("c", phase="Failed"))
+    apply_pod_event(state, resolver, "DELETED", obj=other)
+    assert state.pending == {} and state.pending_uid_of("llm", "a") is None
+    apply_pod_event(state, resolver, "ADDED", obj=pod("d"))
+    replace_pods(state, resolver, [pod("e")])
+    assert list(state.pending) == ["uid-llm-e"]
 
 
 # --- list + watch ----------------------------------------------------------------------------

@@ -8,12 +8,14 @@ on raw JSON (orjson; the client's model objects are far too slow at 50k pods):
 * any other error backs off exponentially (with jitter) and resumes.
 
 What an object means for the state is decided by pure functions —
-:func:`node_view`, :func:`pod_record`, :func:`apply_node_event`,
+:func:`node_view`, :func:`pod_record`, :func:`pending_pod`, :func:`apply_node_event`,
 :func:`apply_pod_event`, :func:`replace_nodes`, :func:`replace_pods` — so it is tested
 without a cluster. Nodes map to leaf domains by the ``powercap.io/domain`` label (the
 config's ``nodes.domainLabel``). Pods count once bound (``spec.nodeName`` set) and
-until they are deleted or terminal; pending managed pods are handed to ``on_pending``
-so a later ``/bind`` knows them.
+until they are deleted or terminal. Pending pods are kept in the state's
+:attr:`~extender.cluster.state.ClusterState.pending` — the only pods ``/bind`` binds —
+and handed to ``on_pending``. A relist keeps the pods the extender is binding
+(assumed) that the list still shows pending (``scheduler.assumedPodTTL``).
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from typing import Any, Protocol
 import orjson
 
 from extender.cluster.client import DEFAULT_TIMEOUTS, call_timeout, watch_timeout
-from extender.cluster.pods import DemandResolver, is_terminal, node_name_of
+from extender.cluster.pods import DemandResolver, is_terminal, node_name_of, scheduler_name_of
 from extender.cluster.raw import ProtocolError, RawObject, get_field, metadata_of
-from extender.cluster.state import ClusterState, PodRecord
+from extender.cluster.state import ClusterState, PendingPod, PodRecord
 from extender.config.kubernetes import KubernetesSettings
 from extender.config.model import Config
 
@@ -122,6 +124,21 @@ def pod_record(obj: RawObject, resolver: DemandResolver) -> PodRecord | None:
     )
 
 
+def pending_pod(obj: RawObject, resolver: DemandResolver) -> PendingPod | None:
+    """A pod waiting for a node as ``/bind`` checks it; ``None`` for a pod that is bound
+    or terminal, has no uid, or whose GPU request is unreadable (logged)."""
+    if node_name_of(obj) is not None or is_terminal(obj):
+        return None
+    try:
+        demand = resolver.resolve(obj)
+    except ProtocolError as exc:
+        log.warning("pending pod %s ignored: %s", metadata_of(obj).get("name"), exc)
+        return None
+    if not demand.pod.uid:
+        return None
+    return PendingPod(demand=demand, scheduler=scheduler_name_of(obj))
+
+
 def apply_node_event(state: ClusterState, config: Config, kind: str, *, obj: RawObject) -> None:
     """Apply one watch event (``ADDED``/``MODIFIED``/``DELETED``) of a Node."""
     view = node_view(obj, config)
@@ -149,21 +166,28 @@ def apply_pod_event(
     on_pending: Callable[[RawObject], None] | None = None,
 ) -> None:
     """Apply one watch event of a Pod: record it while bound and running, forget it
-    when deleted or terminal, hand a pending one to ``on_pending``."""
+    when deleted or terminal; keep a pending one as waiting and hand it to
+    ``on_pending``."""
+    uid = _uid(obj)
     if kind == "DELETED":
-        state.remove_pod(_uid(obj))
+        state.remove_pod(uid)
+        state.drop_pending(uid)
         return
     if node_name_of(obj) is None and not is_terminal(obj):
         # Not bound in this event. A pod's nodeName never clears once set, so if the
         # pod is recorded (the extender's own bind records it before the Binding is
         # created) this event is older than the binding — the watch lags behind binds
         # during a burst. Dropping the record here would free power that is in use.
-        if on_pending is not None:
-            on_pending(obj)
+        waiting = pending_pod(obj, resolver)
+        if waiting is not None:
+            state.set_pending(waiting)
+            if on_pending is not None:
+                on_pending(obj)
         return
+    state.drop_pending(uid)
     record = pod_record(obj, resolver)
     if record is None:
-        state.remove_pod(_uid(obj))
+        state.remove_pod(uid)
         return
     state.add_pod(record)
 
@@ -191,19 +215,23 @@ def replace_pods(
     *,
     on_pending: Callable[[RawObject], None] | None = None,
 ) -> None:
-    """Make the state's pods exactly the listed bound ones (after a list or relist)."""
+    """Make the state's pods exactly the listed ones (after a list or relist): the bound
+    ones recorded, the pending ones waiting; pods the extender is binding stay while the
+    list shows them pending (:meth:`~extender.cluster.state.ClusterState.replace_pods`,
+    for the config's ``scheduler.assumedPodTTL``)."""
     records: dict[str, PodRecord] = {}
+    waiting: list[PendingPod] = []
     for obj in objs:
         record = pod_record(obj, resolver)
         if record is not None:
             records[record.uid] = record
-        elif on_pending is not None and node_name_of(obj) is None and not is_terminal(obj):
-            on_pending(obj)
-    with state.lock:
-        for uid in [u for u in state.pods if u not in records]:
-            state.remove_pod(uid)
-        for record in records.values():
-            state.add_pod(record)
+        elif (pending := pending_pod(obj, resolver)) is not None:
+            waiting.append(pending)
+            if on_pending is not None:
+                on_pending(obj)
+    state.replace_pods(
+        records.values(), waiting, assumed_ttl_s=resolver.config.scheduler.assumed_pod_ttl_s
+    )
 
 
 # --- list + watch -------------------------------------------------------------------------

@@ -167,6 +167,12 @@ def is_terminal(pod: Mapping[str, Any]) -> bool:
     return get_field(_mapping(pod, "status"), "phase") in TERMINAL_PHASES
 
 
+def scheduler_name_of(pod: Mapping[str, Any]) -> str:
+    """The pod's ``spec.schedulerName``; the API server's default when it has none."""
+    name = get_field(_mapping(pod, "spec"), "schedulerName")
+    return name if isinstance(name, str) and name else "default-scheduler"
+
+
 def node_name_of(pod: Mapping[str, Any]) -> str | None:
     name = get_field(_mapping(pod, "spec"), "nodeName")
     return name if isinstance(name, str) and name else None

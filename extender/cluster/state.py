@@ -7,18 +7,27 @@ and every change happens under :attr:`ClusterState.lock`.
 A pod counts in the ledger (its profile under its node's leaf domain and all
 ancestors, its GPUs on the node) while its node is known; a pod on a node not in
 the tree yet is remembered and counted as soon as the node arrives.
+
+Beside the recorded pods the state keeps the pods waiting for a node
+(:attr:`ClusterState.pending`, as the mirror read them from the API server): the only
+pods bind will bind. A pod the extender bound itself is *assumed* (:meth:`assume`), as
+kube-scheduler's cache assumes pods, until the watch shows it bound: a relist that
+still lists it unbound (:meth:`replace_pods`) keeps it for ``assumed_ttl_s``. An
+assumed pod whose Binding call got no answer is also *unsure* (:meth:`mark_unsure`):
+whether it is bound must be read before it is bound again.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
+from extender.cluster.pods import Demand
 from placement.grid import Grid
 from placement.ledger import Ledger
 from placement.tree import PowerTree
@@ -39,6 +48,19 @@ class PodRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingPod:
+    """A pod the API server holds unbound: who it is (``demand.pod``), the scheduler it
+    waits for (its ``spec.schedulerName``) and its demand, resolved when it was read."""
+
+    demand: Demand
+    scheduler: str
+
+    @property
+    def uid(self) -> str:
+        return self.demand.pod.uid
+
+
+@dataclass(frozen=True, slots=True)
 class NodeRecord:
     name: str
     leaf: int  # index into the tree
@@ -51,11 +73,20 @@ class ClusterState:
 
     ``caps`` are the effective caps, ``cap × (1 − headroom)``: what admission checks.
     ``version`` changes on every change; ``topology_version`` only when nodes,
-    services or caps change (what the planner re-plans on).
+    services or caps change (what the planner re-plans on). ``clock`` (monotonic
+    seconds) times assumed pods.
     """
 
-    def __init__(self, grid: Grid, tree: PowerTree, headroom: float = 0.0) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        tree: PowerTree,
+        headroom: float = 0.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.lock = threading.RLock()
+        self.clock = clock
         self.grid = grid
         self.tree = tree
         self.headroom = headroom
@@ -88,6 +119,14 @@ class ClusterState:
         # Pods, by uid and by node name (the latter also for nodes not known yet).
         self.pods: dict[str, PodRecord] = {}
         self._pods_on: dict[str, set[str]] = {}
+        # Pods this extender bound whose bound watch event has not arrived: uid → when;
+        # and those of them whose Binding call ended without an answer.
+        self.assumed: dict[str, float] = {}
+        self.unsure: set[str] = set()
+        # Pods waiting for a node, by uid and by (namespace, name). They hold nothing:
+        # changing them leaves the version alone.
+        self.pending: dict[str, PendingPod] = {}
+        self._pending_names: dict[tuple[str, str], str] = {}
         # Replicas per (service, leaf domain), for following the plan, and a journal
         # of their changes so plan reservations update incrementally.
         self.service_index: dict[str, int] = {}
@@ -254,23 +293,59 @@ class ClusterState:
         return -1 if service is None else self.service_index.get(service, -1)
 
     def add_pod(self, pod: PodRecord) -> bool:
-        """Record a pod; a pod already recorded on the same node is left as is
-        (returns ``False``), one recorded elsewhere is moved."""
+        """Record a pod as the API server reports it bound; a pod already recorded on
+        the same node is left as is (returns ``False``), one recorded elsewhere is
+        moved. Either way an assumed pod is confirmed."""
         with self.lock:
-            old = self.pods.get(pod.uid)
-            if old is not None:
-                if old.node == pod.node and old.gpus == pod.gpus:
-                    return False
-                self._drop(old)
-            if pod.service is not None:
-                self.service_slot(pod.service)
-            self.pods[pod.uid] = pod
-            self._pods_on.setdefault(pod.node, set()).add(pod.uid)
-            slot = self._node_slot.get(pod.node)
-            if slot is not None:
-                self._count(pod, slot, 1)
-            self._changed(topology=False)
+            self.assumed.pop(pod.uid, None)
+            self.unsure.discard(pod.uid)
+            return self._record(pod)
+
+    def assume(self, pod: PodRecord) -> bool:
+        """Record a pod this extender is binding, before its Binding exists: it holds
+        its power and GPUs as a bound pod does, and a relist keeps it (see
+        :meth:`replace_pods`) until :meth:`add_pod` confirms it or :meth:`remove_pod`
+        drops it. Returns what :meth:`add_pod` does."""
+        with self.lock:
+            changed = self._record(pod)
+            self.assumed[pod.uid] = self.clock()
+            return changed
+
+    def unassume(self, pod: PodRecord) -> bool:
+        """Undo :meth:`assume` of ``pod`` (its Binding was not created): forget it,
+        unless the watch has confirmed it bound or recorded it anew meanwhile. Returns
+        whether it was forgotten."""
+        with self.lock:
+            if pod.uid not in self.assumed or self.pods.get(pod.uid) is not pod:
+                return False
+            self.remove_pod(pod.uid)
             return True
+
+    def mark_unsure(self, pod: PodRecord) -> bool:
+        """Note that the Binding of assumed ``pod`` got no answer (it may exist or not);
+        ``False`` when the watch has settled the pod meanwhile."""
+        with self.lock:
+            if pod.uid not in self.assumed or self.pods.get(pod.uid) is not pod:
+                return False
+            self.unsure.add(pod.uid)
+            return True
+
+    def _record(self, pod: PodRecord) -> bool:
+        """:meth:`add_pod` without touching :attr:`assumed`; call under the lock."""
+        old = self.pods.get(pod.uid)
+        if old is not None:
+            if old.node == pod.node and old.gpus == pod.gpus:
+                return False
+            self._drop(old)
+        if pod.service is not None:
+            self.service_slot(pod.service)
+        self.pods[pod.uid] = pod
+        self._pods_on.setdefault(pod.node, set()).add(pod.uid)
+        slot = self._node_slot.get(pod.node)
+        if slot is not None:
+            self._count(pod, slot, 1)
+        self._changed(topology=False)
+        return True
 
     def _drop(self, pod: PodRecord) -> None:
         del self.pods[pod.uid]
@@ -284,8 +359,11 @@ class ClusterState:
             self._count(pod, slot, -1)
 
     def remove_pod(self, uid: str) -> PodRecord | None:
-        """Forget a pod; returns its record, or ``None`` if it was not recorded."""
+        """Forget a pod (assumed or not); returns its record, or ``None`` if it was not
+        recorded."""
         with self.lock:
+            self.assumed.pop(uid, None)
+            self.unsure.discard(uid)
             pod = self.pods.get(uid)
             if pod is None:
                 return None
@@ -297,10 +375,58 @@ class ClusterState:
         with self.lock:
             return [self.pods[u] for u in self._pods_on.get(node, ())]
 
+    # --- pods waiting for a node ------------------------------------------------------
+    def set_pending(self, pod: PendingPod) -> None:
+        """Remember a pod waiting for a node (replacing what was known of its uid)."""
+        ref = pod.demand.pod
+        with self.lock:
+            self.drop_pending(pod.uid)
+            self.pending[pod.uid] = pod
+            self._pending_names[(ref.namespace, ref.name)] = pod.uid
+
+    def drop_pending(self, uid: str) -> None:
+        """Forget a waiting pod (bound, terminal or deleted); unknown uids are ignored."""
+        with self.lock:
+            old = self.pending.pop(uid, None)
+            if old is not None:
+                key = (old.demand.pod.namespace, old.demand.pod.name)
+                if self._pending_names.get(key) == uid:
+                    del self._pending_names[key]
+
+    def pending_uid_of(self, namespace: str, name: str) -> str | None:
+        """The uid of the waiting pod ``namespace/name``, or ``None``."""
+        with self.lock:
+            return self._pending_names.get((namespace, name))
+
+    def replace_pods(
+        self, bound: Iterable[PodRecord], pending: Iterable[PendingPod], *, assumed_ttl_s: float
+    ) -> None:
+        """Make the pods exactly a fresh list's (a relist): ``bound`` recorded, ``pending``
+        waiting, every other pod forgotten — except an assumed pod the list still shows
+        waiting, assumed less than ``assumed_ttl_s`` ago. The list was read before its
+        Binding landed; forgetting it would free power a bind has just taken."""
+        records = {p.uid: p for p in bound}
+        waiting = list(pending)
+        with self.lock:
+            listed_waiting = {p.uid for p in waiting}
+            now = self.clock()
+            for uid in [u for u in self.pods if u not in records]:
+                since = self.assumed.get(uid)
+                if since is not None and uid in listed_waiting and now - since < assumed_ttl_s:
+                    continue
+                self.remove_pod(uid)
+            for record in records.values():
+                self.add_pod(record)
+            self.pending.clear()
+            self._pending_names.clear()
+            for p in waiting:
+                self.set_pending(p)
+
     # --- whole-state operations ------------------------------------------------------
     def replace(self, nodes: Iterable[NodeRecord], pods: Iterable[PodRecord]) -> None:
-        """Make the state exactly ``nodes`` and ``pods`` (a relist), rebuilding the
-        ledger from scratch so float drift from many add/remove pairs is shed."""
+        """Make the state exactly ``nodes`` and ``pods``, rebuilding the ledger from
+        scratch so float drift from many add/remove pairs is shed. Nothing stays
+        assumed; the mirror's relist of pods is :meth:`replace_pods`."""
         nodes = list(nodes)
         pods = list(pods)
         with self.lock:
@@ -315,6 +441,8 @@ class ClusterState:
             self._grow()
             self.pods.clear()
             self._pods_on.clear()
+            self.assumed.clear()
+            self.unsure.clear()
             self.counts[:] = 0
             self.journal_epoch += 1  # counts reset without journal entries
             self.journal.clear()

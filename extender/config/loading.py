@@ -42,6 +42,8 @@ from extender.config.model import (
     PlannerSpec,
     PolicySpec,
     ProfileDocument,
+    SchedulerSettings,
+    SchedulerSpec,
     ScoringSpec,
     ServiceEntry,
 )
@@ -191,6 +193,13 @@ def _planner_settings(spec: PlannerSpec, problems: list[str]) -> PlannerSettings
     )
 
 
+def _scheduler_settings(spec: SchedulerSpec, problems: list[str]) -> SchedulerSettings:
+    """The ``scheduler:`` section with its TTL in seconds; a bad TTL is appended to
+    ``problems``."""
+    ttl_s = seconds_or_problem(spec.assumed_pod_ttl, "scheduler.assumedPodTTL", problems)
+    return SchedulerSettings(name=spec.name, assumed_pod_ttl_s=ttl_s)
+
+
 def config_from_spec(
     spec: ConfigSpec, base_dir: Path = Path("."), source: str = "config"
 ) -> Config:
@@ -202,6 +211,7 @@ def config_from_spec(
     profiles = _named_profiles(spec, grid=grid, base_dir=base_dir, problems=problems)
     services = _service_entries(spec, profiles, grid=grid, base_dir=base_dir, problems=problems)
     planner = _planner_settings(spec.planner, problems)
+    scheduler = _scheduler_settings(spec.scheduler, problems)
     power: PowerSettings | None = None
     if spec.power is not None:
         power, power_problems = resolve_power_source(spec.power, "power")
@@ -240,6 +250,7 @@ def config_from_spec(
         policy=spec.policy,
         planner=planner,
         scoring=spec.scoring,
+        scheduler=scheduler,
         power=power,
         intensity=intensity,
         controller=controller or ControllerSettings(),

@@ -3,13 +3,13 @@
 
 :class:`ConfigSpec` is the whole file as written. The small sections have their models
 here (:class:`NodesSpec`, :class:`ServiceSpec`, :class:`PolicySpec`,
-:class:`PlannerSpec`, :class:`ScoringSpec`); the larger ones each have a module of their
-own, ``extender/config/<section>.py`` (``power``, ``intensity``, ``controller``,
-``learn``, ``kubernetes``). :class:`ProfileDocument` is a ``kind: PowerProfile`` file.
-:class:`Config` is what the extender runs on once :mod:`extender.config.loading` has
-checked everything (with :class:`ServiceEntry` and :class:`PlannerSettings`);
-:class:`ConfigError` lists every problem found. The file section by section:
-docs/extender.md, "Configuration".
+:class:`PlannerSpec`, :class:`ScoringSpec`, :class:`SchedulerSpec`); the larger ones each
+have a module of their own, ``extender/config/<section>.py`` (``power``, ``intensity``,
+``controller``, ``learn``, ``kubernetes``). :class:`ProfileDocument` is a
+``kind: PowerProfile`` file. :class:`Config` is what the extender runs on once
+:mod:`extender.config.loading` has checked everything (with :class:`ServiceEntry`,
+:class:`PlannerSettings` and :class:`SchedulerSettings`); :class:`ConfigError` lists every
+problem found. The file section by section: docs/extender.md, "Configuration".
 """
 
 from __future__ import annotations
@@ -114,6 +114,17 @@ class ScoringSpec(_Model):
     reserve_plan: bool = Field(default=False, alias="reservePlan")
 
 
+class SchedulerSpec(_Model):
+    """The scheduler the extender binds for. ``name`` is the ``spec.schedulerName`` a pod
+    must carry to be bound (the profile's ``schedulerName`` in ``kube-scheduler.yaml``).
+    ``assumedPodTTL`` is how long a pod this extender bound keeps its place in the ledger
+    through a relist that still lists it unbound (its binding was in flight), waiting for
+    the watch event that shows it bound."""
+
+    name: str = Field(default="powercap-scheduler", min_length=1)
+    assumed_pod_ttl: str | int = Field(default="30s", alias="assumedPodTTL")
+
+
 class ConfigSpec(_Model):
     """The file, as written."""
 
@@ -130,6 +141,7 @@ class ConfigSpec(_Model):
     policy: PolicySpec = PolicySpec()
     planner: PlannerSpec = PlannerSpec()
     scoring: ScoringSpec = ScoringSpec()
+    scheduler: SchedulerSpec = SchedulerSpec()
     # Measured power for the controller; absent: no readings, the controller stays idle.
     power: PowerSourceSpec | None = None
     # Live grid carbon intensity (docs/carbon.md): one source, or a list of them, one per
@@ -178,6 +190,14 @@ class PlannerSettings:
 
 
 @dataclass(frozen=True)
+class SchedulerSettings:
+    """:class:`SchedulerSpec` resolved: the scheduler name, and the TTL in seconds."""
+
+    name: str = "powercap-scheduler"
+    assumed_pod_ttl_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The validated, resolved config."""
 
@@ -191,6 +211,7 @@ class Config:
     policy: PolicySpec = field(default_factory=PolicySpec)
     planner: PlannerSettings = field(default_factory=PlannerSettings)
     scoring: ScoringSpec = field(default_factory=ScoringSpec)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     power: PowerSettings | None = None
     intensity: tuple[IntensitySettings, ...] = ()  # one per grid zone; () without the section
     controller: ControllerSettings = field(default_factory=ControllerSettings)

@@ -2,24 +2,41 @@
 
 The Kubernetes binder creates the v1 Binding (``POST pods/{name}/binding``) as the
 default scheduler would; the static binder of ``serve --scenario`` only records.
+
+A Binding call can end without an answer (the connection drops, the API server times
+out or restarts): the Binding may then exist or not. :class:`BindError` says so
+(``maybe_bound``), and :meth:`Binder.bound_node` reads where the pod really is, so the
+caller neither frees power a bound pod draws nor holds it for a pod still pending.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
+import orjson
+
 from extender.cluster.client import DEFAULT_TIMEOUTS, bind_timeout
-from extender.cluster.pods import PodRef
+from extender.cluster.pods import PodRef, node_name_of
+from extender.cluster.raw import get_field, metadata_of
 from extender.config.kubernetes import KubernetesSettings
 
 
 class BindError(RuntimeError):
-    """The binding was not created; the message is what the scheduler is told."""
+    """The binding was not created — or, with ``maybe_bound``, it may have been: the API
+    server gave no answer that says. The message is what the scheduler is told."""
+
+    def __init__(self, message: str, *, maybe_bound: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_bound = maybe_bound
 
 
 class Binder(Protocol):
     def bind(self, pod: PodRef, node: str) -> None:
         """Bind ``pod`` to ``node``; raises :class:`BindError`."""
+
+    def bound_node(self, pod: PodRef) -> str | None:
+        """The node ``pod`` is bound to now: ``""`` when it is unbound or gone (another
+        pod of its name is not it), ``None`` when that cannot be read now."""
 
 
 class StaticBinder:
@@ -30,6 +47,9 @@ class StaticBinder:
 
     def bind(self, pod: PodRef, node: str) -> None:
         self.bound[pod] = node
+
+    def bound_node(self, pod: PodRef) -> str | None:
+        return self.bound.get(pod, "")
 
 
 def binding_body(pod: PodRef, node: str) -> dict[str, Any]:
@@ -43,6 +63,16 @@ def binding_body(pod: PodRef, node: str) -> dict[str, Any]:
         "metadata": metadata,
         "target": {"apiVersion": "v1", "kind": "Node", "name": node},
     }
+
+
+def _never_sent(exc: Exception) -> bool:
+    """Whether a transport error came before the request left: no connection was made."""
+    from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
+
+    # urllib3 retries failed connects for any method and then raises MaxRetryError with
+    # the connect error (NewConnectionError is a ConnectTimeoutError) as its reason.
+    reason = exc.reason if isinstance(exc, MaxRetryError) else exc
+    return isinstance(reason, ConnectTimeoutError | ConnectionRefusedError)
 
 
 class KubernetesBinder:
@@ -72,9 +102,36 @@ class KubernetesBinder:
             response.read()
             response.release_conn()
         except ApiException as exc:
+            # A 4xx is a refusal; a 5xx (a timeout, etcd unavailable) may come from a
+            # request that still commits.
             raise BindError(
                 f"binding {pod} to {node} failed: {exc.status} {exc.reason}: "
-                f"{(exc.body or b'')[:300]!r}"
+                f"{(exc.body or b'')[:300]!r}",
+                maybe_bound=not 400 <= (exc.status or 0) < 500,
             ) from exc
         except (OSError, HTTPError) as exc:  # connection refused, reset, timed out
-            raise BindError(f"binding {pod} to {node} failed: {exc}") from exc
+            raise BindError(
+                f"binding {pod} to {node} failed: {exc}", maybe_bound=not _never_sent(exc)
+            ) from exc
+
+    def bound_node(self, pod: PodRef) -> str | None:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            # Read within a bind: bounded as the Binding is.
+            response = self.core.read_namespaced_pod(
+                pod.name,
+                pod.namespace,
+                _preload_content=False,
+                _request_timeout=bind_timeout(self.timeouts),
+            )
+            data = orjson.loads(response.data)
+            response.release_conn()
+        except ApiException as exc:
+            return "" if exc.status == 404 else None
+        except (OSError, HTTPError, orjson.JSONDecodeError):
+            return None
+        if pod.uid and get_field(metadata_of(data), "uid") != pod.uid:
+            return ""  # deleted and created again: the pod that was bound is gone
+        return node_name_of(data) or ""

@@ -10,11 +10,16 @@
   power the plan holds for its planned but not yet placed replicas.
 * **prioritize** scores 0–10: agreement with the current plan weighted by
   ``planWeight``, the rest by the least rise of peak utilisation along the path.
-* **bind** re-checks the node's path under the state lock
-  (:func:`placement.admission.fits_on_path`), records the pod in the ledger, creates the
-  binding through a :class:`~extender.webhook.binding.Binder` and undoes the record if
-  that fails; it answers an error (the scheduler retries) when the pod would now breach a
-  cap.
+* **bind** trusts nothing in the request: the ``PodUID`` must name a pod the mirror
+  read from the API server, waiting for a node, under the request's namespace and name,
+  addressed to this scheduler (``scheduler.name``) and managed; the node must be in the
+  tree with the pod's GPUs free. Under the state lock it re-checks the node's path
+  (:func:`placement.admission.fits_on_path`) and records the pod in the ledger as
+  assumed, then creates the binding through a :class:`~extender.webhook.binding.Binder`
+  and undoes the record if that fails. A Binding call that ends without an answer is
+  settled by reading where the pod is; while that cannot be read the pod keeps its
+  power. Every refusal is an error naming the field and the fix (the scheduler retries
+  the pod).
 * **preempt** keeps the candidates where evicting the proposed victims would let the pod
   fit, victims unchanged.
 
@@ -37,9 +42,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from extender.cluster.events import Event, EventSink, NullEventSink
-from extender.cluster.pods import Demand, DemandResolver, PodRef
+from extender.cluster.pods import (
+    Demand,
+    DemandResolver,
+    PodRef,
+    node_name_of,
+    scheduler_name_of,
+)
 from extender.cluster.raw import ProtocolError
-from extender.cluster.state import ClusterState, PodRecord
+from extender.cluster.state import ClusterState, PendingPod, PodRecord
 from extender.config.model import Config
 from extender.telemetry import Telemetry
 from extender.webhook.binding import Binder, BindError
@@ -68,11 +79,6 @@ class PlanSource(Protocol):
     def all_targets(self) -> tuple[object, Mapping[str, NDArray[np.int64]]] | None:
         """``(plan, targets per service)`` of the latest plan (the first item identifies
         the plan: a new plan is a new object), or ``None`` before the first plan."""
-
-
-class PodLookup(Protocol):
-    def __call__(self, namespace: str, name: str) -> Mapping[str, Any] | None:
-        """The raw pod, or ``None`` if it does not exist."""
 
 
 @dataclass(frozen=True)
@@ -112,8 +118,10 @@ class _Candidates:
 class Decider:
     """The decisions over one :class:`ClusterState`.
 
-    ``events`` receives a Warning per pod and problem (missing/invalid profile);
-    ``pod_lookup`` fetches a pod that ``/bind`` names but ``/filter`` never saw.
+    ``events`` receives a Warning per pod and problem (missing/invalid profile).
+    ``pods_from_requests`` is for a cluster without an API server (``serve --scenario``):
+    the pods filter and prioritize are asked about are then taken as the pods waiting
+    for a node, which bind otherwise knows only from the mirror.
     """
 
     def __init__(
@@ -125,7 +133,7 @@ class Decider:
         events: EventSink | None = None,
         plan: PlanSource | None = None,
         telemetry: Telemetry | None = None,
-        pod_lookup: PodLookup | None = None,
+        pods_from_requests: bool = False,
     ) -> None:
         self.state = state
         self.config = config
@@ -133,7 +141,7 @@ class Decider:
         self.events: EventSink = events or NullEventSink()
         self.plan = plan
         self.telemetry = telemetry
-        self.pod_lookup = pod_lookup
+        self.pods_from_requests = pods_from_requests
         self.resolver = DemandResolver(config)
         self.plan_weight = config.scoring.plan_weight
         self.reserve_plan = config.scoring.reserve_plan and plan is not None
@@ -144,31 +152,26 @@ class Decider:
         self._plan_cache: (
             tuple[object, tuple[list[str], NDArray[np.int64], NDArray[np.float64]]] | None
         ) = None
-        # uid → demand of pods seen by filter, so bind knows their profile. Bind runs
-        # in a worker thread, so these two caches have a lock of their own.
+        # Bind runs in a worker thread, so the warnings cache has a lock of its own.
         self._cache_lock = threading.Lock()
-        self._pending: OrderedDict[str, Demand] = OrderedDict()
-        self._pending_max = 20_000
         self._warned: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._views: OrderedDict[tuple[str, str, int, int], _DomainView] = OrderedDict()
 
     # --- demand --------------------------------------------------------------------
     def demand(self, pod: Mapping[str, Any]) -> Demand:
-        """Resolve a pod, remember it for bind and warn once about profile problems."""
+        """Resolve a pod and warn once about profile problems (with
+        ``pods_from_requests``, also take it as waiting for a node)."""
         demand = self.resolver.resolve(pod)
-        if demand.managed and demand.pod.uid:
-            with self._cache_lock:
-                self._pending[demand.pod.uid] = demand
-                self._pending.move_to_end(demand.pod.uid)
-                while len(self._pending) > self._pending_max:
-                    self._pending.popitem(last=False)
+        if self.pods_from_requests and demand.pod.uid and node_name_of(pod) is None:
+            self.state.set_pending(PendingPod(demand, scheduler_name_of(pod)))
         if demand.problem is not None:
             self._warn(demand)
         return demand
 
     def remember(self, pod: Mapping[str, Any]) -> None:
-        """:meth:`demand` for a pending pod the mirror saw; an unreadable pod is
-        logged, not raised (the mirror must keep going)."""
+        """:meth:`demand` for a pending pod the mirror saw (its profile problems are
+        reported before the scheduler asks); an unreadable pod is logged, not raised
+        (the mirror must keep going)."""
         try:
             self.demand(pod)
         except ProtocolError as exc:
@@ -423,60 +426,61 @@ class Decider:
         return names, out.tolist()
 
     # --- bind --------------------------------------------------------------------------------
-    def _bind_demand(self, args: ExtenderBindingArgs) -> Demand | str:
-        with self._cache_lock:
-            demand = self._pending.get(args.pod_uid) if args.pod_uid else None
-        if demand is not None:
-            return demand
-        if self.pod_lookup is not None:
-            pod = self.pod_lookup(args.pod_namespace, args.pod_name)
-            if pod is not None:
-                return self.demand(pod)
-        return (
-            f"powercap: pod {args.pod_namespace}/{args.pod_name} ({args.pod_uid or 'no uid'}) "
-            "is unknown to the extender (filter never saw it); retry"
-        )
-
     def bind(self, args: ExtenderBindingArgs) -> str:
-        """Bind the pod; returns ``""`` on success, else the error for the scheduler."""
-        found = self._bind_demand(args)
-        if isinstance(found, str):
-            self._decided("bind", "unknown_pod")
-            return found
-        demand = found
-        pod = PodRef(args.pod_namespace, args.pod_name, args.pod_uid or demand.pod.uid)
-        if not demand.managed:
-            return self._create_binding(pod, args.node, None)
-        if demand.rejected or demand.profile is None:
-            self._decided("bind", "rejected_profile")
-            return f"powercap: {demand.problem}"
-        recorded = self._record_if_fits(pod, demand, args.node)
+        """Bind the pod (see the module doc); returns ``""`` on success or when the pod
+        is already bound to ``Node`` (a retried bind), else the error for the scheduler.
+        A refused bind leaves the state as it was."""
+        pod = PodRef(args.pod_namespace, args.pod_name, args.pod_uid)
+        if pod.uid in self.state.unsure:
+            refused = self._settle(pod)
+            if refused:
+                return refused
+        recorded = self._record_if_fits(pod, args.node)
         if isinstance(recorded, str):
             return recorded
         return self._create_binding(pod, args.node, recorded)
 
-    def _record_if_fits(self, pod: PodRef, demand: Demand, node: str) -> PodRecord | str:
-        """Re-check the pod on ``node`` under the state lock and record it in the state;
-        the record, or the answer for the scheduler (``""`` when already bound there)."""
-        assert demand.profile is not None
+    def _refuse(self, outcome: str, pod: PodRef, why: str) -> str:
+        self._decided("bind", outcome)
+        return f"powercap: bind of {pod} refused: {why}"
+
+    def _record_if_fits(self, pod: PodRef, node: str) -> PodRecord | str:
+        """Check the pod and ``node`` and re-check the power under the state lock, and
+        record the pod as assumed; the record, or the answer for the scheduler (``""``
+        when already bound there)."""
+        if not pod.uid:
+            return self._refuse(
+                "no_uid",
+                pod,
+                "PodUID is empty; the extender binds a pod by its UID only: send the pod's "
+                "metadata.uid as PodUID (kube-scheduler always does)",
+            )
         state = self.state
         with state.lock:
-            existing = state.pods.get(pod.uid) if pod.uid else None
+            existing = state.pods.get(pod.uid)
             if existing is not None:
-                if existing.node == node:
-                    self._decided("bind", "already_bound")
-                    return ""
-                self._decided("bind", "conflict")
-                return f"powercap: pod {pod} is already bound to {existing.node}"
+                return self._bound_already(pod, existing, node)
+            waiting = self._waiting(pod)
+            if isinstance(waiting, str):
+                return waiting
+            demand = waiting.demand
+            assert demand.profile is not None  # _waiting refuses pods without one
             slot = state.node_slot(node)
             if slot < 0:
-                self._decided("bind", "unknown_node")
-                return f"{UNKNOWN_NODE} ({node})"
+                return self._refuse(
+                    "unknown_node",
+                    pod,
+                    f"Node {node!r} is not a node of the power tree the extender knows (the "
+                    f"API server has no such node, or it has no {self.config.nodes.domain_label}"
+                    " label naming a leaf domain of the config); bind to a node filter passed",
+                )
             free = int(state.node_gpus[slot] - state.node_used[slot])
             if free < demand.gpus:
-                self._decided("bind", "no_gpus")
-                return (
-                    f"powercap: node {node} has {free} free GPUs now; the pod needs {demand.gpus}"
+                return self._refuse(
+                    "no_gpus",
+                    pod,
+                    f"Node {node} has {free} free GPUs now and the pod needs {demand.gpus}; "
+                    "retry: filter offers the nodes with room",
                 )
             leaf = int(state.node_leaf[slot])
             # The exact check on the node's path; the plan's holds only when enabled.
@@ -488,7 +492,7 @@ class Decider:
                 why = self._why_not(self._view(demand), leaf)
                 return f"{why} (re-checked at bind; retry)"
             record = PodRecord(
-                uid=pod.uid or f"{pod.namespace}/{pod.name}",
+                uid=pod.uid,
                 namespace=pod.namespace,
                 name=pod.name,
                 node=node,
@@ -497,21 +501,123 @@ class Decider:
                 gpus=demand.gpus,
                 profile_key=demand.profile_key,
             )
-            # Recorded before the API call so a concurrent bind sees this pod's watts.
-            state.add_pod(record)
+            # Recorded before the API call so a concurrent bind sees this pod's watts, and
+            # assumed so a relist before its watch event keeps it.
+            state.assume(record)
         return record
 
-    def _create_binding(self, pod: PodRef, node: str, record: PodRecord | None) -> str:
+    def _bound_already(self, pod: PodRef, existing: PodRecord, node: str) -> str:
+        """The answer for a pod the state has bound: ``""`` when bound to ``node`` (a
+        retried bind), else why not; call under the state lock."""
+        if (existing.namespace, existing.name) != (pod.namespace, pod.name):
+            return self._refuse(
+                "uid_mismatch",
+                pod,
+                f"PodUID {pod.uid} is the UID of {existing.namespace}/{existing.name}, not of "
+                "PodNamespace/PodName; send the namespace, name and UID of one pod",
+            )
+        if existing.node == node:
+            self._decided("bind", "already_bound")
+            return ""
+        return self._refuse(
+            "conflict",
+            pod,
+            f"the pod is already bound to {existing.node}; a pod is bound once",
+        )
+
+    def _waiting(self, pod: PodRef) -> PendingPod | str:
+        """The pod waiting for a node that ``pod`` names, if it may be bound here; else
+        the refusal. Call under the state lock."""
+        state = self.state
+        waiting = state.pending.get(pod.uid)
+        if waiting is None:
+            current = state.pending_uid_of(pod.namespace, pod.name)
+            if current is not None:
+                return self._refuse(
+                    "uid_mismatch",
+                    pod,
+                    f"PodUID {pod.uid} is not the UID of {pod} (the API server's pod of that "
+                    f"name is {current}: it was deleted and created again); bind the current "
+                    "pod by its UID",
+                )
+            return self._refuse(
+                "unknown_pod",
+                pod,
+                f"PodUID {pod.uid} is unknown to the extender: its mirror of the API server "
+                "has no pod with this UID waiting for a node (never created, already bound or "
+                "deleted, or not yet delivered by the watch); retry once the pod is pending",
+            )
+        demand = waiting.demand
+        if (demand.pod.namespace, demand.pod.name) != (pod.namespace, pod.name):
+            return self._refuse(
+                "uid_mismatch",
+                pod,
+                f"PodUID {pod.uid} is the UID of {demand.pod}, not of PodNamespace/PodName; "
+                "send the namespace, name and UID of one pod",
+            )
+        ours = self.config.scheduler.name
+        if waiting.scheduler != ours:
+            return self._refuse(
+                "other_scheduler",
+                pod,
+                f"its spec.schedulerName is {waiting.scheduler!r}; this extender binds only "
+                f"pods of {ours!r} (config scheduler.name): set the pod's schedulerName, or "
+                "scheduler.name to the scheduler the extender runs beside",
+            )
+        if not demand.managed:
+            gpu = self.config.nodes.gpu_resource
+            return self._refuse(
+                "unmanaged",
+                pod,
+                f"the pod is not managed by powercap (no {gpu} request, no powercap.io/ label "
+                f"or annotation); request {gpu} or label it powercap.io/service, or send it to "
+                "the extender only by managedResources",
+            )
+        if demand.rejected or demand.profile is None:
+            self._decided("bind", "rejected_profile")
+            return f"powercap: {demand.problem}"
+        return waiting
+
+    def _settle(self, pod: PodRef) -> str:
+        """Settle a pod whose last Binding got no answer by reading where it is: bound
+        there, its record stands (confirmed); not bound, the record goes and the bind
+        goes on. ``""`` to go on, else the refusal (where it is cannot be read)."""
+        landed = self.binder.bound_node(pod)  # an API call: outside the state lock
+        state = self.state
+        with state.lock:
+            record = state.pods.get(pod.uid)
+            if record is None or pod.uid not in state.unsure:
+                return ""  # the watch or a relist settled it meanwhile
+            if landed is None:
+                return self._refuse(
+                    "binding_unknown",
+                    pod,
+                    f"its Binding to {record.node} got no answer and where the pod is cannot "
+                    "be read now; it keeps its power until that is known: retry",
+                )
+            if landed == record.node:
+                state.add_pod(record)  # created after all, as the watch will say
+            else:
+                state.remove_pod(pod.uid)  # not created (or bound by another: the watch says)
+        return ""
+
+    def _create_binding(self, pod: PodRef, node: str, record: PodRecord) -> str:
         try:
             self.binder.bind(pod, node)
         except BindError as exc:
-            if record is not None:
-                self.state.remove_pod(record.uid)
-            self._decided("bind", "api_error")
-            return str(exc)
-        with self._cache_lock:
-            self._pending.pop(pod.uid, None)
-        self._decided("bind", "bound" if record is not None else "bound_unmanaged")
+            landed = self.binder.bound_node(pod) if exc.maybe_bound else ""
+            if landed != node:
+                if landed is None and self.state.mark_unsure(record):
+                    # It may be bound: holding its power until that is read is safe,
+                    # freeing power a bound pod draws is not.
+                    self._decided("bind", "api_unknown")
+                    return f"{exc}; whether the Binding was created is unknown: retry"
+                self.state.unassume(record)
+                self._decided("bind", "api_error")
+                return str(exc)
+            # The answer was lost, not the Binding.
+        self.state.drop_pending(pod.uid)  # bound: no longer waiting (the watch agrees soon)
+        self._decided("bind", "bound")
         return ""
 
     # --- preempt ------------------------------------------------------------------------------
