@@ -279,7 +279,12 @@ def test_kubernetes_binder_reads_where_a_pod_is() -> None:
 
     class Core:
         def read_namespaced_pod(self, name: str, namespace: str, **kw: Any) -> Raw:
-            assert (name, namespace, kw) == ("eu-0", "llm", {"_preload_content": False})
+            # bounded as the Binding is (the default bindTimeout, 4 s)
+            assert (name, namespace, kw) == (
+                "eu-0",
+                "llm",
+                {"_preload_content": False, "_request_timeout": 4.0},
+            )
             answer = answers.pop(0)
             if isinstance(answer, Exception):
                 raise answer
