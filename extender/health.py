@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.responses import Response
@@ -20,15 +20,11 @@ from extender.telemetry import Telemetry
 TEXT = "text/plain"
 
 
-def create_health_app(
-    telemetry: Telemetry,
-    is_ready: Callable[[], bool],
-    *,
-    on_start: Callable[[], None] | None = None,
-    on_stop: Callable[[], None] | None = None,
-) -> FastAPI:
-    """The app. ``on_start``/``on_stop`` run in the server's lifespan (start the mirror
-    and the loops there, stop them there); ``is_ready`` is asked on every ``/readyz``."""
+def serving_lifespan(
+    on_start: Callable[[], None] | None, on_stop: Callable[[], None] | None
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """A FastAPI lifespan that runs ``on_start`` when the server starts and ``on_stop``
+    when it stops (start the mirror and the loops there, stop them there)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -40,9 +36,12 @@ def create_health_app(
             if on_stop is not None:
                 on_stop()
 
-    app = FastAPI(
-        title="powercap", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
-    )
+    return lifespan
+
+
+def add_health_routes(app: FastAPI, telemetry: Telemetry, is_ready: Callable[[], bool]) -> None:
+    """``GET /healthz``, ``/readyz`` (200 once ``is_ready()``, 503 before) and
+    ``/metrics`` on ``app``."""
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -62,4 +61,22 @@ def create_health_app(
     async def metrics() -> Response:
         return Response(telemetry.render(), media_type=CONTENT_TYPE_LATEST)
 
+
+def create_health_app(
+    telemetry: Telemetry,
+    is_ready: Callable[[], bool],
+    *,
+    on_start: Callable[[], None] | None = None,
+    on_stop: Callable[[], None] | None = None,
+) -> FastAPI:
+    """The app. ``on_start``/``on_stop`` run in the server's lifespan (start the mirror
+    and the loops there, stop them there); ``is_ready`` is asked on every ``/readyz``."""
+    app = FastAPI(
+        title="powercap",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=serving_lifespan(on_start, on_stop),
+    )
+    add_health_routes(app, telemetry, is_ready)
     return app

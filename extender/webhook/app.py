@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Literal
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
 from extender.cluster.raw import ProtocolError
+from extender.health import add_health_routes, serving_lifespan
 from extender.telemetry import Telemetry
 from extender.webhook.decisions import Decider, candidate_items
 from extender.webhook.protocol import (
@@ -127,20 +126,6 @@ class Handlers:
         result = ExtenderPreemptionResult(node_name_to_meta_victims=self.decider.preempt(args))
         return Response(result.to_json(), media_type=JSON)
 
-    def readiness(self) -> Response:
-        """200 once the cluster mirror has completed its first sync, 503 before."""
-        if self.is_ready():
-            return Response(b"ok", media_type="text/plain")
-        return Response(
-            b"not ready: the cluster mirror has not completed its first sync",
-            status_code=503,
-            media_type="text/plain",
-        )
-
-    def metrics(self) -> Response:
-        """The Prometheus exposition."""
-        return Response(self.telemetry.render(), media_type=CONTENT_TYPE_LATEST)
-
 
 def create_app(
     decider: Decider,
@@ -155,22 +140,12 @@ def create_app(
     mirror and planner there). ``bind_in_thread`` runs bind off the event loop,
     since the Kubernetes binder blocks on the API server."""
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if on_start is not None:
-            on_start()
-        try:
-            yield
-        finally:
-            if on_stop is not None:
-                on_stop()
-
     app = FastAPI(
         title="powercap extender",
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
-        lifespan=lifespan,
+        lifespan=serving_lifespan(on_start, on_stop),
     )
     handlers = Handlers(decider, telemetry, is_ready)
 
@@ -195,17 +170,7 @@ def create_app(
     async def preempt(request: Request) -> Response:
         return handlers.answer("preempt", await request.body())
 
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        return Response(b"ok", media_type="text/plain")
-
-    @app.get("/readyz")
-    async def readyz() -> Response:
-        return handlers.readiness()
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return handlers.metrics()
+    add_health_routes(app, telemetry, is_ready)
 
     @app.exception_handler(Exception)
     async def _unhandled(_: Request, exc: Exception) -> Response:
