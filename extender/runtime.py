@@ -47,6 +47,7 @@ from extender.controller.loop import Controller, ControllerLoop, PowerSource
 from extender.controller.memory import ConfigMapStateStore, MemoryKeeper, StateStore
 from extender.controller.mode import ControllerMode
 from extender.health import create_health_app
+from extender.periodic import PeriodicLoop
 from extender.profiles.refresh import ProfileRefresher
 from extender.telemetry import CarbonMetrics, ControllerMetrics, Telemetry
 from extender.webhook.app import create_app
@@ -78,6 +79,8 @@ class Extender:
     elector: LeaderElector | None = None
     refresher: ProfileRefresher | None = None
     carbon_loop: CarbonLoop | None = None
+    # Forgets assumed pods whose Binding never landed (ClusterState.expire_assumed).
+    expiry: PeriodicLoop | None = None
 
     def ready(self) -> bool:
         return self.state.synced
@@ -98,8 +101,12 @@ class Extender:
             self.refresher.start()
         if self.carbon_loop is not None:
             self.carbon_loop.start()
+        if self.expiry is not None:
+            self.expiry.start()
 
     def stop(self) -> None:
+        if self.expiry is not None:
+            self.expiry.stop()
         if self.carbon_loop is not None:
             self.carbon_loop.stop()
         if self.refresher is not None:
@@ -242,6 +249,7 @@ def from_cluster(
         seen=ext.telemetry.mirror_seen,
         relists=ext.telemetry.mirror_relists,
     )
+    ext.expiry = assumed_pod_expiry(ext)
     if config.controller.enabled and controller is ControllerMode.RUN:
         add_controller(
             ext,
@@ -268,6 +276,18 @@ def _add_refresher(ext: Extender) -> None:
         settings, lambda: ext.config, lambda new: swap_config(ext, new)
     )
     log.info("profiles re-learned every %gs from %s", settings.interval_s, settings.url)
+
+
+def assumed_pod_expiry(ext: Extender) -> PeriodicLoop:
+    """A loop that forgets, once a second, the assumed pods whose Binding never landed
+    (:meth:`ClusterState.expire_assumed` with ``scheduler.assumedPodTTL``). Filter and
+    bind do it too, but after an API server outage nothing may call them: the power those
+    pods hold keeps the pods that would retry them out."""
+
+    def expire(_now: float) -> None:
+        ext.state.expire_assumed(ttl_s=ext.config.scheduler.assumed_pod_ttl_s)
+
+    return PeriodicLoop("powercap-assumed-pods", expire, 1.0, ready=lambda: ext.state.synced)
 
 
 def controller_from_cluster(

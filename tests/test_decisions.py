@@ -286,10 +286,10 @@ def test_bind_rechecks_caps_under_the_lock() -> None:
 
 
 class FailingBinder:
-    def bind(self, pod_ref: PodRef, node: str) -> None:
+    def bind(self, pod_ref: PodRef, node: str, *, deadline: float | None = None) -> None:
         raise BindError(f"binding {pod_ref} to {node} failed: 409 Conflict")
 
-    def bound_node(self, pod_ref: PodRef) -> str | None:
+    def bound_node(self, pod_ref: PodRef, *, deadline: float | None = None) -> str | None:
         return ""
 
 
@@ -314,13 +314,13 @@ class AnswerlessBinder:
         self.created, self.readable, self.answers = created, readable, False
         self.bound: dict[PodRef, str] = {}
 
-    def bind(self, pod_ref: PodRef, node: str) -> None:
+    def bind(self, pod_ref: PodRef, node: str, *, deadline: float | None = None) -> None:
         if self.answers or self.created:
             self.bound[pod_ref] = node
         if not self.answers:
             raise BindError(f"binding {pod_ref} to {node} failed: reset", maybe_bound=True)
 
-    def bound_node(self, pod_ref: PodRef) -> str | None:
+    def bound_node(self, pod_ref: PodRef, *, deadline: float | None = None) -> str | None:
         return self.bound.get(pod_ref, "") if self.readable else None
 
 
@@ -388,7 +388,7 @@ def test_a_failed_binding_never_undoes_what_the_watch_recorded() -> None:
     mirror_sees(ext, p)
 
     class Overtaken(FailingBinder):
-        def bind(self, pod_ref: PodRef, node: str) -> None:
+        def bind(self, pod_ref: PodRef, node: str, *, deadline: float | None = None) -> None:
             mirror_sees(ext, pod("eu-0", node_name="gpu-2a"), "MODIFIED")
             super().bind(pod_ref, node)
 

@@ -224,11 +224,11 @@ def test_a_relist_keeps_a_pod_whose_binding_is_in_flight() -> None:
     free_during: list[int] = []
 
     class BindingInFlight:
-        def bind(self, pod_ref: PodRef, node_name: str) -> None:
+        def bind(self, pod_ref: PodRef, node_name: str, *, deadline: float | None = None) -> None:
             free_during.append(state.free_gpus(node_name))
             replace_pods(state, resolver, [first])  # 410 Gone: relisted meanwhile
 
-        def bound_node(self, pod_ref: PodRef) -> str | None:
+        def bound_node(self, pod_ref: PodRef, *, deadline: float | None = None) -> str | None:
             return None
 
     ext.decider.binder = BindingInFlight()
@@ -282,6 +282,36 @@ def test_an_assumed_pod_leaves_at_a_relist_after_its_ttl_or_once_it_is_gone(
     now[0] += 60.0
     replace_pods(state, resolver, [pod("c", node_name="gpu-2a")])
     assert state.free_gpus("gpu-2a") == 0
+
+
+def test_an_assumed_pod_still_waiting_after_its_ttl_is_forgotten_without_a_relist(
+    config: Config, state: ClusterState
+) -> None:
+    """A Binding that got no answer (the API server froze) leaves its pod assumed and
+    unsure. Once the API server is back no relist comes and, its power held, nothing
+    retries the pod: past the TTL, a pod the mirror still shows waiting is forgotten. A
+    pod whose Binding landed (no longer waiting) is kept until the watch confirms it."""
+    resolver = DemandResolver(config)
+    now = [100.0]
+    state.clock = lambda: now[0]
+    replace_nodes(state, config, [node("gpu-1a", "rack-1"), node("gpu-2a", "rack-2")])
+    replace_pods(state, resolver, [pod("a"), pod("b")])  # both wait for a node
+    a = pod_record(pod("a", node_name="gpu-1a"), resolver)
+    b = pod_record(pod("b", node_name="gpu-2a"), resolver)
+    assert a is not None and b is not None
+    state.assume(a)
+    assert state.mark_unsure(a)
+    state.assume(b)
+    state.drop_pending(b.uid)  # its Binding was created
+    now[0] += 29.0
+    assert state.expire_assumed(ttl_s=30.0) == []
+    assert state.free_gpus("gpu-1a") == 0
+    now[0] += 2.0
+    assert state.expire_assumed(ttl_s=30.0) == ["uid-llm-a"]
+    assert "uid-llm-a" not in state.pods and state.unsure == set()
+    assert state.free_gpus("gpu-1a") == 8
+    np.testing.assert_allclose(load(state, "rack-1"), 0, atol=1e-9)
+    assert "uid-llm-b" in state.pods and state.free_gpus("gpu-2a") == 0
 
 
 def test_the_mirror_keeps_pending_pods_for_bind(config: Config, state: ClusterState) -> None:

@@ -321,6 +321,25 @@ class ClusterState:
             self.remove_pod(pod.uid)
             return True
 
+    def expire_assumed(self, *, ttl_s: float) -> list[str]:
+        """Forget the pods assumed more than ``ttl_s`` ago that the mirror still shows
+        waiting for a node: their Binding never landed (one that lands reaches the watch
+        and confirms the pod), and holding their power longer would keep others out
+        with nothing left to retry them. Unsure pods included: an API server that
+        answered nothing for ``ttl_s`` did not bind them. Returns the UIDs forgotten."""
+        with self.lock:
+            if not self.assumed:
+                return []
+            now = self.clock()
+            stale = [
+                uid
+                for uid, since in self.assumed.items()
+                if now - since >= ttl_s and uid in self.pending
+            ]
+            for uid in stale:
+                self.remove_pod(uid)
+            return stale
+
     def mark_unsure(self, pod: PodRecord) -> bool:
         """Note that the Binding of assumed ``pod`` got no answer (it may exist or not);
         ``False`` when the watch has settled the pod meanwhile."""

@@ -11,6 +11,7 @@ caller neither frees power a bound pod draws nor holds it for a pod still pendin
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 import orjson
@@ -31,10 +32,14 @@ class BindError(RuntimeError):
 
 
 class Binder(Protocol):
-    def bind(self, pod: PodRef, node: str) -> None:
+    """Both calls take the bind verb's ``deadline`` (``time.monotonic()`` seconds): one
+    bind may make two API calls (a read-back after a lost answer, or before a retried
+    Binding), and together they must end before kube-scheduler stops waiting."""
+
+    def bind(self, pod: PodRef, node: str, *, deadline: float | None = None) -> None:
         """Bind ``pod`` to ``node``; raises :class:`BindError`."""
 
-    def bound_node(self, pod: PodRef) -> str | None:
+    def bound_node(self, pod: PodRef, *, deadline: float | None = None) -> str | None:
         """The node ``pod`` is bound to now: ``""`` when it is unbound or gone (another
         pod of its name is not it), ``None`` when that cannot be read now."""
 
@@ -45,11 +50,15 @@ class StaticBinder:
     def __init__(self) -> None:
         self.bound: dict[PodRef, str] = {}
 
-    def bind(self, pod: PodRef, node: str) -> None:
+    def bind(self, pod: PodRef, node: str, *, deadline: float | None = None) -> None:
         self.bound[pod] = node
 
-    def bound_node(self, pod: PodRef) -> str | None:
+    def bound_node(self, pod: PodRef, *, deadline: float | None = None) -> str | None:
         return self.bound.get(pod, "")
+
+
+# A call with less time than this left in its bind is not started: it could not finish.
+MIN_CALL_S = 0.1
 
 
 def binding_body(pod: PodRef, node: str) -> dict[str, Any]:
@@ -84,10 +93,18 @@ class KubernetesBinder:
         self.core = core
         self.timeouts = timeouts
 
-    def bind(self, pod: PodRef, node: str) -> None:
+    def _timeout(self, deadline: float | None) -> float:
+        """The bind timeout, or what is left of ``deadline`` when that is less."""
+        limit = bind_timeout(self.timeouts)
+        return limit if deadline is None else min(limit, deadline - time.monotonic())
+
+    def bind(self, pod: PodRef, node: str, *, deadline: float | None = None) -> None:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
+        timeout = self._timeout(deadline)
+        if timeout < MIN_CALL_S:
+            raise BindError(f"binding {pod} to {node}: no time left in this bind; retry")
         try:
             # Raw response: the client's model of a Binding reply fails to deserialise.
             response = self.core.create_namespaced_pod_binding(
@@ -95,7 +112,7 @@ class KubernetesBinder:
                 pod.namespace,
                 binding_body(pod, node),
                 _preload_content=False,
-                _request_timeout=bind_timeout(self.timeouts),
+                _request_timeout=timeout,
             )
             # Read and release, or the connection never returns to the pool and the
             # next bind pays a new TLS handshake.
@@ -114,17 +131,20 @@ class KubernetesBinder:
                 f"binding {pod} to {node} failed: {exc}", maybe_bound=not _never_sent(exc)
             ) from exc
 
-    def bound_node(self, pod: PodRef) -> str | None:
+    def bound_node(self, pod: PodRef, *, deadline: float | None = None) -> str | None:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
+        timeout = self._timeout(deadline)
+        if timeout < MIN_CALL_S:
+            return None  # no time left to read it in this bind: unknown for now
         try:
             # Read within a bind: bounded as the Binding is.
             response = self.core.read_namespaced_pod(
                 pod.name,
                 pod.namespace,
                 _preload_content=False,
-                _request_timeout=bind_timeout(self.timeouts),
+                _request_timeout=timeout,
             )
             data = orjson.loads(response.data)
             response.release_conn()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -323,6 +324,7 @@ class Decider:
     # --- filter ---------------------------------------------------------------------------
     def filter(self, args: ExtenderArgs) -> FilterOutcome:
         """Which candidates the pod may go to (see the module doc)."""
+        self.state.expire_assumed(ttl_s=self.config.scheduler.assumed_pod_ttl_s)
         names = args.candidate_names()
         demand = self.demand(args.pod)
         if not demand.managed:
@@ -431,14 +433,18 @@ class Decider:
         is already bound to ``Node`` (a retried bind), else the error for the scheduler.
         A refused bind leaves the state as it was."""
         pod = PodRef(args.pod_namespace, args.pod_name, args.pod_uid)
+        # Every API call this bind makes shares one budget, so the answer comes before
+        # kube-scheduler's httpTimeout however many calls it takes.
+        deadline = time.monotonic() + self.config.kubernetes.bind_timeout_s
+        self.state.expire_assumed(ttl_s=self.config.scheduler.assumed_pod_ttl_s)
         if pod.uid in self.state.unsure:
-            refused = self._settle(pod)
+            refused = self._settle(pod, deadline=deadline)
             if refused:
                 return refused
         recorded = self._record_if_fits(pod, args.node)
         if isinstance(recorded, str):
             return recorded
-        return self._create_binding(pod, args.node, recorded)
+        return self._create_binding(pod, args.node, recorded, deadline=deadline)
 
     def _refuse(self, outcome: str, pod: PodRef, why: str) -> str:
         self._decided("bind", outcome)
@@ -578,11 +584,12 @@ class Decider:
             return f"powercap: {demand.problem}"
         return waiting
 
-    def _settle(self, pod: PodRef) -> str:
+    def _settle(self, pod: PodRef, *, deadline: float) -> str:
         """Settle a pod whose last Binding got no answer by reading where it is: bound
         there, its record stands (confirmed); not bound, the record goes and the bind
         goes on. ``""`` to go on, else the refusal (where it is cannot be read)."""
-        landed = self.binder.bound_node(pod)  # an API call: outside the state lock
+        # an API call: outside the state lock
+        landed = self.binder.bound_node(pod, deadline=deadline)
         state = self.state
         with state.lock:
             record = state.pods.get(pod.uid)
@@ -601,11 +608,11 @@ class Decider:
                 state.remove_pod(pod.uid)  # not created (or bound by another: the watch says)
         return ""
 
-    def _create_binding(self, pod: PodRef, node: str, record: PodRecord) -> str:
+    def _create_binding(self, pod: PodRef, node: str, record: PodRecord, *, deadline: float) -> str:
         try:
-            self.binder.bind(pod, node)
+            self.binder.bind(pod, node, deadline=deadline)
         except BindError as exc:
-            landed = self.binder.bound_node(pod) if exc.maybe_bound else ""
+            landed = self.binder.bound_node(pod, deadline=deadline) if exc.maybe_bound else ""
             if landed != node:
                 if landed is None and self.state.mark_unsure(record):
                     # It may be bound: holding its power until that is read is safe,
