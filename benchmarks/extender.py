@@ -38,6 +38,7 @@ from extender.config.loading import config_from_problem
 from extender.config.model import PlannerSettings, ScoringSpec
 from extender.webhook.planner import Planner
 from extender.webhook.protocol import ExtenderArgs, parse
+from extender.webhook.settings import Limits
 from placement.problem import Problem
 from placement.strategies import run_strategy
 
@@ -214,30 +215,15 @@ def _failing_share(cluster: Cluster) -> float:
 
 
 def _handlers(ext: runtime.Extender) -> tuple[Any, Any]:
-    """The byte-in/byte-out work the app does per request, without the HTTP server."""
-    from extender.webhook.app import create_app
+    """The byte-in/byte-out work the app does per request (parse, decide, encode), as
+    the verbs' worker threads run it, without the HTTP server."""
+    from extender.webhook.app import Handlers
 
-    app = create_app(ext.decider, ext.telemetry, ext.ready)
-    found: dict[str, Any] = {}
-    for route in app.routes:
-        endpoint = getattr(route, "endpoint", None)
-        if endpoint is not None:
-            found[getattr(route, "path", "")] = endpoint
-    import asyncio
-
-    class _Req:
-        def __init__(self, body: bytes) -> None:
-            self._body = body
-
-        async def body(self) -> bytes:
-            return self._body
-
-    loop = asyncio.new_event_loop()
-
-    def call(path: str) -> Any:
-        return lambda body: loop.run_until_complete(found[path](_Req(body)))
-
-    return call("/filter"), call("/prioritize")
+    handlers = Handlers(ext.decider, ext.telemetry, Limits().max_candidates)
+    return (
+        lambda body: handlers.answer("filter", body),
+        lambda body: handlers.answer("prioritize", body),
+    )
 
 
 # --- HTTP -----------------------------------------------------------------------------------
