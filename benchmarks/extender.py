@@ -5,6 +5,7 @@ HTTP p99 ≤ 10 ms at 200 requests/s).
     python -m benchmarks.extender                 # both parts
     python -m benchmarks.extender --part compute  # decisions only
     python -m benchmarks.extender --part http --rate 200 --seconds 20
+    python -m benchmarks.extender --part flood --seconds 20
 
 The cluster is :func:`benchmarks.synthetic.synthetic_problem` at 5,000 nodes, 19
 rows and 480 racks (500 domains, T = 144), two thirds of the greedy placement
@@ -13,14 +14,21 @@ cache first (as a bind between two pods does), so each one pays the full cost.
 
 * compute: ``Decider.filter`` + ``Decider.prioritize`` on parsed requests, and the
   same through the byte-in/byte-out handlers (orjson parse, decide, encode);
-* HTTP: uvicorn serving the app on 127.0.0.1 (a free port), a second process sending
-  filter+prioritize pairs at a fixed rate, open-loop, for a bounded time; latency is
-  per request, measured by the client.
+* HTTP: the extender's two servers (:meth:`extender.runtime.Extender.servers`, default
+  limits) on 127.0.0.1, a second process sending filter+prioritize pairs to the verbs at
+  a fixed rate, open-loop, for a bounded time; latency is per request, measured by the
+  client.
+* flood: the same servers; a process probing ``/healthz`` on the metrics address every
+  20 ms on a new connection each time (as the kubelet does), first with no load, then
+  while :data:`FLOODERS` processes send the verbs hostile bodies back to back (9 MiB with
+  and without ``Content-Length``, and 100,000 node names), each on a new connection.
+  DESIGN's raised bar: ``/healthz`` p99 < 100 ms while the verbs are flooded.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import socket
 import threading
@@ -38,6 +46,7 @@ from extender.config.loading import config_from_problem
 from extender.config.model import PlannerSettings, ScoringSpec
 from extender.webhook.planner import Planner
 from extender.webhook.protocol import ExtenderArgs, parse
+from extender.webhook.settings import Address, Limits, ServeSettings
 from placement.problem import Problem
 from placement.strategies import run_strategy
 
@@ -214,57 +223,52 @@ def _failing_share(cluster: Cluster) -> float:
 
 
 def _handlers(ext: runtime.Extender) -> tuple[Any, Any]:
-    """The byte-in/byte-out work the app does per request, without the HTTP server."""
-    from extender.webhook.app import create_app
+    """The byte-in/byte-out work the app does per request (parse, decide, encode), as
+    the verbs' worker threads run it, without the HTTP server."""
+    from extender.webhook.app import Handlers
 
-    app = create_app(ext.decider, ext.telemetry, ext.ready)
-    found: dict[str, Any] = {}
-    for route in app.routes:
-        endpoint = getattr(route, "endpoint", None)
-        if endpoint is not None:
-            found[getattr(route, "path", "")] = endpoint
-    import asyncio
-
-    class _Req:
-        def __init__(self, body: bytes) -> None:
-            self._body = body
-
-        async def body(self) -> bytes:
-            return self._body
-
-    loop = asyncio.new_event_loop()
-
-    def call(path: str) -> Any:
-        return lambda body: loop.run_until_complete(found[path](_Req(body)))
-
-    return call("/filter"), call("/prioritize")
+    handlers = Handlers(ext.decider, ext.telemetry, Limits().max_candidates)
+    return (
+        lambda body: handlers.answer("filter", body),
+        lambda body: handlers.answer("prioritize", body),
+    )
 
 
 # --- HTTP -----------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _serve(port: int, ready: Any, stop: Any) -> None:
-    import uvicorn
-
+def _serve(ready: Any, stop: Any) -> None:
+    """The benchmark cluster served as ``powercap serve`` serves it: the verbs and the
+    metrics address on free loopback ports, default limits. Sends ``(bodies, verbs
+    port, metrics port)`` on ``ready``, serves until ``stop`` is set."""
     cluster = build_cluster()
-    cluster_bodies = cluster.bodies
-    server = uvicorn.Server(
-        uvicorn.Config(
-            cluster.ext.app(), host="127.0.0.1", port=port, log_level="warning", access_log=False
-        )
+    settings = ServeSettings(
+        verbs=Address("127.0.0.1", 0), metrics=Address("127.0.0.1", 0), log_level="warning"
     )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    ready.send(cluster_bodies)
+    servers = cluster.ext.servers(settings)
+    servers.start()
+    ready.send((cluster.bodies, servers.verbs_port, servers.metrics_port))
     stop.wait()
-    server.should_exit = True
-    thread.join(10)
+    servers.stop()
+
+
+def _start_server() -> tuple[Any, Any, list[tuple[bytes, bytes]], int, int]:
+    """The server process, its stop event, the request bodies and the two ports."""
+    ctx = mp.get_context("spawn")
+    ready_recv, ready_send = ctx.Pipe(duplex=False)
+    stop = ctx.Event()
+    server = ctx.Process(target=_serve, args=(ready_send, stop), daemon=True)
+    server.start()
+    if not ready_recv.poll(300):
+        server.terminate()
+        raise RuntimeError("the extender did not start within 300 s")
+    bodies, verbs_port, metrics_port = ready_recv.recv()
+    return server, stop, bodies, verbs_port, metrics_port
+
+
+def _stop_server(server: Any, stop: Any) -> None:
+    stop.set()
+    server.join(30)
+    if server.is_alive():
+        server.terminate()
 
 
 def _load(port: int, bodies: list[tuple[bytes, bytes]], rate: float, seconds: float) -> Any:
@@ -327,15 +331,8 @@ def _client(
 def bench_http(rate: float = 200.0, seconds: float = 20.0) -> dict[str, float]:
     """p50/p99 over HTTP at ``rate`` requests/s for ``seconds`` (see the module doc)."""
     ctx = mp.get_context("spawn")
-    port = _free_port()
-    ready_recv, ready_send = ctx.Pipe(duplex=False)
-    stop = ctx.Event()
-    server = ctx.Process(target=_serve, args=(port, ready_send, stop), daemon=True)
-    server.start()
+    server, stop, bodies, port, _ = _start_server()
     try:
-        if not ready_recv.poll(300):
-            raise RuntimeError("the extender did not start within 300 s")
-        bodies = ready_recv.recv()
         out_recv, out_send = ctx.Pipe(duplex=False)
         client = ctx.Process(target=_client, args=(port, bodies, rate, seconds, out_send))
         client.start()
@@ -344,10 +341,7 @@ def bench_http(rate: float = 200.0, seconds: float = 20.0) -> dict[str, float]:
         latencies, errors = out_recv.recv()
         client.join(10)
     finally:
-        stop.set()
-        server.join(15)
-        if server.is_alive():
-            server.terminate()
+        _stop_server(server, stop)
     result = _percentiles(latencies)
     result["errors"] = float(errors)
     result["rate_rps"] = rate
@@ -355,9 +349,138 @@ def bench_http(rate: float = 200.0, seconds: float = 20.0) -> dict[str, float]:
     return result
 
 
+# --- health under a flood -------------------------------------------------------------------
+FLOODERS = 4
+OVERSIZE = 9 * 1024 * 1024  # over the default 8 MiB body limit
+HUGE_LIST = 100_000  # node names, over the default 20,000 candidates
+
+
+def _flood_requests() -> list[tuple[str, bytes, bytes]]:
+    """The hostile requests a flooder cycles through: ``(kind, head, body)``."""
+    huge = orjson.dumps(
+        {
+            "Pod": scheduler_pod("flood", "svc", 8),
+            "NodeNames": [f"node-{i:06d}" for i in range(HUGE_LIST)],
+        }
+    )
+    oversize = b"x" * OVERSIZE
+
+    def head(length: int | None) -> bytes:
+        size = b"Content-Length: %d\r\n" % length if length is not None else b""
+        chunked = b"" if length is not None else b"Transfer-Encoding: chunked\r\n"
+        return (
+            b"POST /filter HTTP/1.1\r\nHost: extender\r\nContent-Type: application/json\r\n"
+            + size
+            + chunked
+            + b"\r\n"
+        )
+
+    chunk = 256 * 1024
+    chunked = (
+        b"".join(
+            b"%x\r\n%s\r\n" % (chunk, oversize[i : i + chunk]) for i in range(0, OVERSIZE, chunk)
+        )
+        + b"0\r\n\r\n"
+    )
+    return [
+        ("oversize declared", head(OVERSIZE), oversize),
+        ("oversize chunked", head(None), chunked),
+        ("100k names", head(len(huge)), huge),
+    ]
+
+
+def _flooder(port: int, seconds: float, out: Any) -> None:
+    """Hostile requests back to back for ``seconds``, one connection each; counts the
+    answers by kind and status (``reset`` when the server closed while we sent)."""
+    requests = _flood_requests()
+    counts: dict[str, int] = {}
+    end = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < end:
+        kind, head, body = requests[i % len(requests)]
+        i += 1
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                s.sendall(head)
+                with contextlib.suppress(OSError):  # the server may answer before the end
+                    s.sendall(body)
+                status = s.recv(64).split(b" ", 2)[1].decode()
+        except (OSError, IndexError):
+            status = "reset"
+        key = f"{kind}: {status}"
+        counts[key] = counts.get(key, 0) + 1
+    out.send(counts)
+
+
+def _prober(port: int, seconds: float, every_s: float, out: Any) -> None:
+    """GET /healthz every ``every_s`` for ``seconds``, a new connection each time (as the
+    kubelet probes); latency per probe, from connecting to the full answer."""
+    latencies: list[float] = []
+    failures = 0
+    request = b"GET /healthz HTTP/1.1\r\nHost: extender\r\nConnection: close\r\n\r\n"
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        t0 = time.perf_counter()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(request)
+                answer = b""
+                while chunk := s.recv(4096):
+                    answer += chunk
+            ok = answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok")
+        except OSError:
+            ok = False
+        t1 = time.perf_counter()
+        if ok:
+            latencies.append(t1 - t0)
+        else:
+            failures += 1
+        time.sleep(max(0.0, every_s - (t1 - t0)))
+    out.send((latencies, failures))
+
+
+def bench_flood(seconds: float = 20.0, idle_s: float = 5.0) -> dict[str, Any]:
+    """``/healthz`` on the metrics address: p50/p99/max for ``idle_s`` with no load,
+    then for ``seconds`` while :data:`FLOODERS` processes send oversize and 100k-name
+    bodies to the verbs back to back (see the module doc)."""
+    ctx = mp.get_context("spawn")
+    server, stop, _, verbs_port, metrics_port = _start_server()
+    try:
+        probe_recv, probe_send = ctx.Pipe(duplex=False)
+        prober = ctx.Process(target=_prober, args=(metrics_port, idle_s, 0.02, probe_send))
+        prober.start()
+        idle, idle_failures = probe_recv.recv()
+        prober.join(10)
+        probe_recv, probe_send = ctx.Pipe(duplex=False)
+        prober = ctx.Process(target=_prober, args=(metrics_port, seconds, 0.02, probe_send))
+        pipes = [ctx.Pipe(duplex=False) for _ in range(FLOODERS)]
+        flooders = [
+            ctx.Process(target=_flooder, args=(verbs_port, seconds, send)) for _, send in pipes
+        ]
+        for p in flooders:
+            p.start()
+        prober.start()
+        flooded, flooded_failures = probe_recv.recv()
+        counts: dict[str, int] = {}
+        for recv, _ in pipes:
+            if not recv.poll(seconds + 120):
+                raise RuntimeError("a flooder did not finish in time")
+            for key, n in recv.recv().items():
+                counts[key] = counts.get(key, 0) + n
+        for p in [prober, *flooders]:
+            p.join(10)
+    finally:
+        _stop_server(server, stop)
+    return {
+        "idle": _percentiles(idle) | {"failures": float(idle_failures)},
+        "flooded": _percentiles(flooded) | {"failures": float(flooded_failures)},
+        "flood": counts,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["compute", "http", "all"], default="all")
+    parser.add_argument("--part", choices=["compute", "http", "flood", "all"], default="all")
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=20.0)
@@ -388,6 +511,17 @@ def main() -> None:
             f"  p99 {stats['p99_ms']:.3f} ms  max {stats['max_ms']:.3f} ms"
             f"  (n={int(stats['n'])}, errors={int(stats['errors'])}, per request)"
         )
+    if args.part in ("flood", "all"):
+        flood = bench_flood(args.seconds)
+        for phase in ("idle", "flooded"):
+            stats = flood[phase]
+            print(
+                f"healthz {phase:<8} p50 {stats['p50_ms']:.2f} ms  p99 {stats['p99_ms']:.2f} ms"
+                f"  max {stats['max_ms']:.2f} ms  (n={int(stats['n'])}, "
+                f"failures={int(stats['failures'])}, new connection per probe)"
+            )
+        sent = ", ".join(f"{k} × {n}" for k, n in sorted(flood["flood"].items()))
+        print(f"flood   {FLOODERS} processes for {args.seconds:.0f}s: {sent}")
 
 
 if __name__ == "__main__":

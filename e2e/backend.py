@@ -37,7 +37,7 @@ from e2e.deploy import (
     write_config,
 )
 from e2e.extender_view import plan_gauges
-from e2e.scheduler import start_extender, start_scheduler
+from e2e.scheduler import ExtenderPorts, start_extender, start_scheduler
 from placement.cluster_run import ClusterRun, LiveSettings, ReplayOutcome
 from placement.problem import Problem
 
@@ -164,16 +164,16 @@ class Schedulers:
     with the gauges of its first plan (``planner``; empty without an extender)."""
 
     extender: Process | None = None
-    extender_port: int | None = None
+    extender_ports: ExtenderPorts | None = None
     planner: dict[str, float] = field(default_factory=dict)
     watched: list[Process] = field(default_factory=list)
 
     @property
-    def running_extender(self) -> tuple[Process, int] | None:
-        """The extender and its port, as :func:`e2e.replay.replay_window` takes them."""
-        if self.extender is None or self.extender_port is None:
+    def running_extender(self) -> tuple[Process, ExtenderPorts] | None:
+        """The extender and its ports, as :func:`e2e.replay.replay_window` takes them."""
+        if self.extender is None or self.extender_ports is None:
             return None
-        return self.extender, self.extender_port
+        return self.extender, self.extender_ports
 
     def alive(self) -> None:
         """Raise :class:`RuntimeError` with the log's tail if a watched process exited."""
@@ -267,16 +267,16 @@ def start_schedulers(
     if settings.scheduler == "powercap":
         config = write_config(problem, c.run_dir / "powercap.json", choice)
         step(f"starting the extender; {settings.planner} plans the cluster")
-        extender, port = start_extender(c, config)
-        schedulers.extender, schedulers.extender_port = extender, port
+        extender, ports = start_extender(c, config)
+        schedulers.extender, schedulers.extender_ports = extender, ports
         schedulers.watched.append(extender)
         wait_for(
             "the extender's first plan",
-            lambda: bool(plan_gauges(port)),
+            lambda: bool(plan_gauges(ports.metrics)),
             timeout_s=settings.planner_time_limit_s + 120.0,
             every_s=1.0,
         )
-        schedulers.planner = plan_gauges(port)
+        schedulers.planner = plan_gauges(ports.metrics)
         laps("plan_s")
 
     wanted = int(problem.services.demand.sum())
@@ -284,7 +284,7 @@ def start_schedulers(
     schedulers.watched.append(
         start_scheduler(
             c,
-            schedulers.extender_port,
+            schedulers.extender_ports.verbs if schedulers.extender_ports else None,
             stock=settings.scheduler == "default" and settings.stock_default,
         )
     )
@@ -298,7 +298,7 @@ def replay_outcomes(
     *,
     settings: LiveSettings,
     choice: PlannerChoice,
-    extender: tuple[Process, int] | None,
+    extender: tuple[Process, ExtenderPorts] | None,
     step: Callable[[str], None],
     laps: Laps,
 ) -> tuple[ReplayOutcome | None, ReplayOutcome | None]:

@@ -50,7 +50,8 @@ def pod_feed(core: Any, into: StaticPods) -> Iterator[None]:
 
 
 def samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """The extender's /metrics as ``{(sample name, sorted labels): value}``."""
+    """The extender's /metrics on its metrics ``port``, as ``{(sample name, sorted
+    labels): value}``."""
     import urllib.request
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:

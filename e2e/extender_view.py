@@ -24,7 +24,8 @@ TOLERANCE_W = 1e-3
 
 
 def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """Every sample of the extender's ``/metrics``: name → sorted labels → value."""
+    """Every sample of the extender's ``/metrics`` on its metrics ``port``: name → sorted
+    labels → value."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
     out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}

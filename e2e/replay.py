@@ -45,7 +45,7 @@ from e2e.powersim import (
 )
 from e2e.prometheus import ScrapeJob, prometheus
 from e2e.rbac import NAMESPACE as LEASE_NAMESPACE
-from e2e.scheduler import start_controller, start_extender
+from e2e.scheduler import ExtenderPorts, start_controller, start_extender
 from placement.cluster_run import DAY_S, ReplayOutcome, ReplaySettings, speed_problem
 from placement.grid import Grid
 from placement.problem import Problem
@@ -242,7 +242,8 @@ class BreachMeter:
 
 
 def controller_actions(port: int) -> dict[str, int]:
-    """``powercap_controller_actions_total`` summed by kind (dry runs left out)."""
+    """``powercap_controller_actions_total`` summed by kind (dry runs left out), from the
+    extender's metrics ``port``."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
     out: dict[str, int] = {}
@@ -290,7 +291,7 @@ def replay_window(
     *,
     replay: ReplaySettings,
     planner: PlannerChoice,
-    extender: tuple[Process, int] | None,
+    extender: tuple[Process, ExtenderPorts] | None,
     log_dir: Path,
     step: Callable[[str], None],
 ) -> tuple[ReplayOutcome, Process | None]:
@@ -331,9 +332,9 @@ def replay_window(
             path.write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2))
             clock: SimClock = HeldClock(start, speed, t0=compressed.t0)
             step("restarting the extender with the controller")
-            proc, port = extender
+            proc, ports = extender
             proc.stop()
-            running, _ = start_extender(c, path, port=port)
+            running, _ = start_extender(c, path, ports=ports)
             acting = start_controller(c, path)
         else:
             clock = HeldClock(start, speed, t0=math.ceil(time.time()) + 1.0)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,22 +53,31 @@ def powercap_json(*args: str, timeout_s: float | None = None) -> dict[str, Any]:
     return result
 
 
+@dataclass(frozen=True)
+class ExtenderPorts:
+    """Where a ``powercap serve`` listens on loopback: the scheduler verbs (``verbs``, the
+    port kube-scheduler calls) and health, readiness and metrics (``metrics``)."""
+
+    verbs: int
+    metrics: int
+
+
 def start_extender(
     c: Cluster,
     config: Path,
     timeout_s: float = 60.0,
     *,
-    port: int | None = None,
+    ports: ExtenderPorts | None = None,
     name: str = "powercap-extender",
-) -> tuple[Process, int]:
-    """``powercap serve --controller=track`` on loopback ``port`` (a free one when
+) -> tuple[Process, ExtenderPorts]:
+    """``powercap serve --controller=track`` on loopback ``ports`` (free ones when
     ``None``), authenticated as the ServiceAccount ``powercap-scheduler``; returns once
-    ``/readyz`` answers 200 (the mirror has listed Nodes and Pods), so the scheduler's first
-    calls find it ready. Passing the port of an extender that was stopped restarts it where
-    a running kube-scheduler already calls it. ``name`` names the process and its log
-    (two instances side by side need two)."""
-    if port is None:
-        (port,) = free_ports(1)
+    ``/readyz`` on the metrics port answers 200 (the mirror has listed Nodes and Pods), so
+    the scheduler's first calls find it ready. Passing the ports of an extender that was
+    stopped restarts it where a running kube-scheduler already calls it. ``name`` names
+    the process and its log (two instances side by side need two)."""
+    if ports is None:
+        ports = ExtenderPorts(*free_ports(2))
     argv = [
         *powercap_command(),
         "serve",
@@ -77,14 +87,23 @@ def start_extender(
         str(account_kubeconfig(c, SCHEDULER_ACCOUNT)),
         "--controller",
         "track",
+        *serve_address_args(ports),
+    ]
+    proc = c.start(name, argv)
+    wait_ready(proc, ports.metrics, timeout_s)
+    return proc, ports
+
+
+def serve_address_args(ports: ExtenderPorts) -> list[str]:
+    """The ``powercap serve`` options that put it on ``ports`` on loopback."""
+    return [
         "--host",
         "127.0.0.1",
         "--port",
-        str(port),
+        str(ports.verbs),
+        "--metrics-address",
+        f"127.0.0.1:{ports.metrics}",
     ]
-    proc = c.start(name, argv)
-    wait_ready(proc, port, timeout_s)
-    return proc, port
 
 
 def start_controller(
@@ -118,15 +137,15 @@ def start_controller(
     return proc, port
 
 
-def wait_ready(proc: Process, port: int, timeout_s: float = 60.0) -> None:
+def wait_ready(proc: Process, metrics_port: int, timeout_s: float = 60.0) -> None:
     """Wait until the ``powercap serve`` or ``powercap controller`` in ``proc`` answers 200
-    on ``/readyz``; raise with its log tail if it exits first."""
+    on ``/readyz`` on its metrics port; raise with its log tail if it exits first."""
 
     def ready() -> bool:
         if not proc.alive():
             raise RuntimeError(f"{proc.name} exited early:\n{proc.tail()}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=2) as r:
                 return int(r.status) == 200
         except (urllib.error.URLError, OSError):
             return False

@@ -1,4 +1,5 @@
-"""Assembling a running extender: state, decisions, planner, mirror, metrics, app.
+"""Assembling a running extender: state, decisions, planner, mirror, metrics, and the two
+apps and their servers (:meth:`Extender.servers`, what ``powercap serve`` runs).
 
 Two shapes:
 
@@ -46,7 +47,7 @@ from extender.controller.actions import ClusterApi, KubernetesClusterApi
 from extender.controller.loop import Controller, ControllerLoop, PowerSource
 from extender.controller.memory import ConfigMapStateStore, MemoryKeeper, StateStore
 from extender.controller.mode import ControllerMode
-from extender.health import create_health_app
+from extender.health import Heartbeat, create_health_app
 from extender.periodic import PeriodicLoop
 from extender.profiles.refresh import ProfileRefresher
 from extender.telemetry import CarbonMetrics, ControllerMetrics, Telemetry
@@ -54,6 +55,8 @@ from extender.webhook.app import create_app
 from extender.webhook.binding import Binder, KubernetesBinder, StaticBinder
 from extender.webhook.decisions import Decider
 from extender.webhook.planner import Planner
+from extender.webhook.serving import Servers
+from extender.webhook.settings import Limits, ServeSettings
 from placement.problem import Problem
 from placement.scenario.files import load_problem
 from placement.validation import ProblemsError
@@ -125,15 +128,29 @@ class Extender:
         :meth:`app`: what ``powercap controller`` serves."""
         return create_health_app(self.telemetry, self.ready, on_start=self.start, on_stop=self.stop)
 
-    def app(self) -> FastAPI:
+    def app(self, limits: Limits | None = None, heartbeat: Heartbeat | None = None) -> FastAPI:
+        """The scheduler verbs' app, bounded by ``limits``; its lifespan starts and stops
+        the extender (:meth:`start`, :meth:`stop`)."""
         return create_app(
             self.decider,
             self.telemetry,
-            self.ready,
+            limits=limits,
+            heartbeat=heartbeat,
             on_start=self.start,
             on_stop=self.stop,
-            bind_in_thread=not isinstance(self.binder, StaticBinder),
         )
+
+    def metrics_app(self, heartbeat: Heartbeat | None = None) -> FastAPI:
+        """Health, readiness and metrics; with ``heartbeat`` (the one given to
+        :meth:`app`), they follow the verbs' app too."""
+        return create_health_app(self.telemetry, self.ready, heartbeat=heartbeat)
+
+    def servers(self, settings: ServeSettings) -> Servers:
+        """What ``powercap serve`` runs: both apps on their addresses (see
+        :mod:`extender.webhook.serving`); raises ``ServeError`` naming the option when an
+        address cannot be bound or a TLS file loaded."""
+        heartbeat = Heartbeat()
+        return Servers(self.app(settings.limits, heartbeat), self.metrics_app(heartbeat), settings)
 
 
 def _assemble(

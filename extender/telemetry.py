@@ -46,8 +46,9 @@ LATENCY_BUCKETS = (
 )
 
 
-# Outcomes of any verb that mean the extender could not answer; binds that failed.
-ERROR_OUTCOMES = ("bad_request", "internal_error")
+# Outcomes of any verb that mean the extender could not answer (the last two: refused by
+# a bound of powercap serve); binds that failed.
+ERROR_OUTCOMES = ("bad_request", "internal_error", "too_large", "busy")
 BIND_FAILURES = ("api_error", "over_cap")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,8 +10,8 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from extender.health import Heartbeat, create_health_app
 from extender.runtime import Extender
-from extender.webhook.app import create_app
 from tests.scheduler_payloads import bind_body, filter_body, node, pod, small_extender
 
 ALL = ["gpu-1a", "gpu-1b", "gpu-2a", "gpu-2b", "gpu-3a", "gpu-3b", "gpu-4a", "gpu-4b"]
@@ -108,15 +109,24 @@ def test_malformed_requests_get_400_naming_the_field(
     assert "Traceback" not in r.text
 
 
-def test_internal_errors_are_500_without_traceback(ext: Extender) -> None:
+def test_internal_errors_are_500_naming_only_the_verb(
+    ext: Extender, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The exception text can carry what the API server answered (headers, bodies): it
+    goes to the log, and the caller learns only that the verb failed."""
+
     def broken(*_: object) -> Any:
-        raise RuntimeError("boom")
+        raise RuntimeError("boom: Authorization: Bearer s3cret")
 
     ext.decider.filter = broken  # type: ignore[method-assign,assignment]
     with TestClient(ext.app(), raise_server_exceptions=False) as c:
         r = c.post("/filter", content=filter_body(pod("eu-0"), ALL), headers=JSON)
     assert r.status_code == 500
-    assert r.json() == {"Error": "filter: internal error: RuntimeError: boom"}
+    assert r.json() == {"Error": "filter: internal error; the extender's log has the details"}
+    assert "boom" not in r.text and "RuntimeError" not in r.text
+    logged = [rec for rec in caplog.records if rec.getMessage() == "filter failed"]
+    assert logged and logged[0].exc_info is not None
+    assert "s3cret" in str(logged[0].exc_info[1])
 
 
 def test_preempt(client: TestClient) -> None:
@@ -133,7 +143,7 @@ def test_preempt(client: TestClient) -> None:
 
 def test_health_and_readiness(ext: Extender) -> None:
     ext.state.synced = False
-    app = create_app(ext.decider, ext.telemetry, ext.ready)
+    app = create_health_app(ext.telemetry, ext.ready)
     with TestClient(app) as c:
         assert c.get("/healthz").status_code == 200
         r = c.get("/readyz")
@@ -142,10 +152,47 @@ def test_health_and_readiness(ext: Extender) -> None:
         assert c.get("/readyz").status_code == 200
 
 
-def test_metrics(client: TestClient) -> None:
+def test_readiness_and_health_follow_the_verbs_app(ext: Extender) -> None:
+    """``/readyz`` waits for the verbs' app to run; ``/healthz`` fails when its event
+    loop stops turning, and passes while it has not started or after it stopped."""
+    heartbeat = Heartbeat(stale_after_s=30.0)
+
+    def beating() -> bool:
+        return heartbeat.running
+
+    with TestClient(ext.metrics_app(heartbeat)) as probes:
+        r = probes.get("/readyz")
+        assert r.status_code == 503 and "verbs are not served" in r.text
+        assert probes.get("/healthz").status_code == 200
+        with TestClient(ext.app(heartbeat=heartbeat)):
+            assert beating()
+            assert probes.get("/readyz").status_code == 200
+            assert probes.get("/healthz").status_code == 200
+        assert not beating()
+        assert probes.get("/healthz").status_code == 200
+        assert probes.get("/readyz").status_code == 503
+        heartbeat.last = time.monotonic() - 31.0  # a beat 31 s ago, none since: stuck
+        r = probes.get("/healthz")
+        assert r.status_code == 503 and "has not turned for 31 s" in r.text
+
+
+def test_each_app_serves_only_its_own_paths(ext: Extender) -> None:
+    """The verbs' address answers no probe or scrape; the metrics address no verb."""
+    with TestClient(ext.app()) as verbs, TestClient(ext.metrics_app()) as probes:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert verbs.get(path).status_code == 404
+            assert probes.get(path).status_code == 200
+        for path in ("/filter", "/prioritize", "/bind", "/preempt"):
+            r = probes.post(path, content=filter_body(pod("eu-0"), ALL), headers=JSON)
+            assert r.status_code in (404, 405)
+            assert verbs.post(path, content=b"{}", headers=JSON).status_code == 400
+
+
+def test_metrics(client: TestClient, ext: Extender) -> None:
     client.post("/filter", content=filter_body(pod("eu-0"), ALL), headers=JSON)
     client.post("/filter", content=b"{", headers=JSON)
-    text = client.get("/metrics").text
+    with TestClient(ext.metrics_app()) as probes:
+        text = probes.get("/metrics").text
     assert 'powercap_extender_request_seconds_bucket{le="0.001",verb="filter"}' in text
     assert 'powercap_extender_decisions_total{outcome="all_fit",verb="filter"} 1.0' in text
     assert 'powercap_extender_decisions_total{outcome="bad_request",verb="filter"} 1.0' in text

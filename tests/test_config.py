@@ -232,9 +232,7 @@ def test_kube_scheduler_config_uses_real_field_names() -> None:
     from tests.scheduler_payloads import small_extender
 
     ext = small_extender()
-    paths = {
-        getattr(r, "path", "") for r in create_app(ext.decider, ext.telemetry, ext.ready).routes
-    }
+    paths = {getattr(r, "path", "") for r in create_app(ext.decider, ext.telemetry).routes}
     for verb in ("filterVerb", "prioritizeVerb", "bindVerb", "preemptVerb"):
         assert "/" + extender[verb] in paths
 

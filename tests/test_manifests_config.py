@@ -21,6 +21,7 @@ import yaml
 
 from extender.config.loading import load_config
 from extender.telemetry import CarbonMetrics, ControllerMetrics, Telemetry
+from extender.webhook.settings import Limits
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config"
@@ -89,15 +90,66 @@ def test_configmaps_carry_every_copy() -> None:
 
 
 def test_scheduler_reaches_its_sidecar() -> None:
+    """The scheduler calls the verbs on loopback, where the sidecar serves them and
+    nothing else can reach them: no container port, no Service port is theirs."""
     (extender,) = _scheduler_config()["extenders"]
     url = urlsplit(extender["urlPrefix"])
     assert url.hostname == "127.0.0.1", "the extender is a sidecar: call it on loopback"
     sidecar = _containers()["extender"]
+    assert _flag(sidecar, "host") == url.hostname
     assert int(_flag(sidecar, "port")) == url.port
     ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
+    assert url.port not in ports.values(), "the verbs' port is loopback-only"
     service = _one(BASE / "service.yaml", "Service")
     for port in service["spec"]["ports"]:
-        assert ports[port["targetPort"]] == url.port
+        assert ports[port["targetPort"]] != url.port
+
+
+def test_probes_service_and_scrapes_use_the_metrics_address() -> None:
+    """The kubelet, the Service, the ServiceMonitor and the NetworkPolicy all point at the
+    metrics address (``--metrics-address``), and only at it."""
+    sidecar = _containers()["extender"]
+    host, metrics_port = _flag(sidecar, "metrics-address").rsplit(":", 1)
+    assert host == "0.0.0.0", "the kubelet and Prometheus reach the pod IP"
+    ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
+    assert ports == {"http-metrics": int(metrics_port)}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        spec = sidecar[probe]
+        assert spec["httpGet"]["port"] == "http-metrics", probe
+        assert spec["httpGet"]["path"] == ("/readyz" if probe == "readinessProbe" else "/healthz")
+        # The probe waits less than a period, and less than a client may take to send.
+        assert 1 <= spec["timeoutSeconds"] < spec["periodSeconds"], probe
+        assert spec["timeoutSeconds"] < Limits().read_timeout_s, probe
+    service = _one(BASE / "service.yaml", "Service")
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        ("http-metrics", int(metrics_port), "http-metrics")
+    ]
+    monitor = _one(REPO / "manifests" / "monitoring" / "servicemonitor.yaml", "ServiceMonitor")
+    assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [
+        ("http-metrics", "/metrics")
+    ]
+    policy = _one(BASE / "networkpolicy.yaml", "NetworkPolicy")
+    admitted = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
+    assert admitted == ["http-metrics"], "from the network, the metrics address only"
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+
+
+def test_mtls_scheduler_config_differs_only_in_how_it_calls_the_extender() -> None:
+    """``config/kube-scheduler-mtls.yaml`` is the sidecar file with the extender called
+    over HTTPS, with a client certificate; nothing else may drift."""
+    sidecar = _scheduler_config()
+    mtls: dict[str, Any] = yaml.safe_load((CONFIG / "kube-scheduler-mtls.yaml").read_text())
+    (plain,) = sidecar.pop("extenders")
+    (secure,) = mtls.pop("extenders")
+    assert mtls == sidecar
+    differs = {k for k in plain.keys() | secure.keys() if plain.get(k) != secure.get(k)}
+    assert differs == {"urlPrefix", "enableHTTPS", "tlsConfig"}
+    assert secure["enableHTTPS"] is True
+    assert urlsplit(secure["urlPrefix"]).scheme == "https"
+    tls = secure["tlsConfig"]
+    assert set(tls) == {"serverName", "caFile", "certFile", "keyFile"}
+    assert tls.get("insecure", False) is False
+    assert tls["serverName"] == urlsplit(secure["urlPrefix"]).hostname
 
 
 def test_containers_read_the_mounted_files() -> None:

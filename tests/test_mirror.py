@@ -639,11 +639,11 @@ def test_from_cluster_wires_mirror_binder_and_events(config: Config) -> None:
 
     core = Core()
     ext = from_cluster(config, core)
-    with TestClient(ext.app()) as client:
+    with TestClient(ext.app()) as client, TestClient(ext.metrics_app()) as probes:
         deadline = time.monotonic() + 5
-        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+        while probes.get("/readyz").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert client.get("/readyz").status_code == 200
+        assert probes.get("/readyz").status_code == 200
         assert ext.state.node_names() == ["gpu-1a", "gpu-2a"]
         assert "uid-llm-eu-0" in ext.state.pods
         # eu-1 was pending in the list: bind knows it without a filter call

@@ -17,6 +17,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from extender.health import Heartbeat
 from extender.runtime import from_scenario_file
 from placement.assignment import Assignment
 from placement.metrics import evaluate
@@ -101,12 +102,17 @@ def test_serve_scenario_matches_or_beats_greedy(tmp_path: Path, reserve_plan: bo
     ext = from_scenario_file(path, reserve_plan=reserve_plan)
     problem = ext.config.problem
     assert problem is not None
-    with TestClient(ext.app()) as client:  # the lifespan computes the first plan
-        assert client.get("/readyz").status_code == 200
+    heartbeat = Heartbeat()
+    # The verbs' lifespan computes the first plan; the probes follow the verbs' app.
+    with (
+        TestClient(ext.app(heartbeat=heartbeat)) as client,
+        TestClient(ext.metrics_app(heartbeat)) as probes,
+    ):
+        assert probes.get("/readyz").status_code == 200
         assert ext.planner is not None and ext.planner.latest is not None
         plan = ext.planner.latest
         placed = drive(client, problem)
-        metrics_text = client.get("/metrics").text
+        metrics_text = probes.get("/metrics").text
     result = evaluate(problem, placed)
     greedy = evaluate(problem, run_strategy("greedy", problem).assignment)
     assert result.violations == 0, result.violating_domains

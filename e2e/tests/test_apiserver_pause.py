@@ -160,8 +160,9 @@ def test_a_frozen_api_server_never_holds_a_verb_past_the_schedulers_timeout() ->
     with cluster(TEST_LOG_DIR) as c:
         client = api_client(c.kubeconfig)
         create_nodes(client, problem)
-        extender, port = start_extender(c, write_config(problem, c.run_dir / "powercap.json"))
-        scheduler = start_scheduler(c, port)
+        extender, ports = start_extender(c, write_config(problem, c.run_dir / "powercap.json"))
+        scheduler = start_scheduler(c, ports.verbs)
+        port = ports.metrics  # what /metrics shows
 
         def logs() -> str:
             return (
@@ -223,7 +224,7 @@ def test_a_frozen_api_server_never_holds_a_verb_past_the_schedulers_timeout() ->
         slow = slow_answers(port, timeout_s)
         assert not any(slow.values()), f"answers slower than {timeout_s:g}s: {slow}{logs()}"
         # ... and by the scheduler's: it never gave up waiting for the extender.
-        address = f"127.0.0.1:{port}/"
+        address = f"127.0.0.1:{ports.verbs}/"
         gave_up = [
             line
             for line in scheduler.log.read_text(errors="replace").splitlines()

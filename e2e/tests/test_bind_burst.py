@@ -110,15 +110,15 @@ def test_500_pods_at_once_keep_caps_and_the_ledger_matches_the_api_server() -> N
     with cluster(TEST_LOG_DIR) as c:
         client = api_client(c.kubeconfig)
         create_nodes(client, problem)
-        extender, port = start_extender(c, write_config(problem, c.run_dir / "powercap.json"))
-        scheduler = start_scheduler(c, port)
+        extender, ports = start_extender(c, write_config(problem, c.run_dir / "powercap.json"))
+        scheduler = start_scheduler(c, ports.verbs)
         create_deployments(client, problem)
         seen = wait_settled(client, problem, timeout_s=300.0)
         assert extender.alive(), f"the extender died:\n{extender.tail()}"
         assert scheduler.alive(), f"kube-scheduler died:\n{scheduler.tail()}"
 
         # The mirror hears of binds through its watch; give it a moment to catch up.
-        assert_ledger_matches(problem, seen, port)
+        assert_ledger_matches(problem, seen, ports.metrics)
 
     metrics = evaluate(problem, seen.assignment)
     assert metrics.violations == 0, f"over cap: {metrics.violating_domains}"
@@ -141,8 +141,8 @@ def test_a_relist_in_the_middle_of_the_burst_keeps_caps_and_the_ledger() -> None
     with cluster(TEST_LOG_DIR) as c:
         client = api_client(c.kubeconfig)
         create_nodes(client, problem)
-        extender, port = start_extender(c, write_config(problem, c.run_dir / "powercap.json"))
-        scheduler = start_scheduler(c, port)
+        extender, ports = start_extender(c, write_config(problem, c.run_dir / "powercap.json"))
+        scheduler = start_scheduler(c, ports.verbs)
         create_deployments(client, problem)
         wait_for(
             "three tenths of the burst bound",
@@ -156,12 +156,12 @@ def test_a_relist_in_the_middle_of_the_burst_keeps_caps_and_the_ledger() -> None
         )
         assert extender.alive(), f"the extender died:\n{extender.tail()}"
         assert scheduler.alive(), f"kube-scheduler died:\n{scheduler.tail()}"
-        relists = labelled(port, "powercap_mirror_relists_total")
+        relists = labelled(ports.metrics, "powercap_mirror_relists_total")
         log = extender.log.read_text(errors="replace")
         assert relists.get("pods", 0.0) >= 1 and re.search(
             r"pods: resourceVersion \d+ expired \(410\)", log
         ), f"no relist after 410 Gone (etcd compacted at {compacted}): {relists}"
-        assert_ledger_matches(problem, seen, port)
+        assert_ledger_matches(problem, seen, ports.metrics)
 
     metrics = evaluate(problem, seen.assignment)
     assert metrics.violations == 0, f"over cap: {metrics.violating_domains}"

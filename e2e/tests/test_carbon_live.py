@@ -179,7 +179,8 @@ def rack_1_cap(port: int) -> tuple[float, float]:
 
 
 def filter_one_more(port: int) -> dict[str, Any]:
-    """The extender's filter answer for one more ``batch`` replica over every node."""
+    """The extender's filter answer (its verbs on ``port``) for one more ``batch``
+    replica over every node."""
     gpus = {GPU: "1"}
     pod = {
         "apiVersion": "v1",
@@ -251,8 +252,9 @@ def test_a_dirtier_grid_lowers_the_cap_the_controller_sheds_and_filter_admits_le
                 }
                 path = c.run_dir / "powercap.json"
                 path.write_bytes(orjson.dumps(config))
-                extender, port = start_extender(c, path)
-                scheduler = start_scheduler(c, port)
+                extender, ports = start_extender(c, path)
+                scheduler = start_scheduler(c, ports.verbs)
+                port = ports.metrics  # what /metrics shows
                 controller, metrics = start_controller(c, path)  # the controller's /metrics
 
                 def logs() -> str:
@@ -310,7 +312,7 @@ def test_a_dirtier_grid_lowers_the_cap_the_controller_sheds_and_filter_admits_le
                 assert metric(port, "powercap_domain_cap_watts", domain="rack-2") == RACK_CAP_W
 
                 # 3. Filter admits no more into rack 1, naming the domain and its cap.
-                answer = filter_one_more(port)
+                answer = filter_one_more(ports.verbs)
                 failed = answer.get("FailedNodes") or {}
                 assert set(failed) >= set(RACK_1), answer
                 for node in RACK_1:

@@ -188,8 +188,8 @@ def test_a_surge_is_shed_by_reshape_then_eviction_and_replacements_land_elsewher
                 }
                 path = c.run_dir / "powercap.json"
                 path.write_bytes(orjson.dumps(config))
-                extender, port = start_extender(c, path)
-                scheduler = start_scheduler(c, port)
+                extender, ports = start_extender(c, path)
+                scheduler = start_scheduler(c, ports.verbs)
                 controller, metrics = start_controller(c, path)  # the controller's /metrics
 
                 def logs() -> str:

@@ -245,11 +245,35 @@ def config_files() -> list[Path]:
     return _yaml_files(CONFIG)
 
 
+def _tls_files(config: dict[str, Any], work: Path) -> None:
+    """Point each extender's ``tlsConfig`` files at certificates made here: kube-scheduler
+    opens them when it reads the file, and the paths are those of a deployed pod."""
+    import trustme
+
+    for i, extender in enumerate(config.get("extenders") or []):
+        tls = extender.get("tlsConfig")
+        if not tls:
+            continue
+        ca = trustme.CA()
+        client = ca.issue_cert("kube-scheduler")
+        made = {
+            "caFile": ca.cert_pem.bytes(),
+            "certFile": client.cert_chain_pems[0].bytes(),
+            "keyFile": client.private_key_pem.bytes(),
+        }
+        for key, pem in made.items():
+            if key in tls:
+                target = work / f"extender-{i}-{key}.pem"
+                target.write_bytes(pem)
+                tls[key] = str(target)
+
+
 def _check_scheduler_config(api: Api, path: Path) -> None:
     config: dict[str, Any] = yaml.safe_load(path.read_text())
     config.setdefault("clientConnection", {})["kubeconfig"] = str(api.cluster.kubeconfig)
     work = api.cluster.run_dir / f"scheduler-config-{path.stem}"
     work.mkdir(exist_ok=True)
+    _tls_files(config, work)
     given, written = work / "in.yaml", work / "out.yaml"
     given.write_text(yaml.safe_dump(config))
     proc = subprocess.run(

@@ -235,7 +235,8 @@ def test_stale_data_alert_no_action_and_every_query_returns_series() -> None:
                     config["intensity"] = carbon_section(c.run_dir / "intensity.csv")
                     path = c.run_dir / "powercap.json"
                     path.write_bytes(orjson.dumps(config))
-                    extender, port = start_extender(c, path)
+                    extender, ports = start_extender(c, path)
+                    port = ports.metrics  # scraped by the test and by Prometheus
                     controller, metrics = start_controller(c, path)
 
                     def logs() -> str:
@@ -266,7 +267,7 @@ def test_stale_data_alert_no_action_and_every_query_returns_series() -> None:
                     )
                     with monitoring as mon:
                         mon.wait_for_targets()
-                        bad_request(port)
+                        bad_request(ports.verbs)
                         assert not mon.firing(STALE_ALERT)
 
                         # 1. The controller's Prometheus goes away; rack 1 surges.

@@ -42,7 +42,7 @@ from e2e.powersim import (
 )
 from e2e.prometheus import Prometheus, ScrapeJob, prometheus
 from e2e.scenarios import racks_scenario
-from e2e.scheduler import powercap_command, wait_ready
+from e2e.scheduler import ExtenderPorts, powercap_command, serve_address_args, wait_ready
 from extender.cluster.state import ClusterState
 from extender.config.power import PowerSourceSpec, resolve_power_source
 from extender.controller.readings import (
@@ -100,13 +100,13 @@ def poll(
 
 @contextlib.contextmanager
 def extender_on(scenario: Path, log: Path) -> Iterator[str]:
-    """``powercap serve --scenario`` (a static cluster, no API server) on a free loopback
-    port until the block ends; yields the ``host:port`` to scrape."""
-    (port,) = free_ports(1)
+    """``powercap serve --scenario`` (a static cluster, no API server) on free loopback
+    ports until the block ends; yields the ``host:port`` of its metrics to scrape."""
+    ports = ExtenderPorts(*free_ports(2))
     argv = [*powercap_command(), "serve", "--scenario", str(scenario), "--no-planner"]
     with log.open("ab") as out:
         popen = subprocess.Popen(
-            [*argv, "--host", "127.0.0.1", "--port", str(port)],
+            [*argv, *serve_address_args(ports)],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -114,8 +114,8 @@ def extender_on(scenario: Path, log: Path) -> Iterator[str]:
         )
     proc = Process("powercap", popen, log)
     try:
-        wait_ready(proc, port)
-        yield f"127.0.0.1:{port}"
+        wait_ready(proc, ports.metrics)
+        yield f"127.0.0.1:{ports.metrics}"
     finally:
         proc.stop()
 

@@ -45,7 +45,7 @@ from e2e.deploy import (
 )
 from e2e.extender_view import api_headroom, labelled, ledger_disagreements
 from e2e.scenarios import racks_scenario
-from e2e.scheduler import start_extender, start_scheduler
+from e2e.scheduler import ExtenderPorts, start_extender, start_scheduler
 from placement.metrics import evaluate
 from placement.problem import Problem
 from placement.scenario.building import problem_from_spec
@@ -89,7 +89,7 @@ class Run:
     client: Any  # kubernetes.client.ApiClient
     config: Path
     extender: Process
-    port: int
+    ports: ExtenderPorts
     scheduler: Process
 
     def logs(self) -> str:
@@ -105,8 +105,8 @@ def start(c: Cluster, problem: Problem, replicas: int) -> Run:
     client = api_client(c.kubeconfig)
     create_nodes(client, problem)
     config = write_config(problem, c.run_dir / "powercap.json")
-    extender, port = start_extender(c, config)
-    scheduler = start_scheduler(c, port)
+    extender, ports = start_extender(c, config)
+    scheduler = start_scheduler(c, ports.verbs)
     from kubernetes import client as k8s
 
     apps: Any = k8s.AppsV1Api(client)
@@ -114,7 +114,7 @@ def start(c: Cluster, problem: Problem, replicas: int) -> Run:
         body = deployment_object(problem, s)
         body["spec"]["replicas"] = replicas
         apps.create_namespaced_deployment(NAMESPACE, body)
-    return Run(c, problem, client, config, extender, port, scheduler)
+    return Run(c, problem, client, config, extender, ports, scheduler)
 
 
 def scale(run: Run, service: str, replicas: int) -> None:
@@ -147,7 +147,9 @@ def wait_placed(run: Run, wanted: int, timeout_s: float = SETTLE_TIMEOUT_S) -> O
 def headroom_mismatch(run: Run) -> dict[str, tuple[float, float]]:
     """Domains where the extender's headroom differs from the API server's:
     name → (extender, API server)."""
-    return ledger_disagreements(run.problem, observe(run.client, run.problem).assignment, run.port)
+    return ledger_disagreements(
+        run.problem, observe(run.client, run.problem).assignment, run.ports.metrics
+    )
 
 
 def assert_ledger_matches_api(run: Run, timeout_s: float = 30.0) -> None:
@@ -304,13 +306,13 @@ def test_pods_wait_for_a_killed_extender_and_caps_hold_after_its_restart() -> No
                 break
             time.sleep(0.5)
         assert len(down.pending) == (DEMAND - EARLY) * services
-        unreachable = {p: m for p, m in down.pending.items() if f":{run.port}/" not in m}
+        unreachable = {p: m for p, m in down.pending.items() if f":{run.ports.verbs}/" not in m}
         assert not unreachable, (
             f"Pending pods whose FailedScheduling does not name the unreachable extender: "
             f"{unreachable}"
         )
 
-        run.extender, _ = start_extender(c, run.config, port=run.port)
+        run.extender, _ = start_extender(c, run.config, ports=run.ports)
         after = wait_placed(run, DEMAND * services)
         assert_caps_kept(run, after, before)
         assert_ledger_matches_api(run)
@@ -333,7 +335,7 @@ def test_mirror_survives_an_apiserver_restart() -> None:
         outage = time.monotonic() - stopped
         # The extender serves on without its API server, and its lag counts the outage; half
         # a second of slack for bytes the mirror had received but not yet read at the kill.
-        lag = labelled(run.port, "powercap_mirror_lag_seconds")
+        lag = labelled(run.ports.metrics, "powercap_mirror_lag_seconds")
         assert set(lag) == {"nodes", "pods"} and all(v >= outage - 0.5 for v in lag.values()), (
             f"mirror lag {lag} after {outage:.1f}s without an API server{run.logs()}"
         )
@@ -345,7 +347,7 @@ def test_mirror_survives_an_apiserver_restart() -> None:
         scale_all(run, DEMAND)
         touch_nodes(run)
         after = wait_placed(run, DEMAND * services)
-        lag = labelled(run.port, "powercap_mirror_lag_seconds")
+        lag = labelled(run.ports.metrics, "powercap_mirror_lag_seconds")
         since = time.monotonic() - restarting
         stale = {r: v for r, v in lag.items() if v >= since}
         assert not stale, (
@@ -373,7 +375,7 @@ def test_mirror_relists_after_its_watch_expires() -> None:
         victim, held = problem.services.names[top], int(before.assignment.hosted[top])
         assert held > keep, f"{victim} has {held} bound pods: too few to delete{run.logs()}"
         assert_ledger_matches_api(run)
-        relists = labelled(run.port, "powercap_mirror_relists_total")
+        relists = labelled(run.ports.metrics, "powercap_mirror_relists_total")
         assert relists == {"nodes": 0.0, "pods": 0.0}, f"relists before any expiry: {relists}"
 
         # Nothing may bind while the views are compared: the scheduler goes, the extender
@@ -413,7 +415,7 @@ def test_mirror_relists_after_its_watch_expires() -> None:
         try:
             wait_for(
                 "the mirror's pods relist",
-                lambda: labelled(run.port, "powercap_mirror_relists_total")["pods"] >= 1,
+                lambda: labelled(run.ports.metrics, "powercap_mirror_relists_total")["pods"] >= 1,
                 60.0,
             )
         except TimeoutError as exc:
@@ -424,7 +426,7 @@ def test_mirror_relists_after_its_watch_expires() -> None:
         )
         assert_ledger_matches_api(run)
 
-        run.scheduler = start_scheduler(c, run.port)
+        run.scheduler = start_scheduler(c, run.ports.verbs)
         scale(run, victim, DEMAND)
         after = wait_placed(run, DEMAND * services)
         assert_caps_kept(run, after, gap)

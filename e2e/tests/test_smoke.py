@@ -42,8 +42,8 @@ def test_extender_keeps_caps_and_explains_pending() -> None:
         client = api_client(c.kubeconfig)
         create_nodes(client, problem)
         config = write_config(problem, c.run_dir / "powercap.json")
-        _, port = start_extender(c, config)
-        start_scheduler(c, port)
+        _, ports = start_extender(c, config)
+        start_scheduler(c, ports.verbs)
         create_deployments(client, problem)
         seen = wait_settled(client, problem)
 

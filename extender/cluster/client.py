@@ -28,8 +28,8 @@ from typing import Any
 
 from extender.config.kubernetes import KubernetesSettings
 
-# Connections to the API server: the bind threads (anyio's default limit is 40) and the
-# mirror's watches, with a few to spare.
+# Connections to the API server: the verbs' worker threads that bind (powercap serve
+# --max-concurrent, 16 by default) and the mirror's watches, with room to raise the first.
 CONNECTION_POOL = 48
 # A connection idle this long is probed; after KEEPALIVE_PROBES unanswered probes
 # KEEPALIVE_INTERVAL_S apart it is dropped (an idle watch included).

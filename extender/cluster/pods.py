@@ -75,12 +75,52 @@ def _mapping(obj: Any, field: str) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def _object(obj: Mapping[str, Any], field: str, where: str) -> Mapping[str, Any]:
+    """``obj[field]`` when it is an object (empty when missing or null); raises
+    :class:`ProtocolError` naming ``where.field`` for anything else."""
+    value = get_field(obj, field)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ProtocolError(f"{where}.{field}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def _objects(obj: Mapping[str, Any], field: str, where: str) -> list[Mapping[str, Any]]:
+    """``obj[field]`` when it is a list of objects (``[]`` when missing or null); raises
+    :class:`ProtocolError` naming ``where.field`` for anything else. Lists the extender
+    iterates are checked, not skipped: a pod whose containers cannot be read has unknown
+    GPUs."""
+    value = get_field(obj, field)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ProtocolError(f"{where}.{field}: expected a list, got {type(value).__name__}")
+    for i, item in enumerate(value):
+        if not isinstance(item, Mapping):
+            raise ProtocolError(
+                f"{where}.{field}[{i}]: expected an object, got {type(item).__name__}"
+            )
+    return value
+
+
+def _text(meta: Mapping[str, Any], field: str) -> str:
+    value = get_field(meta, field)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ProtocolError(f"Pod.metadata.{field}: expected a string, got {type(value).__name__}")
+    return value
+
+
 def pod_ref(pod: Mapping[str, Any]) -> PodRef:
-    meta = _mapping(pod, "metadata")
+    """Namespace (``default`` when empty), name and UID; raises :class:`ProtocolError` when
+    one of them is not a string."""
+    meta = _object(pod, "metadata", "Pod")
     return PodRef(
-        namespace=str(get_field(meta, "namespace") or "default"),
-        name=str(get_field(meta, "name") or ""),
-        uid=str(get_field(meta, "uid") or ""),
+        namespace=_text(meta, "namespace") or "default",
+        name=_text(meta, "name"),
+        uid=_text(meta, "uid"),
     )
 
 
@@ -104,10 +144,10 @@ def _quantity(value: Any, where: str) -> int:
     raise ProtocolError(f"{where}: expected a whole number of devices, got {value!r}")
 
 
-def _container_gpus(container: Any, resource: str, where: str) -> int:
-    resources = _mapping(container, "resources")
-    requests = _mapping(resources, "requests")
-    limits = _mapping(resources, "limits")
+def _container_gpus(container: Mapping[str, Any], resource: str, where: str) -> int:
+    resources = _object(container, "resources", where)
+    requests = _object(resources, "requests", f"{where}.resources")
+    limits = _object(resources, "limits", f"{where}.resources")
     # Extended resources cannot be overcommitted: a limit alone implies the request.
     if resource in requests:
         return _quantity(requests[resource], f"{where}.resources.requests.{resource}")
@@ -118,13 +158,14 @@ def _container_gpus(container: Any, resource: str, where: str) -> int:
 
 def pod_gpus(pod: Mapping[str, Any], resource: str = "nvidia.com/gpu") -> int:
     """Devices of ``resource`` the pod holds while running, as the scheduler counts:
-    the larger of the containers' sum and any one init container."""
-    spec = _mapping(pod, "spec")
+    the larger of the containers' sum and any one init container; raises
+    :class:`ProtocolError` naming the field when the containers cannot be read."""
+    spec = _object(pod, "spec", "Pod")
     total = 0
-    for i, c in enumerate(get_field(spec, "containers") or ()):
+    for i, c in enumerate(_objects(spec, "containers", "Pod.spec")):
         total += _container_gpus(c, resource, f"Pod.spec.containers[{i}]")
     init = 0
-    for i, c in enumerate(get_field(spec, "initContainers") or ()):
+    for i, c in enumerate(_objects(spec, "initContainers", "Pod.spec")):
         init = max(init, _container_gpus(c, resource, f"Pod.spec.initContainers[{i}]"))
     return max(total, init)
 
@@ -138,20 +179,25 @@ def _strip_template_hash(replicaset: str, labels: Mapping[str, Any]) -> str:
 
 
 def pod_service(pod: Mapping[str, Any]) -> str | None:
-    """The service a pod belongs to (see the module doc), or ``None``."""
-    meta = _mapping(pod, "metadata")
-    labels = _mapping(meta, "labels")
+    """The service a pod belongs to (see the module doc), or ``None``; raises
+    :class:`ProtocolError` naming the field when the labels or owners cannot be read."""
+    meta = _object(pod, "metadata", "Pod")
+    labels = _object(meta, "labels", "Pod.metadata")
     for label in (SERVICE_LABEL, KSERVE_LABEL):
         value = labels.get(label)
-        if isinstance(value, str) and value:
+        if value is not None and not isinstance(value, str):
+            raise ProtocolError(
+                f"Pod.metadata.labels.{label}: expected a string, got {type(value).__name__}"
+            )
+        if value:
             return value
-    owners = get_field(meta, "ownerReferences") or ()
+    owners = _objects(meta, "ownerReferences", "Pod.metadata")
     chosen: Mapping[str, Any] | None = None
     for owner in owners:
-        if isinstance(owner, Mapping) and get_field(owner, "controller"):
+        if get_field(owner, "controller"):
             chosen = owner
             break
-    if chosen is None and owners and isinstance(owners[0], Mapping):
+    if chosen is None and owners:
         chosen = owners[0]
     if chosen is None:
         return None
@@ -180,7 +226,8 @@ def node_name_of(pod: Mapping[str, Any]) -> str | None:
 
 def _carries_powercap_keys(meta: Mapping[str, Any]) -> bool:
     for field in ("labels", "annotations"):
-        if any(isinstance(k, str) and k.startswith(PREFIX) for k in _mapping(meta, field)):
+        keys = _object(meta, field, "Pod.metadata")
+        if any(isinstance(k, str) and k.startswith(PREFIX) for k in keys):
             return True
     return False
 
@@ -205,15 +252,17 @@ class DemandResolver:
         return profile
 
     def resolve(self, pod: Mapping[str, Any]) -> Demand:
-        """The pod's demand; raises :class:`ProtocolError` for an unreadable GPU request."""
+        """The pod's demand; raises :class:`ProtocolError`, naming the field, for a pod it
+        cannot read: a GPU request that is not a whole number, a list that is not a list of
+        objects (containers, owner references), a name or UID that is not a string."""
         ref = pod_ref(pod)
         gpus = pod_gpus(pod, self.config.nodes.gpu_resource)
-        meta = _mapping(pod, "metadata")
+        meta = _object(pod, "metadata", "Pod")
         if gpus <= 0 and not _carries_powercap_keys(meta):
             return Demand(pod=ref, managed=False, gpus=gpus)
         service = pod_service(pod)
         entry = self.config.services.get(service) if service is not None else None
-        annotations = _mapping(meta, "annotations")
+        annotations = _object(meta, "annotations", "Pod.metadata")
         named = annotations.get(PROFILE_ANNOTATION)
         problem: str | None = None
         if named is not None:

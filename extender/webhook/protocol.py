@@ -8,7 +8,9 @@ Embedded Kubernetes objects (``v1.Pod``, ``v1.Node``) stay raw dicts: the extend
 reads a handful of their fields and modelling all of them would cost time per request.
 
 Inputs are parsed from bytes with :func:`parse` (orjson, then pydantic); a malformed
-body raises :class:`ProtocolError` whose message names the offending field.
+body raises :class:`ProtocolError` whose message names the offending field, and a body
+with more candidates than the caller allows raises :class:`RequestTooLarge`, naming the
+field and the limit, before any model is built.
 Outputs are encoded with :func:`encode` / the ``to_json`` methods, always with the
 exact Go field names, every field present (``null`` for a nil pointer), as Go emits.
 """
@@ -242,6 +244,63 @@ class ExtenderPreemptionResult(GoStruct):
 
 M = TypeVar("M", bound=BaseModel)
 
+# At most this many problems are spelled out in a ProtocolError; a body with 20,000 bad
+# entries gets the first few and a count, not a message as large as the body.
+MAX_PROBLEMS = 5
+
+
+class RequestTooLarge(ProtocolError):
+    """A request with more entries in ``field`` than the caller's limit allows.
+
+    ``str()`` names the field, the count and the limit."""
+
+    def __init__(self, field: str, count: int, limit: int) -> None:
+        super().__init__(f"{field}: {count:,} entries, over the limit of {limit:,}")
+        self.field = field
+        self.count = count
+        self.limit = limit
+
+
+def _keyed(data: Mapping[str, Any], name: str) -> list[tuple[str, Any]]:
+    """Every ``(key, value)`` of ``data`` whose key is ``name`` in any case: Go keeps the
+    last of them, so a limit must hold for each one, not only the exact match."""
+    lowered = name.lower()
+    return [(k, v) for k, v in data.items() if isinstance(k, str) and k.lower() == lowered]
+
+
+def _check_candidates(data: Mapping[str, Any], limit: int) -> None:
+    """Raise :class:`RequestTooLarge` when a list the extender walks per candidate is
+    longer than ``limit``: ``NodeNames``, ``Nodes.items``, the node maps of ``/preempt``
+    and the victims in them (all victims together)."""
+    for key, value in _keyed(data, "NodeNames"):
+        if isinstance(value, list):
+            if len(value) > limit:
+                raise RequestTooLarge(key, len(value), limit)
+            # A list of 20,000 non-strings would cost pydantic 20,000 error objects;
+            # the first one is enough to refuse it.
+            for i, name in enumerate(value):
+                if not isinstance(name, str):
+                    raise ProtocolError(
+                        f"{key}[{i}]: expected a node name (string), got {type(name).__name__}"
+                    )
+    for key, nodes in _keyed(data, "Nodes"):
+        if isinstance(nodes, Mapping):
+            for items_key, items in _keyed(nodes, "items"):
+                if isinstance(items, list) and len(items) > limit:
+                    raise RequestTooLarge(f"{key}.{items_key}", len(items), limit)
+    for field in ("NodeNameToVictims", "NodeNameToMetaVictims"):
+        for key, per_node in _keyed(data, field):
+            if not isinstance(per_node, Mapping):
+                continue
+            if len(per_node) > limit:
+                raise RequestTooLarge(key, len(per_node), limit)
+            victims = 0
+            for entry in per_node.values():
+                if isinstance(entry, Mapping):
+                    victims += sum(len(v) for _, v in _keyed(entry, "Pods") if isinstance(v, list))
+            if victims > limit:
+                raise RequestTooLarge(f"{key}.*.Pods", victims, limit)
+
 
 def _format_loc(loc: Sequence[int | str]) -> str:
     # pydantic reports fields by alias (the Go name); list indices become [i].
@@ -254,8 +313,13 @@ def _format_loc(loc: Sequence[int | str]) -> str:
     return out
 
 
-def parse(body: bytes, model: type[M]) -> M:
-    """Decode a request body into ``model``; raises :class:`ProtocolError` naming the field."""
+def parse(body: bytes, model: type[M], *, max_candidates: int | None = None) -> M:
+    """Decode a request body into ``model``.
+
+    Raises :class:`ProtocolError` naming the field (the first :data:`MAX_PROBLEMS`
+    problems and a count of the rest), and :class:`RequestTooLarge` when
+    ``max_candidates`` is given and a candidate list is longer (checked on the decoded
+    JSON, before the model is built)."""
     if not body:
         raise ProtocolError(f"empty body; expected a JSON {model.__name__}")
     try:
@@ -264,17 +328,22 @@ def parse(body: bytes, model: type[M]) -> M:
         raise ProtocolError(f"body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ProtocolError(f"body must be a JSON object ({model.__name__})")
+    if max_candidates is not None:
+        _check_candidates(data, max_candidates)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
+        errors = exc.errors()
         problems = []
-        for err in exc.errors():
+        for err in errors[:MAX_PROBLEMS]:
             msg = "required field is missing" if err["type"] == "missing" else err["msg"]
             msg = msg.removeprefix("Value error, ")
             if not err["loc"]:  # a whole-object check; its message names the fields
                 problems.append(msg)
                 continue
             problems.append(f"{_format_loc(err['loc'])}: {msg}")
+        if len(errors) > MAX_PROBLEMS:
+            problems.append(f"and {len(errors) - MAX_PROBLEMS:,} more")
         raise ProtocolError("; ".join(problems)) from exc
 
 
