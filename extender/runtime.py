@@ -24,6 +24,7 @@ controller``): the mirror, the controller with its Lease, the live caps loop, se
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -106,6 +107,10 @@ class Extender:
             self.carbon_loop.start()
         if self.expiry is not None:
             self.expiry.start()
+        # What exists now (the imported modules, the tree, a scenario's pods) lives as
+        # long as the process: out of the collector's way, a full collection takes a few
+        # milliseconds instead of ~50 ms in the middle of a verb call.
+        gc.freeze()
 
     def stop(self) -> None:
         if self.expiry is not None:

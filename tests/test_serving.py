@@ -15,7 +15,7 @@ import trustme
 from typer.testing import CliRunner
 
 from extender.runtime import Extender
-from extender.webhook.serving import Servers
+from extender.webhook.serving import HealthServer, Servers
 from extender.webhook.settings import Address, Limits, ServeError, ServeSettings, Tls
 from tests.scheduler_payloads import filter_body, pod, small_extender
 
@@ -97,6 +97,30 @@ def test_oversize_headers_are_a_431_and_the_connection_closes(servers: Servers, 
                 s.sendall(b"a" * 1024)
     with httpx.Client(timeout=WAIT_S) as c:  # and the server still serves
         assert c.get(f"http://{LOOPBACK}:{servers.metrics_port}/healthz").text == "ok"
+
+
+def test_the_controllers_health_server_bounds_headers(ext: Extender) -> None:
+    """``powercap controller`` serves its health address with the same header bound as
+    ``powercap serve``'s metrics address (64 KiB by default)."""
+    import threading
+    import time
+
+    server = HealthServer(ext.health_app(), Address(LOOPBACK, 0), log_level="warning")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + WAIT_S
+    while not server.server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        assert server.server.started
+        many = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 1000) for i in range(70))
+        answer = _raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+        assert answer.startswith(b"HTTP/1.1 431 ")
+        with httpx.Client(timeout=WAIT_S) as c:
+            assert c.get(f"http://{LOOPBACK}:{server.port}/healthz").text == "ok"
+    finally:
+        server.server.should_exit = True
+        thread.join(WAIT_S)
 
 
 @pytest.mark.parametrize(

@@ -609,7 +609,8 @@ def test_busy_verbs_answer_503_at_once() -> None:
         return decide(args)
 
     ext.decider.filter = slow_filter  # type: ignore[method-assign]
-    app = ext.app(Limits(max_concurrent=1, max_queued=0))
+    # Every call on the workers: an inline call would hold the test's loop itself.
+    app = ext.app(Limits(max_concurrent=1, max_queued=0, inline_max_bytes=0))
     body = filter_body(pod("eu-0"), ALL)
 
     async def scenario() -> tuple[httpx.Response, httpx.Response]:
@@ -628,6 +629,36 @@ def test_busy_verbs_answer_503_at_once() -> None:
     assert error.startswith("prioritize: the extender is busy") and "--max-concurrent" in error
     text = ext.telemetry.render().decode()
     assert 'powercap_extender_decisions_total{outcome="busy",verb="prioritize"} 1.0' in text
+
+
+def test_small_calls_are_decided_inline_large_ones_on_workers() -> None:
+    """Filter and prioritize bodies up to ``inline_max_bytes`` are decided on the
+    event loop's thread; a larger one, and every preempt, on a worker thread."""
+    ext = small_extender()
+    threads: list[str] = []
+    decide = ext.decider.filter
+
+    def recording_filter(args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return decide(args)
+
+    ext.decider.filter = recording_filter  # type: ignore[method-assign]
+    small = filter_body(pod("eu-0"), ALL)
+    large = orjson.dumps({"Pod": pod("eu-0"), "NodeNames": ALL, "Pad": "x" * 2_000})
+    assert len(small) < 2_000 < len(large)
+    app = ext.app(Limits(inline_max_bytes=2_000))
+
+    async def scenario() -> tuple[str, list[httpx.Response]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://extender") as c:
+            answers = [await c.post("/filter", content=body) for body in (small, large)]
+            return threading.current_thread().name, answers
+
+    loop_thread, answers = asyncio.run(scenario())
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[0].json() == answers[1].json()
+    assert threads[0] == loop_thread
+    assert threads[1].startswith("powercap-verb")
 
 
 def test_binds_stuck_on_the_api_server_hold_up_no_other_verb() -> None:
@@ -696,6 +727,7 @@ def test_limits_name_the_field_they_refuse() -> None:
         ({"max_queued": -1}, "max_queued"),
         ({"read_timeout_s": 0.0}, "read_timeout_s"),
         ({"max_header_bytes": 0}, "max_header_bytes"),
+        ({"inline_max_bytes": -1}, "inline_max_bytes"),
     ]
     for kwargs, field in cases:
         with pytest.raises(ValueError, match=f"^{field}: "):

@@ -10,9 +10,12 @@ one's event loop through a :class:`~extender.health.Heartbeat`.
 Every verb call is bounded (:class:`~extender.webhook.settings.Limits`): it takes a slot
 of its lane's :class:`~extender.webhook.limits.Gate` (503 when none is free), reads its
 body within the byte limit and the read deadline (413, 408), and is answered on a worker
-thread of a pool as large as the gate, so neither parsing nor deciding runs on the event
-loop. Filter, prioritize and preempt share a lane with a bounded queue; binds, which wait
-on the API server, have a lane of their own with no queue (see ``_Workers``).
+thread of a pool as large as the gate, so no large body is parsed on the event loop.
+Filter, prioritize and preempt share a lane with a bounded queue; binds, which wait on
+the API server, have a lane of their own with no queue (see ``_Workers``). A small filter
+or prioritize body (``Limits.inline_max_bytes``, a few thousand names) is answered on the
+event loop instead: it takes a millisecond or two, less than the hop to a thread and back
+costs a busy machine.
 
 :meth:`Handlers.answer` times each verb and guards it: a malformed request gets a 400
 whose ``Error`` names the field, too many candidates a 413 naming the field and the
@@ -156,6 +159,9 @@ class Handlers:
         return Response(result.to_json(), media_type=JSON)
 
 
+_INLINE_VERBS: frozenset[Verb] = frozenset({"filter", "prioritize"})
+
+
 @dataclass
 class _Lane:
     """Admission and worker threads for some of the verbs."""
@@ -268,6 +274,9 @@ def create_app(
         try:
             async with lane.gate.slot():
                 body = await read_body(request, bounds, max_bytes=lane.max_body_bytes)
+                if verb in _INLINE_VERBS and len(body) <= bounds.inline_max_bytes:
+                    # Small and quick: deciding here beats two thread wake-ups.
+                    return handlers.answer(verb, body)
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(lane.pool, handlers.answer, verb, body)
         except Busy as exc:

@@ -309,3 +309,34 @@ class Servers:
         for thread in self._threads:
             thread.join(30)
         self._threads.clear()
+
+
+class HealthServer:
+    """A health-only app (``powercap controller``) on one address, with the header bounds
+    and connection limit of ``powercap serve``'s metrics address. The socket is bound in
+    the constructor: :class:`ServeError` naming ``--metrics-address`` when it cannot be."""
+
+    def __init__(self, app: FastAPI, address: Address, *, log_level: str = "info") -> None:
+        config = uvicorn.Config(
+            app,
+            http=bounded_protocol(Limits()),
+            ws="none",
+            lifespan="on",
+            log_level=log_level.lower(),
+            access_log=False,
+            limit_concurrency=METRICS_CONNECTIONS,
+        )
+        self.app = app
+        self.address = address
+        self.server = _Server(config)
+        self._socket = _bind(address, "--metrics-address")
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one the OS chose for port 0)."""
+        return int(self._socket.getsockname()[1])
+
+    def run(self) -> None:
+        """Serve until a signal (in the main thread) or until ``server.should_exit``."""
+        log.info("health, readiness and metrics on http://%s", self.address)
+        self.server.run(sockets=[self._socket])

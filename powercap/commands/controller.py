@@ -32,24 +32,10 @@ import typer
 from extender.cluster.client import ClientConfigError, kubernetes_core
 from extender.config.loading import load_config
 from extender.config.model import ConfigError
+from extender.webhook.settings import DEFAULT_METRICS_ADDRESS
 from powercap.console import fail as console_fail
 
-DEFAULT_METRICS_ADDRESS = "0.0.0.0:8889"
-
 fail = partial(console_fail, prefix="powercap controller")
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for an IPv6 host) as ``(host, port)``; raises
-    ``ValueError`` naming what is wrong."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"{address!r} is not HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{address!r}: the port must be a number from 1 to 65535")
-    return host, int(port)
 
 
 def controller(
@@ -65,18 +51,18 @@ def controller(
 ) -> None:
     """Run the power-cap controller alone: it watches measured power and, while it holds
     its Lease, reshapes and evicts; no scheduler verbs, health and metrics only."""
-    import uvicorn
-
     from extender import runtime
+    from extender.webhook.serving import HealthServer
+    from extender.webhook.settings import Address, ServeError
     from placement.validation import ProblemsError
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        host, port = split_address(metrics_address)
-    except ValueError as exc:
-        raise fail(f"--metrics-address {exc}") from exc
+        address = Address.parse(metrics_address, option="--metrics-address")
+    except ServeError as exc:
+        raise fail(str(exc)) from exc
     try:
         cfg = load_config(config)
     except ConfigError as exc:
@@ -94,9 +80,11 @@ def controller(
         ext = runtime.controller_from_cluster(cfg, core)
     except ProblemsError as exc:  # e.g. a secret's environment variable is unset
         raise fail(f"invalid config {exc.source}:\n  " + "\n  ".join(exc.problems)) from exc
-    uvicorn.run(
-        ext.health_app(), host=host, port=port, log_level=log_level.lower(), access_log=False
-    )
+    try:
+        server = HealthServer(ext.health_app(), address, log_level=log_level)
+    except ServeError as exc:
+        raise fail(str(exc)) from exc
+    server.run()
 
 
 def register(app: typer.Typer) -> None:

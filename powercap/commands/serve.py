@@ -134,6 +134,15 @@ def serve(
             help="binds served at once, each on a worker thread; one more is answered 503 at once",
         ),
     ] = Limits.max_binds,
+    inline_max_bytes: Annotated[
+        int,
+        typer.Option(
+            "--inline-max-bytes",
+            min=0,
+            help="filter and prioritize bodies up to this size are decided on the event "
+            "loop, larger ones on a worker thread (0: all on workers)",
+        ),
+    ] = Limits.inline_max_bytes,
     kubeconfig: Annotated[
         Path | None, typer.Option("--kubeconfig", help="kubeconfig (default: in-cluster)")
     ] = None,
@@ -186,6 +195,7 @@ def serve(
             max_concurrent=max_concurrent,
             max_queued=max_queued,
             max_binds=max_binds,
+            inline_max_bytes=inline_max_bytes,
         ),
         log_level=log_level,
     )
