@@ -24,6 +24,7 @@ WRAPPED = {
         for b in (*toolchain.KUBE_COMMANDS, *toolchain.KUBECTL_COMMANDS)
     ],
     toolchain.ETCD_WRAPPER: ["go.etcd.io/etcd/server/v3"],
+    toolchain.HELM_WRAPPER: [f"{toolchain.HELM_MODULE}/cmd/helm"],
 }
 
 
@@ -45,6 +46,10 @@ def test_the_wrappers_require_the_pinned_versions() -> None:
     assert (requires, replaces) == want
     assert kube == toolchain.render_wrapper(
         "powercap.local/toolchain/kubernetes", requires, replaces=replaces
+    )
+    helm = (toolchain.WRAPPERS / toolchain.HELM_WRAPPER / "go.mod").read_text()
+    assert helm == toolchain.render_wrapper(
+        "powercap.local/toolchain/helm", toolchain.helm_modules(toolchain.HELM_VERSION), replaces={}
     )
     etcd = (toolchain.WRAPPERS / toolchain.ETCD_WRAPPER / "go.mod").read_text()
     assert etcd == toolchain.render_wrapper(
