@@ -29,10 +29,7 @@ ORIGINALS: dict[str, Path] = {
     "prometheusrule.yaml": REPO / "manifests" / "monitoring" / "prometheusrule.yaml",
     "servicemonitor.yaml": REPO / "manifests" / "monitoring" / "servicemonitor.yaml",
     "grafana-dashboard.json": REPO / "manifests" / "monitoring" / "grafana-dashboard.json",
-    **{
-        f"profiles/{p.name}": p
-        for p in sorted((REPO / "config" / "profiles").glob("*.yaml"))
-    },
+    **{f"profiles/{p.name}": p for p in sorted((REPO / "config" / "profiles").glob("*.yaml"))},
 }
 
 

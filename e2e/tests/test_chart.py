@@ -11,6 +11,7 @@ that are the chart's by design are taken out; :func:`normalise` lists them.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.cluster import binary
+from e2e.cluster import TEST_LOG_DIR, binary
 from e2e.tests.test_manifests import NAMESPACE, Api
 from e2e.tests.test_manifests import api as api  # the cluster fixture, shared
 from extender.webhook.settings import Limits
@@ -65,11 +66,17 @@ LIMIT_FLAGS = {
     "--max-queued": Limits.max_queued,
     "--max-binds": Limits.max_binds,
 }
+HELM_HOMES = ("CACHE", "CONFIG", "DATA")
 POWERCAP_IMAGE = re.compile(r"^(?:.+/)?powercap-scheduler(?P<ref>[:@].+)$")
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(binary("helm")), *args], capture_output=True, text=True, check=False)
+    # Helm's cache, config and data beside the e2e logs, never in the home directory.
+    home = TEST_LOG_DIR / "helm-home"
+    env = {**os.environ, **{f"HELM_{p}_HOME": str(home / p.lower()) for p in HELM_HOMES}}
+    proc = subprocess.run(
+        [str(binary("helm")), *args], capture_output=True, text=True, check=False, env=env
+    )
     if check:
         assert proc.returncode == 0, f"`helm {' '.join(args)}` failed:\n{proc.stderr}"
     return proc
@@ -307,3 +314,62 @@ def test_each_object_has_the_same_content(
             diff = difflib.unified_diff(want, got, "kustomize", "chart", lineterm="")
             differing.append(f"{k}:\n" + "\n".join(diff))
     assert not differing, "the chart and manifests/ differ:\n" + "\n\n".join(differing)
+
+
+def test_install_upgrade_uninstall(api: Api) -> None:
+    """A real release on the test cluster: installed into a namespace Helm creates, upgraded
+    (a changed config rolls the pods through their checksum annotation), uninstalled
+    without leaving an object behind."""
+    namespace = "powercap-release"
+    cluster = [
+        f"--kubeconfig={api.cluster.kubeconfig}",
+        f"--namespace={namespace}",
+    ]
+
+    def annotations() -> dict[str, str]:
+        got = api.run(
+            "get", "deployment", "powercap-scheduler", f"--namespace={namespace}", "-o", "yaml"
+        ).stdout
+        found: dict[str, str] = yaml.safe_load(got)["spec"]["template"]["metadata"]["annotations"]
+        return found
+
+    helm("install", RELEASE, str(CHART), "--create-namespace", *cluster)
+    status = helm("status", RELEASE, *cluster).stdout
+    assert "STATUS: deployed" in status, status
+    before = annotations()
+    helm("upgrade", RELEASE, str(CHART), "--set=controller.dryRun=false", *cluster)
+    config = api.run(
+        "get",
+        "configmap",
+        "powercap-config",
+        f"--namespace={namespace}",
+        "-o",
+        "jsonpath={.data.powercap\\.yaml}",
+    ).stdout
+    assert yaml.safe_load(config)["controller"]["dryRun"] is False
+    after = annotations()
+    assert after["checksum/config"] != before["checksum/config"]
+    assert after["checksum/scheduler-config"] == before["checksum/scheduler-config"]
+    helm("uninstall", RELEASE, *cluster)
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    # The release's namespace and kube-system (the authentication reader's RoleBinding);
+    # other namespaces hold the ServiceAccounts the dry-run test created for real.
+    left = "".join(
+        api.run(
+            "get",
+            "all,configmaps,serviceaccounts,roles,rolebindings,networkpolicies",
+            f"--namespace={where}",
+            f"--selector={selector}",
+            "-o",
+            "name",
+        ).stdout
+        for where in (namespace, "kube-system")
+    )
+    cluster_left = api.run(
+        "get",
+        "clusterroles,clusterrolebindings,validatingadmissionpolicies",
+        f"--selector={selector}",
+        "-o",
+        "name",
+    ).stdout
+    assert not (left + cluster_left).strip(), f"left behind after uninstall:\n{left}{cluster_left}"
