@@ -24,6 +24,7 @@ import yaml
 from e2e.cluster import TEST_LOG_DIR, binary
 from e2e.tests.test_manifests import NAMESPACE, Api
 from e2e.tests.test_manifests import api as api  # the cluster fixture, shared
+from extender.config.loading import load_config
 from extender.webhook.settings import Limits
 
 pytestmark = pytest.mark.e2e
@@ -373,3 +374,38 @@ def test_install_upgrade_uninstall(api: Api) -> None:
         "name",
     ).stdout
     assert not (left + cluster_left).strip(), f"left behind after uninstall:\n{left}{cluster_left}"
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["example", "given"])
+def test_the_rendered_config_loads_as_the_extender_reads_it(tmp_path: Path, given: bool) -> None:
+    """The config and profile ConfigMaps, written out as the pods mount them, pass the
+    extender's loader (what `powercap serve` and `powercap controller` run at start)."""
+    values = None
+    if given:
+        profile = "llama3-70b-chat-eu.yaml"
+        values = tmp_path / "values.yaml"
+        values.write_text(
+            yaml.safe_dump(
+                {
+                    "config": {
+                        "domains": [
+                            {"name": "hall-a", "cap": 600000},
+                            {"name": "rack-a01", "parent": "hall-a", "cap": 42000},
+                        ],
+                        "profileFiles": ["profiles/*.yaml"],
+                        "services": {"chat-eu": {"profile": "llama3-70b-chat-eu"}},
+                    },
+                    "profileFiles": {profile: (REPO / "config" / "profiles" / profile).read_text()},
+                }
+            )
+        )
+    rendered = {key(o)[1]: o for o in objects(render(values=values)) if o["kind"] == "ConfigMap"}
+    mounted = tmp_path / "etc-powercap"
+    (mounted / "profiles").mkdir(parents=True)
+    config_path = mounted / "powercap.yaml"
+    config_path.write_text(rendered["powercap-config"]["data"]["powercap.yaml"])
+    for name, text in rendered["powercap-profiles"]["data"].items():
+        (mounted / "profiles" / name).write_text(text)
+    config = load_config(config_path)
+    assert config.scheduler.name == "powercap-scheduler"
+    assert config.controller.dry_run is True
