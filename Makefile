@@ -85,3 +85,18 @@ prometheus:
 	    echo "Prometheus is missing: install it with 'sudo apt-get install -y prometheus'"; exit 1; \
 	  fi; \
 	fi
+
+# The Helm chart (charts/powercap). Helm reads nothing outside the chart: files/ holds copies
+# of the config/ and manifests/ files it shares (edit the originals, then `make chart-sync`);
+# values.schema.json is written from the config model. tests/test_chart_files.py checks both.
+.PHONY: chart-schema chart-sync
+chart-schema: $(STAMP)
+	$(PY) -m extender.config.schema charts/powercap/values.schema.json
+
+chart-sync:
+	cp config/powercap.yaml config/kube-scheduler.yaml config/kube-scheduler-mtls.yaml charts/powercap/files/
+	rm -f charts/powercap/files/profiles/*.yaml
+	cp config/profiles/*.yaml charts/powercap/files/profiles/
+	cp manifests/base/admission.yaml charts/powercap/files/
+	cp manifests/monitoring/prometheusrule.yaml manifests/monitoring/servicemonitor.yaml \
+	  manifests/monitoring/grafana-dashboard.json charts/powercap/files/
