@@ -376,6 +376,23 @@ def test_install_upgrade_uninstall(api: Api) -> None:
     assert not (left + cluster_left).strip(), f"left behind after uninstall:\n{left}{cluster_left}"
 
 
+def test_prometheus_values_set_the_power_source(tmp_path: Path) -> None:
+    """prometheus.url and prometheus.selector replace the config's power.url and
+    power.selector; the rest of power: stays the example's."""
+    values = tmp_path / "values.yaml"
+    selector = {"job": "dcgm", "namespace": "gpu"}
+    values.write_text(
+        yaml.safe_dump({"prometheus": {"url": "http://prom.obs:9090", "selector": selector}})
+    )
+    rendered = objects(render(values=values))
+    (cm,) = [o for o in rendered if key(o) == ("ConfigMap", "powercap-config", NAMESPACE)]
+    power = yaml.safe_load(cm["data"]["powercap.yaml"])["power"]
+    example = yaml.safe_load((REPO / "config" / "powercap.yaml").read_text())["power"]
+    assert power == {**example, "url": "http://prom.obs:9090", "selector": selector}
+    bad = helm("template", "x", str(CHART), "--set=prometheus.url=prom:9090", check=False)
+    assert bad.returncode != 0 and "prometheus/url" in bad.stderr, bad.stderr
+
+
 @pytest.mark.parametrize("given", [False, True], ids=["example", "given"])
 def test_the_rendered_config_loads_as_the_extender_reads_it(tmp_path: Path, given: bool) -> None:
     """The config and profile ConfigMaps, written out as the pods mount them, pass the

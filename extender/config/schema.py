@@ -15,6 +15,7 @@ tests/test_chart_files.py fails when the committed file differs from :func:`valu
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -169,6 +170,21 @@ def chart_properties() -> dict[str, Any]:
                 {"$ref": f"#/definitions/{CONFIG_DEFINITION}"},
             ],
         },
+        "prometheus": _object(
+            {
+                "url": _string(
+                    "Prometheus base URL; set: the config's power.url (empty: the config's)",
+                    pattern="^(https?://.+)?$",
+                ),
+                "selector": {
+                    "type": "object",
+                    "description": (
+                        "label matchers of the power series; set: the config's power.selector"
+                    ),
+                    "additionalProperties": {"type": "string"},
+                },
+            }
+        ),
         "profileFiles": {
             "type": "object",
             "description": "PowerProfile files beside the config: file name → document",
@@ -214,8 +230,12 @@ def render() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Write the schema to the path given (default: the chart's, from the repository root)."""
-    args = sys.argv[1:] if argv is None else argv
-    path = Path(args[0]) if args else VALUES_SCHEMA_PATH
+    parser = argparse.ArgumentParser(
+        prog="python -m extender.config.schema",
+        description="Write the Helm chart's values.schema.json from the config model.",
+    )
+    parser.add_argument("path", nargs="?", type=Path, default=VALUES_SCHEMA_PATH)
+    path: Path = parser.parse_args(argv).path
     path.write_text(render())
     print(f"wrote {path}", file=sys.stderr)
     return 0

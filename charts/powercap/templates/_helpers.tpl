@@ -18,7 +18,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 
 {{/* The config document as the extender and the controller read it: .Values.config, or the
 example files/powercap.yaml when that is empty, with the scheduler name, the controller's
-dry run and its Lease namespace from the values and the release. */}}
+dry run and its Lease namespace from the values and the release, and power.url and
+power.selector from .Values.prometheus when set. */}}
 {{- define "powercap.config" -}}
 {{- $cfg := deepCopy .Values.config -}}
 {{- if not $cfg -}}
@@ -35,6 +36,14 @@ dry run and its Lease namespace from the values and the release. */}}
 {{- $_ = set $lease "namespace" .Release.Namespace -}}
 {{- $_ = set $ctl "lease" $lease -}}
 {{- $_ = set $cfg "controller" $ctl -}}
+{{- with .Values.prometheus -}}
+{{- if or .url .selector -}}
+{{- $power := get $cfg "power" | default dict -}}
+{{- if .url }}{{ $_ = set $power "url" .url }}{{ end -}}
+{{- if .selector }}{{ $_ = set $power "selector" .selector }}{{ end -}}
+{{- $_ = set $cfg "power" $power -}}
+{{- end -}}
+{{- end -}}
 {{- toYaml $cfg -}}
 {{- end }}
 
