@@ -32,9 +32,10 @@ $(STAMP): pyproject.toml requirements/dev.lock
 venv: $(STAMP)
 
 # The lock files (docs/deploy.md, "Dependencies and the lock file"): uv, pinned, installed
-# into the venv for this target only; Linux x86_64, CPython 3.11.
+# into the venv for this target only; Linux x86_64, CPython 3.11. Pins stay as they are
+# unless pyproject.toml asks otherwise; `make lock UPGRADE=1` moves them all to the newest.
 UV_VERSION := 0.13.9
-LOCK_FLAGS := --quiet --generate-hashes --python-version 3.11 \
+LOCK_FLAGS := --quiet --generate-hashes --python-version 3.11 $(if $(UPGRADE),--upgrade) \
   --python-platform x86_64-unknown-linux-gnu --custom-compile-command 'make lock'
 .PHONY: lock
 lock:
