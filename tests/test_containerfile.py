@@ -7,7 +7,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from e2e.image import BUILD_INPUTS
+from e2e.image import BUILD_INPUTS, image_name
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINERFILE = (ROOT / "Containerfile").read_text()
@@ -103,3 +103,10 @@ def test_every_locked_requirement_has_a_hash() -> None:
         assert blocks
         for block in blocks:
             assert "--hash=sha256:" in block, f"{name}: {block.splitlines()[0]}"
+
+
+def test_manifests_run_the_image_make_image_builds() -> None:
+    for name in ("deployment.yaml", "controller.yaml"):
+        text = (ROOT / "manifests" / "base" / name).read_text()
+        images = re.findall(r"image:\s*(\S*powercap-scheduler\S*)", text)
+        assert images == [image_name()], (name, images)
