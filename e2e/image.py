@@ -99,6 +99,13 @@ def image_exists(name: str) -> bool:
     return buildah("inspect", "--type", "image", name, check=False).returncode == 0
 
 
+def image_id(name: str) -> str | None:
+    proc = buildah("inspect", "--type", "image", "--format", "{{.FromImageID}}", name, check=False)
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.strip() or None
+
+
 def image_label(name: str, label: str) -> str | None:
     proc = buildah(
         "inspect",
@@ -237,6 +244,7 @@ def build(base: str | None = None, *, force: bool = False) -> str:
     if not force and image_label(name, KEY_LABEL) == key:
         log(f"{name} is up to date (build key {key[:12]})")
         return name
+    previous = image_id(name)
     log(f"building {name} on {chosen} with buildah (a few minutes: PyPI downloads)")
     started = time.monotonic()
     cmd = [
@@ -270,6 +278,9 @@ def build(base: str | None = None, *, force: bool = False) -> str:
             f"buildah bud failed ({proc.returncode}):\n{proc.stdout[-4000:]}{proc.stderr[-4000:]}"
         )
     log(f"built {name} in {time.monotonic() - started:.0f} s")
+    if previous is not None and previous != image_id(name):
+        # the image this one replaces, now untagged; kept if a container still uses it
+        buildah("rmi", previous, check=False)
     return name
 
 
