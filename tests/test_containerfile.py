@@ -7,6 +7,9 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
+
+from e2e import image
 from e2e.image import BUILD_INPUTS, image_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,3 +113,30 @@ def test_manifests_run_the_image_make_image_builds() -> None:
         text = (ROOT / "manifests" / "base" / name).read_text()
         images = re.findall(r"image:\s*(\S*powercap-scheduler\S*)", text)
         assert images == [image_name()], (name, images)
+
+
+def test_without_buildah_the_image_build_says_what_to_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(image.ImageError, match=r"make image.*apt-get install -y buildah"):
+        image.require_buildah()
+
+
+def test_build_key_follows_the_copied_files_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Outside a git work tree the key walks the copied paths; e2e/tests is not built."""
+    monkeypatch.setattr(image, "ROOT", tmp_path)
+    for name in ("Containerfile", "pyproject.toml", "powercap/cli.py", "e2e/tests/test_x.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    key = image.build_key("base")
+    (tmp_path / "e2e/tests/test_x.py").write_text("changed")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs/x.md").write_text("not copied")
+    assert image.build_key("base") == key
+    (tmp_path / "powercap/cli.py").write_text("changed")
+    changed = image.build_key("base")
+    assert changed != key
+    assert image.build_key("another-base") != changed
