@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -235,6 +236,20 @@ def choose_base(base: str | None) -> str:
     return make_local_base()
 
 
+def run_showing_steps(cmd: Sequence[str]) -> tuple[int, list[str]]:
+    """Run ``buildah bud``, echoing each Containerfile step as progress; return its exit
+    status and the last lines of its output (for an error message)."""
+    tail: deque[str] = deque(maxlen=60)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail.append(line)
+            if " STEP " in line and (": RUN " in line or ": FROM " in line):
+                step = " ".join(line.split())
+                log(f"  {step[:110]}{'…' if len(step) > 110 else ''}")
+    return proc.returncode, list(tail)
+
+
 def build(base: str | None = None, *, force: bool = False) -> str:
     """Build the image unless one with the same build key exists; return its name."""
     require_buildah()
@@ -272,11 +287,9 @@ def build(base: str | None = None, *, force: bool = False) -> str:
     if HOST_CA_BUNDLE.is_file():
         cmd += ["--volume", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]
     cmd.append(str(ROOT))
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise ImageError(
-            f"buildah bud failed ({proc.returncode}):\n{proc.stdout[-4000:]}{proc.stderr[-4000:]}"
-        )
+    returncode, tail = run_showing_steps(cmd)
+    if returncode != 0:
+        raise ImageError(f"buildah bud failed ({returncode}):\n" + "".join(tail))
     log(f"built {name} in {time.monotonic() - started:.0f} s")
     if previous is not None and previous != image_id(name):
         # the image this one replaces, now untagged; kept if a container still uses it
