@@ -103,3 +103,16 @@ def limited(problem: Problem) -> bool:
 def throughput_hosted(problem: Problem, hosted: NDArray[np.int64]) -> float:
     """Σ_s hosted[s] × one replica's throughput at its limit (tokens/s, or relative)."""
     return float(np.dot(hosted, provisioning_of(problem).replica_throughput()))
+
+
+def limits_by_service(problem: Problem) -> dict[str, float]:
+    """The services of ``problem`` below their default limit, with the fraction applied."""
+    prov = provisioning_of(problem)
+    names = problem.services.names
+    return {names[s]: float(prov.applied[s]) for s in range(len(names)) if prov.applied[s] < 1.0}
+
+
+def throughput_unit(problem: Problem) -> str:
+    """``tokens/s`` when every service gives ``tokensPerSecond``, else ``replicas``
+    (relative units: an uncapped replica counts 1)."""
+    return "tokens/s" if provisioning_of(problem).in_tokens else "replicas"
