@@ -160,14 +160,17 @@ def capped_profile(
 ) -> tuple[NDArray[np.float64], float]:
     """A replica's profile and nameplate at a per-GPU limit of ``fraction × gpu_watts``.
 
-    The model: the nameplate (watts above node idle) holds ``gpus × gpu_watts`` of GPU
-    power and a non-GPU rest. A limit lowers the most each GPU can draw by
-    ``(1 − fraction) × gpu_watts`` and leaves the rest alone, so the replica can never
-    draw more than ``nameplate − gpus × (1 − fraction) × gpu_watts``; the profile is
-    clipped there and the nameplate becomes that bound. Clipping never lowers a slot
-    the limit does not bind in, so the capped profile is as safe as the measured one.
+    The model: the nameplate (watts above node idle) holds a GPU share,
+    ``min(nameplate, gpus × gpu_watts)``, and a non-GPU rest. A limit scales the GPU
+    share by ``fraction`` and leaves the rest alone, so the replica can never draw more
+    than ``bound = nameplate − (1 − fraction) × GPU share``; the profile is clipped there
+    and the nameplate becomes that bound. Clipping never lowers a slot the limit does not
+    bind in, so the capped profile is as safe as the measured one; and the bound is at
+    least ``fraction × nameplate``, so a nameplate smaller than its GPUs' TDP sum cannot
+    make a replica free.
     """
-    bound = max(0.0, nameplate - gpus * (1.0 - fraction) * gpu_watts)
+    share = min(nameplate, gpus * gpu_watts)
+    bound = nameplate - (1.0 - fraction) * share
     return np.minimum(profile, bound), min(nameplate, bound)
 
 

@@ -255,3 +255,12 @@ def test_the_explicit_form_keeps_limits_without_clipping_twice() -> None:
     )
     assert np.allclose(again.services.profiles, problem.services.profiles)
     assert again.provisioning is not None and again.provisioning.applied[0] == 0.6
+
+
+def test_a_small_nameplate_scales_with_the_limit_and_never_reaches_zero() -> None:
+    # 8 GPUs of 700 W but a 3 kW nameplate: the GPU share is the whole nameplate
+    clipped, nameplate = capped_profile(
+        np.array([2900.0]), 3000.0, gpus=8, fraction=0.5, gpu_watts=700.0
+    )
+    assert nameplate == pytest.approx(1500.0)
+    assert clipped.tolist() == [1500.0]
