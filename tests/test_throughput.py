@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from placement.metrics import evaluate
+from placement.problem import Problem
 from placement.provisioning import at_limit, throughput_hosted, uncapped
 from placement.scenario.building import spec_from_problem
 from placement.scenario.spec import ScenarioError
@@ -22,7 +23,7 @@ from placement.throughput import (
     parse_limit,
     plan_limits,
 )
-from tests.problems import SMALL_GRID, problem_from_dict
+from tests.problems import SMALL_GRID, problem_from_dict, problems
 
 # -- the curve ---------------------------------------------------------------------------
 
@@ -264,3 +265,20 @@ def test_a_small_nameplate_scales_with_the_limit_and_never_reaches_zero() -> Non
     )
     assert nameplate == pytest.approx(1500.0)
     assert clipped.tolist() == [1500.0]
+
+
+@settings(max_examples=40, deadline=None)
+@given(problem=problems(), fraction=st.floats(0.3, 1.0))
+def test_a_limit_only_lowers_profiles_and_uncapping_restores_them(
+    problem: Problem, fraction: float
+) -> None:
+    capped = at_limit(problem, fraction)
+    assert np.all(capped.services.profiles <= problem.services.profiles + 1e-9)
+    assert np.all(capped.services.nameplate <= problem.services.nameplate + 1e-9)
+    # the bound is at least fraction × nameplate: nothing becomes free
+    assert np.all(capped.services.nameplate >= fraction * problem.services.nameplate - 1e-6)
+    again = uncapped(capped)
+    assert np.array_equal(again.services.profiles, problem.services.profiles)
+    assert np.array_equal(again.services.nameplate, problem.services.nameplate)
+    # the capped problem's placements are admissible against its own profiles
+    assert evaluate(capped, run_strategy("greedy", capped).assignment).violations == 0
