@@ -14,9 +14,11 @@ digitised measurement; its anchors, all approximate:
   Cloud", ASPLOS'24; arXiv 2308.12908) characterises LLM inference on DGX-A100 and finds
   that capping power costs inference little throughput at moderate caps ("minimal
   performance loss" while deploying 30% more servers). Those are A100 measurements.
-* Power-capping studies of Hopper (e.g. arXiv 2604.11391, H100/H200 capped from 200 W to
-  700 W) show compute-bound kernels losing throughput roughly in step with the cap below
-  about half of TDP, and memory-bound work losing little.
+* Power capping on Hopper (arXiv 2604.11391, H100/H200 capped from 200 W to 700 W):
+  the cap lowers SM clocks and the throughput of compute-bound kernels (DGEMM), while
+  memory-bound work is less affected (from the abstract).
+* Decode rarely reaches a cap (arXiv 2605.11999: decode draws 137–300 W on a 700 W
+  H200, from the abstract).
 * Measured vLLM serving on H100 SXM (grantwilkins/powertrace-sim; Llama-3-70B TP4 and
   Llama-3-8B) saturates at 470–511 W per GPU, so a limit at or above ~0.73 of 700 W is
   not reached by that workload at all.
