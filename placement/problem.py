@@ -13,6 +13,7 @@ from placement.fleet import Fleet
 from placement.frozen import read_only
 from placement.grid import Grid
 from placement.services import Services
+from placement.throughput import Provisioning
 from placement.tree import PowerTree
 
 
@@ -61,7 +62,9 @@ class Problem:
     replica count matrix: where replicas run now, so a re-plan can avoid moves.
     ``carbon`` (see :func:`placement.carbon.emissions.with_carbon`) adds grid intensity and an
     optional emission budget: every strategy then respects the budget, and ``cpsat``
-    prefers the least-emitting of equally good placements."""
+    prefers the least-emitting of equally good placements. ``provisioning`` (see
+    :mod:`placement.provisioning`) says which services run at a GPU power limit; their
+    profiles are already clipped at it."""
 
     name: str
     grid: Grid
@@ -71,6 +74,7 @@ class Problem:
     headroom: float = 0.0
     current: NDArray[np.int64] | None = None
     carbon: CarbonTerms | None = None
+    provisioning: Provisioning | None = None
 
     @property
     def effective_caps(self) -> NDArray[np.float64]:

@@ -192,3 +192,17 @@ BudgetDomainOpt = Annotated[
         "--budget-domain", help="Domain the emission budget holds for (default: the site)."
     ),
 ]
+
+
+PowerLimitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--power-limit",
+        help=(
+            "Provision every service that sets no powerLimit of its own at this GPU power "
+            "limit: a fraction of the GPU's default limit (0.8) or watts per GPU (560W). "
+            "The result is shown next to the uncapped provisioning."
+        ),
+        show_default=False,
+    ),
+]

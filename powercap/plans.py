@@ -13,6 +13,7 @@ from rich.progress import Progress
 from placement.carbon.emissions import PlanEmissions, plan_emissions
 from placement.metrics import Metrics, evaluate, gains
 from placement.problem import Problem
+from placement.provisioning import limits_by_service, throughput_hosted, throughput_unit
 from placement.strategies import Plan, run_strategy
 from powercap.carbon_setup import CarbonSetup
 from powercap.console import progress_step
@@ -60,6 +61,20 @@ def metrics_json(
     out = metrics[name].as_dict(with_domains=with_domains)
     out["gains"] = gains_of(name, metrics)
     return out
+
+
+def provisioning_json(problem: Problem, metrics: Metrics, hosted: Any) -> dict[str, Any]:
+    """One provisioning's outcome: ``hosted`` replicas, ``throughputHosted`` (Σ hosted ×
+    one replica's throughput at its limit, in ``unit``), ``violations`` (predicted
+    domain-slots over cap) and ``limits`` (service → fraction of the default limit, for
+    the services below it)."""
+    return {
+        "hosted": metrics.hosted_total,
+        "throughputHosted": round(throughput_hosted(problem, hosted), 3),
+        "unit": throughput_unit(problem),
+        "violations": metrics.violations,
+        "limits": limits_by_service(problem),
+    }
 
 
 def describe_problem(problem: Problem) -> str:

@@ -238,6 +238,48 @@ def compare_table(
     return table
 
 
+def provisioning_table(trades: dict[str, dict[str, Any]]) -> Table:
+    """Uncapped vs capped provisioning per strategy: hosted replicas and
+    throughput-weighted hosted (see :func:`powercap.plans.provisioning_json`)."""
+    first = next(iter(trades.values()))["capped"]
+    limits = first["limits"]
+    shown = sorted(set(limits.values()))
+    caption = (
+        f"{len(limits)} services at {', '.join(f'{f:.3g}' for f in shown[:4])} of the default "
+        f"GPU limit; throughput in {first['unit']} (an uncapped replica = 1)"
+        if first["unit"] == "replicas"
+        else f"{len(limits)} services at a GPU power limit; throughput in {first['unit']}"
+    )
+    table = Table(title="provisioning at a power limit", title_justify="left", caption=caption)
+    for column, justify in (
+        ("strategy", "left"),
+        ("hosted uncapped", "right"),
+        ("hosted capped", "right"),
+        ("throughput uncapped", "right"),
+        ("throughput capped", "right"),
+        ("change", "right"),
+        ("violations", "right"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for name, t in trades.items():
+        free, capped = t["uncapped"], t["capped"]
+        change = (
+            capped["throughputHosted"] / free["throughputHosted"] - 1.0
+            if free["throughputHosted"]
+            else None
+        )
+        table.add_row(
+            name,
+            f"{free['hosted']:,}",
+            f"{capped['hosted']:,}",
+            f"{free['throughputHosted']:,.1f}",
+            f"{capped['throughputHosted']:,.1f}",
+            gain_text(change),
+            violations_text(free["violations"] + capped["violations"]),
+        )
+    return table
+
+
 def replay_table(name: str, r: ReplayOutcome) -> Table:
     w = r.window
     controller = "on" if w.get("controller") else "off"

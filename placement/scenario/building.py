@@ -22,9 +22,17 @@ from numpy.typing import NDArray
 from placement.fleet import Fleet
 from placement.grid import Grid, format_duration
 from placement.problem import Problem
+from placement.provisioning import provision
 from placement.scenario.profiles import profile_values
 from placement.scenario.spec import API_VERSION, NodeSpec, ScenarioError, ScenarioSpec
 from placement.services import Services
+from placement.throughput import (
+    DEFAULT_CURVE,
+    Provisioning,
+    ThroughputCurve,
+    check_points,
+    parse_limit,
+)
 from placement.tree import PowerTree
 
 
@@ -120,6 +128,60 @@ def _service_profiles(
     return profiles
 
 
+def _provisioning(
+    spec: ScenarioSpec, services: Services, problems: list[str]
+) -> Provisioning | None:
+    """Per-service power limits and throughput terms, or ``None`` when no service sets
+    any; appends to ``problems`` bad limits and curves, each named by its path."""
+    fields = ("power_limit", "throughput_curve", "tokens_per_second", "gpu_limit_watts")
+    if not any(s.model_fields_set & set(fields) for s in spec.services):
+        return None
+    own = np.full(services.size, np.nan)
+    curves: list[ThroughputCurve] = []
+    for i, s in enumerate(spec.services):
+        curve = DEFAULT_CURVE
+        if s.throughput_curve is not None:
+            try:
+                check_points(s.throughput_curve, where=f"services[{i}].throughputCurve")
+                curve = ThroughputCurve(points=tuple(s.throughput_curve), source="scenario")
+            except ValueError as exc:
+                problems.append(str(exc))
+        curves.append(curve)
+        if s.power_limit is None:
+            continue
+        try:
+            own[i] = parse_limit(
+                s.power_limit, s.gpu_limit_watts, where=f"services[{i}].powerLimit"
+            )
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        if own[i] < curve.floor - 1e-9:
+            problems.append(
+                f"services[{i}].powerLimit: {own[i]:.3g} of the default limit is below the "
+                f"throughput curve's floor {curve.floor:.3g} "
+                f"({curve.floor * s.gpu_limit_watts:.0f} W); raise it or extend throughputCurve"
+            )
+    given = [s.tokens_per_second is not None for s in spec.services]
+    if any(given) and not all(given):
+        missing = given.index(False)
+        problems.append(
+            f"services[{missing}].tokensPerSecond: give it for every service or for none "
+            "(throughput is then in relative units)"
+        )
+    return Provisioning(
+        own=own,
+        applied=np.where(np.isnan(own), 1.0, own),
+        gpu_watts=np.array([s.gpu_limit_watts for s in spec.services]),
+        curves=tuple(curves),
+        tokens_per_s=np.array(
+            [np.nan if s.tokens_per_second is None else s.tokens_per_second for s in spec.services]
+        ),
+        base_profiles=services.profiles,
+        base_nameplate=services.nameplate,
+    )
+
+
 def _current_replicas(
     spec: ScenarioSpec, services: Services, fleet: Fleet
 ) -> NDArray[np.int64] | None:
@@ -181,7 +243,10 @@ def problem_from_spec(spec: ScenarioSpec, base_dir: Path = Path(".")) -> Problem
         nameplate=np.array([s.nameplate_watts for s in spec.services], dtype=np.float64),
         profiles=profiles,
     )
-    return Problem(
+    prov = _provisioning(spec, services, problems)
+    if problems:
+        raise ScenarioError(problems, spec.metadata.name)
+    problem = Problem(
         name=spec.metadata.name,
         grid=grid,
         tree=tree,
@@ -190,11 +255,27 @@ def problem_from_spec(spec: ScenarioSpec, base_dir: Path = Path(".")) -> Problem
         headroom=spec.headroom,
         current=_current_replicas(spec, services, fleet),
     )
+    return problem if prov is None else provision(problem, prov)
 
 
 def spec_from_problem(problem: Problem) -> ScenarioSpec:
     """The explicit form of a problem (every profile as T values)."""
     tree, fleet, svc, grid = problem.tree, problem.fleet, problem.services, problem.grid
+    prov = problem.provisioning
+    profiles = svc.profiles if prov is None else prov.base_profiles
+    nameplate = svc.nameplate if prov is None else prov.base_nameplate
+
+    def limits_of(s: int) -> dict[str, Any]:
+        if prov is None:
+            return {}
+        out: dict[str, Any] = {"gpuLimitWatts": float(prov.gpu_watts[s])}
+        if prov.applied[s] < 1.0:
+            out["powerLimit"] = float(prov.applied[s])
+        if prov.curves[s] != DEFAULT_CURVE:
+            out["throughputCurve"] = [list(p) for p in prov.curves[s].points]
+        if np.isfinite(prov.tokens_per_s[s]):
+            out["tokensPerSecond"] = float(prov.tokens_per_s[s])
+        return out
 
     def cap_of(d: int) -> float | list[float]:
         row = tree.caps[d]
@@ -233,8 +314,9 @@ def spec_from_problem(problem: Problem) -> ScenarioSpec:
                 "replicas": int(svc.demand[s]),
                 "gpusPerReplica": int(svc.gpus[s]),
                 "priority": int(svc.priority[s]),
-                "nameplateWatts": float(svc.nameplate[s]),
-                "profile": [round(float(x), 1) for x in svc.profiles[s]],
+                "nameplateWatts": float(nameplate[s]),
+                "profile": [round(float(x), 1) for x in profiles[s]],
+                **limits_of(s),
             }
             for s in range(svc.size)
         ],

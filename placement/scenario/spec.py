@@ -124,6 +124,17 @@ class ServiceSpec(_Model):
     priority: int = 0
     nameplate_watts: float = Field(alias="nameplateWatts", ge=0)
     profile: list[float] | ProfileRef
+    # Provisioning at a GPU power limit (docs/power-limits-model.md): a fraction of the
+    # GPU's default limit (0.8) or watts per GPU ("560W"); the default limit itself; a
+    # throughput curve [[fraction, relative throughput], ...] ending at [1.0, 1.0]; and
+    # one replica's tokens/s at the default limit (throughput is in relative units unless
+    # every service gives it).
+    power_limit: float | str | None = Field(alias="powerLimit", default=None)
+    gpu_limit_watts: float = Field(alias="gpuLimitWatts", gt=0, default=700.0)
+    throughput_curve: list[tuple[float, float]] | None = Field(
+        alias="throughputCurve", default=None
+    )
+    tokens_per_second: float | None = Field(alias="tokensPerSecond", gt=0, default=None)
 
 
 class ScenarioSpec(_Model):
