@@ -46,6 +46,7 @@ NVML_ERROR_UNKNOWN = 999
 
 # The reason label of a code, in metrics and in NodePowerLimit status.
 REASONS: dict[int, str] = {
+    NVML_ERROR_UNINITIALIZED: "Uninitialized",
     NVML_ERROR_INVALID_ARGUMENT: "InvalidArgument",
     NVML_ERROR_NOT_SUPPORTED: "NotSupported",
     NVML_ERROR_NO_PERMISSION: "NoPermission",
