@@ -12,7 +12,7 @@ import pynvml
 import pytest
 
 from extender.agent.fake import BOARDS, FakeGpu, FakeNvml
-from extender.agent.loop import NO_PERMISSION_SENTENCE, Agent, AgentLoop
+from extender.agent.loop import NO_PERMISSION_SENTENCE, Agent, AgentClosed, AgentLoop
 from extender.agent.metrics import AgentMetrics
 from extender.agent.nvml import (
     NVML_ERROR_NO_PERMISSION,
@@ -263,3 +263,13 @@ def test_fake_follows_nvml_on_out_of_range_and_uninitialised() -> None:
     with pytest.raises(NvmlError) as out:
         nvml.nvmlDeviceSetPowerManagementLimit(handle, 100_000)  # NVML does not clamp
     assert out.value.reason == "InvalidArgument"
+
+
+def test_no_round_sets_anything_after_close() -> None:
+    nvml = FakeNvml.of("L4", 1)
+    agent, _ = started(nvml)
+    agent.reconcile(request({"wattsPerGpu": 50}))
+    assert agent.close(restore=True) == 1
+    with pytest.raises(AgentClosed):
+        agent.reconcile(request({"wattsPerGpu": 50}))
+    assert limits(nvml) == [72_000] and not nvml.initialised

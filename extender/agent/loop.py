@@ -69,6 +69,7 @@ class Agent:
         self.dry_run = dry_run
         self.can_set: bool | None = None  # unknown until a set is tried
         self._lock = threading.Lock()
+        self._closed = False  # after close(): NVML is shut down, nothing more is set
         self._told: set[str] = set()  # refusals already logged, once each
 
     def start(self) -> None:
@@ -111,6 +112,8 @@ class Agent:
     def reconcile(self, request: NodePowerLimit | None) -> NodePowerLimitStatus:
         """One round: every GPU to its target; the status of what holds now."""
         with self._lock:
+            if self._closed:
+                raise AgentClosed("the agent is closed")
             return self._reconcile(request)
 
     def _reconcile(self, request: NodePowerLimit | None) -> NodePowerLimitStatus:
@@ -217,41 +220,54 @@ class Agent:
     def restore_defaults(self) -> int:
         """Every GPU back on its default limit; returns how many were changed. Failures
         are logged and counted, never raised (this runs on the way out)."""
-        changed = 0
         with self._lock:
-            if self.dry_run:
-                return 0
+            return self._restore_defaults()
+
+    def _restore_defaults(self) -> int:
+        changed = 0
+        if self.dry_run or self._closed:
+            return 0
+        try:
+            count = self.nvml.nvmlDeviceGetCount()
+        except NvmlError as exc:
+            log.error("restoring default power limits: %s", exc)
+            return 0
+        for index in range(count):
+            handle, reading = read_gpu(self.nvml, index)
+            if handle is None or reading.error is not None:
+                continue
+            if reading.limit_mw == reading.default_mw:
+                continue
             try:
-                count = self.nvml.nvmlDeviceGetCount()
+                self.nvml.nvmlDeviceSetPowerManagementLimit(handle, reading.default_mw)
             except NvmlError as exc:
-                log.error("restoring default power limits: %s", exc)
-                return 0
-            for index in range(count):
-                handle, reading = read_gpu(self.nvml, index)
-                if handle is None or reading.error is not None:
-                    continue
-                if reading.limit_mw == reading.default_mw:
-                    continue
-                try:
-                    self.nvml.nvmlDeviceSetPowerManagementLimit(handle, reading.default_mw)
-                except NvmlError as exc:
-                    self._refused(reading, exc)
-                else:
-                    changed += 1
-                    log.info(
-                        "GPU %d (%s): default power limit %g W restored",
-                        index,
-                        reading.uuid,
-                        _w(reading.default_mw),
-                    )
+                self._refused(reading, exc)
+            else:
+                changed += 1
+                log.info(
+                    "GPU %d (%s): default power limit %g W restored",
+                    index,
+                    reading.uuid,
+                    _w(reading.default_mw),
+                )
         return changed
 
-    def shutdown(self) -> None:
+    def close(self, *, restore: bool) -> int:
+        """The way out, in one hold of the lock so no round slips in between: restore the
+        defaults when ``restore`` (returns how many GPUs changed), shut NVML down; every
+        later :meth:`reconcile` raises :class:`AgentClosed`."""
         with self._lock:
+            restored = self._restore_defaults() if restore else 0
+            self._closed = True
             try:
                 self.nvml.nvmlShutdown()
             except NvmlError as exc:
                 log.debug("nvmlShutdown: %s", exc)
+            return restored
+
+
+class AgentClosed(RuntimeError):
+    """A round after :meth:`Agent.close`."""
 
 
 def _id(reading: GpuReading) -> tuple[int, str]:
@@ -344,6 +360,8 @@ class AgentLoop:
                 if rv and not self.stopping.is_set():
                     self.source.wait(rv, max(1, round(self.resync_s)))
             except Exception:  # the API server or NVML failed this round: try again
+                if self.stopping.is_set():
+                    return  # the round was cut by the way out
                 log.exception("agent round failed; retrying in %g s", self.resync_s)
                 self.stopping.wait(self.resync_s)
 
@@ -355,7 +373,6 @@ class AgentLoop:
         """Stop the rounds; with ``restore_on_exit`` put every GPU back on its default
         (at once: a round waiting on a watch is not waited for)."""
         self.stopping.set()
+        restored = self.agent.close(restore=self.restore_on_exit)
         if self.restore_on_exit:
-            restored = self.agent.restore_defaults()
             log.info("on exit: %d GPU(s) restored to their default power limit", restored)
-        self.agent.shutdown()
