@@ -16,6 +16,7 @@ help:
 	@echo "make e2e    - the e2e tests on a local KWOK cluster (builds the toolchain once)"
 	@echo "make bench  - run the benchmarks (results: benchmarks/README.md)"
 	@echo "make lint   - ruff, mypy and the import contracts (lint-imports) only"
+	@echo "make gpu-check - read each NVIDIA GPU's power limits and draw through NVML (sets nothing)"
 
 $(STAMP): pyproject.toml
 	@echo ">> creating virtualenv in $(VENV) and installing powercap with its dev dependencies"
@@ -53,6 +54,12 @@ e2e: $(STAMP) tools
 	$(PY) -m pytest -q e2e -m e2e
 
 test: lint unit e2e
+
+# Read-only, on a machine with NVIDIA GPUs: each GPU's limit constraints, default, set and
+# enforced limits and draw through real NVML. It never sets anything; not part of `make test`.
+.PHONY: gpu-check
+gpu-check: $(STAMP)
+	$(PY) -m extender.agent.check
 
 bench: $(STAMP) tools
 	@echo ">> planner: 1,000 nodes, 150 domains, 50 services, T = 144"
