@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -78,3 +79,31 @@ def test_health_readiness_and_metrics() -> None:
     assert f'powercap_agent_gpu_power_limit_watts{{gpu="0",uuid="{uuid}"}} 72.0' in body
     assert "powercap_agent_can_set_limits 1.0" in body
     assert client.get("/filter").status_code == 404
+
+
+class Requested(Nothing):
+    """A request of 50 W per GPU; a round waits a little, as a watch would."""
+
+    def fetch(self) -> tuple[dict[str, Any] | None, str]:
+        return {"metadata": {"name": "n", "generation": 1}, "spec": {"wattsPerGpu": 50}}, "1"
+
+    def wait(self, resource_version: str, timeout_s: int) -> None:
+        time.sleep(0.05)
+
+
+def test_the_servers_lifespan_runs_the_loop_and_restores_on_the_way_out() -> None:
+    """What SIGTERM does to the served app: uvicorn ends the lifespan, the loop stops and
+    every GPU goes back to its default."""
+    nvml = FakeNvml.of("L4", 2)
+    metrics = AgentMetrics()
+    agent = Agent(nvml, metrics=metrics)
+    agent.start()
+    loop = AgentLoop(agent, Requested(), resync_s=1, restore_on_exit=True)
+    with TestClient(agent_app(loop, metrics)) as client:
+        deadline = time.monotonic() + 10
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "the loop never completed a round"
+            time.sleep(0.02)
+        assert [g.limit_mw for g in nvml.gpus] == [50_000, 50_000]
+    assert [g.limit_mw for g in nvml.gpus] == [72_000, 72_000]
+    assert not nvml.initialised
