@@ -208,12 +208,18 @@ def test_exit_without_restore_keeps_the_limits() -> None:
 def test_an_invalid_request_changes_nothing_and_says_why() -> None:
     nvml = FakeNvml.of("L4", 1)
     agent, _ = started(nvml)
-    store = Requests({"metadata": {"name": "n"}, "spec": {"wattsPerGpu": -5}})
-    AgentLoop(agent, store).round()
-    (status,) = store.statuses
+    store = Requests({"metadata": {"name": "n"}, "spec": {"wattsPerGpu": 50}})
+    loop = AgentLoop(agent, store)
+    loop.round()
+    assert limits(nvml) == [50_000]
+    store.obj = {"metadata": {"name": "n"}, "spec": {"wattsPerGpu": -5}}
+    loop.round()
+    status = store.statuses[-1]
     cond = status["conditions"][0]
     assert cond["reason"] == "InvalidRequest" and "spec.wattsPerGpu" in cond["message"]
-    assert limits(nvml) == [72_000]
+    assert status["gpus"][0]["reason"] == "InvalidRequest"
+    assert status["gpus"][0]["targetWatts"] == 50
+    assert limits(nvml) == [50_000]  # not withdrawn: left as it is
 
 
 def _pynvml_like(fail_with: int | None) -> types.ModuleType:

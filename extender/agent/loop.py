@@ -109,14 +109,17 @@ class Agent:
         else:
             log.error(NOT_SUPPORTED_SENTENCE, *_id(reading))
 
-    def reconcile(self, request: NodePowerLimit | None) -> NodePowerLimitStatus:
-        """One round: every GPU to its target; the status of what holds now."""
+    def reconcile(
+        self, request: NodePowerLimit | None, *, hold: bool = False
+    ) -> NodePowerLimitStatus:
+        """One round: every GPU to its target; the status of what holds now. With
+        ``hold`` (the request could not be read) nothing is set, only read and reported."""
         with self._lock:
             if self._closed:
                 raise AgentClosed("the agent is closed")
-            return self._reconcile(request)
+            return self._reconcile(request, hold=hold)
 
-    def _reconcile(self, request: NodePowerLimit | None) -> NodePowerLimitStatus:
+    def _reconcile(self, request: NodePowerLimit | None, *, hold: bool) -> NodePowerLimitStatus:
         spec = request.spec if request is not None else None
         count = self.nvml.nvmlDeviceGetCount()
         readings: list[GpuReading] = []
@@ -145,7 +148,12 @@ class Agent:
                     f"requested {asked:g} W is outside [{_w(c.min_mw):g}, {_w(c.max_mw):g}] W; "
                     f"clamped to {_w(t.mw):g} W"
                 )
-            if reading.limit_mw != t.mw:
+            if hold:
+                why, note = (
+                    "InvalidRequest",
+                    "the request cannot be read: the limit is left as it is",
+                )
+            elif reading.limit_mw != t.mw:
                 if self.dry_run:
                     why, note = "DryRun", f"would set {_w(t.mw):g} W (dry run)"
                 else:
@@ -176,7 +184,7 @@ class Agent:
                     max_watts=_w(c.max_mw),
                     default_watts=_w(c.default_mw),
                     requested_watts=asked,
-                    target_watts=_w(t.mw),
+                    target_watts=_w(reading.limit_mw if hold else t.mw),
                     enforced_watts=_w(reading.enforced_mw) if reading.error is None else None,
                     reason=why,
                     message=note,
@@ -330,7 +338,7 @@ class AgentLoop:
         if problem is not None:
             # a request the agent cannot read changes nothing; the status says why
             log.error("%s", problem)
-            status = self.agent.reconcile(None if obj is None else NodePowerLimit())
+            status = self.agent.reconcile(None, hold=True)
             status.conditions = [
                 Condition(
                     type=CONDITION,
