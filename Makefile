@@ -18,6 +18,7 @@ help:
 	@echo "make lint   - ruff, mypy and the import contracts (lint-imports) only"
 	@echo "make image  - the container image localhost/powercap-scheduler:<version> (buildah)"
 	@echo "make lock   - refresh requirements/*.lock (uv, with hashes)"
+	@echo "make gpu-check - read each NVIDIA GPU's power limits and draw through NVML (sets nothing)"
 
 # The dev lock (dev and report extras), hashes checked; then the project itself, built with
 # the setuptools the lock installed.
@@ -91,6 +92,12 @@ e2e: $(STAMP) tools image
 	$(PY) -m pytest -q e2e -m e2e
 
 test: lint unit e2e
+
+# Read-only, on a machine with NVIDIA GPUs: each GPU's limit constraints, default, set and
+# enforced limits and draw through real NVML. It never sets anything; not part of `make test`.
+.PHONY: gpu-check
+gpu-check: $(STAMP)
+	$(PY) -m extender.agent.check
 
 bench: $(STAMP) tools
 	@echo ">> planner: 1,000 nodes, 150 domains, 50 services, T = 144"

@@ -132,7 +132,7 @@ DEFAULT_CURVE = ThroughputCurve(
         (0.90, 0.98),
         (1.00, 1.00),
     ),
-    source="conservative H100 SXM assumption (docs/power-limits-model.md)",
+    source="conservative H100 SXM assumption (docs/power-limits.md)",
 )
 
 

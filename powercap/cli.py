@@ -18,7 +18,16 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from powercap.commands import carbon, controller, planning, profiles, scenario, serve, whatif
+from powercap.commands import (
+    agent,
+    carbon,
+    controller,
+    planning,
+    profiles,
+    scenario,
+    serve,
+    whatif,
+)
 from powercap.console import stderr
 
 PLUGIN_GROUP = "powercap.commands"
@@ -65,7 +74,7 @@ def _root(
     """Power-aware placement of LLM inference services into a datacenter power tree."""
 
 
-for _commands in (planning, whatif, scenario, carbon, serve, controller, profiles):
+for _commands in (planning, whatif, scenario, carbon, serve, controller, profiles, agent):
     _commands.register(app)
 
 

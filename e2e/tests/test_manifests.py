@@ -140,8 +140,8 @@ def _install_crds(api: Api, files: list[Path]) -> None:
 @pytest.fixture(scope="module")
 def api() -> Iterator[Api]:
     """A cluster with the pinned CRDs installed and the ``powercap-system`` Namespace of
-    ``manifests/base`` created (objects cannot be dry-run into a namespace that does not
-    exist)."""
+    ``manifests/base`` and ``powercap-agent`` of ``manifests/agent`` created (objects cannot
+    be dry-run into a namespace that does not exist)."""
     kubectl = binary("kubectl")
     binary("kube-scheduler")
     crd_files = crds.installed(toolchain.cache_root())
@@ -149,6 +149,7 @@ def api() -> Iterator[Api]:
         a = Api(c, kubectl)
         _install_crds(a, crd_files)
         a.run("apply", "-f", str(MANIFESTS / "base" / "namespace.yaml"))
+        a.run("apply", "-f", str(MANIFESTS / "agent" / "namespace.yaml"))
         yield a
 
 

@@ -124,7 +124,7 @@ class ServiceSpec(_Model):
     priority: int = 0
     nameplate_watts: float = Field(alias="nameplateWatts", ge=0)
     profile: list[float] | ProfileRef
-    # Provisioning at a GPU power limit (docs/power-limits-model.md): a fraction of the
+    # Provisioning at a GPU power limit (docs/power-limits.md): a fraction of the
     # GPU's default limit (0.8) or watts per GPU ("560W"); the default limit itself; a
     # throughput curve [[fraction, relative throughput], ...] ending at [1.0, 1.0]; and
     # one replica's tokens/s at the default limit (throughput is in relative units unless
