@@ -17,7 +17,16 @@ from importlib.metadata import entry_points
 import typer
 from rich.text import Text
 
-from powercap.commands import carbon, controller, planning, profiles, scenario, serve, whatif
+from powercap.commands import (
+    carbon,
+    config,
+    controller,
+    planning,
+    profiles,
+    scenario,
+    serve,
+    whatif,
+)
 from powercap.console import stderr
 
 PLUGIN_GROUP = "powercap.commands"
@@ -31,7 +40,7 @@ app = typer.Typer(
     # Locals of a solver frame are large numpy arrays; printing them helps nobody.
     pretty_exceptions_show_locals=False,
 )
-for _commands in (planning, whatif, scenario, carbon, serve, controller, profiles):
+for _commands in (planning, whatif, scenario, carbon, serve, controller, profiles, config):
     _commands.register(app)
 
 
