@@ -1,6 +1,8 @@
 """Prometheus metrics of the extender, on a registry of its own (one per app, so
 tests and benchmarks can build many apps in one process).
 
+* ``powercap_build_info{version,revision,python_version}`` — always 1: which build runs
+  (``revision`` from ``POWERCAP_REVISION``, else ``unknown``);
 * ``powercap_extender_request_seconds{verb}`` — latency histogram per verb;
 * ``powercap_extender_decisions_total{verb,outcome}`` — what the decisions were;
 * ``powercap_domain_predicted_headroom_watts{domain}`` — least cap − load over the
@@ -19,6 +21,8 @@ carbon caps (:class:`CarbonMetrics`) join the same registry when they run (see
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -27,6 +31,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from extender.cluster.state import ClusterState
+
+DISTRIBUTION = "powercap-scheduler"
+# The source revision the running build came from: set by the image build (a build
+# argument passed on as this variable); absent, the revision label is "unknown".
+REVISION_ENV = "POWERCAP_REVISION"
 
 # Decisions take well under a millisecond; the scheduler gives up after httpTimeout (5 s).
 LATENCY_BUCKETS = (
@@ -50,6 +59,22 @@ LATENCY_BUCKETS = (
 # a bound of powercap serve); binds that failed.
 ERROR_OUTCOMES = ("bad_request", "internal_error", "too_large", "busy")
 BIND_FAILURES = ("api_error", "over_cap")
+
+
+def build_labels() -> dict[str, str]:
+    """The labels of ``powercap_build_info``: the installed distribution's version, the
+    Python running it, and the source revision when the build recorded one."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {
+        "version": version,
+        "revision": os.environ.get(REVISION_ENV, "").strip() or "unknown",
+        "python_version": platform.python_version(),
+    }
 
 
 class _StateCollector(Collector):
@@ -134,6 +159,14 @@ class Telemetry:
             registry=self.registry,
         )
         self.registry.register(_StateCollector(self))
+        labels = build_labels()
+        self.build_info = Gauge(
+            "powercap_build_info",
+            "Always 1; the labels say which build runs: version, revision, python_version.",
+            list(labels),
+            registry=self.registry,
+        )
+        self.build_info.labels(**labels).set(1)
         # Children are cached: labels() costs a lock and a dict lookup per call.
         self._latency_child = {
             v: self.latency.labels(v) for v in ("filter", "prioritize", "bind", "preempt")
