@@ -121,3 +121,20 @@ def test_a_missing_file_exits_1(tmp_path: Path) -> None:
     result = runner.invoke(cli.app, ["config", "validate", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 1
     assert "cannot read file" in result.stderr
+
+
+def test_sections_naming_domains_are_checked_against_the_tree_despite_schema_errors() -> None:
+    data = _example_data()
+    data["scoring"] = {"planWieght": 0.6}  # schema: a misspelled key
+    data["domains"][1]["cap"] = -5  # type: ignore[index]  # the tree: a negative cap
+    data["intensity"] = {
+        "kind": "ukci",
+        "fallbackCapFraction": 0.8,
+        "domains": ["row-9"],  # names a domain the tree lacks
+        "budgets": [{"domain": "rack-9", "kg": 10, "window": "day"}],
+    }
+    check = check_config_data(data, ROOT / "config", "inline")
+    wheres = [p.split(":", 1)[0] for p in check.problems]
+    assert wheres[:2] == ["scoring.planWieght", "domains[1].cap"], check.problems
+    assert "intensity.domains[0]" in wheres and "intensity.budgets[0].domain" in wheres
+    assert any("unknown domain 'row-9'" in p for p in check.problems)

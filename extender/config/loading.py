@@ -57,6 +57,7 @@ from placement.scenario.spec import (
     ScenarioError,
     ScenarioSpec,
 )
+from placement.tree import PowerTree
 from placement.validation import seconds_or_problem, validation_problems
 
 
@@ -98,6 +99,19 @@ def _problem_of(spec: ConfigSpec, base_dir: Path, problems: list[str]) -> Proble
     except ScenarioError as exc:
         problems += exc.problems
     return None
+
+
+def _names_only_tree(spec: ConfigSpec, grid: Grid) -> PowerTree | None:
+    """The tree of the config's domain names and parents with placeholder caps, or ``None``
+    when the names and parents themselves do not make a tree."""
+    try:
+        return PowerTree.build(
+            [d.name for d in spec.domains],
+            [d.parent for d in spec.domains],
+            np.ones((len(spec.domains), grid.slots)),
+        )
+    except ValueError:
+        return None
 
 
 def _named_profiles(
@@ -216,6 +230,10 @@ def config_from_spec(
         problems.append(f"grid: {exc}")
     problem = _problem_of(spec, base_dir, problems) if grid is not None else None
     tree = problem.tree if problem is not None else None
+    if tree is None and grid is not None:
+        # A tree whose names and parents hold but whose caps do not still lets what names
+        # domains be checked; the config is refused all the same.
+        tree = _names_only_tree(spec, grid)
     profiles: dict[str, NDArray[np.float64]] = {}
     services: dict[str, ServiceEntry] = {}
     if grid is not None:
@@ -251,7 +269,7 @@ def config_from_spec(
         problems += learn_problems
     kubernetes, kubernetes_problems = resolve_kubernetes(spec.kubernetes, "kubernetes")
     problems += kubernetes_problems
-    if problems or grid is None or tree is None:
+    if problems or grid is None or problem is None or tree is None:
         raise ConfigError(problems, source)
     return Config(
         name=spec.metadata.name,
