@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -45,8 +46,8 @@ from e2e.deploy import (
 )
 from e2e.powersim import PowerSimulator, SimClock, StaticPods, grid_profiles, sim_nodes
 from e2e.prometheus import Prometheus, ScrapeJob, prometheus
+from e2e.rbac import CONTROLLER_ACCOUNT, kubectl, mint_token
 from e2e.rbac import NAMESPACE as LEASE_NAMESPACE
-from e2e.rbac import kubectl, mint_token
 from e2e.scenarios import batch_scenario
 from e2e.scheduler import start_controller, start_extender, start_scheduler
 from placement.scenario.building import problem_from_spec
@@ -212,6 +213,22 @@ def metrics_reader_token(c: Any) -> str:
     return mint_token(c, PROMETHEUS_ACCOUNT)
 
 
+def secure_metrics_status(port: int, token: str | None) -> int:
+    """The HTTP status of kube-scheduler's /metrics on its secure port for ``token``
+    (``None``: anonymous); its self-signed certificate is not verified."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    request = urllib.request.Request(f"https://127.0.0.1:{port}/metrics")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5, context=context) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 def unschedulable_pod(core: Any) -> None:
     """A pod for the powercap-scheduler that asks for more GPUs than any node has: one
     scheduling attempt (unschedulable) fills kube-scheduler's attempt metrics, without a
@@ -320,6 +337,18 @@ def test_stale_data_alert_no_action_and_every_query_returns_series() -> None:
                     (secure_port,) = free_ports(1)
                     start_scheduler(c, ports.verbs, secure_port=secure_port)
                     unschedulable_pod(core)
+                    reader = metrics_reader_token(c)
+                    wait_for(
+                        "kube-scheduler's secure port",
+                        lambda: secure_metrics_status(secure_port, reader) == 200,
+                        30.0,
+                        every_s=0.25,
+                    )
+                    # Only an account granted get on /metrics reads it: not an anonymous
+                    # caller, not one of powercap's own accounts.
+                    assert secure_metrics_status(secure_port, None) in (401, 403)
+                    other = mint_token(c, CONTROLLER_ACCOUNT)
+                    assert secure_metrics_status(secure_port, other) == 403
                     monitoring = prometheus(
                         [
                             ScrapeJob(JOB, [f"127.0.0.1:{port}"]),
@@ -328,7 +357,7 @@ def test_stale_data_alert_no_action_and_every_query_returns_series() -> None:
                                 KUBE_SCHEDULER_JOB,
                                 [f"127.0.0.1:{secure_port}"],
                                 scheme="https",
-                                bearer_token=metrics_reader_token(c),
+                                bearer_token=reader,
                                 insecure_skip_verify=True,
                             ),
                         ],
