@@ -138,3 +138,16 @@ def test_sections_naming_domains_are_checked_against_the_tree_despite_schema_err
     assert wheres[:2] == ["scoring.planWieght", "domains[1].cap"], check.problems
     assert "intensity.domains[0]" in wheres and "intensity.budgets[0].domain" in wheres
     assert any("unknown domain 'row-9'" in p for p in check.problems)
+
+
+def test_a_bad_value_inside_a_union_is_set_aside_with_its_field() -> None:
+    data = _example_data()
+    services = data["services"]
+    assert isinstance(services, dict)
+    services["chat-eu"]["profile"] = {"diurnal": {"low": "lots", "high": 10}}
+    data["domains"][2]["parent"] = "row-7"  # type: ignore[index]
+    check = check_config_data(data, ROOT / "config", "inline")
+    wheres = [p.split(":", 1)[0] for p in check.problems]
+    assert any(w.startswith("services.chat-eu.profile") for w in wheres), check.problems
+    # the tree is still checked
+    assert "domains[2].parent" in wheres, check.problems

@@ -134,6 +134,7 @@ def check_config_data(data: Any, base_dir: Path = Path("."), source: str = "conf
     problems: list[str] = []
     aside = _Aside()
     spec: ConfigSpec | None = None
+    tried: set[tuple[int | str, ...]] = set()
     for round_ in range(_ROUNDS):
         try:
             spec = ConfigSpec.model_validate(work)
@@ -142,7 +143,15 @@ def check_config_data(data: Any, base_dir: Path = Path("."), source: str = "conf
             if round_ == 0:
                 problems += _pydantic_problems(exc)
                 problems += intensity_schema_problems(data.get("intensity"))
-            locs = {_real_loc(work, e["loc"]) for e in exc.errors()}
+            locs: set[tuple[int | str, ...]] = set()
+            for e in exc.errors():
+                loc = _real_loc(work, e["loc"])
+                # Setting a part aside did not clear its error (a branch of a union, a
+                # required field): set aside the part around it.
+                while loc in tried and len(loc) > 1:
+                    loc = loc[:-1]
+                locs.add(loc)
+            tried |= locs
             # Set aside the deepest parts first: a shallower one may contain them.
             for loc in sorted(locs, key=len, reverse=True):
                 try:
