@@ -16,15 +16,53 @@ help:
 	@echo "make e2e    - the e2e tests on a local KWOK cluster (builds the toolchain once)"
 	@echo "make bench  - run the benchmarks (results: benchmarks/README.md)"
 	@echo "make lint   - ruff, mypy and the import contracts (lint-imports) only"
+	@echo "make image  - the container image localhost/powercap-scheduler:<version> (buildah)"
+	@echo "make lock   - refresh requirements/*.lock (uv, with hashes)"
 
-$(STAMP): pyproject.toml
+# The dev lock (dev and report extras), hashes checked; then the project itself, built with
+# the setuptools the lock installed.
+$(STAMP): pyproject.toml requirements/dev.lock
 	@echo ">> creating virtualenv in $(VENV) and installing powercap with its dev dependencies"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip
-	@$(PY) -m pip install --quiet --progress-bar off -e '.[dev]'
+	@$(PY) -m pip install --quiet --progress-bar off --require-hashes -r requirements/dev.lock
+	@$(PY) -m pip install --quiet --progress-bar off --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# The lock files (docs/deploy.md, "Dependencies and the lock file"): uv, pinned, installed
+# into the venv for this target only; Linux x86_64, CPython 3.11. Pins stay as they are
+# unless pyproject.toml asks otherwise; `make lock UPGRADE=1` moves them all to the newest.
+UV_VERSION := 0.13.9
+LOCK_FLAGS := --quiet --generate-hashes --python-version 3.11 $(if $(UPGRADE),--upgrade) \
+  --python-platform x86_64-unknown-linux-gnu --custom-compile-command 'make lock'
+.PHONY: lock
+lock:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --progress-bar off 'uv==$(UV_VERSION)'
+	@echo ">> requirements/runtime.lock, dev.lock, build.lock"
+	$(VENV)/bin/uv pip compile $(LOCK_FLAGS) pyproject.toml -o requirements/runtime.lock
+	$(VENV)/bin/uv pip compile $(LOCK_FLAGS) --extra dev --extra report pyproject.toml \
+	  -o requirements/dev.lock
+	$(VENV)/bin/uv pip compile $(LOCK_FLAGS) requirements/build.in -o requirements/build.lock
+
+# localhost/powercap-scheduler:<version> from the Containerfile (e2e/image.py): rebuilt only
+# when the Containerfile, a lock file or a copied source file changed. BASE=... picks the base.
+.PHONY: image image-tools
+image: $(STAMP) image-tools
+	$(PY) -m e2e.image $(if $(BASE),--base $(BASE))
+
+# buildah and mmdebstrap come from Debian packages; installed here when missing (needs root).
+image-tools:
+	@if ! command -v buildah >/dev/null 2>&1 || ! command -v mmdebstrap >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo ">> installing buildah and mmdebstrap from the Debian packages"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah mmdebstrap >/dev/null; \
+	  else \
+	    echo "buildah or mmdebstrap is missing: install them with 'sudo apt-get install -y buildah mmdebstrap'"; exit 1; \
+	  fi; \
+	fi
 
 # The default scenario through the real kube-scheduler on a local KWOK cluster, with the
 # extender and with the upstream default profile; the first run builds the toolchain.
@@ -49,7 +87,7 @@ unit: $(STAMP) tools
 	$(PY) -m pytest -q
 
 # Real kube-apiserver, kube-scheduler and the extender on a throwaway local KWOK cluster.
-e2e: $(STAMP) tools
+e2e: $(STAMP) tools image
 	$(PY) -m pytest -q e2e -m e2e
 
 test: lint unit e2e
@@ -85,3 +123,18 @@ prometheus:
 	    echo "Prometheus is missing: install it with 'sudo apt-get install -y prometheus'"; exit 1; \
 	  fi; \
 	fi
+
+# The Helm chart (charts/powercap). Helm reads nothing outside the chart: files/ holds copies
+# of the config/ and manifests/ files it shares (edit the originals, then `make chart-sync`);
+# values.schema.json is written from the config model. tests/test_chart_files.py checks both.
+.PHONY: chart-schema chart-sync
+chart-schema: $(STAMP)
+	$(PY) -m extender.config.schema charts/powercap/values.schema.json
+
+chart-sync:
+	cp config/powercap.yaml config/kube-scheduler.yaml config/kube-scheduler-mtls.yaml charts/powercap/files/
+	rm -f charts/powercap/files/profiles/*.yaml
+	cp config/profiles/*.yaml charts/powercap/files/profiles/
+	cp manifests/base/admission.yaml charts/powercap/files/
+	cp manifests/monitoring/prometheusrule.yaml manifests/monitoring/servicemonitor.yaml \
+	  manifests/monitoring/grafana-dashboard.json charts/powercap/files/

@@ -52,6 +52,10 @@ KUBE_COMMANDS = ("kube-apiserver", "kube-scheduler", "kube-controller-manager")
 # a control-plane binary a running cluster may be executing.
 KUBECTL_COMMANDS = ("kubectl",)
 KWOK_COMMANDS = ("kwok", "kwokctl")
+# Helm renders, lints and installs charts/powercap; built from its module like the rest.
+HELM_VERSION = "v4.3.2"
+HELM_MODULE = "helm.sh/helm/v4"
+HELM_COMMANDS = ("helm",)
 PROMETHEUS_INSTALL = "sudo apt-get update && sudo apt-get install -y prometheus"
 # -mod=readonly: go.mod and go.sum are read, never written; a hash missing from the committed
 # go.sum is an error, not a lookup (the build command says so again, for the reader).
@@ -60,6 +64,7 @@ GO_ENV = {"GOFLAGS": "-mod=readonly", "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"
 WRAPPERS = Path(__file__).resolve().parent / "wrappers"
 KUBERNETES_WRAPPER = "kubernetes"
 ETCD_WRAPPER = "etcd"
+HELM_WRAPPER = "helm"
 STAMP = ".stamp"
 # No symbol table or DWARF: about a third smaller, and nothing here is run under a debugger.
 STRIP = "-s -w"
@@ -295,6 +300,34 @@ def etcd_modules(version: str) -> dict[str, str]:
     return {f"{base}/{m}": version for m in ("server/v3", *ETCD_SIBLINGS)}
 
 
+def helm_modules(version: str) -> dict[str, str]:
+    """What the helm wrapper requires: Helm's own module at ``version``."""
+    return {HELM_MODULE: version}
+
+
+def helm_ldflags(version: str) -> str:
+    """Helm's Makefile stamps its version into ``internal/version`` (``helm version`` prints
+    it); an empty ``metadata`` is what a tagged release build sets."""
+    pkg = f"{HELM_MODULE}/internal/version"
+    return " ".join(
+        [
+            STRIP,
+            f"-X {pkg}.version={version}",
+            f"-X {pkg}.metadata=",
+            f"-X {pkg}.gitTreeState=clean",
+        ]
+    )
+
+
+def build_helm(c: Component) -> None:
+    check_wrapper(HELM_WRAPPER, helm_modules(c.version), replaces={})
+    install_wrapper(HELM_WRAPPER, c.src_dir)
+    c.bin_dir.mkdir(parents=True, exist_ok=True)
+    output = str(c.bin_dir / "helm")
+    package = f"{HELM_MODULE}/cmd/helm"
+    run(go_build(helm_ldflags(c.version), output=output, packages=[package]), c.src_dir)
+
+
 def build_kubernetes(c: Component) -> None:
     src = c.src_dir
     install_wrapper(KUBERNETES_WRAPPER, src)
@@ -358,7 +391,11 @@ def update_wrappers() -> None:
     fill_wrapper(
         etcd, etcd_modules(ETCD_VERSION), replaces={}, packages=["go.etcd.io/etcd/server/v3"]
     )
-    log(f"wrote {kube} and {etcd}; commit their go.mod and go.sum")
+    helm = WRAPPERS / HELM_WRAPPER
+    fill_wrapper(
+        helm, helm_modules(HELM_VERSION), replaces={}, packages=[f"{HELM_MODULE}/cmd/helm"]
+    )
+    log(f"wrote {kube}, {etcd} and {helm}; commit their go.mod and go.sum")
 
 
 def build_kwok(c: Component) -> None:
@@ -394,6 +431,13 @@ def components() -> list[Component]:
             KUBECTL_COMMANDS,
             build_kubernetes,
             {"ldflags": kube_ldflags(KUBERNETES_VERSION, "<module time>")},
+        ),
+        Component(
+            "helm",
+            HELM_VERSION,
+            HELM_COMMANDS,
+            build_helm,
+            {"ldflags": helm_ldflags(HELM_VERSION)},
         ),
         *[
             Component(

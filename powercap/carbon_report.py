@@ -16,6 +16,7 @@ from placement.carbon.intensity import (
 )
 from placement.problem import Problem
 from powercap.carbon_setup import Side
+from powercap.report import require_matplotlib
 
 
 def write_carbon_report(
@@ -30,6 +31,7 @@ def write_carbon_report(
     domains: list[str] | None,
 ) -> Path:
     """``carbon.html``, ``carbon-caps.png`` and ``carbon-emissions.png`` in ``directory``."""
+    require_matplotlib()
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     _caps_chart(

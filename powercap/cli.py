@@ -12,7 +12,8 @@ commands the same way through the ``powercap.commands`` entry-point group (see
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
+from typing import Annotated
 
 import typer
 from rich.text import Text
@@ -30,16 +31,49 @@ from powercap.commands import (
 from powercap.console import stderr
 
 PLUGIN_GROUP = "powercap.commands"
+DISTRIBUTION = "powercap-scheduler"
 
 app = typer.Typer(
     name="powercap",
     help="Power-aware placement of LLM inference services into a datacenter power tree.",
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion / --show-completion for bash, zsh, fish and PowerShell
+    add_completion=True,
     rich_markup_mode="rich",
     # Locals of a solver frame are large numpy arrays; printing them helps nobody.
     pretty_exceptions_show_locals=False,
 )
+
+
+def package_version() -> str:
+    """The installed version of the ``powercap-scheduler`` distribution."""
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"powercap {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version of powercap and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Power-aware placement of LLM inference services into a datacenter power tree."""
+
+
 for _commands in (planning, whatif, scenario, carbon, serve, controller, profiles, config):
     _commands.register(app)
 

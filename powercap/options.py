@@ -11,6 +11,7 @@ import typer
 from placement.carbon.policy import DEFAULT_POLICY
 from placement.strategies import STRATEGY_NAMES
 from powercap.console import OutputFormat
+from powercap.report import ChartsUnavailable, require_matplotlib
 
 
 def check_strategy(value: str) -> str:
@@ -61,9 +62,25 @@ FormatOpt = Annotated[
 ]
 
 
+def report_dir(value: Path | None) -> Path | None:
+    """``--report``'s callback: charts need the ``report`` extra (matplotlib); say so
+    before any planning starts rather than after."""
+    if value is not None:
+        try:
+            require_matplotlib()
+        except ChartsUnavailable as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    return value
+
+
 ReportOpt = Annotated[
     Path | None,
-    typer.Option("--report", help="Also write an HTML report with charts into this directory."),
+    typer.Option(
+        "--report",
+        callback=report_dir,
+        help="Also write an HTML report with charts into this directory "
+        "(needs the report extra: matplotlib).",
+    ),
 ]
 
 

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from matplotlib.image import AxesImage
 
+# Charts need matplotlib, the optional extra `report`; the container image leaves it out.
+REPORT_INSTALL = "pip install 'powercap-scheduler[report]'"
+
 BASELINES = ("nameplate", "peak-sum")
 # Past this many domains a heat-map row per domain gets too thin to label.
 LABEL_ALL_DOMAINS = 40
@@ -112,6 +115,7 @@ def write_report(
     :func:`best_strategy`). Existing files of the same names are overwritten. Returns
     the path of ``index.html``.
     """
+    require_matplotlib()
     if not plans:
         raise ValueError("a report needs at least one plan")
     if set(plans) != set(metrics):
@@ -152,6 +156,22 @@ def _profile_domains(problem: Problem, metrics: Metrics) -> list[int]:
     loaded = sorted(leaves, key=lambda d: (-ratio[d], d))[:TOP_LEAVES]
     chosen += [d for d in loaded if d not in chosen]
     return chosen
+
+
+class ChartsUnavailable(RuntimeError):
+    """A report was asked for where matplotlib is not installed."""
+
+
+def require_matplotlib() -> None:
+    """Raise :class:`ChartsUnavailable`, naming the install command, when matplotlib is
+    missing; the CLI calls it when ``--report`` is parsed, before any planning."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise ChartsUnavailable(
+            f"--report draws charts with matplotlib, which is not installed ({exc}); "
+            f"install the report extra: {REPORT_INSTALL}"
+        ) from exc
 
 
 def _safe(name: str) -> str:

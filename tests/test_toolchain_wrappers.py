@@ -24,6 +24,7 @@ WRAPPED = {
         for b in (*toolchain.KUBE_COMMANDS, *toolchain.KUBECTL_COMMANDS)
     ],
     toolchain.ETCD_WRAPPER: ["go.etcd.io/etcd/server/v3"],
+    toolchain.HELM_WRAPPER: [f"{toolchain.HELM_MODULE}/cmd/helm"],
 }
 
 
@@ -45,6 +46,10 @@ def test_the_wrappers_require_the_pinned_versions() -> None:
     assert (requires, replaces) == want
     assert kube == toolchain.render_wrapper(
         "powercap.local/toolchain/kubernetes", requires, replaces=replaces
+    )
+    helm = (toolchain.WRAPPERS / toolchain.HELM_WRAPPER / "go.mod").read_text()
+    assert helm == toolchain.render_wrapper(
+        "powercap.local/toolchain/helm", toolchain.helm_modules(toolchain.HELM_VERSION), replaces={}
     )
     etcd = (toolchain.WRAPPERS / toolchain.ETCD_WRAPPER / "go.mod").read_text()
     assert etcd == toolchain.render_wrapper(
@@ -111,7 +116,7 @@ def test_go_verifies_the_committed_go_sum_in_a_copy(wrapper: str, tmp_path: Path
 def test_a_build_verifies_the_modules_then_builds_read_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The kubernetes and etcd builds, with the go commands recorded instead of run."""
+    """The kubernetes, etcd and helm builds, with the go commands recorded instead of run."""
     commands: list[tuple[list[str], Path]] = []
     kube_mod = tmp_path / "kubernetes.mod"
     kube_mod.write_text(
@@ -137,7 +142,12 @@ def test_a_build_verifies_the_modules_then_builds_read_only(
     monkeypatch.setenv("POWERCAP_CACHE", str(tmp_path / "cache"))
     assert toolchain.GO_ENV["GOFLAGS"] == "-mod=readonly"
     for component in toolchain.components():
-        if component.build not in (toolchain.build_kubernetes, toolchain.build_etcd):
+        wrappers = {
+            toolchain.build_kubernetes: toolchain.KUBERNETES_WRAPPER,
+            toolchain.build_etcd: toolchain.ETCD_WRAPPER,
+            toolchain.build_helm: toolchain.HELM_WRAPPER,
+        }
+        if component.build not in wrappers:
             continue
         commands.clear()
         component.build(component)
@@ -148,14 +158,18 @@ def test_a_build_verifies_the_modules_then_builds_read_only(
         # go mod verify checks the module cache before anything is compiled from it.
         assert verbs.index(["mod", "verify"]) < verbs.index(builds[0][1:3])
         # The build ran in a copy of the committed wrapper, go.sum included.
-        wrapper = toolchain.WRAPPERS / (
-            toolchain.ETCD_WRAPPER
-            if component.build is toolchain.build_etcd
-            else toolchain.KUBERNETES_WRAPPER
-        )
+        wrapper = toolchain.WRAPPERS / wrappers[component.build]
         src = commands[-1][1]
         for name in ("go.mod", "go.sum"):
             assert (src / name).read_bytes() == (wrapper / name).read_bytes()
+
+
+def test_helm_is_stamped_with_its_version() -> None:
+    """`helm version` prints what the build stamps into Helm's internal version package."""
+    flags = toolchain.helm_ldflags(toolchain.HELM_VERSION)
+    assert f"-X helm.sh/helm/v4/internal/version.version={toolchain.HELM_VERSION}" in flags
+    (helm,) = [c for c in toolchain.components() if c.build is toolchain.build_helm]
+    assert helm.binaries == ("helm",) and helm.recipe == {"ldflags": flags}
 
 
 def test_a_pinned_version_the_wrapper_does_not_match_stops_the_build() -> None:

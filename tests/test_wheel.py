@@ -28,6 +28,8 @@ HARNESS = (
     "e2e/wrappers/kubernetes/go.sum",
     "e2e/wrappers/etcd/go.mod",
     "e2e/wrappers/etcd/go.sum",
+    "e2e/wrappers/helm/go.mod",
+    "e2e/wrappers/helm/go.sum",
 )
 # what the build reads; tests/ is copied too, so a wider package include would show
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", *PACKAGES, "e2e", "tests")

@@ -60,7 +60,7 @@ from powercap.console import (
     stderr,
     stdout,
 )
-from powercap.options import WindowKind
+from powercap.options import WindowKind, report_dir
 from powercap.plans import solve
 
 DEFAULT_TIME_LIMIT_S = 10.0
@@ -170,7 +170,12 @@ def report(
     ] = OutputFormat.table,
     report_dir: Annotated[
         Path | None,
-        typer.Option("--report", help="Also write charts and an HTML page into this directory."),
+        typer.Option(
+            "--report",
+            callback=report_dir,
+            help="Also write charts and an HTML page into this directory "
+            "(needs the report extra: matplotlib).",
+        ),
     ] = None,
 ) -> None:
     """Plan carbon-oblivious (the scenario's caps) and carbon-aware (caps scaled by the
