@@ -58,7 +58,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.controller]
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "manifests" / "monitoring" / "prometheusrule.yaml"
 DASHBOARD = REPO / "manifests" / "monitoring" / "grafana-dashboard.json"
-KUBE_SCHEDULER_METRICS = REPO / "manifests" / "monitoring" / "kube-scheduler-metrics.yaml"
+KUBE_SCHEDULER_METRICS = (
+    REPO / "manifests" / "monitoring" / "kube-scheduler" / "kube-scheduler-metrics.yaml"
+)
 # The Services' names: the job labels the ServiceMonitor gives.
 JOB = "powercap-scheduler"
 CONTROLLER_JOB = "powercap-controller"
@@ -196,7 +198,7 @@ def carbon_section(csv_path: Path) -> dict[str, Any]:
 
 def metrics_reader_token(c: Any) -> str:
     """A token of a ServiceAccount bound to the shipped ``powercap-metrics-reader``
-    ClusterRole (``manifests/monitoring/kube-scheduler-metrics.yaml``), as the monitoring
+    ClusterRole (``manifests/monitoring/kube-scheduler/``), as the monitoring
     Prometheus scrapes kube-scheduler with."""
     docs = yaml.safe_load_all(KUBE_SCHEDULER_METRICS.read_text())
     (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
