@@ -1,7 +1,8 @@
-"""The power simulator: DCGM-exporter metrics for fake (KWOK) GPU nodes.
+"""The power simulator: DCGM-exporter (or Kepler) metrics for fake (KWOK) GPU nodes.
 
 :class:`PowerSimulator` serves ``/metrics`` in the Prometheus text format: one
-``DCGM_FI_DEV_POWER_USAGE`` gauge per GPU with the DCGM exporter's labels, computed at
+``DCGM_FI_DEV_POWER_USAGE`` gauge per GPU with the DCGM exporter's labels (or, with
+``exporter="kepler"``, Kepler 0.10's energy counters, see :data:`KEPLER_CPU_ZONES`), computed at
 each scrape from the pods bound to each node (a :class:`PodSource`, such as
 :class:`StaticPods` kept current by a pod watch) and their services' watts — a
 :class:`GridProfile` on the scenario grid or a :class:`ReplaySeries` from a replay file
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import orjson
@@ -42,6 +43,18 @@ METRIC = "DCGM_FI_DEV_POWER_USAGE"
 METRIC_HELP = "Power draw (in W)."
 SIM_TIME_METRIC = "powersim_simulated_time_seconds"
 DEFAULT_MODEL = "NVIDIA H100 80GB HBM3"
+# Kepler 0.10's node energy counters, in joules, labelled with the node in ``node_name``:
+# one per GPU, and one per RAPL zone of the CPU. A node's non-GPU watts are drawn by the
+# package (70 %) and the DRAM (30 %); ``core`` is part of the package, reported as well
+# (as RAPL does), so a reader that adds every zone counts it twice.
+KEPLER_GPU_METRIC = "kepler_node_gpu_joules_total"
+KEPLER_CPU_METRIC = "kepler_node_cpu_joules_total"
+KEPLER_CPU_ZONES: tuple[tuple[str, str, float], ...] = (
+    ("package", "/sys/class/powercap/intel-rapl/intel-rapl:0", 0.7),
+    ("core", "/sys/class/powercap/intel-rapl/intel-rapl:0/intel-rapl:0:0", 0.35),
+    ("dram", "/sys/class/powercap/intel-rapl/intel-rapl:0/intel-rapl:0:1", 0.3),
+)
+Exporter = Literal["dcgm", "kepler"]
 DAY_S = 86400
 
 
@@ -309,7 +322,12 @@ class PowerSimulator:
     so they vanish from queries at once. ``timestamps=True`` stamps every sample with the
     time it was served, as exporters that cache readings (or a federating Prometheus) do;
     Prometheus then writes no staleness markers, and after the exporter stops its last
-    samples stay visible, ageing, for the 5-minute lookback."""
+    samples stay visible, ageing, for the 5-minute lookback.
+
+    ``exporter="kepler"`` serves Kepler 0.10's counters instead: at each scrape every
+    counter grows by the watts of that instant times the wall-clock seconds since the
+    previous scrape, so ``rate()`` over a window gives the mean watts of the window —
+    exactly the snapshot's watts while they hold still (no noise, a flat profile)."""
 
     def __init__(
         self,
@@ -323,6 +341,7 @@ class PowerSimulator:
         seed: int = 0,
         model_name: str = DEFAULT_MODEL,
         timestamps: bool = False,
+        exporter: Exporter = "dcgm",
     ) -> None:
         if noise < 0:
             raise ValueError("noise is a standard deviation, >= 0")
@@ -334,6 +353,11 @@ class PowerSimulator:
         self.seed = seed
         self.model_name = model_name
         self.timestamps = timestamps
+        self.exporter = exporter
+        # Kepler counters: joules by exposition line (without its value), and when the
+        # last scrape added to them (wall clock).
+        self._joules: dict[str, float] = {}
+        self._joules_at: float | None = None
         self._gpu_idle: dict[str, float] = {}
         for n in nodes:
             share = n.idle_watts / n.gpus if n.gpus else 0.0
@@ -453,6 +477,37 @@ class PowerSimulator:
         lines.append(f"{SIM_TIME_METRIC} {snap.sim_s!r}{stamp}")
         return ("\n".join(lines) + "\n").encode()
 
+    def render_kepler(self, snap: Snapshot, elapsed_s: float) -> bytes:
+        """Kepler 0.10's counters after ``elapsed_s`` more seconds at ``snap``'s watts."""
+        rates: list[tuple[str, str, float]] = []
+        for s in snap.gpus:
+            labels = (
+                f'gpu="{s.gpu}",gpu_uuid="{_gpu_uuid(s.node, s.gpu)}",vendor="nvidia",'
+                f'node_name="{_escape(s.node)}"'
+            )
+            rates.append((KEPLER_GPU_METRIC, labels, s.watts))
+        for node in snap.node_gpu_watts:
+            rest = self.non_gpu_watts(node)
+            for zone, path, share in KEPLER_CPU_ZONES:
+                labels = f'zone="{zone}",path="{path}",node_name="{_escape(node)}"'
+                rates.append((KEPLER_CPU_METRIC, labels, rest * share))
+        lines: list[str] = []
+        with self._lock:
+            for metric in (KEPLER_GPU_METRIC, KEPLER_CPU_METRIC):
+                lines.append(f"# HELP {metric} Energy consumption at node level in joules.")
+                lines.append(f"# TYPE {metric} counter")
+                for name, labels, watts in rates:
+                    if name != metric:
+                        continue
+                    key = f"{name}{{{labels}}}"
+                    total = self._joules.get(key, 0.0) + watts * elapsed_s
+                    self._joules[key] = total
+                    lines.append(f"{key} {total!r}")
+        lines.append(f"# HELP {SIM_TIME_METRIC} Simulated unix time of this scrape.")
+        lines.append(f"# TYPE {SIM_TIME_METRIC} gauge")
+        lines.append(f"{SIM_TIME_METRIC} {snap.sim_s!r}")
+        return ("\n".join(lines) + "\n").encode()
+
     def _label_set(self, s: GpuSample) -> str:
         key = (s.node, s.gpu, s.pod)
         labels = self._labels.get(key)
@@ -475,6 +530,11 @@ class PowerSimulator:
     def scrape(self) -> bytes:
         """What ``/metrics`` answers now."""
         served = time.time()
+        if self.exporter == "kepler":
+            with self._lock:
+                elapsed = 0.0 if self._joules_at is None else served - self._joules_at
+                self._joules_at = served
+            return self.render_kepler(self.snapshot(), elapsed)
         return self.render(self.snapshot(), math.floor(served * 1000) if self.timestamps else None)
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> str:

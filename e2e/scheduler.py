@@ -175,14 +175,29 @@ def scheduler_config(
     return config
 
 
-def start_scheduler(c: Cluster, extender_port: int | None, stock: bool = False) -> Process:
+def start_scheduler(
+    c: Cluster, extender_port: int | None, stock: bool = False, *, secure_port: int | None = None
+) -> Process:
     """kube-scheduler with the adapted configuration (see :func:`scheduler_config`),
     authenticated as the ServiceAccount ``powercap-scheduler`` (its built-in roles are
-    bound there). ``--secure-port=0`` turns its HTTPS endpoint off: nothing here reads it,
-    and it would otherwise listen on every interface."""
+    bound there). ``--secure-port=0`` turns its HTTPS endpoint off: nothing reads it, and it
+    would otherwise listen on every interface. With ``secure_port`` it serves HTTPS there,
+    on loopback, for a scrape of its /metrics: callers are authenticated and authorized by
+    the API server (TokenReview, SubjectAccessReview) as the shipped pod does in-cluster,
+    here through the account's kubeconfig."""
     path = c.run_dir / "kube-scheduler.yaml"
     kubeconfig = account_kubeconfig(c, SCHEDULER_ACCOUNT)
     path.write_text(yaml.safe_dump(scheduler_config(kubeconfig, extender_port, stock)))
-    argv = [str(binary("kube-scheduler")), f"--config={path}", "--secure-port=0", "--v=2"]
+    serving = (
+        ["--secure-port=0"]
+        if secure_port is None
+        else [
+            f"--secure-port={secure_port}",
+            "--bind-address=127.0.0.1",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+        ]
+    )
+    argv = [str(binary("kube-scheduler")), f"--config={path}", *serving, "--v=2"]
     proc = c.start("kube-scheduler", argv)
     return proc

@@ -1,6 +1,8 @@
 """Prometheus metrics of the extender, on a registry of its own (one per app, so
 tests and benchmarks can build many apps in one process).
 
+* ``powercap_build_info{version,revision,python_version}`` — always 1: which build runs
+  (``revision`` from ``POWERCAP_REVISION``, else ``unknown``);
 * ``powercap_extender_request_seconds{verb}`` — latency histogram per verb;
 * ``powercap_extender_decisions_total{verb,outcome}`` — what the decisions were;
 * ``powercap_domain_predicted_headroom_watts{domain}`` — least cap − load over the
@@ -9,8 +11,16 @@ tests and benchmarks can build many apps in one process).
   the API server (an event, a bookmark or a list);
 * ``powercap_mirror_relists_total{resource}`` — full lists after the first: watches
   whose resourceVersion expired (``410 Gone``) and were replaced by a relist;
-* ``powercap_plan_age_seconds``, ``powercap_plan_gap``, ``powercap_plan_hosted_replicas``
-  — the latest plan's age, the solver's relative gap to its bound, and what it hosts.
+* ``powercap_plan_age_seconds``, ``powercap_plan_gap_ratio``,
+  ``powercap_plan_hosted_replicas`` — the latest plan's age, the solver's relative gap to
+  its bound, and what it hosts.
+
+Renamed metrics (to Prometheus's naming conventions: base units, ``_ratio``) keep their
+old name for one release, exported alongside with a HELP that starts ``Deprecated: use
+<new>; removed in 0.3`` (:class:`DeprecatedAlias`): ``powercap_plan_gap``,
+``powercap_domain_cap_fraction``, ``powercap_emissions_kg_total``,
+``powercap_emission_budget_remaining_kg``, ``powercap_emission_budget_projected_kg``,
+``powercap_emission_budget_cap_fraction``. :data:`RENAMED` maps each to its new name.
 
 The companion controller's metrics (:class:`ControllerMetrics`) and those of the live
 carbon caps (:class:`CarbonMetrics`) join the same registry when they run (see
@@ -19,14 +29,21 @@ carbon caps (:class:`CarbonMetrics`) join the same registry when they run (see
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from extender.cluster.state import ClusterState
+
+DISTRIBUTION = "powercap-scheduler"
+# The source revision the running build came from: set by the image build (a build
+# argument passed on as this variable); absent, the revision label is "unknown".
+REVISION_ENV = "POWERCAP_REVISION"
 
 # Decisions take well under a millisecond; the scheduler gives up after httpTimeout (5 s).
 LATENCY_BUCKETS = (
@@ -50,6 +67,71 @@ LATENCY_BUCKETS = (
 # a bound of powercap serve); binds that failed.
 ERROR_OUTCOMES = ("bad_request", "internal_error", "too_large", "busy")
 BIND_FAILURES = ("api_error", "over_cap")
+
+
+def build_labels() -> dict[str, str]:
+    """The labels of ``powercap_build_info``: the installed distribution's version, the
+    Python running it, and the source revision when the build recorded one."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {
+        "version": version,
+        "revision": os.environ.get(REVISION_ENV, "").strip() or "unknown",
+        "python_version": platform.python_version(),
+    }
+
+
+# Renamed metrics keep their old name for one release, exported alongside the new one.
+REMOVED_IN = "0.3"
+# Old name → new name, as exposed (counters with their _total).
+RENAMED = {
+    "powercap_plan_gap": "powercap_plan_gap_ratio",
+    "powercap_domain_cap_fraction": "powercap_domain_cap_ratio",
+    "powercap_emissions_kg_total": "powercap_emissions_grams_total",
+    "powercap_emission_budget_remaining_kg": "powercap_emission_budget_remaining_grams",
+    "powercap_emission_budget_projected_kg": "powercap_emission_budget_projected_grams",
+    "powercap_emission_budget_cap_fraction": "powercap_emission_budget_cap_ratio",
+}
+GRAMS_PER_KG = 1000.0
+
+
+def deprecated_help(new_name: str, help_text: str) -> str:
+    """The HELP of a deprecated name: what to use instead and when it goes."""
+    return f"Deprecated: use {new_name}; removed in {REMOVED_IN}. {help_text}"
+
+
+class DeprecatedAlias(Collector):
+    """Exports ``source`` (a :class:`Gauge` or :class:`Counter`) a second time under its
+    old name ``old_name``, every value times ``scale`` (the old unit per new unit: 1/1000
+    from grams back to kg), read at scrape time, so no call site sets two metrics."""
+
+    def __init__(self, source: Gauge | Counter, old_name: str, *, scale: float = 1.0) -> None:
+        self.source = source
+        self.old_name = old_name
+        self.scale = scale
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.source.collect():
+            if family.type == "counter":
+                out: Metric = CounterMetricFamily(
+                    self.old_name, deprecated_help(family.name + "_total", family.documentation)
+                )
+                suffix = "_total"
+            else:
+                out = GaugeMetricFamily(
+                    self.old_name, deprecated_help(family.name, family.documentation)
+                )
+                suffix = ""
+            for sample in family.samples:
+                if sample.name == family.name + suffix:
+                    out.add_sample(
+                        self.old_name + suffix, dict(sample.labels), sample.value * self.scale
+                    )
+            yield out
 
 
 class _StateCollector(Collector):
@@ -92,8 +174,10 @@ class _StateCollector(Collector):
         yield relists
         plan = t.plan_info() if t.plan_info is not None else None
         age = GaugeMetricFamily("powercap_plan_age_seconds", "Seconds since the latest plan.")
-        gap = GaugeMetricFamily(
-            "powercap_plan_gap", "Relative gap of the latest plan to the solver's bound."
+        gap_help = "Relative gap of the latest plan to the solver's bound (0-1)."
+        gap = GaugeMetricFamily("powercap_plan_gap_ratio", gap_help)
+        old_gap = GaugeMetricFamily(
+            "powercap_plan_gap", deprecated_help("powercap_plan_gap_ratio", gap_help)
         )
         hosted = GaugeMetricFamily(
             "powercap_plan_hosted_replicas", "Replicas the latest plan hosts."
@@ -103,9 +187,11 @@ class _StateCollector(Collector):
             age.add_metric([], now - created)
             if plan_gap is not None:
                 gap.add_metric([], plan_gap)
+                old_gap.add_metric([], plan_gap)
             hosted.add_metric([], plan_hosted)
         yield age
         yield gap
+        yield old_gap
         yield hosted
 
 
@@ -134,6 +220,14 @@ class Telemetry:
             registry=self.registry,
         )
         self.registry.register(_StateCollector(self))
+        labels = build_labels()
+        self.build_info = Gauge(
+            "powercap_build_info",
+            "Always 1; the labels say which build runs: version, revision, python_version.",
+            list(labels),
+            registry=self.registry,
+        )
+        self.build_info.labels(**labels).set(1)
         # Children are cached: labels() costs a lock and a dict lookup per call.
         self._latency_child = {
             v: self.latency.labels(v) for v in ("filter", "prioritize", "bind", "preempt")
@@ -282,16 +376,18 @@ class CarbonMetrics:
       ``forecast`` call failed (after retries);
     * ``powercap_domain_cap_watts{domain}`` — the raw cap of the current slot; the
       controller's gauge when a controller runs (``cap``), else one of its own;
-    * ``powercap_domain_cap_fraction{domain}`` — that cap over the configured one;
-    * ``powercap_emissions_kg_total{domain}`` — kg CO2e since start, from measured power
-      where fresh, else predicted;
+    * ``powercap_domain_cap_ratio{domain}`` — that cap over the configured one;
+    * ``powercap_emissions_grams_total{domain}`` — grams CO2e since start, from measured
+      power where fresh, else predicted;
     * ``powercap_emissions_cost_eur_total{domain}`` — the same at the configured EUA price
       (only with ``euaPrice``);
-    * ``powercap_emission_budget_remaining_kg{domain,window}``,
-      ``powercap_emission_budget_projected_kg{domain,window}`` — a budget's kg left and the
-      window's projection at the current rate;
-    * ``powercap_emission_budget_cap_fraction{domain,window}`` — the largest cap fraction
+    * ``powercap_emission_budget_remaining_grams{domain,window}``,
+      ``powercap_emission_budget_projected_grams{domain,window}`` — a budget's grams left
+      and the window's projection at the current rate;
+    * ``powercap_emission_budget_cap_ratio{domain,window}`` — the largest cap fraction
       the budget allows now (1 when it does not bind);
+
+    and, until 0.3, the deprecated names of the renamed ones (``..._fraction``, ``..._kg``).
     * ``powercap_carbon_last_poll_timestamp_seconds`` — when the last poll finished.
     """
 
@@ -323,15 +419,15 @@ class CarbonMetrics:
             ["domain"],
             registry=registry,
         )
-        self.cap_fraction = Gauge(
-            "powercap_domain_cap_fraction",
+        self.cap_ratio = Gauge(
+            "powercap_domain_cap_ratio",
             "Cap of the current slot over the configured cap, per domain.",
             ["domain"],
             registry=registry,
         )
         self.emissions = Counter(
-            "powercap_emissions_kg",
-            "Emissions in kg CO2e per domain: measured (else predicted) power × intensity.",
+            "powercap_emissions_grams",
+            "Emissions in grams CO2e per domain: measured (else predicted) power × intensity.",
             ["domain"],
             registry=registry,
         )
@@ -342,23 +438,32 @@ class CarbonMetrics:
             registry=registry,
         )
         self.budget_remaining = Gauge(
-            "powercap_emission_budget_remaining_kg",
-            "Emission budget left in the current window, kg CO2e (negative: over).",
+            "powercap_emission_budget_remaining_grams",
+            "Emission budget left in the current window, grams CO2e (negative: over).",
             ["domain", "window"],
             registry=registry,
         )
         self.budget_projected = Gauge(
-            "powercap_emission_budget_projected_kg",
-            "Emissions projected for the whole window at the current rate, kg CO2e.",
+            "powercap_emission_budget_projected_grams",
+            "Emissions projected for the whole window at the current rate, grams CO2e.",
             ["domain", "window"],
             registry=registry,
         )
-        self.budget_fraction = Gauge(
-            "powercap_emission_budget_cap_fraction",
+        self.budget_ratio = Gauge(
+            "powercap_emission_budget_cap_ratio",
             "Largest cap fraction the emission budget allows now (1: it does not bind).",
             ["domain", "window"],
             registry=registry,
         )
+        kg = 1.0 / GRAMS_PER_KG
+        for source, old, scale in (
+            (self.cap_ratio, "powercap_domain_cap_fraction", 1.0),
+            (self.emissions, "powercap_emissions_kg", kg),
+            (self.budget_remaining, "powercap_emission_budget_remaining_kg", kg),
+            (self.budget_projected, "powercap_emission_budget_projected_kg", kg),
+            (self.budget_ratio, "powercap_emission_budget_cap_fraction", 1.0),
+        ):
+            registry.register(DeprecatedAlias(source, old, scale=scale))
         self.last_poll = Gauge(
             "powercap_carbon_last_poll_timestamp_seconds",
             "Unix time the live caps loop last polled the intensity source.",

@@ -21,6 +21,7 @@ from rich.text import Text
 from powercap.commands import (
     agent,
     carbon,
+    config,
     controller,
     planning,
     profiles,
@@ -74,7 +75,7 @@ def _root(
     """Power-aware placement of LLM inference services into a datacenter power tree."""
 
 
-for _commands in (planning, whatif, scenario, carbon, serve, controller, profiles, agent):
+for _commands in (planning, whatif, scenario, carbon, serve, controller, profiles, config, agent):
     _commands.register(app)
 
 

@@ -198,6 +198,7 @@ def test_metrics(client: TestClient, ext: Extender) -> None:
     assert 'powercap_extender_decisions_total{outcome="bad_request",verb="filter"} 1.0' in text
     assert 'powercap_domain_predicted_headroom_watts{domain="rack-1"}' in text
     assert "powercap_plan_age_seconds" in text
+    assert "powercap_build_info{" in text
 
 
 def test_kubernetes_binder_posts_a_v1_binding() -> None:

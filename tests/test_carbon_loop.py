@@ -27,6 +27,7 @@ from extender.carbon.sources import Reading, Resilient, SourceUnavailable
 from extender.cluster.state import ClusterState
 from extender.config.loading import config_from_data
 from extender.config.model import Config, ConfigError
+from extender.telemetry import GRAMS_PER_KG as G_PER_KG
 from extender.telemetry import CarbonMetrics
 from placement.carbon.intensity import IntensitySeries
 from placement.carbon.policy import CapPolicy
@@ -241,7 +242,7 @@ def test_caps_follow_intensity_now_and_come_back_when_it_falls() -> None:
     assert rig.state.caps[0, 12] == pytest.approx(SITE_CAP * 0.5 * 0.9)
     assert rig.state.topology_version > version  # the planner re-plans on it
     assert rig.sample("powercap_domain_cap_watts", domain="site") == SITE_CAP * 0.5
-    assert rig.sample("powercap_domain_cap_fraction", domain="site") == 0.5
+    assert rig.sample("powercap_domain_cap_ratio", domain="site") == 0.5
     assert rig.sample("powercap_carbon_intensity_grams_per_kwh", source="fake") == 450.0
 
     rig.fake.g_per_kwh = 300.0
@@ -318,22 +319,28 @@ def test_emissions_count_measured_power_where_known_else_predicted() -> None:
     # Predicted: one node of 2 kW idle in rack-1 (site and rack-1 carry it).
     rig.state.upsert_node("gpu-1", rig.state.tree.index["rack-1"], 8, idle_watts=2000.0)
     rig.tick()
-    assert rig.sample("powercap_emissions_kg_total", domain="site") == 0.0  # nothing before
+    assert rig.sample("powercap_emissions_grams_total", domain="site") == 0.0  # nothing before
     rig.tick(1800)  # half an hour at 2 kW and 200 g/kWh: 0.2 kg
-    assert rig.sample("powercap_emissions_kg_total", domain="site") == pytest.approx(0.2)
-    assert rig.sample("powercap_emissions_kg_total", domain="rack-2") == 0.0
+    assert rig.sample("powercap_emissions_grams_total", domain="site") == pytest.approx(
+        0.2 * G_PER_KG
+    )
+    assert rig.sample("powercap_emissions_grams_total", domain="rack-2") == 0.0
     # Measured where fresh (rack-1 3 kW, not its predicted 2 kW); rack-2 unknown (NaN) →
     # its predicted 0 W. Counted at the leaves and summed up: the site gets 3 kW.
     rig.measured = np.array([np.nan, 3000.0, np.nan])
     rig.tick(1800)
-    assert rig.sample("powercap_emissions_kg_total", domain="site") == pytest.approx(0.5)
-    assert rig.sample("powercap_emissions_kg_total", domain="rack-1") == pytest.approx(0.5)
-    assert rig.sample("powercap_emissions_kg_total", domain="rack-2") == 0.0
+    assert rig.sample("powercap_emissions_grams_total", domain="site") == pytest.approx(
+        0.5 * G_PER_KG
+    )
+    assert rig.sample("powercap_emissions_grams_total", domain="rack-1") == pytest.approx(
+        0.5 * G_PER_KG
+    )
+    assert rig.sample("powercap_emissions_grams_total", domain="rack-2") == 0.0
     assert rig.sample("powercap_emissions_cost_eur_total", domain="site") == pytest.approx(0.04)
     # A long silence counts at most three periods (3 h), not the 5 h in between.
     rig.tick(5 * 3600)
-    assert rig.sample("powercap_emissions_kg_total", domain="site") == pytest.approx(
-        0.5 + 3000 * 200 * 3 / 1e6
+    assert rig.sample("powercap_emissions_grams_total", domain="site") == pytest.approx(
+        (0.5 + 3000 * 200 * 3 / 1e6) * G_PER_KG
     )
 
 
@@ -350,11 +357,13 @@ def test_the_budget_throttle_holds_the_cap_at_the_affordable_rate() -> None:
     assumed = 24 * (1 - hours_left / 24)
     projected = assumed + 5.0 * 0.4 * hours_left
     labels = {"domain": "site", "window": "day"}
-    assert rig.sample("powercap_emission_budget_projected_kg", **labels) == pytest.approx(projected)
-    assert rig.sample("powercap_emission_budget_remaining_kg", **labels) == pytest.approx(
-        24 - assumed
+    assert rig.sample("powercap_emission_budget_projected_grams", **labels) == pytest.approx(
+        projected * G_PER_KG
     )
-    assert rig.sample("powercap_emission_budget_cap_fraction", **labels) == 0.5
+    assert rig.sample("powercap_emission_budget_remaining_grams", **labels) == pytest.approx(
+        (24 - assumed) * G_PER_KG
+    )
+    assert rig.sample("powercap_emission_budget_cap_ratio", **labels) == 0.5
     # The carbon policy alone would give 0.583 at 400 g/kWh; the budget's floor wins.
     assert POLICY.fraction(400.0) > 0.5
     assert rig.cap("site") == SITE_CAP * 0.5
@@ -363,7 +372,7 @@ def test_the_budget_throttle_holds_the_cap_at_the_affordable_rate() -> None:
     # 11.83 h (less the little emitted since) affords about 10 kW — no throttle.
     rig.fake.g_per_kwh = 100.0
     rig.tick(60)
-    fraction = rig.sample("powercap_emission_budget_cap_fraction", **labels)
+    fraction = rig.sample("powercap_emission_budget_cap_ratio", **labels)
     assert fraction is not None and 0.9 < fraction <= 1.0
     assert rig.cap("site") == pytest.approx(SITE_CAP * fraction)
 
@@ -373,15 +382,15 @@ def test_the_budget_window_restarts_at_midnight_without_the_assumed_share() -> N
     rig.measured = np.array([4000.0, 4000.0, 0.0])
     rig.tick()
     labels = {"domain": "rack-1", "window": "day"}
-    before = rig.sample("powercap_emission_budget_remaining_kg", **labels)
-    assert before is not None and before < 10
+    before = rig.sample("powercap_emission_budget_remaining_grams", **labels)
+    assert before is not None and before < 10 * G_PER_KG
     rig.clock.now = utc("2026-03-02 23:59")
     rig.tick()
     rig.tick(90)  # the 90 s up to 00:00:30 count in the old day
-    assert rig.sample("powercap_emission_budget_remaining_kg", **labels) == 10.0
+    assert rig.sample("powercap_emission_budget_remaining_grams", **labels) == 10.0 * G_PER_KG
     rig.tick(60)
-    remaining = rig.sample("powercap_emission_budget_remaining_kg", **labels)
-    assert remaining == pytest.approx(10 - 4.0 * 0.3 / 60)  # a minute of 4 kW at 300 g
+    remaining = rig.sample("powercap_emission_budget_remaining_grams", **labels)
+    assert remaining == pytest.approx((10 - 4.0 * 0.3 / 60) * G_PER_KG)  # a minute of 4 kW at 300 g
 
 
 def test_unknown_intensity_counts_no_emissions_and_keeps_the_last_throttle() -> None:
@@ -391,7 +400,7 @@ def test_unknown_intensity_counts_no_emissions_and_keeps_the_last_throttle() -> 
     rig.tick()
     rig.fake.failing = True
     rig.tick(3600)  # the last good value is 70 min old: fallback
-    assert rig.sample("powercap_emissions_kg_total", domain="site") == 0.0
+    assert rig.sample("powercap_emissions_grams_total", domain="site") == 0.0
     # The fallback (0.8) is above the kept throttle (0.5): the throttle holds.
     assert rig.cap("site", 13) == SITE_CAP * 0.5
 
@@ -664,8 +673,12 @@ def test_each_zone_caps_its_domains_and_the_site_sums_their_emissions() -> None:
 
     # A minute of 3 kW at 450 g/kWh plus 1 kW at 150 g/kWh.
     rack_1, rack_2 = 3000 * 450 / 60 / 1e6, 1000 * 150 / 60 / 1e6
-    assert sample("powercap_emissions_kg_total", domain="rack-1") == pytest.approx(rack_1)
-    assert sample("powercap_emissions_kg_total", domain="site") == pytest.approx(rack_1 + rack_2)
+    assert sample("powercap_emissions_grams_total", domain="rack-1") == pytest.approx(
+        rack_1 * G_PER_KG
+    )
+    assert sample("powercap_emissions_grams_total", domain="site") == pytest.approx(
+        (rack_1 + rack_2) * G_PER_KG
+    )
     # Only the British zone has a price.
     assert sample("powercap_emissions_cost_eur_total", domain="site") == pytest.approx(
         rack_1 / 1000 * 100
@@ -674,9 +687,9 @@ def test_each_zone_caps_its_domains_and_the_site_sums_their_emissions() -> None:
     assert sample("powercap_carbon_intensity_grams_per_kwh", source="de") == 150.0
     # The site's budget projects at its power-weighted intensity: (3·450 + 1·150) / 4 kW.
     hours_left = (utc("2026-03-03 00:00") - (T0 + 60)) / 3600
-    budget = sample("powercap_emission_budget_projected_kg", domain="site", window="day")
+    budget = sample("powercap_emission_budget_projected_grams", domain="site", window="day")
     emitted = 1000 * (1 - (utc("2026-03-03 00:00") - T0) / 86400) + rack_1 + rack_2
-    assert budget == pytest.approx(emitted + 4.0 * 375.0 / 1000 * hours_left)
+    assert budget == pytest.approx((emitted + 4.0 * 375.0 / 1000 * hours_left) * G_PER_KG)
 
 
 def test_two_sources_with_one_name_are_refused() -> None:
@@ -749,3 +762,35 @@ def test_an_empty_list_of_sources_is_refused() -> None:
             }
         )
     assert raised.value.problems[0].startswith("intensity: expected a source")
+
+
+def test_the_renamed_metrics_keep_their_old_names_until_0_3() -> None:
+    rig = Rig(g_per_kwh=200.0, period="1h", budgets=[{"domain": "site", "kg": 24, "window": "day"}])
+    rig.state.upsert_node("gpu-1", rig.state.tree.index["rack-1"], 8, idle_watts=2000.0)
+    rig.tick()
+    rig.tick(1800)  # half an hour at 2 kW and 200 g/kWh: 0.2 kg
+    site = {"domain": "site"}
+    budget = {"domain": "site", "window": "day"}
+    assert rig.sample("powercap_emissions_grams_total", **site) == pytest.approx(200.0)
+    # the deprecated names carry the same values in their old units
+    assert rig.sample("powercap_emissions_kg_total", **site) == pytest.approx(0.2)
+    for old, new, labels in (
+        (
+            "powercap_emission_budget_remaining_kg",
+            "powercap_emission_budget_remaining_grams",
+            budget,
+        ),
+        (
+            "powercap_emission_budget_projected_kg",
+            "powercap_emission_budget_projected_grams",
+            budget,
+        ),
+    ):
+        grams = rig.sample(new, **labels)
+        assert grams is not None and grams > 1000.0
+        assert rig.sample(old, **labels) == pytest.approx(grams / 1000.0)
+    for old, new, labels in (
+        ("powercap_emission_budget_cap_fraction", "powercap_emission_budget_cap_ratio", budget),
+        ("powercap_domain_cap_fraction", "powercap_domain_cap_ratio", site),
+    ):
+        assert rig.sample(old, **labels) == rig.sample(new, **labels) is not None

@@ -112,6 +112,7 @@ def test_the_controller_process_mirrors_takes_the_lease_and_serves_only_health()
         assert {p.name for p in ext.state.pods.values()} == {name for name, _ in PODS}
         metrics = client.get("/metrics").text
         assert "powercap_controller_leader" in metrics
+        assert "powercap_build_info{" in metrics
         assert "powercap_domain_measured_watts" in metrics
         # No scheduler verb answers here.
         for verb in ("/filter", "/prioritize", "/bind", "/preempt"):

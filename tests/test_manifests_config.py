@@ -225,6 +225,16 @@ def _alert_exprs() -> list[str]:
 
 
 @pytest.mark.parametrize("source", ["alerts", "dashboard"])
+def test_queries_use_no_deprecated_name(source: str) -> None:
+    exprs = _alert_exprs() if source == "alerts" else _dashboard_exprs()
+    used = {m for e in exprs for m in re.findall(r"\bpowercap_[a-z_]+\b", e)}
+    deprecated = {f.name for f in _families() if _deprecated(f)}
+    assert deprecated >= {"powercap_plan_gap", "powercap_emissions_kg"}
+    old = {m for m in used if m in deprecated or m.removesuffix("_total") in deprecated}
+    assert not old, f"{source} read deprecated metrics: {sorted(old)}"
+
+
+@pytest.mark.parametrize("source", ["alerts", "dashboard"])
 def test_queries_use_exported_metrics(source: str) -> None:
     exprs = _alert_exprs() if source == "alerts" else _dashboard_exprs()
     used = {m for e in exprs for m in re.findall(r"\bpowercap_[a-z_]+\b", e)}
@@ -233,8 +243,12 @@ def test_queries_use_exported_metrics(source: str) -> None:
     assert not unknown, f"{source} read metrics the extender does not export: {sorted(unknown)}"
 
 
+def _deprecated(family: Any) -> bool:
+    return str(family.documentation).startswith("Deprecated:")
+
+
 def test_dashboard_covers_every_metric() -> None:
-    families = {f.name for f in _families()}
+    families = {f.name for f in _families() if not _deprecated(f)}
     assert "powercap_controller_actions" in families, "the controller's metrics are missing"
     shown = {m for e in _dashboard_exprs() for m in re.findall(r"\bpowercap_[a-z_]+\b", e)}
     exported = _exported_series()
@@ -528,3 +542,56 @@ def test_scaled_object_rights_follow_the_configured_namespaces() -> None:
     ]
     assert scaled_object_binding_problems(("llm",), per_namespace) == []
     assert scaled_object_binding_problems((), per_namespace)
+
+
+# --- runbooks and the dashboard's job variable ------------------------------------------------
+RUNBOOKS = REPO / "docs" / "runbooks.md"
+
+
+def _github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces
+    as hyphens."""
+    text = heading.strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def test_every_alert_links_a_runbook_section_that_exists() -> None:
+    import tomllib
+
+    source = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["urls"]["Source"]
+    prefix = f"{source}/blob/main/docs/runbooks.md#"
+    anchors = {
+        _github_anchor(line.lstrip("#"))
+        for line in RUNBOOKS.read_text().splitlines()
+        if line.startswith("## ")
+    }
+    rule = _one(REPO / "manifests" / "monitoring" / "prometheusrule.yaml", "PrometheusRule")
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert alerts
+    for alert in alerts:
+        url = alert["annotations"].get("runbook_url", "")
+        assert url.startswith(prefix), (alert["alert"], url)
+        anchor = url.removeprefix(prefix)
+        assert anchor in anchors, f"{alert['alert']}: no section #{anchor} in docs/runbooks.md"
+        assert anchor == _github_anchor(alert["alert"]), alert["alert"]
+
+
+def test_every_dashboard_query_selects_the_job_variable() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert "job" in variables and variables["job"]["multi"] and variables["job"]["includeAll"]
+    for expr in _dashboard_exprs():
+        selectors = re.findall(r"\b(?:powercap|scheduler)_[a-z_]+\{([^}]*)\}|\bup\{([^}]*)\}", expr)
+        assert selectors, expr
+        for groups in selectors:
+            assert 'job=~"$job"' in "".join(groups), expr
+    # kube-scheduler's own metrics are on the dashboard
+    shown = " ".join(_dashboard_exprs())
+    for metric in (
+        "scheduler_pending_pods",
+        "scheduler_schedule_attempts_total",
+        "scheduler_scheduling_attempt_duration_seconds_bucket",
+        "scheduler_framework_extension_point_duration_seconds_bucket",
+    ):
+        assert metric in shown, metric

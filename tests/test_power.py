@@ -118,8 +118,24 @@ def test_dcgm_preset_is_the_default_and_sums_by_hostname() -> None:
     assert (resolved.staleness_s, resolved.timeout_s) == (60.0, 5.0)
 
 
-def test_kepler_preset_takes_the_rate_of_the_platform_energy_counter() -> None:
-    spec = PowerSourceSpec.model_validate({"preset": "kepler", "nodeLabel": "exported_instance"})
+def test_kepler_preset_adds_the_rates_of_the_gpu_and_cpu_energy_counters() -> None:
+    resolved, problems = resolve_power_source(PowerSourceSpec.model_validate({"preset": "kepler"}))
+    assert problems == [] and resolved is not None
+    assert resolved.node_label == "node_name"
+    cpu = 'kepler_node_cpu_joules_total{zone=~"package|dram"}'
+    assert resolved.query == (
+        "sum by (node_name) (rate(kepler_node_gpu_joules_total[1m])) "
+        f"+ sum by (node_name) (rate({cpu}[1m]))"
+    )
+    assert resolved.timestamp_query == (
+        f"min by (node_name) (timestamp(kepler_node_gpu_joules_total) or timestamp({cpu}))"
+    )
+
+
+def test_kepler_09_preset_takes_the_rate_of_the_platform_energy_counter() -> None:
+    spec = PowerSourceSpec.model_validate(
+        {"preset": "kepler-0.9", "nodeLabel": "exported_instance"}
+    )
     resolved, problems = resolve_power_source(spec)
     assert problems == [] and resolved is not None
     assert resolved.query == (
@@ -128,6 +144,8 @@ def test_kepler_preset_takes_the_rate_of_the_platform_energy_counter() -> None:
     assert resolved.timestamp_query == (
         "min by (exported_instance) (timestamp(kepler_node_platform_joules_total))"
     )
+    bare, _ = resolve_power_source(PowerSourceSpec.model_validate({"preset": "kepler-0.9"}))
+    assert bare is not None and bare.node_label == "instance"
 
 
 def test_a_selector_limits_the_dcgm_queries_to_the_trusted_exporter() -> None:
@@ -148,15 +166,26 @@ def test_a_selector_limits_the_dcgm_queries_to_the_trusted_exporter() -> None:
 
 
 def test_a_matcher_string_selector_limits_the_kepler_queries() -> None:
-    spec = PowerSourceSpec.model_validate(
-        {
-            "preset": "kepler",
-            "selector": '{job="kepler", namespace=~"kepler|monitoring",}',
-        }
+    selector = '{job="kepler", namespace=~"kepler|monitoring",}'
+    matchers = 'job="kepler",namespace=~"kepler|monitoring"'
+    resolved, problems = resolve_power_source(
+        PowerSourceSpec.model_validate({"preset": "kepler", "selector": selector})
     )
-    resolved, problems = resolve_power_source(spec)
     assert problems == [] and resolved is not None
-    series = 'kepler_node_platform_joules_total{job="kepler",namespace=~"kepler|monitoring"}'
+    # both counters carry the selector; the CPU one its zones too
+    gpu = f"kepler_node_gpu_joules_total{{{matchers}}}"
+    cpu = f'kepler_node_cpu_joules_total{{{matchers},zone=~"package|dram"}}'
+    assert resolved.query == (
+        f"sum by (node_name) (rate({gpu}[1m])) + sum by (node_name) (rate({cpu}[1m]))"
+    )
+    assert resolved.timestamp_query == (
+        f"min by (node_name) (timestamp({gpu}) or timestamp({cpu}))"
+    )
+    resolved, problems = resolve_power_source(
+        PowerSourceSpec.model_validate({"preset": "kepler-0.9", "selector": selector})
+    )
+    assert problems == [] and resolved is not None
+    series = f"kepler_node_platform_joules_total{{{matchers}}}"
     assert resolved.query == f"sum by (instance) (rate({series}[1m]))"
     assert resolved.timestamp_query == f"min by (instance) (timestamp({series}))"
     # The braces are optional; escapes PromQL accepts are kept as written.
@@ -227,8 +256,8 @@ def test_custom_query_node_label_and_non_gpu_watts() -> None:
         ({"nodeLabel": "host-name"}, ["power.nodeLabel: 'host-name' is not a Prometheus label"]),
         ({"staleness": "soon"}, ["power.staleness: expected a duration"]),
         (
-            {"preset": "kepler", "nonGpuWatts": {"default": 800}},
-            ["power.nonGpuWatts: the kepler preset reads whole-platform power"],
+            {"preset": "kepler-0.9", "nonGpuWatts": {"default": 800}},
+            ["power.nonGpuWatts: the kepler-0.9 preset reads whole-platform power"],
         ),
     ],
 )

@@ -5,6 +5,7 @@ checkout, so the build leaves no build/ or *.egg-info in the repository."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -98,7 +99,44 @@ def test_wheel_ships_the_layers_and_the_harness_and_no_tests(tmp_path: Path) -> 
             f"{found} in this venv cannot build the wheel offline; "
             "pip install -e '.[dev]' (make venv) brings setuptools>=77"
         )
-    _check_wheel(_build_wheel(tmp_path))
+    wheel = _build_wheel(tmp_path)
+    _check_wheel(wheel)
+    _run_console_script(wheel, tmp_path / "site")
+
+
+def _run_console_script(wheel: Path, site: Path) -> None:
+    """The wheel's ``powercap`` console script, run from the unpacked wheel (first on the
+    path, so the checkout is not what runs), validates the example config."""
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+    (entry_points,) = site.glob("*.dist-info/entry_points.txt")
+    scripts = entry_points.read_text().split("[console_scripts]", 1)[1]
+    target = next(
+        line.split("=", 1)[1].strip()
+        for line in scripts.splitlines()
+        if line.split("=", 1)[0].strip() == "powercap"
+    )
+    module, function = target.split(":")
+    program = (
+        "import sys, " + module + "\n"
+        "assert " + module + ".__file__.startswith(sys.argv[1]), " + module + ".__file__\n"
+        "sys.argv = ['powercap', 'config', 'validate', sys.argv[2]]\n"
+        + module
+        + "."
+        + function
+        + "()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", program, str(site), str(ROOT / "config" / "powercap.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=site,
+        env={**os.environ, "PYTHONPATH": str(site)},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("OK "), proc.stdout
 
 
 def _check_wheel(wheel: Path) -> None:

@@ -13,7 +13,7 @@ Rack 2 starts cordoned, so all four land in rack 1 (4.2 kW with idle), then it i
 The power simulator, fed from the API server's pods and scraped by a real Prometheus, is
 the controller's measured power. Then:
 
-1. At 100 g/kWh rack 1's cap is its configured 6 kW (``powercap_domain_cap_fraction`` 1).
+1. At 100 g/kWh rack 1's cap is its configured 6 kW (``powercap_domain_cap_ratio`` 1).
 2. The fake source rises to 450 g/kWh: the policy ``150:1.0,450:0.5`` halves rack 1's cap,
    which ``/metrics`` shows (3 kW, fraction 0.5) within a few polls.
 3. The extender admits less there: a filter call for one more replica fails rack 1's
@@ -171,10 +171,10 @@ def metric(port: int, name: str, **labels: str) -> float:
 
 
 def rack_1_cap(port: int) -> tuple[float, float]:
-    """Rack 1's (cap watts, cap fraction) on ``/metrics``."""
+    """Rack 1's (cap watts, cap ratio) on ``/metrics``."""
     return (
         metric(port, "powercap_domain_cap_watts", domain="rack-1"),
-        metric(port, "powercap_domain_cap_fraction", domain="rack-1"),
+        metric(port, "powercap_domain_cap_ratio", domain="rack-1"),
     )
 
 
@@ -360,10 +360,10 @@ def test_a_dirtier_grid_lowers_the_cap_the_controller_sheds_and_filter_admits_le
                 assert {p["spec"]["nodeName"] for p in fresh} <= set(RACK_2), fresh
 
                 # 5. Emissions counted and priced for rack 1.
-                kg = metric(port, "powercap_emissions_kg_total", domain="rack-1")
+                grams = metric(port, "powercap_emissions_grams_total", domain="rack-1")
                 eur = metric(port, "powercap_emissions_cost_eur_total", domain="rack-1")
                 # A scrape may fall between the two increments of one poll: a second of difference.
-                assert kg > 0 and eur == pytest.approx(kg / 1000 * EUA_EUR_PER_T, rel=0.1)
+                assert grams > 0 and eur == pytest.approx(grams / 1e6 * EUA_EUR_PER_T, rel=0.1)
 
                 # 6. A clean grid again: the cap comes back.
                 grid.g_per_kwh = CLEAN_G

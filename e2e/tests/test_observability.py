@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +28,7 @@ import orjson
 import pytest
 import yaml
 
-from e2e.cluster import TEST_LOG_DIR, cluster
+from e2e.cluster import TEST_LOG_DIR, cluster, free_ports
 from e2e.controlled import (
     create_bare_pods,
     evict_events,
@@ -45,9 +46,10 @@ from e2e.deploy import (
 )
 from e2e.powersim import PowerSimulator, SimClock, StaticPods, grid_profiles, sim_nodes
 from e2e.prometheus import Prometheus, ScrapeJob, prometheus
+from e2e.rbac import CONTROLLER_ACCOUNT, kubectl, mint_token
 from e2e.rbac import NAMESPACE as LEASE_NAMESPACE
 from e2e.scenarios import batch_scenario
-from e2e.scheduler import start_controller, start_extender
+from e2e.scheduler import start_controller, start_extender, start_scheduler
 from placement.scenario.building import problem_from_spec
 from placement.scenario.spec import spec_from_data
 
@@ -56,9 +58,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.controller]
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "manifests" / "monitoring" / "prometheusrule.yaml"
 DASHBOARD = REPO / "manifests" / "monitoring" / "grafana-dashboard.json"
+KUBE_SCHEDULER_METRICS = (
+    REPO / "manifests" / "monitoring" / "kube-scheduler" / "kube-scheduler-metrics.yaml"
+)
 # The Services' names: the job labels the ServiceMonitor gives.
 JOB = "powercap-scheduler"
 CONTROLLER_JOB = "powercap-controller"
+KUBE_SCHEDULER_JOB = "powercap-kube-scheduler"
+PROMETHEUS_ACCOUNT = "prometheus"
 STALE_ALERT = "PowercapPowerDataStale"
 STALE_FOR = "2s"  # the manifest says 5m
 RACK_CAP_W = 4000.0
@@ -67,7 +74,13 @@ REPLICA_W = 500.0
 PODS = 4
 SURGE_W = 4000.0
 # Grafana's variables, as the dashboard would fill them for one domain.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$domain": "rack-1"}
+# $job as Grafana fills it with "All" selected: a regex of every job it found.
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "1m",
+    "$__interval": "15s",
+    "$domain": "rack-1",
+    "$job": f"{JOB}|{CONTROLLER_JOB}|{KUBE_SCHEDULER_JOB}",
+}
 
 SCENARIO = batch_scenario(
     "e2e-observability",
@@ -183,6 +196,69 @@ def carbon_section(csv_path: Path) -> dict[str, Any]:
     }
 
 
+def metrics_reader_token(c: Any) -> str:
+    """A token of a ServiceAccount bound to the shipped ``powercap-metrics-reader``
+    ClusterRole (``manifests/monitoring/kube-scheduler/``), as the monitoring
+    Prometheus scrapes kube-scheduler with."""
+    docs = yaml.safe_load_all(KUBE_SCHEDULER_METRICS.read_text())
+    (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    kubectl(c, "create", "serviceaccount", PROMETHEUS_ACCOUNT, f"--namespace={LEASE_NAMESPACE}")
+    kubectl(c, "apply", "-f", "-", stdin=yaml.safe_dump(role))
+    kubectl(
+        c,
+        "create",
+        "clusterrolebinding",
+        "powercap-metrics-reader-test",
+        f"--clusterrole={role['metadata']['name']}",
+        f"--serviceaccount={LEASE_NAMESPACE}:{PROMETHEUS_ACCOUNT}",
+    )
+    return mint_token(c, PROMETHEUS_ACCOUNT)
+
+
+def secure_metrics_status(port: int, token: str | None) -> int:
+    """The HTTP status of kube-scheduler's /metrics on its secure port for ``token``
+    (``None``: anonymous); its self-signed certificate is not verified."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    request = urllib.request.Request(f"https://127.0.0.1:{port}/metrics")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5, context=context) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def unschedulable_pod(core: Any) -> None:
+    """A pod for the powercap-scheduler that asks for more GPUs than any node has: one
+    scheduling attempt (unschedulable) fills kube-scheduler's attempt metrics, without a
+    pod joining the ones the test counts (another namespace) or drawing power."""
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "too-big", "namespace": LEASE_NAMESPACE},
+        "spec": {
+            "schedulerName": "powercap-scheduler",
+            # the namespace enforces the restricted Pod Security Standard
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "server",
+                    "image": "registry.invalid/none:0",
+                    "resources": {"limits": {"nvidia.com/gpu": "64"}},
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
+        },
+    }
+    core.create_namespaced_pod(LEASE_NAMESPACE, body)
+
+
 def check_queries(prom: Prometheus) -> None:
     """Every rule healthy; every dashboard query and alert operand returns series."""
     for group in prom.rule_groups():
@@ -257,10 +333,35 @@ def test_stale_data_alert_no_action_and_every_query_returns_series() -> None:
 
                     wait_for("the leader to read rack 1 calm", reads_calm, 30.0, every_s=0.25)
 
+                    # The second kube-scheduler, its /metrics on the secure port behind
+                    # the API server's authentication and authorization, scraped with
+                    # the token of an account bound to the shipped metrics-reader role.
+                    (secure_port,) = free_ports(1)
+                    start_scheduler(c, ports.verbs, secure_port=secure_port)
+                    unschedulable_pod(core)
+                    reader = metrics_reader_token(c)
+                    wait_for(
+                        "kube-scheduler's secure port",
+                        lambda: secure_metrics_status(secure_port, reader) == 200,
+                        30.0,
+                        every_s=0.25,
+                    )
+                    # Only an account granted get on /metrics reads it: not an anonymous
+                    # caller, not one of powercap's own accounts.
+                    assert secure_metrics_status(secure_port, None) in (401, 403)
+                    other = mint_token(c, CONTROLLER_ACCOUNT)
+                    assert secure_metrics_status(secure_port, other) == 403
                     monitoring = prometheus(
                         [
                             ScrapeJob(JOB, [f"127.0.0.1:{port}"]),
                             ScrapeJob(CONTROLLER_JOB, [f"127.0.0.1:{metrics}"]),
+                            ScrapeJob(
+                                KUBE_SCHEDULER_JOB,
+                                [f"127.0.0.1:{secure_port}"],
+                                scheme="https",
+                                bearer_token=reader,
+                                insecure_skip_verify=True,
+                            ),
                         ],
                         TEST_LOG_DIR,
                         rule_groups=rules_for_test(),

@@ -29,7 +29,7 @@ from extender.carbon.sources import ForecastStatus, IntensityStatus, Resilient, 
 from extender.cluster.state import ClusterState
 from extender.config.intensity import BudgetSettings, IntensitySettings
 from extender.periodic import PeriodicLoop
-from extender.telemetry import CarbonMetrics
+from extender.telemetry import GRAMS_PER_KG, CarbonMetrics
 from placement.carbon.intensity import IntensitySeries, local_midnight
 from placement.carbon.policy import CapPolicy
 from placement.grid import Grid
@@ -442,16 +442,16 @@ class CarbonCaps:
             cap = float(report.caps[d, slot])
             base = float(self.base[d, slot])
             m.cap.labels(domain).set(cap)
-            m.cap_fraction.labels(domain).set(cap / base if base > 0 else 1.0)
+            m.cap_ratio.labels(domain).set(cap / base if base > 0 else 1.0)
             if report.counted_kg is not None:
-                m.emissions.labels(domain).inc(float(report.counted_kg[d]))
+                m.emissions.labels(domain).inc(float(report.counted_kg[d]) * GRAMS_PER_KG)
             if report.cost_eur is not None and self.priced:
                 m.cost.labels(domain).inc(float(report.cost_eur[d]))
         for budget in self.budgets:
             labels = (self.state.tree.names[budget.domain], budget.settings.window)
-            m.budget_remaining.labels(*labels).set(budget.remaining)
-            m.budget_projected.labels(*labels).set(budget.projected)
-            m.budget_fraction.labels(*labels).set(budget.fraction)
+            m.budget_remaining.labels(*labels).set(budget.remaining * GRAMS_PER_KG)
+            m.budget_projected.labels(*labels).set(budget.projected * GRAMS_PER_KG)
+            m.budget_ratio.labels(*labels).set(budget.fraction)
         m.last_poll.set(report.at)
 
 

@@ -57,6 +57,7 @@ from placement.scenario.spec import (
     ScenarioError,
     ScenarioSpec,
 )
+from placement.tree import PowerTree
 from placement.validation import seconds_or_problem, validation_problems
 
 
@@ -77,9 +78,9 @@ def _read_document(path: Path) -> Any:
     return yaml.safe_load(text)
 
 
-def _problem_of(spec: ConfigSpec, base_dir: Path, source: str) -> Problem:
-    """The grid and the power tree of the config as a fleetless :class:`Problem`;
-    raises :class:`ConfigError` with every problem in them."""
+def _problem_of(spec: ConfigSpec, base_dir: Path, problems: list[str]) -> Problem | None:
+    """The grid and the power tree of the config as a fleetless :class:`Problem`, or
+    ``None`` with every problem in them appended to ``problems``."""
     # The tree and its caps are validated exactly as a scenario's are.
     try:
         skeleton = ScenarioSpec.model_validate(
@@ -94,9 +95,23 @@ def _problem_of(spec: ConfigSpec, base_dir: Path, source: str) -> Problem:
         )
         return problem_from_spec(skeleton, base_dir)
     except ValidationError as exc:
-        raise ConfigError(_pydantic_problems(exc), source) from exc
+        problems += _pydantic_problems(exc)
     except ScenarioError as exc:
-        raise ConfigError(exc.problems, source) from exc
+        problems += exc.problems
+    return None
+
+
+def _names_only_tree(spec: ConfigSpec, grid: Grid) -> PowerTree | None:
+    """The tree of the config's domain names and parents with placeholder caps, or ``None``
+    when the names and parents themselves do not make a tree."""
+    try:
+        return PowerTree.build(
+            [d.name for d in spec.domains],
+            [d.parent for d in spec.domains],
+            np.ones((len(spec.domains), grid.slots)),
+        )
+    except ValueError:
+        return None
 
 
 def _named_profiles(
@@ -204,12 +219,26 @@ def config_from_spec(
     spec: ConfigSpec, base_dir: Path = Path("."), source: str = "config"
 ) -> Config:
     """Check cross-references and build the :class:`Config`; raises :class:`ConfigError`
-    listing every problem (the tree's alone when the tree itself is wrong)."""
-    problem = _problem_of(spec, base_dir, source)
-    grid, tree = problem.grid, problem.tree
+    listing every problem. A wrong tree does not stop the rest: profiles and services
+    are still checked on the grid, and every section that does not need the tree; only
+    what names domains (``intensity:``) waits for a tree that builds."""
     problems: list[str] = []
-    profiles = _named_profiles(spec, grid=grid, base_dir=base_dir, problems=problems)
-    services = _service_entries(spec, profiles, grid=grid, base_dir=base_dir, problems=problems)
+    grid: Grid | None = None
+    try:
+        grid = spec.grid.to_grid()
+    except ValueError as exc:
+        problems.append(f"grid: {exc}")
+    problem = _problem_of(spec, base_dir, problems) if grid is not None else None
+    tree = problem.tree if problem is not None else None
+    if tree is None and grid is not None:
+        # A tree whose names and parents hold but whose caps do not still lets what names
+        # domains be checked; the config is refused all the same.
+        tree = _names_only_tree(spec, grid)
+    profiles: dict[str, NDArray[np.float64]] = {}
+    services: dict[str, ServiceEntry] = {}
+    if grid is not None:
+        profiles = _named_profiles(spec, grid=grid, base_dir=base_dir, problems=problems)
+        services = _service_entries(spec, profiles, grid=grid, base_dir=base_dir, problems=problems)
     planner = _planner_settings(spec.planner, problems)
     scheduler = _scheduler_settings(spec.scheduler, problems)
     power: PowerSettings | None = None
@@ -217,7 +246,7 @@ def config_from_spec(
         power, power_problems = resolve_power_source(spec.power, "power")
         problems += power_problems
     intensity: tuple[IntensitySettings, ...] = ()
-    if spec.intensity is not None:
+    if spec.intensity is not None and tree is not None:
         intensity, intensity_problems = resolve_intensity(spec.intensity, tree, "intensity")
         problems += intensity_problems
     controller, controller_problems = resolve_controller(spec.controller, "controller")
@@ -232,12 +261,15 @@ def config_from_spec(
     # and a config without power: must not be asked where Prometheus is.
     if "learn" in spec.model_fields_set:
         learn, learn_problems = resolve_learn(
-            spec.learn, power.url if power is not None else None, grid.step_s, where="learn"
+            spec.learn,
+            power.url if power is not None else None,
+            grid.step_s if grid is not None else 600,
+            where="learn",
         )
         problems += learn_problems
     kubernetes, kubernetes_problems = resolve_kubernetes(spec.kubernetes, "kubernetes")
     problems += kubernetes_problems
-    if problems:
+    if problems or grid is None or problem is None or tree is None:
         raise ConfigError(problems, source)
     return Config(
         name=spec.metadata.name,

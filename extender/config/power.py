@@ -4,7 +4,7 @@
 
     power:
       url: http://prometheus-operated.monitoring.svc:9090
-      preset: dcgm              # dcgm | kepler | custom
+      preset: dcgm              # dcgm | kepler | kepler-0.9 | custom
       nodeLabel: Hostname       # the label carrying the Kubernetes node name
       selector: {job: nvidia-dcgm-exporter}   # only these series count (or a matcher string)
       nonGpuWatts: {default: 1200, nodes: {gpu-0001: 1500}}
@@ -35,18 +35,37 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from placement.validation import seconds_or_problem
 
-Preset = Literal["dcgm", "kepler", "custom"]
+Preset = Literal["dcgm", "kepler", "kepler-0.9", "custom"]
 
 # DCGM exporter: one gauge per GPU in watts. Its ``Hostname`` label is the node name when
 # the exporter runs as a DaemonSet with NODE_NAME set (its Helm chart does so).
 DCGM_METRIC = "DCGM_FI_DEV_POWER_USAGE"
 DCGM_NODE_LABEL = "Hostname"
-# Kepler (up to 0.9): whole-platform energy per node, a counter in joules, so watts are its
-# rate. The exporter labels each series with the node in ``instance``; behind a
+# Kepler 0.10 and later: energy counters in joules per node, so watts are their rates,
+# each series carrying the node in the ``node_name`` label the exporter sets itself.
+# ``kepler_node_gpu_joules_total`` has a series per GPU (labels ``gpu``, ``gpu_uuid``,
+# ``vendor``); ``kepler_node_cpu_joules_total`` one per RAPL ``zone`` (and ``path``):
+# ``package`` already holds ``core`` and ``uncore``, and ``dram`` is apart, so only those
+# two count. A node's watts are its GPU watts plus its CPU watts; a node one of them is
+# missing for has no reading (stale, not silently lower).
+KEPLER_GPU_METRIC = "kepler_node_gpu_joules_total"
+KEPLER_CPU_METRIC = "kepler_node_cpu_joules_total"
+KEPLER_CPU_ZONES = 'zone=~"package|dram"'
+KEPLER_NODE_LABEL = "node_name"
+# Kepler up to 0.9 (preset ``kepler-0.9``): whole-platform energy per node, a counter in
+# joules. The exporter labels each series with the node in ``instance``; behind a
 # ServiceMonitor without honorLabels that becomes ``exported_instance`` (set nodeLabel).
-KEPLER_METRIC = "kepler_node_platform_joules_total"
-KEPLER_NODE_LABEL = "instance"
+KEPLER_09_METRIC = "kepler_node_platform_joules_total"
+KEPLER_09_NODE_LABEL = "instance"
+# The rate window of both Kepler presets: at least two scrapes at Kepler's usual 15-30 s.
 KEPLER_RATE_WINDOW = "1m"
+
+
+DEFAULT_NODE_LABELS: Mapping[str, str] = {
+    "dcgm": DCGM_NODE_LABEL,
+    "kepler": KEPLER_NODE_LABEL,
+    "kepler-0.9": KEPLER_09_NODE_LABEL,
+}
 
 
 def _check_label(label: str) -> str:
@@ -134,7 +153,16 @@ def preset_queries(preset: Preset, node_label: str, *, selector: str = "") -> tu
         series = f"{DCGM_METRIC}{matchers}"
         return (f"sum by ({label}) ({series})", f"min by ({label}) (timestamp({series}))")
     if preset == "kepler":
-        series = f"{KEPLER_METRIC}{matchers}"
+        gpu = f"{KEPLER_GPU_METRIC}{matchers}"
+        cpu_matchers = f"{selector},{KEPLER_CPU_ZONES}" if selector else KEPLER_CPU_ZONES
+        cpu = f"{KEPLER_CPU_METRIC}{{{cpu_matchers}}}"
+        return (
+            f"sum by ({label}) (rate({gpu}[{KEPLER_RATE_WINDOW}])) "
+            f"+ sum by ({label}) (rate({cpu}[{KEPLER_RATE_WINDOW}]))",
+            f"min by ({label}) (timestamp({gpu}) or timestamp({cpu}))",
+        )
+    if preset == "kepler-0.9":
+        series = f"{KEPLER_09_METRIC}{matchers}"
         return (
             f"sum by ({label}) (rate({series}[{KEPLER_RATE_WINDOW}]))",
             f"min by ({label}) (timestamp({series}))",
@@ -251,13 +279,12 @@ def resolve_power_source(
                     f"{where}.{name}: preset {preset} builds its own PromQL; set "
                     "preset: custom to give your own"
                 )
-        default_label = DCGM_NODE_LABEL if preset == "dcgm" else KEPLER_NODE_LABEL
-        label = label or default_label
+        label = label or DEFAULT_NODE_LABELS[preset]
         query, stamp_query = preset_queries(preset, label, selector=selector)
         non_gpu = spec.non_gpu_watts
-        if preset == "kepler" and (non_gpu.default > 0 or any(non_gpu.nodes.values())):
+        if preset == "kepler-0.9" and (non_gpu.default > 0 or any(non_gpu.nodes.values())):
             problems.append(
-                f"{where}.nonGpuWatts: the kepler preset reads whole-platform power, so "
+                f"{where}.nonGpuWatts: the kepler-0.9 preset reads whole-platform power, so "
                 "non-GPU watts would count twice; remove them (or use preset: custom)"
             )
     staleness = seconds_or_problem(spec.staleness, f"{where}.staleness", problems)
