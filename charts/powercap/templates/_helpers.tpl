@@ -182,3 +182,31 @@ affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/* The rules of the ClusterRole .name in files/rbac.yaml (a copy of manifests/base/rbac.yaml,
+make chart-sync), as a YAML list; fails the render when the copy has no such ClusterRole. */}}
+{{- define "powercap.baseRules" -}}
+{{- $rules := list -}}
+{{- $found := false -}}
+{{- range regexSplit "(?m)^---\\s*$" (.ctx.Files.Get "files/rbac.yaml") -1 -}}
+{{- $obj := fromYaml . -}}
+{{- if and $obj (eq (get $obj "kind" | default "") "ClusterRole") (eq (dig "metadata" "name" "" $obj) $.name) -}}
+{{- $rules = $obj.rules -}}
+{{- $found = true -}}
+{{- end -}}
+{{- end -}}
+{{- if not $found -}}
+{{- fail (printf "files/rbac.yaml has no ClusterRole %s: run make chart-sync" .name) -}}
+{{- end -}}
+{{- toYaml $rules -}}
+{{- end }}
+
+{{/* The documents of a multi-document file of the chart, parsed, empty ones left out. */}}
+{{- define "powercap.documents" -}}
+{{- $docs := list -}}
+{{- range regexSplit "(?m)^---\\s*$" (.ctx.Files.Get .file) -1 -}}
+{{- $obj := fromYaml . -}}
+{{- if $obj }}{{ $docs = append $docs $obj }}{{ end -}}
+{{- end -}}
+{{- dict "items" $docs | toYaml -}}
+{{- end }}
