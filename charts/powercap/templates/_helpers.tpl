@@ -112,6 +112,7 @@ and its Lease in the release namespace. */}}
 - --max-concurrent={{ int64 .maxConcurrent }}
 - --max-queued={{ int64 .maxQueued }}
 - --max-binds={{ int64 .maxBinds }}
+- --inline-max-bytes={{ int64 .inlineMaxBytes }}
 {{- end }}
 {{- end }}
 
@@ -209,4 +210,16 @@ make chart-sync), as a YAML list; fails the render when the copy has no such Clu
 {{- if $obj }}{{ $docs = append $docs $obj }}{{ end -}}
 {{- end -}}
 {{- dict "items" $docs | toYaml -}}
+{{- end }}
+
+{{/* The agent's image: agent.image when set, else the powercap image. */}}
+{{- define "powercap.agentImage" -}}
+{{- $a := .Values.agent.image -}}
+{{- if $a.digest -}}
+{{ $a.repository | default .Values.image.repository }}@{{ $a.digest }}
+{{- else if or $a.repository $a.tag -}}
+{{ $a.repository | default .Values.image.repository }}:{{ $a.tag | default .Values.image.tag | default .Chart.AppVersion }}
+{{- else -}}
+{{ include "powercap.image" . }}
+{{- end -}}
 {{- end }}
