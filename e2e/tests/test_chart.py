@@ -371,9 +371,11 @@ def test_each_object_has_the_same_content(
 
 def test_install_upgrade_uninstall(api: Api) -> None:
     """A real release on the test cluster: installed into a namespace Helm creates, upgraded
-    (a changed config rolls the pods through their checksum annotation), uninstalled
-    without leaving an object behind."""
+    (a changed config rolls the pods through their checksum annotation; the agent added, in
+    the privileged namespace the chart makes), uninstalled without leaving an object behind
+    but the CRDs."""
     namespace = "powercap-release"
+    agent_namespace = "powercap-agent-release"
     cluster = [
         f"--kubeconfig={api.cluster.kubeconfig}",
         f"--namespace={namespace}",
@@ -390,7 +392,20 @@ def test_install_upgrade_uninstall(api: Api) -> None:
     status = helm("status", RELEASE, *cluster).stdout
     assert "STATUS: deployed" in status, status
     before = annotations()
-    helm("upgrade", RELEASE, str(CHART), "--set=controller.dryRun=false", *cluster)
+    helm(
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "--set=controller.dryRun=false",
+        "--set=agent.enabled=true",
+        f"--set=agent.namespace={agent_namespace}",
+        *cluster,
+    )
+    labels = api.run(
+        "get", "namespace", agent_namespace, "-o", "jsonpath={.metadata.labels}"
+    ).stdout
+    assert '"pod-security.kubernetes.io/enforce":"privileged"' in labels, labels
+    api.run("get", "daemonset", "powercap-agent", f"--namespace={agent_namespace}")
     config = api.run(
         "get",
         "configmap",
@@ -416,7 +431,7 @@ def test_install_upgrade_uninstall(api: Api) -> None:
             "-o",
             "name",
         ).stdout
-        for where in (namespace, "kube-system")
+        for where in (namespace, agent_namespace, "kube-system")
     )
     cluster_left = api.run(
         "get",
@@ -426,6 +441,17 @@ def test_install_upgrade_uninstall(api: Api) -> None:
         "name",
     ).stdout
     assert not (left + cluster_left).strip(), f"left behind after uninstall:\n{left}{cluster_left}"
+    # The agent's namespace is deleted (or being deleted: no namespace controller here).
+    gone = api.run(
+        "get",
+        "namespace",
+        agent_namespace,
+        "--ignore-not-found",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp}",
+    ).stdout
+    present = api.run("get", "namespace", agent_namespace, "--ignore-not-found", "-o", "name")
+    assert gone or not present.stdout.strip(), f"{agent_namespace} left after uninstall"
     # The CRDs stay (crds.keep), and with them every NodePowerLimit of the cluster.
     kept = api.run("get", "crd", f"--selector={selector}", "-o", "name").stdout.split()
     assert kept == ["customresourcedefinition.apiextensions.k8s.io/nodepowerlimits.powercap.io"]
