@@ -143,5 +143,11 @@ chart-sync:
 	rm -f charts/powercap/files/profiles/*.yaml
 	cp config/profiles/*.yaml charts/powercap/files/profiles/
 	cp manifests/base/admission.yaml charts/powercap/files/
+	cp manifests/base/rbac.yaml charts/powercap/files/
 	cp manifests/monitoring/prometheusrule.yaml manifests/monitoring/servicemonitor.yaml \
-	  manifests/monitoring/grafana-dashboard.json charts/powercap/files/
+	  manifests/monitoring/grafana-dashboard.json \
+	  manifests/monitoring/kube-scheduler/kube-scheduler-metrics.yaml charts/powercap/files/
+	mkdir -p charts/powercap/files/crds
+	rm -f charts/powercap/files/crds/*.yaml
+	cp $(filter-out manifests/crds/kustomization.yaml,$(wildcard manifests/crds/*.yaml)) \
+	  charts/powercap/files/crds/

@@ -2,9 +2,10 @@
 
 Helm reads nothing outside the chart, so ``charts/powercap/files/`` holds copies of the files
 the chart shares with ``config/`` and ``manifests/`` (the example config and profiles, the
-KubeSchedulerConfigurations, the admission policies, the monitoring objects); they must stay
-byte-for-byte equal to their originals, which are the ones edited. ``values.schema.json`` is
-written from the config model. ``e2e/tests/test_chart.py`` lints, renders and dry-runs the chart.
+KubeSchedulerConfigurations, the admission policies, the RBAC rules, the monitoring objects,
+every CustomResourceDefinition of ``manifests/crds/``); they must stay byte-for-byte equal to
+their originals, which are the ones edited. ``values.schema.json`` is written from the config
+model. ``e2e/tests/test_chart.py`` lints, renders and dry-runs the chart.
 """
 
 from __future__ import annotations
@@ -26,10 +27,20 @@ ORIGINALS: dict[str, Path] = {
     "kube-scheduler.yaml": REPO / "config" / "kube-scheduler.yaml",
     "kube-scheduler-mtls.yaml": REPO / "config" / "kube-scheduler-mtls.yaml",
     "admission.yaml": REPO / "manifests" / "base" / "admission.yaml",
+    "rbac.yaml": REPO / "manifests" / "base" / "rbac.yaml",
     "prometheusrule.yaml": REPO / "manifests" / "monitoring" / "prometheusrule.yaml",
     "servicemonitor.yaml": REPO / "manifests" / "monitoring" / "servicemonitor.yaml",
     "grafana-dashboard.json": REPO / "manifests" / "monitoring" / "grafana-dashboard.json",
+    "kube-scheduler-metrics.yaml": (
+        REPO / "manifests" / "monitoring" / "kube-scheduler" / "kube-scheduler-metrics.yaml"
+    ),
     **{f"profiles/{p.name}": p for p in sorted((REPO / "config" / "profiles").glob("*.yaml"))},
+    # Every CRD of manifests/crds/ (its kustomization.yaml aside), whatever its name.
+    **{
+        f"crds/{p.name}": p
+        for p in sorted((REPO / "manifests" / "crds").glob("*.yaml"))
+        if p.name != "kustomization.yaml"
+    },
 }
 
 

@@ -11,6 +11,7 @@ that are the chart's by design are taken out; :func:`normalise` lists them.
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 import re
 import subprocess
@@ -26,26 +27,48 @@ from e2e.tests.test_manifests import NAMESPACE, Api
 from e2e.tests.test_manifests import api as api  # the cluster fixture, shared
 from extender.config.loading import load_config
 from extender.webhook.settings import Limits
+from powercap.commands.agent import agent as agent_command
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "powercap"
 RELEASE = "powercap"
+AGENT_NAMESPACE = "powercap-agent"
 MONITORING_ON = (
     "monitoring.serviceMonitor.enabled=true",
     "monitoring.prometheusRule.enabled=true",
     "monitoring.dashboard.enabled=true",
+    "monitoring.kubeScheduler.enabled=true",
 )
+# Every switch on: the monitoring objects, kube-scheduler's metrics, the agent (the CRDs are
+# on by default).
+EVERYTHING = (*MONITORING_ON, "agent.enabled=true")
 # Renders the dry-run covers: every switch on, the extender apart over mTLS, the controller
-# off with an image by digest.
+# off with an image by digest, the agent with its other settings and without the CRDs.
 VARIANTS: dict[str, tuple[str, ...]] = {
-    "monitoring": MONITORING_ON,
-    "mtls": (*MONITORING_ON, "extender.tls.enabled=true"),
+    "everything": EVERYTHING,
+    "mtls": (*EVERYTHING, "extender.tls.enabled=true"),
     "no-controller": (
         "controller.enabled=false",
         "image.repository=registry.example/powercap",
         "image.digest=sha256:" + "0" * 64,
+    ),
+    "agent-settings": (
+        "crds.install=false",
+        "agent.enabled=true",
+        # the namespace exists (the fixture's, as `kubectl label` would leave it)
+        "agent.createNamespace=false",
+        "agent.privileged=true",
+        "agent.dryRun=true",
+        "agent.restoreOnExit=false",
+        "agent.resyncSeconds=12",
+        "agent.metricsPort=9100",
+        "agent.runtimeClassName=",
+        "agent.image.repository=registry.example/powercap-agent",
+        "agent.image.digest=sha256:" + "1" * 64,
+        "agent.admissionPolicy.enabled=false",
+        "agent.networkPolicy.enabled=false",
     ),
 }
 # Labels Helm charts carry and kustomize's `labels:` does not (or only on some objects).
@@ -56,6 +79,8 @@ STANDARD_LABELS = {
     "app.kubernetes.io/managed-by",
     "helm.sh/chart",
 }
+# Annotations the chart adds: Helm's, keeping the CRDs on uninstall (crds.keep).
+HELM_ANNOTATIONS = {"helm.sh/resource-policy"}
 # kustomize's configMapGenerator appends a hash of the content to a ConfigMap's name.
 HASHED = re.compile(r"^(?P<name>.+)-[a-z0-9]{10}$")
 # The extender's bounds: the chart passes each as a flag, the base leaves them at their defaults.
@@ -66,8 +91,17 @@ LIMIT_FLAGS = {
     "--max-concurrent": Limits.max_concurrent,
     "--max-queued": Limits.max_queued,
     "--max-binds": Limits.max_binds,
+    "--inline-max-bytes": Limits.inline_max_bytes,
+    # the agent's: the chart passes it, the DaemonSet of manifests/agent runs with the default
+    "--resync": inspect.signature(agent_command).parameters["resync"].default,
 }
 HELM_HOMES = ("CACHE", "CONFIG", "DATA")
+NVIDIA_RUNTIME_CLASS = {
+    "apiVersion": "node.k8s.io/v1",
+    "kind": "RuntimeClass",
+    "metadata": {"name": "nvidia"},
+    "handler": "nvidia",
+}
 POWERCAP_IMAGE = re.compile(r"^(?:.+/)?powercap-scheduler(?P<ref>[:@].+)$")
 
 
@@ -106,8 +140,9 @@ def test_helm_is_the_pinned_version() -> None:
 
 
 def test_helm_lint_passes() -> None:
-    proc = helm("lint", "--strict", str(CHART), *[f"--set={s}" for s in MONITORING_ON])
-    assert "0 chart(s) failed" in proc.stdout, proc.stdout
+    for sets in VARIANTS.values():
+        proc = helm("lint", "--strict", str(CHART), *[f"--set={s}" for s in sets])
+        assert "0 chart(s) failed" in proc.stdout, proc.stdout
 
 
 def test_every_template_renders_in_some_variant() -> None:
@@ -177,29 +212,38 @@ def test_the_chart_is_accepted_by_the_api_server(api: Api, variant: str) -> None
     rendered = objects(manifest)
     out = api.dry_run(f"helm template ({variant})", manifest, None)
     assert len(out.strip().splitlines()) == len(rendered), out
-    # Pod admission (Pod Security `restricted`, the priority class) judges pods, not
-    # Deployments: dry-run each template as a pod under its real ServiceAccount.
+    # Pod admission (Pod Security: `restricted` in the release namespace, `privileged` in the
+    # agent's; the priority class; the RuntimeClass) judges pods, not Deployments or
+    # DaemonSets: dry-run each template as a pod under its real ServiceAccount, in its
+    # namespace. The nvidia RuntimeClass is the GPU Operator's on a real cluster.
     accounts = [o for o in rendered if o["kind"] == "ServiceAccount"]
-    api.run("apply", "-f", "-", stdin=yaml.safe_dump_all(accounts))
-    for deployment in (o for o in rendered if o["kind"] == "Deployment"):
-        template = deployment["spec"]["template"]
+    api.run("apply", "-f", "-", stdin=yaml.safe_dump_all([*accounts, NVIDIA_RUNTIME_CLASS]))
+    workloads = [o for o in rendered if o["kind"] in ("Deployment", "DaemonSet")]
+    assert workloads
+    for workload in workloads:
+        template = workload["spec"]["template"]
+        meta = workload["metadata"]
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {**template["metadata"], "name": deployment["metadata"]["name"]},
+            "metadata": {**template["metadata"], "name": meta["name"]},
             "spec": template["spec"],
         }
         api.dry_run(
-            f"the pod template of Deployment {deployment['metadata']['name']} ({variant})",
+            f"the pod template of {workload['kind']} {meta['name']} ({variant})",
             yaml.safe_dump(pod),
-            NAMESPACE,
+            meta["namespace"],
         )
+
+
+# What the chart renders with EVERYTHING on (and the CRDs, on by default).
+KUSTOMIZED = ("base", "monitoring", "monitoring/kube-scheduler", "crds", "agent")
 
 
 def _kustomized() -> list[dict[str, Any]]:
     kubectl = str(binary("kubectl"))
     built: list[dict[str, Any]] = []
-    for directory in ("base", "monitoring"):
+    for directory in KUSTOMIZED:
         proc = subprocess.run(
             [kubectl, "kustomize", str(REPO / "manifests" / directory)],
             capture_output=True,
@@ -223,7 +267,8 @@ def _rename(node: Any, names: dict[str, str]) -> Any:
 
 def _strip_labels(node: Any) -> Any:
     """``node`` without the standard labels (anywhere a ``labels`` map is) and without the
-    chart's ``checksum/*`` pod annotations; empty maps left behind go too."""
+    chart's ``checksum/*`` pod annotations and Helm's resource policy; empty maps left
+    behind go too."""
     if isinstance(node, list):
         return [_strip_labels(v) for v in node]
     if not isinstance(node, dict):
@@ -233,7 +278,11 @@ def _strip_labels(node: Any) -> Any:
         if k == "labels" and isinstance(v, dict):
             v = {n: x for n, x in v.items() if n not in STANDARD_LABELS}
         elif k == "annotations" and isinstance(v, dict):
-            v = {n: x for n, x in v.items() if not n.startswith("checksum/")}
+            v = {
+                n: x
+                for n, x in v.items()
+                if not n.startswith("checksum/") and n not in HELM_ANNOTATIONS
+            }
         else:
             v = _strip_labels(v)
         if v != {}:
@@ -243,8 +292,8 @@ def _strip_labels(node: Any) -> Any:
 
 def _container(c: dict[str, Any]) -> dict[str, Any]:
     """The image up to its registry (the one setting that differs), the default pull policy
-    (IfNotPresent for a pinned tag) made explicit, the extender's bounds taken out after
-    checking that they are the defaults the base runs with."""
+    (IfNotPresent for a pinned tag) made explicit, the extender's bounds and the agent's
+    resync taken out after checking that they are the defaults the manifests run with."""
     c = dict(c)
     if m := POWERCAP_IMAGE.match(c["image"]):
         c["image"] = "powercap-scheduler" + m["ref"]
@@ -268,11 +317,11 @@ def _data(data: dict[str, str]) -> dict[str, Any]:
 
 def normalise(obj: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
     """What must agree between the chart and kustomize: everything, except the standard
-    labels, the checksum annotations, the ConfigMap name hashes, the powercap image's
-    registry, the explicit default pull policy and extender bounds, and the text (not the
-    content) of ConfigMap data."""
+    labels, the checksum annotations, Helm's resource policy on the CRDs, the ConfigMap name
+    hashes, the powercap image's registry, the explicit default pull policy, extender bounds
+    and agent resync, and the text (not the content) of ConfigMap data."""
     obj = _strip_labels(_rename(obj, names))
-    if obj["kind"] == "Deployment":
+    if obj["kind"] in ("Deployment", "DaemonSet"):
         spec = obj["spec"]["template"]["spec"]
         spec["containers"] = [_container(c) for c in spec["containers"]]
     if obj["kind"] == "ConfigMap":
@@ -290,7 +339,7 @@ def both() -> Iterator[tuple[dict[tuple[str, str, str], Any], dict[tuple[str, st
     }
     base = {key(o): normalise(o, names) for o in kustomized}
     base = {(k[0], names.get(k[1], k[1]), k[2]): v for k, v in base.items()}
-    chart = {key(o): normalise(o, {}) for o in objects(render(*MONITORING_ON))}
+    chart = {key(o): normalise(o, {}) for o in objects(render(*EVERYTHING))}
     yield base, chart
 
 
@@ -298,9 +347,12 @@ def test_the_chart_renders_the_objects_of_the_kustomize_base(
     both: tuple[dict[tuple[str, str, str], Any], dict[tuple[str, str, str], Any]],
 ) -> None:
     base, chart = both
-    # The release namespace is Helm's to create (`--create-namespace`), not the chart's.
+    # The release namespace is Helm's to create (`--create-namespace`), not the chart's; the
+    # agent's is the chart's (agent.createNamespace), with its Pod Security labels.
     assert set(base) - set(chart) == {("Namespace", NAMESPACE, "")}
     assert set(chart) - set(base) == set()
+    kinds = {k[0] for k in chart}
+    assert {"CustomResourceDefinition", "DaemonSet", "ServiceMonitor"} <= kinds, kinds
 
 
 def test_each_object_has_the_same_content(
@@ -319,9 +371,11 @@ def test_each_object_has_the_same_content(
 
 def test_install_upgrade_uninstall(api: Api) -> None:
     """A real release on the test cluster: installed into a namespace Helm creates, upgraded
-    (a changed config rolls the pods through their checksum annotation), uninstalled
-    without leaving an object behind."""
+    (a changed config rolls the pods through their checksum annotation; the agent added, in
+    the privileged namespace the chart makes), uninstalled without leaving an object behind
+    but the CRDs."""
     namespace = "powercap-release"
+    agent_namespace = "powercap-agent-release"
     cluster = [
         f"--kubeconfig={api.cluster.kubeconfig}",
         f"--namespace={namespace}",
@@ -338,7 +392,20 @@ def test_install_upgrade_uninstall(api: Api) -> None:
     status = helm("status", RELEASE, *cluster).stdout
     assert "STATUS: deployed" in status, status
     before = annotations()
-    helm("upgrade", RELEASE, str(CHART), "--set=controller.dryRun=false", *cluster)
+    helm(
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "--set=controller.dryRun=false",
+        "--set=agent.enabled=true",
+        f"--set=agent.namespace={agent_namespace}",
+        *cluster,
+    )
+    labels = api.run(
+        "get", "namespace", agent_namespace, "-o", "jsonpath={.metadata.labels}"
+    ).stdout
+    assert '"pod-security.kubernetes.io/enforce":"privileged"' in labels, labels
+    api.run("get", "daemonset", "powercap-agent", f"--namespace={agent_namespace}")
     config = api.run(
         "get",
         "configmap",
@@ -364,7 +431,7 @@ def test_install_upgrade_uninstall(api: Api) -> None:
             "-o",
             "name",
         ).stdout
-        for where in (namespace, "kube-system")
+        for where in (namespace, agent_namespace, "kube-system")
     )
     cluster_left = api.run(
         "get",
@@ -374,6 +441,20 @@ def test_install_upgrade_uninstall(api: Api) -> None:
         "name",
     ).stdout
     assert not (left + cluster_left).strip(), f"left behind after uninstall:\n{left}{cluster_left}"
+    # The agent's namespace is deleted (or being deleted: no namespace controller here).
+    gone = api.run(
+        "get",
+        "namespace",
+        agent_namespace,
+        "--ignore-not-found",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp}",
+    ).stdout
+    present = api.run("get", "namespace", agent_namespace, "--ignore-not-found", "-o", "name")
+    assert gone or not present.stdout.strip(), f"{agent_namespace} left after uninstall"
+    # The CRDs stay (crds.keep), and with them every NodePowerLimit of the cluster.
+    kept = api.run("get", "crd", f"--selector={selector}", "-o", "name").stdout.split()
+    assert kept == ["customresourcedefinition.apiextensions.k8s.io/nodepowerlimits.powercap.io"]
 
 
 def test_prometheus_values_set_the_power_source(tmp_path: Path) -> None:
@@ -426,3 +507,117 @@ def test_the_rendered_config_loads_as_the_extender_reads_it(tmp_path: Path, give
     config = load_config(config_path)
     assert config.scheduler.name == "powercap-scheduler"
     assert config.controller.dry_run is True
+
+
+@pytest.mark.parametrize(
+    ("setting", "field"),
+    [
+        ("agent.namespace=Powercap_Agent", "/agent/namespace"),
+        ("agent.metricsPort=0", "/agent/metricsPort"),
+        ("agent.resyncSeconds=0", "/agent/resyncSeconds"),
+        ("agent.image.digest=latest", "/agent/image/digest"),
+        ("agent.privileged=yes", "/agent/privileged"),
+        ("agent.nodeSelector.pool=1", "/agent/nodeSelector/pool"),
+        ("agent.resync=30", "resync"),
+        (
+            "monitoring.kubeScheduler.prometheusServiceAccount.namespace=",
+            "/monitoring/kubeScheduler/prometheusServiceAccount/namespace",
+        ),
+        ("extender.limits.inlineMaxBytes=-1", "/extender/limits/inlineMaxBytes"),
+        ("crds.install=maybe", "/crds/install"),
+    ],
+)
+def test_a_bad_agent_or_monitoring_value_fails_naming_the_field(setting: str, field: str) -> None:
+    for command in ("template", "lint"):
+        args = [command, *([RELEASE] if command == "template" else []), str(CHART)]
+        proc = helm(*args, "--set=agent.enabled=true", f"--set={setting}", check=False)
+        assert proc.returncode != 0, f"helm {command} accepted {setting}"
+        out = proc.stdout + proc.stderr
+        assert field in out, out
+
+
+def _agent_container(rendered: list[dict[str, Any]], namespace: str) -> dict[str, Any]:
+    (ds,) = [o for o in rendered if key(o) == ("DaemonSet", "powercap-agent", namespace)]
+    (container,) = ds["spec"]["template"]["spec"]["containers"]
+    found: dict[str, Any] = container
+    return found
+
+
+def test_the_agent_values_reach_its_objects() -> None:
+    """Each agent.* value lands where `powercap agent` and the API server read it; the
+    namespace everywhere, the admission policy's CEL included."""
+    rendered = objects(render(*VARIANTS["agent-settings"], "agent.namespace=gpu-power"))
+    kinds = {o["kind"] for o in rendered}
+    # no Namespace (agent.createNamespace=false), no CRD, no policy, no NetworkPolicy
+    assert "Namespace" not in kinds and "CustomResourceDefinition" not in kinds
+    names = {o["metadata"]["name"] for o in rendered}
+    assert "powercap-agent-own-node" not in names
+    assert not [o for o in rendered if key(o) == ("NetworkPolicy", "powercap-agent", "gpu-power")]
+    container = _agent_container(rendered, "gpu-power")
+    assert container["image"] == "registry.example/powercap-agent@sha256:" + "1" * 64
+    assert container["command"] == [
+        "powercap",
+        "agent",
+        "--metrics-address=0.0.0.0:9100",
+        "--no-restore-on-exit",
+        "--resync=12",
+        "--dry-run",
+    ]
+    assert container["ports"] == [{"name": "http-metrics", "containerPort": 9100}]
+    assert container["securityContext"]["privileged"] is True
+    (ds,) = [o for o in rendered if o["kind"] == "DaemonSet"]
+    assert "runtimeClassName" not in ds["spec"]["template"]["spec"]
+    (binding,) = [o for o in rendered if key(o) == ("ClusterRoleBinding", "powercap-agent", "")]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "powercap-agent", "namespace": "gpu-power"}
+    ]
+
+    policy_on = objects(render("agent.enabled=true", "agent.namespace=gpu-power"))
+    (policy,) = [
+        o
+        for o in policy_on
+        if key(o) == ("ValidatingAdmissionPolicy", "powercap-agent-own-node", "")
+    ]
+    (condition,) = policy["spec"]["matchConditions"]
+    assert "'system:serviceaccount:gpu-power:powercap-agent'" in condition["expression"]
+    (ns,) = [o for o in policy_on if o["kind"] == "Namespace"]
+    assert ns["metadata"]["name"] == "gpu-power"
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    # the main image when agent.image is left empty
+    main = _agent_container(
+        objects(render("agent.enabled=true", "image.repository=registry.example/pc")),
+        AGENT_NAMESPACE,
+    )
+    assert main["image"] == "registry.example/pc:0.1.0"
+
+
+def test_the_kube_scheduler_metrics_reader_is_bound_to_the_account_given() -> None:
+    rendered = objects(
+        render(
+            "monitoring.kubeScheduler.enabled=true",
+            "monitoring.kubeScheduler.prometheusServiceAccount.name=kube-prometheus-stack-prometheus",
+            "monitoring.kubeScheduler.prometheusServiceAccount.namespace=observability",
+        )
+    )
+    (binding,) = [
+        o for o in rendered if key(o) == ("ClusterRoleBinding", "powercap-metrics-reader", "")
+    ]
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": "kube-prometheus-stack-prometheus",
+            "namespace": "observability",
+        }
+    ]
+    assert ("Service", "powercap-kube-scheduler", NAMESPACE) in {key(o) for o in rendered}
+
+
+def test_inline_max_bytes_is_passed_to_the_extender() -> None:
+    rendered = objects(render("extender.limits.inlineMaxBytes=0"))
+    (deployment,) = [
+        o for o in rendered if key(o) == ("Deployment", "powercap-scheduler", NAMESPACE)
+    ]
+    (extender,) = [
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "extender"
+    ]
+    assert "--inline-max-bytes=0" in extender["command"]

@@ -82,6 +82,73 @@ def _count(description: str, minimum: int) -> dict[str, Any]:
 _MAP = {"type": "object"}
 _LIST = {"type": "array"}
 _PULL_POLICY = {"type": "string", "enum": ["Always", "IfNotPresent", "Never"]}
+# Kubernetes object names: a namespace is a DNS label, most other names DNS subdomains.
+_DNS_LABEL = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+_DNS_SUBDOMAIN = "^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+_DIGEST = {
+    "type": "string",
+    "description": "sha256:<hex>; when set, used instead of the tag",
+    "pattern": "^(sha256:[0-9a-f]{64})?$",
+}
+
+
+def agent_properties() -> dict[str, Any]:
+    """``agent``: the node agent's DaemonSet (`powercap agent`) and what goes with it."""
+    return _object(
+        {
+            "enabled": {"type": "boolean", "description": "the node agent DaemonSet"},
+            "image": _object(
+                {
+                    "repository": _string("empty: image.repository"),
+                    "tag": _string("empty: image.tag"),
+                    "digest": _DIGEST,
+                },
+                "the agent's image; empty: the powercap image",
+            ),
+            "namespace": _string(
+                "the agent's namespace (Pod Security privileged)", pattern=_DNS_LABEL
+            ),
+            "createNamespace": {
+                "type": "boolean",
+                "description": "template the namespace with its Pod Security labels",
+            },
+            "nodeSelector": {
+                "type": "object",
+                "description": "the nodes the agent runs on",
+                "additionalProperties": {"type": ["string", "null"]},
+            },
+            "tolerations": _LIST,
+            "runtimeClassName": _string(
+                "the RuntimeClass that mounts NVML; empty: the default runtime",
+                pattern="^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$",
+            ),
+            "priorityClassName": {"type": "string"},
+            "restoreOnExit": {
+                "type": "boolean",
+                "description": "powercap agent --restore-on-exit (else --no-restore-on-exit)",
+            },
+            "dryRun": {"type": "boolean", "description": "powercap agent --dry-run"},
+            "resyncSeconds": {
+                "type": "number",
+                "minimum": 1,
+                "description": "powercap agent --resync, seconds",
+            },
+            "metricsPort": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 65535,
+                "description": "the port of /healthz, /readyz and /metrics",
+            },
+            "resources": _MAP,
+            "privileged": {
+                "type": "boolean",
+                "description": "a privileged container, where CAP_SYS_ADMIN alone is not enough",
+            },
+            "admissionPolicy": _enabled("each agent writes its own node's NodePowerLimit only"),
+            "networkPolicy": _enabled("only Prometheus may reach the agent's metrics port"),
+        },
+        "the node agent (powercap agent) that applies NodePowerLimits through NVML",
+    )
 
 
 def chart_properties() -> dict[str, Any]:
@@ -131,6 +198,7 @@ def chart_properties() -> dict[str, Any]:
                         "maxConcurrent": _count("powercap serve --max-concurrent", 1),
                         "maxQueued": _count("powercap serve --max-queued", 0),
                         "maxBinds": _count("powercap serve --max-binds", 1),
+                        "inlineMaxBytes": _count("powercap serve --inline-max-bytes", 0),
                     },
                     "the bounds of every verb call",
                 ),
@@ -198,8 +266,36 @@ def chart_properties() -> dict[str, Any]:
                 "serviceMonitor": _enabled("a prometheus-operator ServiceMonitor"),
                 "prometheusRule": _enabled("a prometheus-operator PrometheusRule"),
                 "dashboard": _enabled("the Grafana dashboard ConfigMap"),
+                "kubeScheduler": _object(
+                    {
+                        "enabled": {
+                            "type": "boolean",
+                            "description": "kube-scheduler's own metrics on its secure port",
+                        },
+                        "prometheusServiceAccount": _object(
+                            {
+                                "name": _string("its name", pattern=_DNS_SUBDOMAIN),
+                                "namespace": _string("its namespace", pattern=_DNS_LABEL),
+                            },
+                            "the ServiceAccount Prometheus scrapes with, granted get /metrics",
+                        ),
+                    }
+                ),
             }
         ),
+        "crds": _object(
+            {
+                "install": {
+                    "type": "boolean",
+                    "description": "powercap's CustomResourceDefinitions (manifests/crds)",
+                },
+                "keep": {
+                    "type": "boolean",
+                    "description": "helm.sh/resource-policy: keep, so uninstall leaves them",
+                },
+            }
+        ),
+        "agent": agent_properties(),
         "podSecurityContext": _MAP,
         "securityContext": _MAP,
         "priorityClassName": {"type": "string"},

@@ -112,6 +112,7 @@ and its Lease in the release namespace. */}}
 - --max-concurrent={{ int64 .maxConcurrent }}
 - --max-queued={{ int64 .maxQueued }}
 - --max-binds={{ int64 .maxBinds }}
+- --inline-max-bytes={{ int64 .inlineMaxBytes }}
 {{- end }}
 {{- end }}
 
@@ -181,4 +182,44 @@ tolerations:
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end }}
+
+{{/* The rules of the ClusterRole .name in files/rbac.yaml (a copy of manifests/base/rbac.yaml,
+make chart-sync), as a YAML list; fails the render when the copy has no such ClusterRole. */}}
+{{- define "powercap.baseRules" -}}
+{{- $rules := list -}}
+{{- $found := false -}}
+{{- range regexSplit "(?m)^---\\s*$" (.ctx.Files.Get "files/rbac.yaml") -1 -}}
+{{- $obj := fromYaml . -}}
+{{- if and $obj (eq (get $obj "kind" | default "") "ClusterRole") (eq (dig "metadata" "name" "" $obj) $.name) -}}
+{{- $rules = $obj.rules -}}
+{{- $found = true -}}
+{{- end -}}
+{{- end -}}
+{{- if not $found -}}
+{{- fail (printf "files/rbac.yaml has no ClusterRole %s: run make chart-sync" .name) -}}
+{{- end -}}
+{{- toYaml $rules -}}
+{{- end }}
+
+{{/* The documents of a multi-document file of the chart, parsed, empty ones left out. */}}
+{{- define "powercap.documents" -}}
+{{- $docs := list -}}
+{{- range regexSplit "(?m)^---\\s*$" (.ctx.Files.Get .file) -1 -}}
+{{- $obj := fromYaml . -}}
+{{- if $obj }}{{ $docs = append $docs $obj }}{{ end -}}
+{{- end -}}
+{{- dict "items" $docs | toYaml -}}
+{{- end }}
+
+{{/* The agent's image: agent.image when set, else the powercap image. */}}
+{{- define "powercap.agentImage" -}}
+{{- $a := .Values.agent.image -}}
+{{- if $a.digest -}}
+{{ $a.repository | default .Values.image.repository }}@{{ $a.digest }}
+{{- else if or $a.repository $a.tag -}}
+{{ $a.repository | default .Values.image.repository }}:{{ $a.tag | default .Values.image.tag | default .Chart.AppVersion }}
+{{- else -}}
+{{ include "powercap.image" . }}
+{{- end -}}
 {{- end }}
