@@ -5,9 +5,13 @@ lost to the limits follows the throughput curve."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import orjson
 import pytest
+from typer.testing import CliRunner
 
 from e2e.powersim import (
     ENFORCED_LIMIT_METRIC,
@@ -20,11 +24,17 @@ from e2e.powersim import (
     PowerSimulator,
     SimClock,
     SimNode,
+    Snapshot,
     StaticPods,
     throughput_lost,
 )
+from e2e.replay import ThroughputMeter, with_cap_count
+from placement.cluster_run import ReplayOutcome
 from placement.grid import Grid
 from placement.throughput import DEFAULT_CURVE, ThroughputCurve
+from powercap.cli import app
+from powercap.commands.whatif import _outcome_json
+from tests.test_live_replay import SCENARIO
 
 H100 = 700.0
 
@@ -144,3 +154,64 @@ def test_a_services_own_curve_is_used() -> None:
     sim.curves["chat"] = ThroughputCurve(((0.5, 0.9), (1.0, 1.0)))
     lost = {p.name: v for p, v in sim.snapshot().pod_lost.items()}
     assert lost["chat-0"] == pytest.approx(0.10)
+
+
+# --- the replay's figures ---------------------------------------------------------------------
+
+
+def snap_at(sim_s: float, lost: Mapping[BoundPod, float]) -> Snapshot:
+    return Snapshot(sim_s, (), {}, {}, (), lost)
+
+
+def test_throughput_meter_weights_losses_by_gpus_and_time() -> None:
+    big = BoundPod("default", "big", "n1", "chat", gpus=3)
+    small = BoundPod("default", "small", "n1", "chat", gpus=1)
+    meter = ThroughputMeter(start_s=100.0, end_s=400.0)
+    meter.add(snap_at(50.0, {big: 0.0, small: 0.0}))  # before the window: counts from 100
+    meter.add(snap_at(200.0, {big: 0.2, small: 0.6}))  # 3 × 0.2 + 0.6 = 1.2 of 4 GPUs
+    meter.add(snap_at(300.0, {small: 0.0}))  # big gone, small no longer capped
+    meter.close()
+    # 100 s at 0 (4 GPUs), 100 s at 1.2/4 (4 GPUs), 100 s at 0 (1 GPU)
+    assert meter.fraction == pytest.approx(1.2 * 100 / (4 * 100 + 4 * 100 + 1 * 100))
+    assert ThroughputMeter(0.0, 1.0).fraction == 0.0
+
+
+def test_cap_count_is_the_controllers_or_the_limit_writes_the_agents_saw() -> None:
+    class Seen:
+        spec_writes = 3
+
+    agents: Any = Seen()
+    assert with_cap_count({"evict": 1}, None, controller=True) == {"evict": 1}
+    assert with_cap_count({"evict": 1}, agents, controller=True) == {"evict": 1, "cap": 3}
+    assert with_cap_count({"cap": 5}, agents, controller=True) == {"cap": 5}
+    assert with_cap_count({}, agents, controller=False) == {"cap": 0}
+
+
+def test_the_json_outcome_carries_the_throughput_lost() -> None:
+    outcome = ReplayOutcome(
+        breach_domain_minutes=1.0,
+        domain_breach_minutes={},
+        daily_breach_minutes={},
+        actions={"cap": 2},
+        evicted_by_priority={},
+        evictions_by_day={},
+        window={"power_limits": True},
+        throughput_lost_fraction=0.042,
+    )
+    got = _outcome_json(outcome)
+    assert got["throughput_lost_fraction"] == 0.042 and got["actions"] == {"cap": 2}
+
+
+def test_cli_power_limits_option_is_checked(tmp_path: Path) -> None:
+    scenario = tmp_path / "s.json"
+    scenario.write_bytes(orjson.dumps(SCENARIO))
+    replay = tmp_path / "r.json"
+    replay.write_bytes(orjson.dumps({"step_s": 600, "watts": {"a": [1.0] * 144}}))
+    runner = CliRunner()
+    for args, message in [
+        (["--power-limits", "on"], "--power-limits goes with --replay"),
+        (["--kwok", "--replay", str(replay), "--power-limits", "maybe"], "--power-limits"),
+    ]:
+        result = runner.invoke(app, ["whatif", str(scenario), *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in " ".join(result.output.split()), (args, result.output)
