@@ -22,10 +22,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
+import yaml
 
 from e2e.agents import SimulatedAgents, simulated_agents
 from e2e.cluster import TEST_LOG_DIR, Cluster, cluster
@@ -41,6 +44,7 @@ from e2e.powersim import (
     StaticPods,
 )
 from e2e.prometheus import Prometheus, ScrapeJob, prometheus
+from e2e.scheduler import powercap_json
 from extender.agent.resource import GROUP, PLURAL, VERSION
 from placement.grid import Grid
 from placement.throughput import DEFAULT_CURVE
@@ -201,3 +205,30 @@ def test_agents_without_permission_report_it_and_the_draw_is_not_capped(world: W
         assert [s.watts for s in snap.gpus if s.node == NODES[1]] == [650.0, 650.0]
         assert snap.throughput_lost() == 0.0
         world.custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, NODES[1])
+
+
+def test_whatif_replay_with_power_limits_holds_gpus_to_their_default(tmp_path: Path) -> None:
+    """``whatif --kwok --replay --power-limits on`` (the controller off): the replayed surge of
+    1,500 W on a one-GPU replica is held at the H100's 700 W default limit by the GPU. Without
+    limits the site breaches whatever the placement (2 kW idle + 4 × 1.5 kW + 0.6 kW = 8.6 kW
+    over 8 kW, test_whatif_replay); held at 700 W a GPU the four surging replicas add at most
+    4 × 637.5 W, so the site stays under its cap (a rack may still breach, as the placement
+    falls). Nothing caps, so ``cap`` is 0 and no throughput is lost to a cap."""
+    from e2e.tests.test_whatif_replay import REPLAY, SCENARIO
+
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(yaml.safe_dump(SCENARIO))
+    replay = tmp_path / "replay.json"
+    replay.write_bytes(orjson.dumps(REPLAY))
+    args = [
+        "whatif", str(scenario), "--kwok", "--planner", "greedy", "--time-limit", "5",
+        "--replay", str(replay), "--replay-day", "0", "--start", "00:00",
+        "--duration", "1h", "--speed", "600", "--controller", "off",
+        "--power-limits", "on", "--format", "json",
+    ]  # fmt: skip
+    run = powercap_json(*args, timeout_s=180)
+    print("replay:", {k: run[k] for k in ("breach_domain_minutes", "actions")}, run["replay"])
+    assert run["replay"]["window"]["power_limits"] is True
+    assert run["actions"] == {"cap": 0}
+    assert run["throughput_lost_fraction"] == 0.0
+    assert "site" not in run["replay"]["domain_breach_minutes"], run["replay"]
