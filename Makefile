@@ -134,6 +134,11 @@ prometheus:
 # The Helm chart (charts/powercap). Helm reads nothing outside the chart: files/ holds copies
 # of the config/ and manifests/ files it shares (edit the originals, then `make chart-sync`);
 # values.schema.json is written from the config model. tests/test_chart_files.py checks both.
+# manifests/crds/*.yaml from the pydantic models (extender/crds/); tests/test_crds.py checks them.
+.PHONY: crds
+crds: $(STAMP)
+	$(PY) -m extender.crds
+
 .PHONY: chart-schema chart-sync
 chart-schema: $(STAMP)
 	$(PY) -m extender.config.schema charts/powercap/values.schema.json
