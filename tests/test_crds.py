@@ -88,6 +88,12 @@ def test_lengths_follow_the_grid() -> None:
 def test_int_or_string_and_unions() -> None:
     width = {"anyOf": [{"type": "string"}, {"type": "integer"}], "description": "d"}
     assert structural(width, {}) == {"x-kubernetes-int-or-string": True, "description": "d"}
+    width["default"] = "8h"
+    assert structural(width, {})["default"] == "8h"
+    # an optional field's null default is no default
+    assert structural({"anyOf": [{"type": "number"}, {"type": "null"}], "default": None}, {}) == {
+        "type": "number"
+    }
     with pytest.raises(SchemaError, match="no structural form"):
         structural({"anyOf": [{"type": "number"}, {"type": "array"}]}, {})
 

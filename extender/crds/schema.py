@@ -1,6 +1,7 @@
 """A pydantic model's JSON schema as a structural OpenAPI v3 schema, as the API server
-requires of a CRD: references inlined, no ``anyOf`` but the int-or-string one, titles and
-defaults dropped (the models apply defaults; an unset field is left out, never null).
+requires of a CRD: references inlined, no ``anyOf`` but the int-or-string one, titles
+dropped. A model's defaults become the schema's, so the API server fills them in (and
+``kubectl get`` shows them); an optional field without one is left out, never null.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-_DROPPED = frozenset({"title", "default", "$defs"})
+_DROPPED = frozenset({"title", "$defs"})
 
 
 class SchemaError(ValueError):
@@ -28,8 +29,9 @@ def _union(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             f"no structural form for the union {schema}: give the field one type, or an "
             "object with one field per form and a CEL rule for exactly one"
         )
-    if "description" in schema:
-        out["description"] = schema["description"]
+    for key in ("description", "default"):
+        if schema.get(key) is not None:
+            out[key] = structural({key: schema[key]}, defs)[key]
     return out
 
 
@@ -44,7 +46,7 @@ def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         return _union(schema, defs)
     out: dict[str, Any] = {}
     for key, value in schema.items():
-        if key in _DROPPED:
+        if key in _DROPPED or (key == "default" and value is None):
             continue
         if key == "properties":
             out[key] = {k: structural(v, defs) for k, v in value.items()}
