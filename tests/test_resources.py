@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import yaml
 
-from extender.config.conditions import check_domains, check_profiles, invalid_below
+from extender.config.conditions import (
+    check_domains,
+    check_profiles,
+    domain_conditions,
+    event_of,
+    invalid_below,
+    merge_conditions,
+)
 from extender.config.loading import config_from_spec, load_config
 from extender.config.migrate import migrate_config_file, render_resources, resource_object
 from extender.config.model import ConfigSpec
@@ -193,3 +200,54 @@ def test_resource_object_leaves_out_unset_fields() -> None:
         "metadata": {"name": "site"},
         "spec": {"cap": {"watts": 1000.0}},
     }
+
+
+NOW = "2026-12-06T10:00:00Z"
+
+
+def test_domain_conditions_mark_the_bad_domain_and_those_below_it() -> None:
+    domains = _domains(
+        _domain("site", None), _domain("row", "rwo"), _domain("rack", "row"), _domain("r2", "site")
+    )
+    conditions = domain_conditions(domains, check_domains(domains, GRID), NOW)
+    ready = {name: c[0] for name, c in conditions.items()}
+    invalid = {name: c[1] for name, c in conditions.items()}
+    assert (ready["site"].status, ready["r2"].status) == ("True", "True")
+    assert (ready["row"].status, ready["row"].reason) == ("False", "UnknownParent")
+    assert (invalid["row"].status, invalid["row"].type) == ("True", "InvalidParent")
+    assert invalid["row"].message.startswith("PowerDomain/row spec.parent: unknown domain 'rwo'")
+    assert (ready["rack"].status, ready["rack"].reason) == ("False", "InvalidAncestor")
+    assert "domain 'row' above it is not usable" in ready["rack"].message
+    assert invalid["rack"].status == "False"
+    assert all(c.last_transition_time == NOW for cs in conditions.values() for c in cs)
+
+
+def test_merge_keeps_the_transition_time_of_an_unchanged_condition() -> None:
+    domains = _domains(_domain("site", None), _domain("rack", "site"))
+    old = domain_conditions(domains, [], "2026-12-01T00:00:00Z")["rack"]
+    broken = _domains(_domain("site", None), _domain("rack", "gone"))
+    new = domain_conditions(broken, check_domains(broken, GRID), NOW)["rack"]
+    merged = merge_conditions(old, new)
+    assert [(c.type, c.status, c.last_transition_time) for c in merged] == [
+        ("Ready", "False", NOW),
+        ("InvalidParent", "True", NOW),
+    ]
+    again = merge_conditions(old, domain_conditions(domains, [], NOW)["rack"])
+    assert {c.last_transition_time for c in again} == {"2026-12-01T00:00:00Z"}
+
+
+def test_event_of_a_finding() -> None:
+    short = PowerProfile.model_validate(
+        {"metadata": {"name": "short", "namespace": "n"}, "spec": {"watts": [1.0] * 24}}
+    )
+    (finding,) = check_profiles([short], GRID)
+    event = event_of(finding)
+    assert event["type"] == "Warning" and event["reason"] == "ProfileLength"
+    assert event["regarding"] == {
+        "apiVersion": "powercap.io/v1alpha1",
+        "kind": "PowerProfile",
+        "name": "short",
+        "fieldPath": "spec.watts",
+        "namespace": "n",
+    }
+    assert event["note"].startswith("PowerProfile/short spec.watts: 24 values")

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from extender.config.resources import PowerDomain, PowerProfile
+from extender.config.resources import Condition, PowerDomain, PowerProfile
 from placement.grid import Grid
 
 Reason = Literal[
@@ -179,7 +179,7 @@ def check_profiles(profiles: Sequence[PowerProfile], grid: Grid) -> list[Finding
 
 def invalid_below(domains: Sequence[PowerDomain], findings: Sequence[Finding]) -> set[str]:
     """The domains that cannot be used: those with a finding, and every domain below one
-    whose parent is wrong (its place in the tree is unknown)."""
+    (its place in the tree, or the cap above it, is unknown)."""
     bad = {f.name for f in findings if f.kind == "PowerDomain"}
     parents = {d.metadata.name: d.spec.parent for d in domains}
     changed = True
@@ -190,3 +190,98 @@ def invalid_below(domains: Sequence[PowerDomain], findings: Sequence[Finding]) -
                 bad.add(name)
                 changed = True
     return bad
+
+
+def _condition(
+    kind: str, status: str, reason: str, message: str, when: tuple[str, int | None]
+) -> Condition:
+    now, generation = when
+    return Condition.model_validate(
+        {
+            "type": kind,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "observedGeneration": generation,
+            "lastTransitionTime": now,
+        }
+    )
+
+
+def domain_conditions(
+    domains: Sequence[PowerDomain], findings: Sequence[Finding], now: str
+) -> dict[str, list[Condition]]:
+    """The ``Ready`` and ``InvalidParent`` conditions of every domain (``Breached`` is the
+    controller's), at ``now`` (RFC 3339) and each domain's generation. A domain below one
+    with a wrong parent is not ready either, and says which. ``lastTransitionTime`` is
+    ``now``: whoever writes the status keeps the old time when a condition's status did
+    not change (:func:`merge_conditions`)."""
+    unusable = invalid_below(domains, findings)
+    mine: dict[str, list[Finding]] = {}
+    for f in findings:
+        if f.kind == "PowerDomain":
+            mine.setdefault(f.name, []).append(f)
+    parents = {d.metadata.name: d.spec.parent for d in domains}
+    out: dict[str, list[Condition]] = {}
+    for d in domains:
+        name = d.metadata.name
+        when = (now, d.metadata.generation)
+        own = mine.get(name, [])
+        parent_problems = [f for f in own if f.condition_type == "InvalidParent"]
+        if parent_problems:
+            first = parent_problems[0]
+            invalid = _condition("InvalidParent", "True", first.reason, first.text, when)
+        else:
+            invalid = _condition("InvalidParent", "False", "ParentKnown", "", when)
+        if own:
+            ready = _condition(
+                "Ready", "False", own[0].reason, "; ".join(f.text for f in own), when
+            )
+        elif name in unusable:
+            above = parents[name]
+            while above is not None and above in unusable and not mine.get(above):
+                above = parents.get(above)
+            ready = _condition(
+                "Ready",
+                "False",
+                "InvalidAncestor",
+                f"PowerDomain/{name}: domain {above!r} above it is not usable (see its "
+                "conditions); fix that one",
+                when,
+            )
+        else:
+            ready = _condition("Ready", "True", "Valid", "", when)
+        out[name] = [ready, invalid]
+    return out
+
+
+def merge_conditions(old: Sequence[Condition], new: Sequence[Condition]) -> list[Condition]:
+    """``new``, keeping each condition's ``lastTransitionTime`` from ``old`` where its
+    status did not change (so a status write changes only what changed)."""
+    before = {c.type: c for c in old}
+    out: list[Condition] = []
+    for c in new:
+        prior = before.get(c.type)
+        if prior is not None and prior.status == c.status:
+            c = c.model_copy(update={"last_transition_time": prior.last_transition_time})
+        out.append(c)
+    return out
+
+
+def event_of(finding: Finding) -> dict[str, Any]:
+    """The Warning Event (``events.k8s.io/v1`` fields) that reports ``finding`` on its object."""
+    regarding: dict[str, Any] = {
+        "apiVersion": "powercap.io/v1alpha1",
+        "kind": finding.kind,
+        "name": finding.name,
+        "fieldPath": finding.path,
+    }
+    if finding.namespace is not None:
+        regarding["namespace"] = finding.namespace
+    return {
+        "type": "Warning",
+        "reason": finding.reason,
+        "action": "Validate",
+        "note": finding.text,
+        "regarding": regarding,
+    }
