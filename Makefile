@@ -18,6 +18,7 @@ help:
 	@echo "make lint   - ruff, mypy and the import contracts (lint-imports) only"
 	@echo "make image  - the container image localhost/powercap-scheduler:<version> (buildah)"
 	@echo "make lock   - refresh requirements/*.lock (uv, with hashes)"
+	@echo "make crds   - regenerate manifests/crds/*.yaml from the pydantic models"
 	@echo "make gpu-check - read each NVIDIA GPU's power limits and draw through NVML (sets nothing)"
 
 # The dev lock (dev and report extras), hashes checked; then the project itself, built with
