@@ -18,6 +18,7 @@ help:
 	@echo "make lint   - ruff, mypy and the import contracts (lint-imports) only"
 	@echo "make image  - the container image localhost/powercap-scheduler:<version> (buildah)"
 	@echo "make lock   - refresh requirements/*.lock (uv, with hashes)"
+	@echo "make crds   - regenerate manifests/crds/*.yaml from the pydantic models"
 	@echo "make gpu-check - read each NVIDIA GPU's power limits and draw through NVML (sets nothing)"
 
 # The dev lock (dev and report extras), hashes checked; then the project itself, built with
@@ -134,6 +135,11 @@ prometheus:
 # The Helm chart (charts/powercap). Helm reads nothing outside the chart: files/ holds copies
 # of the config/ and manifests/ files it shares (edit the originals, then `make chart-sync`);
 # values.schema.json is written from the config model. tests/test_chart_files.py checks both.
+# manifests/crds/*.yaml from the pydantic models (extender/crds/); tests/test_crds.py checks them.
+.PHONY: crds
+crds: $(STAMP)
+	$(PY) -m extender.crds
+
 .PHONY: chart-schema chart-sync
 chart-schema: $(STAMP)
 	$(PY) -m extender.config.schema charts/powercap/values.schema.json

@@ -151,3 +151,43 @@ def test_a_bad_value_inside_a_union_is_set_aside_with_its_field() -> None:
     assert any(w.startswith("services.chat-eu.profile") for w in wheres), check.problems
     # the tree is still checked
     assert "domains[2].parent" in wheres, check.problems
+
+
+def test_migrate_prints_the_resources_of_the_example() -> None:
+    result = runner.invoke(cli.app, ["config", "migrate", str(EXAMPLE), "--namespace", "infer"])
+    assert result.exit_code == 0, result.output
+    docs = list(yaml.safe_load_all(result.stdout))
+    kinds = [d["kind"] for d in docs]
+    assert kinds.count("PowerDomain") == 9
+    assert kinds.count("PowerProfile") == 4 and kinds.count("PowerPolicy") == 4
+    rack = next(d for d in docs if d["metadata"]["name"] == "rack-1-01")
+    assert rack["spec"] == {"parent": "row-1", "cap": {"watts": 42000.0}}
+    chat = next(
+        d for d in docs if d["kind"] == "PowerPolicy" and d["metadata"]["name"] == "chat-eu"
+    )
+    assert chat["metadata"]["namespace"] == "infer"
+    assert chat["spec"]["profileRef"] == "llama3-70b-chat-eu"
+    assert "replicas" not in chat["spec"]
+    assert result.stdout.startswith("# The custom resources of")
+
+
+def test_migrate_refuses_a_config_with_problems(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text(encoding="utf-8").replace(
+        "parent: row-1, cap: 42000}", "parent: row-9, cap: 42000}", 1
+    )
+    path = _copy_example(tmp_path, text)
+    result = runner.invoke(cli.app, ["config", "migrate", str(path)])
+    assert result.exit_code == 1
+    assert "unknown domain 'row-9'" in result.stderr
+    assert result.stdout == ""
+
+
+def test_migrate_names_a_profile_with_no_resource_form(tmp_path: Path) -> None:
+    (tmp_path / "w.csv").write_text("w\n" + "100\n" * 144)
+    text = EXAMPLE.read_text(encoding="utf-8").replace(
+        "chat-apac: {diurnal:", "from-csv: {csv: {path: w.csv, column: w}}\n  chat-apac: {diurnal:"
+    )
+    path = _copy_example(tmp_path, text)
+    result = runner.invoke(cli.app, ["config", "migrate", str(path)])
+    assert result.exit_code == 1, result.output
+    assert "profiles.from-csv: a CSV profile has no resource form" in result.stderr

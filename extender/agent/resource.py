@@ -7,18 +7,15 @@ GPU (``wattsPerGpu``) or per-GPU entries (``gpus``, each naming an ``index`` or 
 or both (an entry wins over ``wattsPerGpu``). A ``NodePowerLimit`` with neither, or none
 at all, withdraws the request: the agent restores every GPU's default limit.
 
-The models here are the source of the CRD: :func:`crd` generates
-``manifests/crds/nodepowerlimits.powercap.io.yaml`` (``python -m extender.agent.resource``
-writes it; a unit test fails when the committed file is stale).
+The models here are the source of the CRD: :mod:`extender.crds` generates
+``manifests/crds/nodepowerlimits.powercap.io.yaml`` with every other powercap CRD
+(``make crds``; a unit test fails when a committed file is stale).
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 GROUP = "powercap.io"
@@ -27,8 +24,6 @@ KIND = "NodePowerLimit"
 PLURAL = "nodepowerlimits"
 SINGULAR = "nodepowerlimit"
 CRD_NAME = f"{PLURAL}.{GROUP}"
-CRD_FILE = Path(__file__).resolve().parents[2] / "manifests" / "crds" / f"{CRD_NAME}.yaml"
-REGENERATE = "python -m extender.agent.resource"
 DESCRIPTION = (
     "The power limits the controller asks of one node's GPUs (spec) and what the node's "
     "powercap agent applied (status). Named after the node."
@@ -129,120 +124,3 @@ def parse(obj: dict[str, Any]) -> NodePowerLimit:
         raise RequestError(
             f"NodePowerLimit {name}: {problems} (fix the object's spec; see docs/power-limits.md)"
         ) from exc
-
-
-# ---- CRD generation ------------------------------------------------------------------
-
-
-def _structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
-    """A pydantic JSON schema as a structural OpenAPI v3 schema: references inlined,
-    ``anyOf [X, null]`` as ``X`` with ``nullable``, titles dropped."""
-    if "$ref" in schema:
-        return _structural(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
-    if "anyOf" in schema:
-        options = [o for o in schema["anyOf"] if o.get("type") != "null"]
-        assert len(options) == 1, f"unsupported union in the CRD schema: {schema}"
-        # optional, never null: the agent and the controller leave unset fields out
-        out = _structural(options[0], defs)
-        if "description" in schema:
-            out["description"] = schema["description"]
-        return out
-    out = {}
-    for key, value in schema.items():
-        if key in ("title", "default", "$defs", "additionalProperties"):
-            continue
-        if key == "properties":
-            out[key] = {k: _structural(v, defs) for k, v in value.items()}
-        elif key == "items":
-            out[key] = _structural(value, defs)
-        elif key == "const":
-            out["enum"] = [value]
-        elif key == "exclusiveMinimum":
-            out["minimum"] = value
-            out["exclusiveMinimum"] = True
-        else:
-            out[key] = value
-    return out
-
-
-def _schema(model: type[BaseModel]) -> dict[str, Any]:
-    raw = model.model_json_schema(by_alias=True)
-    return _structural(raw, raw.get("$defs", {}))
-
-
-def crd() -> dict[str, Any]:
-    """The CustomResourceDefinition of ``NodePowerLimit``."""
-    spec = _schema(NodePowerLimitSpec)
-    # index xor uuid, also enforced by the API server (CEL)
-    spec["properties"]["gpus"]["items"]["x-kubernetes-validations"] = [
-        {
-            "rule": "has(self.index) != has(self.uuid)",
-            "message": "name the GPU by exactly one of index or uuid",
-        }
-    ]
-    status = _schema(NodePowerLimitStatus)
-    watts = ".spec.wattsPerGpu"
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": CRD_NAME},
-        "spec": {
-            "group": GROUP,
-            "scope": "Cluster",
-            "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": ["npl"],
-            },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": "Watts/GPU", "type": "number", "jsonPath": watts},
-                        {"name": "Can set", "type": "boolean", "jsonPath": ".status.canSetLimits"},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    ],
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "description": DESCRIPTION,
-                            "type": "object",
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": spec,
-                                "status": status,
-                            },
-                        }
-                    },
-                }
-            ],
-        },
-    }
-
-
-def render_crd() -> str:
-    header = f"# Generated from extender/agent/resource.py by `{REGENERATE}`; do not edit.\n"
-    return header + yaml.safe_dump(crd(), sort_keys=False, width=100)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Write the CRD file (or print it with ``-``)."""
-    args = sys.argv[1:] if argv is None else argv
-    text = render_crd()
-    if args == ["-"]:
-        sys.stdout.write(text)
-    else:
-        CRD_FILE.parent.mkdir(parents=True, exist_ok=True)
-        CRD_FILE.write_text(text)
-        print(f"wrote {CRD_FILE}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

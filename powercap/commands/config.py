@@ -3,13 +3,15 @@
 ::
 
     powercap config validate config/powercap.yaml
+    powercap config migrate config/powercap.yaml | kubectl apply -f -
 
 :func:`config_validate` needs no cluster and no Prometheus: it reads the file (and the
 ``profileFiles`` it names) and reports every problem in one pass — the schema's (a
 misspelled key, a value out of range) and those that need the tree (an unknown parent
 domain, a negative cap, a profile a service names but nobody defines, an intensity zone
 on an unknown domain) — each as ``path: what is wrong and the fix``, on stderr, exit 1.
-A valid file prints one ``OK`` line with its size and exits 0. It runs the checks
+A valid file prints one ``OK`` line with its size and exits 0. :func:`config_migrate`
+prints the custom resources of a valid file (docs/api.md). It runs the checks
 ``powercap serve`` and ``powercap controller`` run at start (they refuse to start on the
 same problems), through :func:`extender.config.checking.check_config_file`.
 :func:`register` adds the group to the ``powercap`` CLI.
@@ -17,6 +19,7 @@ same problems), through :func:`extender.config.checking.check_config_file`.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +27,9 @@ import typer
 from rich.text import Text
 
 from extender.config.checking import check_config_file
-from extender.config.model import Config
+from extender.config.migrate import migrate_config_file, render_resources
+from extender.config.model import Config, ConfigError
+from extender.config.resources import ResourceError
 from powercap.console import stderr, stdout
 
 config_app = typer.Typer(
@@ -73,6 +78,32 @@ def config_validate(
         Text.assemble(("OK ", "bold green"), f"{file}: {describe_config(check.config)}"),
         soft_wrap=True,
     )
+
+
+@config_app.command("migrate")
+def config_migrate(
+    file: Annotated[Path, typer.Argument(help="powercap config (PowercapConfig YAML or JSON).")],
+    namespace: Annotated[
+        str, typer.Option(help="Namespace of the PowerProfiles and PowerPolicies.")
+    ] = "powercap-system",
+) -> None:
+    """Print the custom resources of a config file (multi-document YAML for
+    `kubectl apply -f -`): a PowerDomain per domain, a PowerProfile per profile, a
+    PowerPolicy per service. services[].replicas is left out: demand comes from the
+    workloads. A config with problems is not migrated (exit code 1)."""
+    try:
+        resources = migrate_config_file(file, namespace)
+    except (ConfigError, ResourceError) as exc:
+        console = stderr()
+        console.print(Text(f"{file}: {_plural(len(exc.problems), 'problem')}", style="bold red"))
+        for problem in exc.problems:
+            console.print(Text(f"  {problem}", style="red"))
+        raise typer.Exit(1) from exc
+    header = (
+        f"The custom resources of {file} (powercap config migrate); apply the CRDs first:\n"
+        "kubectl apply -k manifests/crds. Replicas come from the workloads, not from here."
+    )
+    sys.stdout.write(render_resources(resources, header))
 
 
 def register(app: typer.Typer) -> None:
