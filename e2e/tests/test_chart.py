@@ -454,7 +454,12 @@ def test_install_upgrade_uninstall(api: Api) -> None:
     assert gone or not present.stdout.strip(), f"{agent_namespace} left after uninstall"
     # The CRDs stay (crds.keep), and with them every NodePowerLimit of the cluster.
     kept = api.run("get", "crd", f"--selector={selector}", "-o", "name").stdout.split()
-    assert kept == ["customresourcedefinition.apiextensions.k8s.io/nodepowerlimits.powercap.io"]
+    shipped = sorted(
+        p.name.removesuffix(".yaml")
+        for p in (REPO / "manifests" / "crds").glob("*.powercap.io.yaml")
+    )
+    assert sorted(kept) == [f"customresourcedefinition.apiextensions.k8s.io/{n}" for n in shipped]
+    assert shipped, "no CRD shipped"
 
 
 def test_prometheus_values_set_the_power_source(tmp_path: Path) -> None:
