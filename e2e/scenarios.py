@@ -4,12 +4,19 @@ Racks of identical fake 8-GPU nodes under one site, and 1-GPU services whose diu
 profiles peak at different hours (:func:`racks_scenario`), or one constant ``batch``
 service on a few named nodes (:func:`batch_scenario`). GPUs are plentiful by
 construction: power is what binds, so whatever stays Pending does so because of a cap.
+:func:`round_robin` places every replica of a problem without a power check, for tests
+of what is measured rather than what is decided.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
+
+from placement.assignment import Assignment
+from placement.problem import Problem
 
 NODE_IDLE_W = 500.0
 REPLICA_LOW_W = 200.0
@@ -107,3 +114,15 @@ def batch_scenario(
             }
         ],
     }
+
+
+def round_robin(problem: Problem) -> Assignment:
+    """Every replica of ``problem`` placed, round-robin over its nodes (no power check):
+    a known placement for tests of what is measured, not of what is decided."""
+    counts = np.zeros((problem.services.size, problem.fleet.size), dtype=np.int64)
+    k = 0
+    for s in range(problem.services.size):
+        for _ in range(int(problem.services.demand[s])):
+            counts[s, k % problem.fleet.size] += 1
+            k += 1
+    return Assignment(counts)

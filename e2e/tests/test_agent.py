@@ -14,7 +14,6 @@ and the DaemonSet's pod passing pod admission. A missing tool fails naming ``mak
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,7 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.cluster import TEST_LOG_DIR, Cluster, binary, cluster
+from e2e.cluster import TEST_LOG_DIR, binary, cluster
+from e2e.kubectl import Kubectl
 from extender.agent.fake import FakeNvml
 from extender.agent.kube import KubernetesRequests
 from extender.agent.loop import Agent, AgentLoop
@@ -45,29 +45,7 @@ TIMEOUT_S = 30.0
 
 
 @dataclass
-class Env:
-    cluster: Cluster
-    kubectl: Path
-
-    def run(
-        self, *args: str, stdin: str | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [
-                str(self.kubectl),
-                f"--kubeconfig={self.cluster.kubeconfig}",
-                f"--cache-dir={self.cluster.run_dir / 'kubectl-cache'}",
-                *args,
-            ],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"`kubectl {' '.join(args)}` failed:\n{proc.stderr}")
-        return proc
-
+class Env(Kubectl):
     def get(self, name: str) -> dict[str, Any]:
         out: dict[str, Any] = json.loads(self.run("get", CRD_NAME, name, "-o", "json").stdout)
         return out

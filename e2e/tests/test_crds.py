@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import yaml
 
-from e2e.cluster import TEST_LOG_DIR, Cluster, binary, cluster
+from e2e.cluster import TEST_LOG_DIR, binary, cluster
+from e2e.kubectl import Kubectl
 from extender.config.loading import config_from_spec, load_config
 from extender.config.migrate import migrate_config_file, render_resources
 from extender.config.model import ConfigSpec
@@ -36,29 +37,7 @@ API = "powercap.io/v1alpha1"
 
 
 @dataclass
-class Api:
-    cluster: Cluster
-    kubectl: Path
-
-    def run(
-        self, *args: str, stdin: str | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [
-                str(self.kubectl),
-                f"--kubeconfig={self.cluster.kubeconfig}",
-                f"--cache-dir={self.cluster.run_dir / 'kubectl-cache'}",
-                *args,
-            ],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"`kubectl {' '.join(args)}` failed:\n{proc.stderr}")
-        return proc
-
+class Api(Kubectl):
     def create(self, obj: dict[str, Any]) -> subprocess.CompletedProcess[str]:
         return self.run("create", "-f", "-", stdin=json.dumps(obj), check=False)
 

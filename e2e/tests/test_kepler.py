@@ -24,12 +24,10 @@ import pytest
 from e2e.cluster import TEST_LOG_DIR
 from e2e.powersim import PowerSimulator, SimClock, StaticPods, grid_profiles, pods_of, sim_nodes
 from e2e.prometheus import ScrapeJob, prometheus
-from e2e.scenarios import racks_scenario
+from e2e.scenarios import racks_scenario, round_robin
 from extender.cluster.state import ClusterState
 from extender.config.power import PowerSourceSpec, resolve_power_source
 from extender.controller.readings import PowerReadings, PrometheusPowerSource, domain_watts
-from placement.assignment import Assignment
-from placement.problem import Problem
 from placement.scenario.building import problem_from_spec
 from placement.scenario.spec import spec_from_data
 
@@ -50,17 +48,6 @@ SCENARIO = racks_scenario(
     rack_cap_w=10000.0,
     services=[("chat-day", 6, "15:00"), ("batch-night", 4, "03:00")],
 )
-
-
-def placed(problem: Problem) -> Assignment:
-    """Every replica placed, round-robin over the nodes."""
-    counts = np.zeros((problem.services.size, problem.fleet.size), dtype=np.int64)
-    k = 0
-    for s in range(problem.services.size):
-        for _ in range(int(problem.services.demand[s])):
-            counts[s, k % problem.fleet.size] += 1
-            k += 1
-    return Assignment(counts)
 
 
 def poll(
@@ -84,7 +71,7 @@ def test_the_kepler_preset_reads_gpu_and_cpu_watts_through_prometheus() -> None:
     problem = problem_from_spec(spec_from_data(SCENARIO))
     nodes = sim_nodes(problem)
     names = [n.name for n in nodes]
-    pods = StaticPods(pods_of(problem, placed(problem)))
+    pods = StaticPods(pods_of(problem, round_robin(problem)))
     # A stopped clock at 15:00 simulated: the day service at its peak, watts steady.
     clock = SimClock(start_s=15 * 3600.0, speed=0.0)
     sim = PowerSimulator(

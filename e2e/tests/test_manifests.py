@@ -25,7 +25,8 @@ import pytest
 import yaml
 
 from e2e import crds, toolchain
-from e2e.cluster import TEST_LOG_DIR, Cluster, binary, cluster
+from e2e.cluster import TEST_LOG_DIR, binary, cluster
+from e2e.kubectl import Kubectl
 from extender.config.loading import config_from_data, load_config
 from placement.scenario.files import load_problem
 
@@ -79,28 +80,8 @@ def kustomization_inputs(directory: Path) -> set[Path]:
 
 
 @dataclass
-class Api:
+class Api(Kubectl):
     """kubectl against the test cluster."""
-
-    cluster: Cluster
-    kubectl: Path
-
-    def run(
-        self, *args: str, stdin: str | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        cmd = [
-            str(self.kubectl),
-            f"--kubeconfig={self.cluster.kubeconfig}",
-            # Discovery cache beside the cluster, never in ~/.kube.
-            f"--cache-dir={self.cluster.run_dir / 'kubectl-cache'}",
-            *args,
-        ]
-        proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=False)
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"`kubectl {' '.join(args)}` failed (exit {proc.returncode}):\n{proc.stderr}"
-            )
-        return proc
 
     def dry_run(self, what: str, manifest: str, namespace: str | None) -> str:
         """``kubectl apply --dry-run=server`` of ``manifest`` (into ``namespace`` when given,

@@ -41,7 +41,7 @@ from e2e.powersim import (
     sim_nodes,
 )
 from e2e.prometheus import Prometheus, ScrapeJob, prometheus
-from e2e.scenarios import racks_scenario
+from e2e.scenarios import racks_scenario, round_robin
 from e2e.scheduler import ExtenderPorts, powercap_command, serve_address_args, wait_ready
 from extender.cluster.state import ClusterState
 from extender.config.power import PowerSourceSpec, resolve_power_source
@@ -51,8 +51,6 @@ from extender.controller.readings import (
     PrometheusPowerSource,
     domain_watts,
 )
-from placement.assignment import Assignment
-from placement.problem import Problem
 from placement.scenario.building import problem_from_spec
 from placement.scenario.spec import spec_from_data
 
@@ -71,17 +69,6 @@ SCENARIO = racks_scenario(
     rack_cap_w=10000.0,
     services=[("chat-day", 6, "15:00"), ("batch-night", 4, "03:00")],
 )
-
-
-def placed(problem: Problem) -> Assignment:
-    """Every replica placed, round-robin over the nodes."""
-    counts = np.zeros((problem.services.size, problem.fleet.size), dtype=np.int64)
-    k = 0
-    for s in range(problem.services.size):
-        for _ in range(int(problem.services.demand[s])):
-            counts[s, k % problem.fleet.size] += 1
-            k += 1
-    return Assignment(counts)
 
 
 def poll(
@@ -132,7 +119,7 @@ def test_readings_follow_the_simulator_through_prometheus(tmp_path: Path) -> Non
     scenario.write_bytes(orjson.dumps(SCENARIO))
     nodes = sim_nodes(problem)
     names = [n.name for n in nodes]
-    pods = StaticPods(pods_of(problem, placed(problem)))
+    pods = StaticPods(pods_of(problem, round_robin(problem)))
     clock = SimClock(start_s=midnight(time.time()) + 9 * 3600, speed=600.0)
 
     def model(timestamps: bool = False) -> PowerSimulator:
