@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from benchmarks.quality import DATA, FOLDERS, STRATEGIES, replay_check
+from benchmarks.quality import DATA, FOLDERS, STRATEGIES, replay_check, servegen_folders
 from placement.metrics import evaluate
 from placement.powermodel import H100_LLAMA70B_TP4
 from placement.problem import Problem
@@ -120,13 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=60.0, help="CP-SAT limit, seconds")
     parser.add_argument("--workers", type=int, default=2, help="CP-SAT threads")
     args = parser.parse_args(argv)
-    missing = [f for f in FOLDERS if not (args.data / f).is_dir()]
-    if missing:
-        parser.error(
-            f"ServeGen traces not found: expected {', '.join(str(args.data / f) for f in missing)} "
-            "(shared data, see shared/data/README.md); pass --data"
-        )
-    dirs = [args.data / f for f in FOLDERS]
+    dirs = servegen_folders(parser, args.data)
     built = build_servegen(
         dirs,
         services=args.services,

@@ -48,6 +48,19 @@ from placement.strategies import run_strategy
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "servegen"
 FOLDERS = ("language/m-large", "language/m-mid")
+
+
+def servegen_folders(parser: argparse.ArgumentParser, data: Path) -> list[Path]:
+    """The trace folders under ``data``; a usage error naming them when one is missing."""
+    missing = [f for f in FOLDERS if not (data / f).is_dir()]
+    if missing:
+        parser.error(
+            f"ServeGen traces not found: expected {', '.join(str(data / f) for f in missing)} "
+            "(shared data, see shared/data/README.md); pass --data"
+        )
+    return [data / f for f in FOLDERS]
+
+
 STRATEGIES = ("nameplate", "peak-sum", "greedy", "cpsat")
 BAR_NAMEPLATE = 0.30
 BAR_PEAK_SUM = 0.13
@@ -204,12 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=60.0, help="CP-SAT limit, seconds")
     parser.add_argument("--workers", type=int, default=2, help="CP-SAT threads")
     args = parser.parse_args(argv)
-    missing = [f for f in FOLDERS if not (args.data / f).is_dir()]
-    if missing:
-        parser.error(
-            f"ServeGen traces not found: expected {', '.join(str(args.data / f) for f in missing)} "
-            "(shared data, see shared/data/README.md); pass --data"
-        )
+    servegen_folders(parser, args.data)
     topology = Topology(
         rack_cap_fraction=args.rack_fraction,
         row_fraction=args.row_fraction,
