@@ -1,0 +1,294 @@
+"""The powercap.io resources and the workloads watched by a running extender: a changed cap
+applies to filter at once, an invalid set keeps the last good tree, the demand follows the
+workloads and re-plans after the debounce (:mod:`extender.cluster.custom`)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+from unittest.mock import MagicMock
+
+import numpy as np
+import pytest
+
+from extender import runtime
+from extender.cluster.custom import (
+    POWERCAP_KINDS,
+    WORKLOAD_KINDS,
+    Store,
+    rebuild,
+    structure_change,
+    trim_workload,
+)
+from extender.cluster.mirror import Source
+from extender.cluster.state import PodRecord
+from extender.config.loading import config_from_data
+from extender.config.model import Config
+from extender.webhook.protocol import ExtenderArgs
+from tests.scheduler_payloads import pod
+
+SLOTS = 24
+
+
+def config_data(**extra: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "apiVersion": "powercap.io/v1alpha1",
+        "kind": "PowercapConfig",
+        "grid": {"period": "24h", "step": "1h"},
+        "domains": [{"name": "site", "cap": 100000}],
+        "planner": {"enabled": True, "strategy": "greedy", "debounce": "1s"},
+        "resources": {"enabled": True},
+    }
+    data.update(extra)
+    return data
+
+
+def domain(name: str, watts: float, parent: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"cap": {"watts": watts}}
+    if parent is not None:
+        spec["parent"] = parent
+    return {
+        "apiVersion": "powercap.io/v1alpha1",
+        "kind": "PowerDomain",
+        "metadata": {"name": name, "resourceVersion": "1"},
+        "spec": spec,
+    }
+
+
+def profile(name: str, watts: float) -> dict[str, Any]:
+    return {
+        "apiVersion": "powercap.io/v1alpha1",
+        "kind": "PowerProfile",
+        "metadata": {"name": name, "namespace": "llm", "resourceVersion": "1"},
+        "spec": {"watts": [watts] * SLOTS},
+    }
+
+
+def policy(service: str, profile_name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "powercap.io/v1alpha1",
+        "kind": "PowerPolicy",
+        "metadata": {"name": service, "namespace": "llm", "resourceVersion": "1"},
+        "spec": {"profileRef": profile_name, "gpusPerReplica": 8},
+    }
+
+
+def tree(rack_a: float = 4000.0) -> list[dict[str, Any]]:
+    return [
+        domain("site", 20000),
+        domain("rack-a", rack_a, "site"),
+        domain("rack-b", 4000, "site"),
+        profile("chat", 1000),
+        policy("chat-eu", "chat"),
+    ]
+
+
+class FakeSource:
+    """A list, then the watch events given (each watch round pops one batch)."""
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.items = items
+        self.batches: list[list[dict[str, Any]]] = []
+
+    def list(self) -> tuple[list[dict[str, Any]], str]:
+        return copy.deepcopy(self.items), "1"
+
+    def watch(self, resource_version: str, timeout_s: int) -> Iterator[dict[str, Any]]:
+        yield from self.batches.pop(0) if self.batches else []
+
+
+def sources(objects: list[dict[str, Any]], workloads: bool = False) -> dict[str, FakeSource]:
+    out = {
+        plural: FakeSource([o for o in objects if o["kind"] == kind])
+        for plural, kind in POWERCAP_KINDS.items()
+    }
+    if workloads:
+        for _path, plural, kind in WORKLOAD_KINDS:
+            out[plural] = FakeSource([o for o in objects if o["kind"] == kind])
+    return out
+
+
+def live(objects: list[dict[str, Any]], workloads: bool = False) -> runtime.Extender:
+    """An extender as ``from_cluster`` builds it, its resource watch on fake sources and
+    listed once; two nodes, one per rack."""
+    base = config_from_data(config_data())
+    fakes = sources(objects, workloads)
+    typed: dict[str, Source] = dict(fakes)
+    config = runtime.initial_config(base, typed)
+    ext = runtime.from_cluster(config, MagicMock())
+    runtime.add_resource_watch(ext, typed)
+    ext.fakes = fakes  # type: ignore[attr-defined]
+    for name, rack in (("n-a", "rack-a"), ("n-b", "rack-b")):
+        ext.state.upsert_node(name, ext.state.tree.index[rack], 8, idle_watts=200.0)
+    ext.state.synced = True
+    assert ext.resources is not None
+    for reflector in ext.resources.reflectors:
+        reflector.step()
+    return ext
+
+
+def watch_event(ext: runtime.Extender, plural: str, kind: str, obj: dict[str, Any]) -> None:
+    assert ext.resources is not None
+    fakes: dict[str, FakeSource] = ext.fakes  # type: ignore[attr-defined]
+    fakes[plural].batches.append([{"type": kind, "object": obj}])
+    (reflector,) = [r for r in ext.resources.reflectors if r.name == plural]
+    reflector.step()
+
+
+def filter_nodes(ext: runtime.Extender, name: str) -> list[str]:
+    candidates = ["n-a", "n-b"]
+    args = ExtenderArgs.model_validate(
+        {"Pod": pod(name, service="chat-eu", gpus=8), "NodeNames": candidates}
+    )
+    outcome = ext.decider.filter(args)
+    return [candidates[i] for i in outcome.passed]
+
+
+def test_the_tree_comes_from_the_resources_at_start() -> None:
+    ext = live(tree())
+    assert ext.config.tree.names == ("site", "rack-a", "rack-b")
+    assert ext.config.services["chat-eu"].profile_name == "chat"
+    assert filter_nodes(ext, "p1") == ["n-a", "n-b"]
+
+
+def test_a_lowered_cap_applies_to_filter_at_once_and_shows_as_negative_headroom() -> None:
+    ext = live(tree())
+    ext.state.add_pod(
+        PodRecord(
+            uid="u1",
+            namespace="llm",
+            name="running",
+            node="n-a",
+            service="chat-eu",
+            profile=np.full(SLOTS, 1000.0),
+            gpus=0,
+            profile_key="service:chat-eu",
+        )
+    )
+    version = ext.state.topology_version
+    watch_event(ext, "powerdomains", "MODIFIED", domain("rack-a", 1000, "site"))
+    a = ext.state.tree.index["rack-a"]
+    assert ext.state.caps[a, 0] == 1000.0
+    assert ext.state.configured_caps[a, 0] == 1000.0
+    assert ext.config.tree.caps[a, 0] == 1000.0
+    assert filter_nodes(ext, "p2") == ["n-b"], "the lowered rack still admits"
+    # 200 W idle + 1000 W running > 1000 W: the controller's view (state.tree) is over.
+    assert ext.state.headroom_watts()[a] < 0
+    assert ext.state.tree.caps[a, 0] == 1000.0
+    assert ext.state.topology_version > version, "no re-plan trigger"
+
+
+def test_an_invalid_set_keeps_the_last_good_tree_and_a_valid_one_applies_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ext = live(tree())
+    good = ext.config
+    watch_event(ext, "powerdomains", "MODIFIED", domain("rack-a", 3000, "row-9"))
+    assert ext.config is good
+    assert ext.resources is not None and ext.resources.last_problems
+    assert "PowerDomain/rack-a spec.parent: unknown domain 'row-9'" in caplog.text
+    assert filter_nodes(ext, "p3") == ["n-a", "n-b"], "scheduling stopped"
+    watch_event(ext, "powerdomains", "MODIFIED", domain("rack-a", 500, "site"))
+    assert ext.config is not good
+    assert ext.state.caps[ext.state.tree.index["rack-a"], 0] == 500.0
+
+
+def test_a_profile_of_the_wrong_length_is_refused_with_its_field() -> None:
+    ext = live(tree())
+    bad = profile("chat", 900)
+    bad["spec"]["watts"] = [900.0] * 7
+    watch_event(ext, "powerprofiles", "MODIFIED", bad)
+    assert ext.resources is not None
+    assert any("PowerProfile/chat spec.watts: 7 values" in p for p in ext.resources.last_problems)
+    assert ext.config.profiles["chat"][0] == 1000.0
+
+
+def test_a_new_domain_is_not_swapped_into_a_running_ledger() -> None:
+    ext = live(tree())
+    before = ext.config
+    watch_event(ext, "powerdomains", "ADDED", domain("rack-c", 4000, "site"))
+    assert ext.config is before
+    assert ext.state.tree.names == ("site", "rack-a", "rack-b")
+
+
+def test_rebuild_and_structure_change_are_pure() -> None:
+    base = config_from_data(config_data())
+    first = rebuild(tree(), base)
+    assert first.config is not None
+    lowered = rebuild(tree(rack_a=100), base)
+    assert lowered.config is not None
+    assert structure_change(first.config, lowered.config) is None
+    grown = rebuild([*tree(), domain("rack-c", 1, "site")], base)
+    assert grown.config is not None
+    assert "rack-c" in (structure_change(first.config, grown.config) or "")
+    cycle = rebuild([domain("a", 1, "b"), domain("b", 1, "a")], base)
+    assert cycle.config is None and any("cycle" in p for p in cycle.problems)
+    empty = rebuild([], base)
+    assert empty.config is None and "powercap config migrate" in empty.problems[0]
+
+
+def deployment(name: str, replicas: int, service: str = "chat-eu") -> dict[str, Any]:
+    return {
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "llm", "resourceVersion": "2"},
+        "spec": {
+            "replicas": replicas,
+            "template": {
+                "metadata": {"labels": {"powercap.io/service": service}},
+                "spec": {"containers": [{"name": "vllm", "image": "x" * 1000}]},
+            },
+        },
+    }
+
+
+def test_the_demand_follows_the_workloads_and_replans() -> None:
+    ext = live([*tree(), deployment("chat", 4)], workloads=True)
+    planner = ext.planner
+    assert planner is not None and planner.demand == {"chat-eu": 4}
+    first = planner.plan_now()
+    assert first is not None and first.demand == 4
+    version = ext.state.topology_version
+    scaled = deployment("chat", 12)
+    scaled["metadata"]["resourceVersion"] = "3"
+    watch_event(ext, "deployments", "MODIFIED", scaled)
+    assert planner.demand == {"chat-eu": 12}
+    assert ext.state.topology_version > version, "the planner would not re-plan"
+    again = planner.plan_now()
+    assert again is not None and again.demand == 12
+    keda = {
+        "kind": "ScaledObject",
+        "metadata": {"name": "chat", "namespace": "llm", "resourceVersion": "4"},
+        "spec": {"scaleTargetRef": {"name": "chat"}, "maxReplicaCount": 6},
+    }
+    watch_event(ext, "scaledobjects", "ADDED", keda)
+    assert planner.demand == {"chat-eu": 6}
+
+
+def test_an_unchanged_demand_does_not_trigger_a_replan() -> None:
+    ext = live([*tree(), deployment("chat", 4)], workloads=True)
+    version = ext.state.topology_version
+    same = deployment("chat", 4)
+    same["metadata"]["resourceVersion"] = "9"
+    watch_event(ext, "deployments", "MODIFIED", same)
+    assert ext.state.topology_version == version
+
+
+def test_workloads_are_trimmed_to_what_the_demand_reads() -> None:
+    kept = trim_workload(deployment("chat", 3))
+    assert kept["spec"] == {
+        "replicas": 3,
+        "template": {"metadata": {"labels": {"powercap.io/service": "chat-eu"}}},
+    }
+    store = Store()
+    store.replace("Deployment", [kept])
+    store.apply("Deployment", "DELETED", kept)
+    assert store.values() == []
+
+
+def test_a_config_without_resources_watches_nothing() -> None:
+    data = config_data()
+    del data["resources"]
+    config: Config = config_from_data(data)
+    ext = runtime.from_cluster(config, MagicMock())
+    assert ext.resources is None
