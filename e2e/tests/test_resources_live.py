@@ -56,6 +56,8 @@ SCENARIO = racks_scenario(
     rack_cap_w=RACK_CAP_W,
     services=[(SERVICE, 4, "10:00")],
 )
+# The CRDs hold profiles and schedules to the default grid's 144 slots (CEL).
+SCENARIO["grid"] = {"period": "24h", "step": "10m"}
 LOWERED_RACK = "rack-1"
 
 

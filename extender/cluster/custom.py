@@ -20,6 +20,7 @@ workload of the cluster each time and still miss the changes between re-plans.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -177,20 +178,21 @@ _MISSING = "powercap:not-served"
 
 
 # --- the source ---------------------------------------------------------------------------
-class PathSource(KubernetesSource):
-    """Any resource of every namespace by its API path (``apis/powercap.io/v1alpha1/
-    powerdomains``), raw, with the mirror's paging and watch handling."""
+class ListSource(KubernetesSource):
+    """Any resource of every namespace through a client's list function (``list``: e.g.
+    ``CustomObjectsApi.list_cluster_custom_object`` with its group, version and plural
+    bound), raw, with the mirror's paging and watch handling."""
 
     def __init__(
         self,
-        api_client: Any,
-        path: str,
+        list_fn: Callable[..., Any],
+        name: str,
         page_size: int = 500,
         *,
         timeouts: KubernetesSettings = DEFAULT_TIMEOUTS,
     ) -> None:
-        self.core = api_client
-        self.resource = path
+        self.core = list_fn
+        self.resource = name
         self.page_size = page_size
         self.timeouts = timeouts
 
@@ -216,26 +218,8 @@ class PathSource(KubernetesSource):
     def _call(self, **kwargs: Any) -> Any:
         from kubernetes.client.exceptions import ApiException
 
-        names = {
-            "limit": "limit",
-            "_continue": "continue",
-            "watch": "watch",
-            "resource_version": "resourceVersion",
-            "allow_watch_bookmarks": "allowWatchBookmarks",
-            "timeout_seconds": "timeoutSeconds",
-        }
-        query = [(names[k], v) for k, v in kwargs.items() if k in names]
         try:
-            return self.core.call_api(
-                "/" + self.resource,
-                "GET",
-                query_params=query,
-                header_params={"Accept": "application/json"},
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=kwargs.get("_request_timeout"),
-                _return_http_data_only=True,
-            )
+            return self.core(_preload_content=False, **kwargs)
         except ApiException as exc:
             if exc.status == 410:
                 raise Gone(str(exc.reason)) from exc
@@ -356,12 +340,26 @@ def _replicas(demand: Demand) -> dict[str, int]:
 
 def sources_for(api_client: Any, config: Config) -> dict[str, Source]:
     """The sources :class:`ResourceWatch` reads for ``config.resources``."""
+    from kubernetes import client
+
     timeouts = config.kubernetes
+    custom = client.CustomObjectsApi(api_client)
+    apps = client.AppsV1Api(api_client)
+
+    def custom_list(group: str, version: str, plural: str) -> Callable[..., Any]:
+        return functools.partial(custom.list_cluster_custom_object, group, version, plural)
+
     out: dict[str, Source] = {
-        plural: PathSource(api_client, f"apis/{GROUP}/{VERSION}/{plural}", timeouts=timeouts)
+        plural: ListSource(custom_list(GROUP, VERSION, plural), plural, timeouts=timeouts)
         for plural in POWERCAP_KINDS
     }
     if config.resources.workloads:
-        for path, plural, _kind in WORKLOAD_KINDS:
-            out[plural] = PathSource(api_client, f"{path}/{plural}", timeouts=timeouts)
+        lists = {
+            "deployments": apps.list_deployment_for_all_namespaces,
+            "statefulsets": apps.list_stateful_set_for_all_namespaces,
+            "scaledobjects": custom_list("keda.sh", "v1alpha1", "scaledobjects"),
+            "inferenceservices": custom_list("serving.kserve.io", "v1beta1", "inferenceservices"),
+        }
+        for _path, plural, _kind in WORKLOAD_KINDS:
+            out[plural] = ListSource(lists[plural], plural, timeouts=timeouts)
     return out
