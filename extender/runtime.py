@@ -27,7 +27,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -50,8 +50,17 @@ from extender.cluster.lease import KubernetesLeaseApi, LeaderElector, LeaseApi
 from extender.cluster.mirror import KubernetesSource, Mirror, Source
 from extender.cluster.pods import DemandResolver
 from extender.cluster.state import ClusterState, PodRecord
+from extender.cluster.status import (
+    Snapshot,
+    StatusWriter,
+    domain_statuses,
+    kubernetes_patch,
+    rfc3339,
+)
+from extender.config.conditions import domain_conditions, merge_conditions
 from extender.config.loading import config_from_problem
 from extender.config.model import Config, PlannerSettings, PolicySpec, ScoringSpec
+from extender.config.resources import Condition
 from extender.controller.actions import ClusterApi, KubernetesClusterApi
 from extender.controller.loop import Controller, ControllerLoop, PowerSource
 from extender.controller.memory import ConfigMapStateStore, MemoryKeeper, StateStore
@@ -95,6 +104,8 @@ class Extender:
     expiry: PeriodicLoop | None = None
     # The powercap.io resources and the workloads, watched (resources.enabled).
     resources: ResourceWatch | None = None
+    # Writes PowerDomain status while this process leads the controller.
+    domain_status: PeriodicLoop | None = None
 
     def ready(self) -> bool:
         return self.state.synced
@@ -119,12 +130,16 @@ class Extender:
             self.carbon_loop.start()
         if self.expiry is not None:
             self.expiry.start()
+        if self.domain_status is not None:
+            self.domain_status.start()
         # What exists now (the imported modules, the tree, a scenario's pods) lives as
         # long as the process: out of the collector's way, a full collection takes a few
         # milliseconds instead of ~50 ms in the middle of a verb call.
         gc.freeze()
 
     def stop(self) -> None:
+        if self.domain_status is not None:
+            self.domain_status.stop()
         if self.expiry is not None:
             self.expiry.stop()
         if self.carbon_loop is not None:
@@ -306,7 +321,84 @@ def from_cluster(
     _add_refresher(ext)
     if config.resources.enabled:
         add_resource_watch(ext, sources)
+        if ext.elector is not None:
+            add_domain_status(ext, kubernetes_patch(core.api_client, timeouts))
     return ext
+
+
+def snapshot(ext: Extender, now: float) -> Snapshot:
+    """What :func:`~extender.cluster.status.domain_statuses` reads, copied under the lock."""
+    state, controller = ext.state, ext.controller
+    last = controller.last if controller is not None else None
+    with state.lock:
+        return Snapshot(
+            names=state.tree.names,
+            predicted=state.ledger.load - state.feedback,
+            caps=state.tree.caps.copy(),
+            slot_labels=state.slot_labels,
+            slot=state.grid.slot_of(now),
+            measured=None if last is None else last.measured,
+            measured_at=None if last is None else last.at,
+            breach_since=None if controller is None else controller.breach.breach_since,
+        )
+
+
+def domain_status_tick(ext: Extender, writer: StatusWriter, now: float) -> list[str]:
+    """One round of PowerDomain status: the statuses of the domains that exist, their
+    conditions (``Ready``/``InvalidParent`` from the latest set's checks, ``Breached`` from
+    the controller; transition times kept where nothing changed), written if changed
+    enough (:class:`StatusWriter`). Only the leader writes; returns the names written."""
+    watch = ext.resources
+    if watch is None or not watch.domains:
+        return []
+    if ext.elector is not None and not ext.elector.is_leader():
+        return []
+    stamp = rfc3339(now)
+    conditions = domain_conditions(watch.domains, watch.findings, stamp)
+    snap = snapshot(ext, now)
+    index = ext.state.tree.index
+    for d in watch.domains:
+        name = d.metadata.name
+        own = conditions[name]
+        if snap.breach_since is not None and name in index:
+            since = float(snap.breach_since[index[name]])
+            breached = bool(np.isfinite(since))
+            own.append(
+                Condition.model_validate(
+                    {
+                        "type": "Breached",
+                        "status": "True" if breached else "False",
+                        "reason": "OverCap" if breached else "UnderCap",
+                        "message": (
+                            f"PowerDomain/{name}: measured power over the cap since "
+                            f"{rfc3339(since)}; the controller acts (docs/controller.md)"
+                            if breached
+                            else ""
+                        ),
+                        "observedGeneration": d.metadata.generation,
+                        "lastTransitionTime": stamp,
+                    }
+                )
+            )
+        old = writer.written.get(name, {}).get("conditions", [])
+        conditions[name] = merge_conditions([Condition.model_validate(c) for c in old], own)
+    generations = {d.metadata.name: d.metadata.generation for d in watch.domains}
+    return writer.write(domain_statuses(snap, conditions, generations), now)
+
+
+def add_domain_status(
+    ext: Extender, patch: Callable[[str, dict[str, Any]], object], min_interval_s: float = 30.0
+) -> StatusWriter:
+    """Write PowerDomain status every controller period while this process leads
+    (:func:`domain_status_tick`)."""
+    writer = StatusWriter(patch, min_interval_s)
+    ext.domain_status = PeriodicLoop(
+        "powercap-domain-status",
+        lambda now: domain_status_tick(ext, writer, now),
+        ext.config.controller.period_s,
+        ready=lambda: ext.state.synced,
+    )
+    return writer
 
 
 def initial_config(config: Config, sources: Mapping[str, Source]) -> Config:
@@ -500,6 +592,7 @@ def controller_from_cluster(
     _add_refresher(ext)
     if sources:
         add_resource_watch(ext, sources)
+        add_domain_status(ext, kubernetes_patch(core.api_client, timeouts))
     return ext
 
 

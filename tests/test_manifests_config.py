@@ -506,6 +506,7 @@ def test_the_controller_account_holds_exactly_what_the_controller_calls() -> Non
             for plural in ("powerdomains", "powerprofiles", "powerpolicies")
             for verb in ("list", "watch")
         ),
+        ("powercap.io", "powerdomains/status", "patch", ""),
     }
 
 

@@ -23,6 +23,7 @@ from extender.cluster.custom import (
 )
 from extender.cluster.mirror import Source
 from extender.cluster.state import PodRecord
+from extender.cluster.status import StatusWriter, changed_enough
 from extender.config.loading import config_from_data
 from extender.config.model import Config
 from extender.webhook.protocol import ExtenderArgs
@@ -44,14 +45,16 @@ def config_data(**extra: Any) -> dict[str, Any]:
     return data
 
 
-def domain(name: str, watts: float, parent: str | None = None) -> dict[str, Any]:
+def domain(
+    name: str, watts: float, parent: str | None = None, generation: int = 1
+) -> dict[str, Any]:
     spec: dict[str, Any] = {"cap": {"watts": watts}}
     if parent is not None:
         spec["parent"] = parent
     return {
         "apiVersion": "powercap.io/v1alpha1",
         "kind": "PowerDomain",
-        "metadata": {"name": name, "resourceVersion": "1"},
+        "metadata": {"name": name, "resourceVersion": "1", "generation": generation},
         "spec": spec,
     }
 
@@ -292,3 +295,84 @@ def test_a_config_without_resources_watches_nothing() -> None:
     config: Config = config_from_data(data)
     ext = runtime.from_cluster(config, MagicMock())
     assert ext.resources is None
+
+
+# --- PowerDomain status ----------------------------------------------------------------------
+def status(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "observedGeneration": 1,
+        "predictedPeakWatts": 1000.0,
+        "predictedPeakAt": "10:00",
+        "headroomWatts": 3000.0,
+        "measuredWatts": 900.0,
+        "measuredAt": "2026-12-06T05:00:00Z",
+        "breached": False,
+        "state": "Ok",
+        "conditions": [],
+    }
+    base.update(changes)
+    return base
+
+
+def test_status_changes_below_the_noise_are_not_written() -> None:
+    assert changed_enough(None, status()) == (True, True)
+    assert changed_enough(status(), status(measuredWatts=930.0)) == (False, False)
+    assert changed_enough(status(), status(measuredWatts=1000.0)) == (True, False)
+    assert changed_enough(status(), status(predictedPeakAt="11:00")) == (True, False)
+    assert changed_enough(status(), status(breached=True, state="Breached")) == (True, True)
+    assert changed_enough(status(), status(observedGeneration=2)) == (True, True)
+
+
+def test_the_writer_rate_limits_all_but_urgent_changes() -> None:
+    calls: list[tuple[str, dict[str, Any]]] = []
+    writer = StatusWriter(lambda name, body: calls.append((name, body)), min_interval_s=30)
+    assert writer.write({"rack-a": status()}, now=0) == ["rack-a"]
+    assert writer.write({"rack-a": status(measuredWatts=2000.0)}, now=10) == []
+    assert writer.write({"rack-a": status(state="Breached", breached=True)}, now=11) == ["rack-a"]
+    assert writer.write({"rack-a": status(state="Breached", breached=True)}, now=50) == []
+    big = status(state="Breached", breached=True, measuredWatts=5000.0)
+    assert writer.write({"rack-a": big}, now=50) == ["rack-a"]
+    assert [c[1]["state"] for c in calls] == ["Ok", "Breached", "Breached"]
+
+    def broken(name: str, body: dict[str, Any]) -> None:
+        raise RuntimeError("apiserver down")
+
+    failing = StatusWriter(broken)
+    assert failing.write({"rack-a": status()}, now=0) == [] and failing.errors == 1
+    assert failing.written == {}, "a failed write must be retried"
+
+
+def test_the_leader_writes_domain_status_with_the_new_cap_and_conditions() -> None:
+    ext = live(tree())
+    calls: dict[str, dict[str, Any]] = {}
+    leader = MagicMock()
+    leader.is_leader.return_value = True
+    ext.elector = leader
+    writer = runtime.add_domain_status(ext, lambda name, body: calls.__setitem__(name, body))
+    runtime.domain_status_tick(ext, writer, now=36000.0)  # 10:00 UTC
+    assert set(calls) == {"site", "rack-a", "rack-b"}
+    assert calls["rack-a"]["headroomWatts"] == 3800.0  # the idle 200 W of n-a
+    assert calls["rack-a"]["predictedPeakWatts"] == 200.0
+    assert calls["rack-a"]["observedGeneration"] == 1
+    ready = [c for c in calls["rack-a"]["conditions"] if c["type"] == "Ready"]
+    assert ready and ready[0]["status"] == "True"
+    calls.clear()
+    runtime.domain_status_tick(ext, writer, now=36005.0)
+    assert calls == {}, "an unchanged status was written again"
+    # A spec change (a new generation) is written at once, with the new headroom.
+    watch_event(ext, "powerdomains", "MODIFIED", domain("rack-a", 1500, "site", generation=2))
+    runtime.domain_status_tick(ext, writer, now=36006.0)
+    assert set(calls) == {"rack-a"}
+    assert calls["rack-a"]["headroomWatts"] == 1300.0
+    assert calls["rack-a"]["observedGeneration"] == 2
+    # An invalid set: the tree stays, the domain says why.
+    watch_event(ext, "powerdomains", "MODIFIED", domain("rack-a", 1500, "row-9", generation=3))
+    calls.clear()
+    runtime.domain_status_tick(ext, writer, now=36007.0)
+    assert calls["rack-a"]["state"] == "Invalid"
+    invalid = [c for c in calls["rack-a"]["conditions"] if c["type"] == "InvalidParent"]
+    assert invalid[0]["status"] == "True" and "row-9" in invalid[0]["message"]
+    leader.is_leader.return_value = False
+    calls.clear()
+    watch_event(ext, "powerdomains", "MODIFIED", domain("rack-a", 1500, "site", generation=4))
+    assert runtime.domain_status_tick(ext, writer, now=36200.0) == [] and calls == {}

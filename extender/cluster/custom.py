@@ -69,6 +69,8 @@ class Rebuilt:
     config: Config | None
     problems: tuple[str, ...] = ()
     findings: tuple[Finding, ...] = ()
+    # The PowerDomains as parsed (empty when a field of some object could not be read).
+    domains: tuple[PowerDomain, ...] = ()
 
 
 def rebuild(objects: Iterable[Mapping[str, Any]], base: Config) -> Rebuilt:
@@ -90,13 +92,13 @@ def rebuild(objects: Iterable[Mapping[str, Any]], base: Config) -> Rebuilt:
         )
     findings = check_domains(domains, base.grid) + check_profiles(profiles, base.grid)
     if findings:
-        return Rebuilt(None, tuple(f.text for f in findings), tuple(findings))
+        return Rebuilt(None, tuple(f.text for f in findings), tuple(findings), tuple(domains))
     try:
         spec = config_from_resources(resources, base.spec)
         config = config_from_spec(spec, source="powercap.io resources")
     except (ResourceError, ConfigError) as exc:
-        return Rebuilt(None, tuple(exc.problems))
-    return Rebuilt(config)
+        return Rebuilt(None, tuple(exc.problems), domains=tuple(domains))
+    return Rebuilt(config, domains=tuple(domains))
 
 
 def structure_change(old: Config, new: Config) -> str | None:
@@ -247,6 +249,9 @@ class ResourceWatch:
         self.workloads = Store()
         self.demand: Demand | None = None
         self.last_problems: tuple[str, ...] = ()
+        # The latest set's PowerDomains and their findings, for their status.
+        self.domains: tuple[PowerDomain, ...] = ()
+        self.findings: tuple[Finding, ...] = ()
         self.rebuilds = 0
         self._stop = threading.Event()
         self._changed = threading.Lock()
@@ -291,6 +296,8 @@ class ResourceWatch:
             return
         with self._changed:
             result = rebuild(self.resources.values(), self.base)
+            if result.domains:
+                self.domains, self.findings = result.domains, result.findings
             if result.config is None:
                 if result.problems != self.last_problems:
                     log.error(
