@@ -489,6 +489,11 @@ def swap_resources(ext: Extender, new: Config) -> bool:
         changed = not np.array_equal(ext.state.tree.caps, new.tree.caps)
         if changed:
             ext.state.set_configured_caps(new.tree.caps)
+            if ext.carbon_loop is not None:
+                # The live caps scale the configured ones: from the next tick, the new ones.
+                base = np.array(new.tree.caps, dtype=np.float64)
+                base.setflags(write=False)
+                ext.carbon_loop.caps.base = base
         _swap_parts(ext, new)
     if ext.planner is not None:
         ext.planner.poke()

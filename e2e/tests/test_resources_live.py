@@ -9,7 +9,10 @@ extender process throughout):
   turns negative within seconds (what the controller reports as a breach) and filter
   refuses the rack for every pod that comes next;
 * the Deployment is scaled from 4 to 12 replicas: the planner's demand follows (its plan
-  log line reads ``…/12 replicas``), and the new replicas all land on the other rack.
+  log line reads ``…/12 replicas``), and the new replicas all land on the other rack;
+* a KEDA ScaledObject with ``maxReplicaCount: 16`` is put on the Deployment: the demand is
+  its ceiling, 16, not the Deployment's 12 (a ceiling below the replicas running would not
+  show: the planner never plans for fewer replicas than run).
 
 A missing tool fails the test naming ``make tools``; nothing is skipped.
 """
@@ -25,6 +28,7 @@ from typing import Any
 import orjson
 import pytest
 
+from e2e import crds, toolchain
 from e2e.cluster import TEST_LOG_DIR, Cluster, Process, binary, cluster
 from e2e.deploy import (
     NAMESPACE,
@@ -124,8 +128,12 @@ def test_caps_and_demand_follow_the_resources_without_a_restart() -> None:
     with cluster(TEST_LOG_DIR, prefix="powercap-resources") as c:
         client = api_client(c.kubeconfig)
         kubectl(c, "apply", "-k", str(CRDS))
-        for d in definitions():
-            kubectl(c, "wait", "--for=condition=Established", f"crd/{d.name}", "--timeout=60s")
+        installed = crds.installed(toolchain.cache_root())
+        keda = [p for p in installed if "scaledobjects" in p.name]
+        assert keda, f"the KEDA ScaledObject CRD is missing; run `make tools` ({installed})"
+        kubectl(c, "apply", "--server-side", "-f", str(keda[0]))
+        for name in [d.name for d in definitions()] + ["scaledobjects.keda.sh"]:
+            kubectl(c, "wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
         data = powercap_config(problem)
         data["resources"] = {"enabled": True}
         config = c.run_dir / "powercap.json"
@@ -176,6 +184,19 @@ def test_caps_and_demand_follow_the_resources_without_a_restart() -> None:
             "12 replicas bound", lambda: sum(pods_per_rack(client, problem)[0].values()) == 12, 90
         )
         after, pending = pods_per_rack(client, problem)
+
+        scaled_object = {
+            "apiVersion": "keda.sh/v1alpha1",
+            "kind": "ScaledObject",
+            "metadata": {"name": SERVICE, "namespace": NAMESPACE},
+            "spec": {
+                "scaleTargetRef": {"name": SERVICE},
+                "maxReplicaCount": 16,
+                "triggers": [{"type": "cpu", "metadata": {"value": "80"}}],
+            },
+        }
+        kubectl(c, "apply", "-f", "-", stdin=orjson.dumps(scaled_object).decode())
+        wait_for("a plan for KEDA's ceiling, 16", lambda: planned_demands(extender)[-1] == 16, 30)
 
         assert extender.alive() and extender.popen.pid == pid, "the extender restarted"
         assert "the running extender keeps its tree" not in extender.log.read_text()
