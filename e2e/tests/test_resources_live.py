@@ -14,6 +14,10 @@ extender process throughout):
   its ceiling, 16, not the Deployment's 12 (a ceiling below the replicas running would not
   show: the planner never plans for fewer replicas than run).
 
+Beside it ``powercap controller`` (dry run; its Prometheus is unreachable, so it measures
+nothing) leads and writes PowerDomain status: the lowered rack's status shows the new, negative
+headroom and the new generation.
+
 A missing tool fails the test naming ``make tools``; nothing is skipped.
 """
 
@@ -40,7 +44,7 @@ from e2e.deploy import (
 )
 from e2e.extender_view import extender_headroom
 from e2e.scenarios import NODE_IDLE_W, REPLICA_HIGH_W, racks_scenario
-from e2e.scheduler import powercap_command, start_extender, start_scheduler
+from e2e.scheduler import powercap_command, start_controller, start_extender, start_scheduler
 from extender.crds.definitions import definitions
 from placement.problem import Problem
 from placement.scenario.building import problem_from_spec
@@ -142,6 +146,17 @@ def test_caps_and_demand_follow_the_resources_without_a_restart() -> None:
         create_nodes(client, problem)
         extender, ports = start_extender(c, config)
         pid = extender.popen.pid
+        controlling = c.run_dir / "controller.json"
+        controlling.write_bytes(
+            orjson.dumps(
+                {
+                    **data,
+                    "power": {"url": "http://127.0.0.1:9", "timeout": "1s"},
+                    "controller": {"enabled": True, "dryRun": True, "period": "1s"},
+                }
+            )
+        )
+        start_controller(c, controlling)
         start_scheduler(c, ports.verbs)
 
         from kubernetes import client as k8s
@@ -178,6 +193,18 @@ def test_caps_and_demand_follow_the_resources_without_a_restart() -> None:
             lowered - load, abs=1.0
         )
 
+        def status() -> dict[str, Any]:
+            obj = custom.get_cluster_custom_object(
+                "powercap.io", "v1alpha1", "powerdomains", LOWERED_RACK
+            )
+            found: dict[str, Any] = obj.get("status") or {}
+            generation = obj["metadata"]["generation"]
+            return found if found.get("observedGeneration") == generation else {}
+
+        wait_for(f"{LOWERED_RACK}'s status with its new cap", lambda: bool(status()), 20)
+        written = status()
+        print(kubectl(c, "get", "powerdomains"))
+
         apps.patch_namespaced_deployment(SERVICE, NAMESPACE, {"spec": {"replicas": 12}})
         wait_for("a plan for 12 replicas", lambda: 12 in planned_demands(extender), 60)
         wait_for(
@@ -202,6 +229,10 @@ def test_caps_and_demand_follow_the_resources_without_a_restart() -> None:
         assert "the running extender keeps its tree" not in extender.log.read_text()
 
     assert applied_s < 10
+    assert written["headroomWatts"] == pytest.approx(lowered - load, abs=1.0), written
+    assert written["state"] == "Ok" and written["breached"] is False, written
+    ready = [x for x in written["conditions"] if x["type"] == "Ready"]
+    assert ready and ready[0]["status"] == "True", written
     assert after.get(LOWERED_RACK, 0) == before.get(LOWERED_RACK, 0), (
         f"the lowered rack took new replicas: {before} -> {after}"
     )
