@@ -450,6 +450,7 @@ def add_resource_watch(ext: Extender, sources: Mapping[str, Source]) -> None:
                 {name: entry.replicas for name, entry in demand.services.items()}
             )
         ),
+        events=ext.events,
     )
     log.info(
         "the tree, caps and profiles follow the powercap.io resources%s",

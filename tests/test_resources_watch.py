@@ -21,6 +21,7 @@ from extender.cluster.custom import (
     structure_change,
     trim_workload,
 )
+from extender.cluster.events import RecordingEventSink
 from extender.cluster.mirror import Source
 from extender.cluster.state import PodRecord
 from extender.cluster.status import StatusWriter, changed_enough
@@ -120,6 +121,7 @@ def live(objects: list[dict[str, Any]], workloads: bool = False) -> runtime.Exte
     typed: dict[str, Source] = dict(fakes)
     config = runtime.initial_config(base, typed)
     ext = runtime.from_cluster(config, MagicMock())
+    ext.events = RecordingEventSink()
     runtime.add_resource_watch(ext, typed)
     ext.fakes = fakes  # type: ignore[attr-defined]
     for name, rack in (("n-a", "rack-a"), ("n-b", "rack-b")):
@@ -191,6 +193,11 @@ def test_an_invalid_set_keeps_the_last_good_tree_and_a_valid_one_applies_again(
     assert ext.config is good
     assert ext.resources is not None and ext.resources.last_problems
     assert "PowerDomain/rack-a spec.parent: unknown domain 'row-9'" in caplog.text
+    sink = ext.resources.events
+    assert isinstance(sink, RecordingEventSink)
+    (event,) = sink.events
+    assert (event.kind, event.pod.name, event.reason) == ("PowerDomain", "rack-a", "UnknownParent")
+    assert event.message.startswith("PowerDomain/rack-a spec.parent: unknown domain 'row-9'")
     assert filter_nodes(ext, "p3") == ["n-a", "n-b"], "scheduling stopped"
     watch_event(ext, "powerdomains", "MODIFIED", domain("rack-a", 500, "site"))
     assert ext.config is not good

@@ -30,7 +30,9 @@ from typing import Any
 
 from extender.cluster.client import DEFAULT_TIMEOUTS
 from extender.cluster.demand import SERVICE_LABEL, Demand, demand_from_workloads
+from extender.cluster.events import Event, EventSink
 from extender.cluster.mirror import Gone, KubernetesSource, Reflector, Source
+from extender.cluster.pods import PodRef
 from extender.config.conditions import Finding, check_domains, check_profiles
 from extender.config.kubernetes import KubernetesSettings
 from extender.config.loading import config_from_spec
@@ -241,8 +243,10 @@ class ResourceWatch:
         *,
         on_config: Callable[[Config], object],
         on_demand: Callable[[Demand], None] | None = None,
+        events: EventSink | None = None,
     ) -> None:
         self.base = base
+        self.events = events
         self.on_config = on_config
         self.on_demand = on_demand
         self.resources = Store()
@@ -305,6 +309,7 @@ class ResourceWatch:
                         "last good one:\n  %s",
                         "\n  ".join(result.problems),
                     )
+                    self._emit(result.findings)
                 self.last_problems = result.problems
                 return
             if self.last_problems:
@@ -312,6 +317,24 @@ class ResourceWatch:
             self.last_problems = ()
             self.rebuilds += 1
             self.on_config(result.config)
+
+    def _emit(self, findings: Iterable[Finding]) -> None:
+        """A Warning Event on each object with a finding (once per distinct set)."""
+        if self.events is None:
+            return
+        for f in findings:
+            obj = self.resources.objects.get((f.kind, f.namespace or "", f.name), {})
+            uid = str((obj.get("metadata") or {}).get("uid") or "")
+            self.events.emit(
+                Event(
+                    # Events about a cluster-scoped object live in the default namespace.
+                    PodRef(f.namespace or "default", f.name, uid),
+                    f.reason,
+                    f.text,
+                    kind=f.kind,
+                    api_version=f"{GROUP}/{VERSION}",
+                )
+            )
 
     def workloads_changed(self) -> None:
         """Recompute the demand once every workload kind has listed; hand it on when it
