@@ -8,6 +8,9 @@ extender process throughout):
 * a rack's cap is patched below that rack's current load: the extender's headroom for it
   turns negative within seconds (what the controller reports as a breach) and filter
   refuses the rack for every pod that comes next;
+* ``rack-2``'s parent is patched to a domain that does not exist: the set is invalid, a
+  Warning Event names the field and the fix, and the extender keeps scheduling on the last
+  good tree;
 * the Deployment is scaled from 4 to 12 replicas: the planner's demand follows (its plan
   log line reads ``…/12 replicas``), and the new replicas all land on the other rack;
 * a KEDA ScaledObject with ``maxReplicaCount: 16`` is put on the Deployment: the demand is
@@ -205,6 +208,18 @@ def test_caps_and_demand_follow_the_resources_without_a_restart() -> None:
         written = status()
         print(kubectl(c, "get", "powerdomains"))
 
+        custom.patch_cluster_custom_object(
+            "powercap.io", "v1alpha1", "powerdomains", "rack-2", {"spec": {"parent": "row-9"}}
+        )
+        core: Any = k8s.CoreV1Api(client)
+
+        def unknown_parent() -> list[str]:
+            events = core.list_namespaced_event("default", field_selector="reason=UnknownParent")
+            return [e.message for e in events.items if e.involved_object.name == "rack-2"]
+
+        wait_for("an UnknownParent Event on rack-2", lambda: bool(unknown_parent()), 20)
+        messages = unknown_parent()
+
         apps.patch_namespaced_deployment(SERVICE, NAMESPACE, {"spec": {"replicas": 12}})
         wait_for("a plan for 12 replicas", lambda: 12 in planned_demands(extender), 60)
         wait_for(
@@ -237,3 +252,7 @@ def test_caps_and_demand_follow_the_resources_without_a_restart() -> None:
         f"the lowered rack took new replicas: {before} -> {after}"
     )
     assert pending == 0 and sum(after.values()) == 12
+    assert messages[0].startswith("PowerDomain/rack-2 spec.parent: unknown domain 'row-9'"), (
+        messages
+    )
+    assert "create the PowerDomain 'row-9' or fix the parent" in messages[0], messages
