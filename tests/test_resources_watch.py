@@ -5,7 +5,8 @@ workloads and re-plans after the debounce (:mod:`extender.cluster.custom`)."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 from unittest.mock import MagicMock
 
@@ -27,6 +28,7 @@ from extender.cluster.state import PodRecord
 from extender.cluster.status import StatusWriter, changed_enough
 from extender.config.loading import config_from_data
 from extender.config.model import Config
+from extender.controller.readings import PowerReadings, readings_from_vectors
 from extender.webhook.protocol import ExtenderArgs
 from tests.scheduler_payloads import pod
 
@@ -383,3 +385,37 @@ def test_the_leader_writes_domain_status_with_the_new_cap_and_conditions() -> No
     calls.clear()
     watch_event(ext, "powerdomains", "MODIFIED", domain("rack-a", 1500, "site", generation=4))
     assert runtime.domain_status_tick(ext, writer, now=36200.0) == [] and calls == {}
+
+
+class MeasuredPower:
+    """Measured watts per node, fed by hand."""
+
+    def __init__(self, config: Config, watts: dict[str, float]) -> None:
+        assert config.power is not None
+        self.settings = config.power
+        self.watts = watts
+
+    def read(self, nodes: Iterable[str], at: float | None = None) -> PowerReadings:
+        return readings_from_vectors(
+            self.watts, None, nodes, settings=self.settings, at=at if at is not None else 0.0
+        )
+
+
+def test_a_cap_lowered_below_the_measured_load_is_a_breach_for_the_controller() -> None:
+    ext = live(tree())
+    power = {"url": "http://prometheus:9090"}
+    controlled = config_from_data(
+        config_data(power=power, controller={"enabled": True, "grace": "0s"})
+    )
+    ext.config = replace(ext.config, power=controlled.power, controller=controlled.controller)
+    runtime.add_tracking(ext, MeasuredPower(ext.config, {"n-a": 1800.0, "n-b": 300.0}))
+    controller = ext.controller
+    assert controller is not None
+    a = ext.state.tree.index["rack-a"]
+    controller.tick(36000.0)
+    assert not controller.breach.in_breach[a], "1800 W under a 4000 W cap"
+    watch_event(ext, "powerdomains", "MODIFIED", domain("rack-a", 1000, "site", generation=2))
+    report = controller.tick(36010.0)
+    assert report.caps[a] == 1000.0
+    assert controller.breach.in_breach[a], "the lowered cap did not reach the controller"
+    assert not controller.breach.in_breach[ext.state.tree.index["rack-b"]]
