@@ -27,6 +27,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,13 +38,29 @@ from numpy.typing import NDArray
 
 from extender.carbon.loop import CarbonCaps, CarbonLoop
 from extender.carbon.sources import Resilient, build_source
+from extender.cluster.custom import (
+    POWERCAP_KINDS,
+    ResourceWatch,
+    rebuild,
+    sources_for,
+    structure_change,
+)
 from extender.cluster.events import EventSink, KubernetesEventSink, RecordingEventSink
 from extender.cluster.lease import KubernetesLeaseApi, LeaderElector, LeaseApi
-from extender.cluster.mirror import KubernetesSource, Mirror
+from extender.cluster.mirror import KubernetesSource, Mirror, Source
 from extender.cluster.pods import DemandResolver
 from extender.cluster.state import ClusterState, PodRecord
+from extender.cluster.status import (
+    Snapshot,
+    StatusWriter,
+    domain_statuses,
+    kubernetes_patch,
+    rfc3339,
+)
+from extender.config.conditions import domain_conditions, merge_conditions
 from extender.config.loading import config_from_problem
 from extender.config.model import Config, PlannerSettings, PolicySpec, ScoringSpec
+from extender.config.resources import Condition
 from extender.controller.actions import ClusterApi, KubernetesClusterApi
 from extender.controller.loop import Controller, ControllerLoop, PowerSource
 from extender.controller.memory import ConfigMapStateStore, MemoryKeeper, StateStore
@@ -85,6 +102,10 @@ class Extender:
     carbon_loop: CarbonLoop | None = None
     # Forgets assumed pods whose Binding never landed (ClusterState.expire_assumed).
     expiry: PeriodicLoop | None = None
+    # The powercap.io resources and the workloads, watched (resources.enabled).
+    resources: ResourceWatch | None = None
+    # Writes PowerDomain status while this process leads the controller.
+    domain_status: PeriodicLoop | None = None
 
     def ready(self) -> bool:
         return self.state.synced
@@ -93,6 +114,8 @@ class Extender:
         """Start the mirror and the planner (the app's lifespan calls this)."""
         if self.mirror is not None:
             self.mirror.start()
+        if self.resources is not None:
+            self.resources.start()
         if self.planner is not None:
             if self.plan_at_start:
                 self.planner.plan_now()
@@ -107,12 +130,16 @@ class Extender:
             self.carbon_loop.start()
         if self.expiry is not None:
             self.expiry.start()
+        if self.domain_status is not None:
+            self.domain_status.start()
         # What exists now (the imported modules, the tree, a scenario's pods) lives as
         # long as the process: out of the collector's way, a full collection takes a few
         # milliseconds instead of ~50 ms in the middle of a verb call.
         gc.freeze()
 
     def stop(self) -> None:
+        if self.domain_status is not None:
+            self.domain_status.stop()
         if self.expiry is not None:
             self.expiry.stop()
         if self.carbon_loop is not None:
@@ -123,6 +150,8 @@ class Extender:
             self.controller_loop.stop()
         if self.elector is not None:
             self.elector.stop()  # releases the Lease, so a successor need not wait
+        if self.resources is not None:
+            self.resources.stop()
         if self.mirror is not None:
             self.mirror.stop()
         if self.planner is not None:
@@ -257,6 +286,10 @@ def from_cluster(
     given (``cluster_api``, ``lease_api``, ``state_store``), and its power source from
     ``config.power`` unless given."""
     timeouts = config.kubernetes
+    sources: dict[str, Source] = {}
+    if config.resources.enabled:
+        sources = sources_for(core.api_client, config)
+        config = initial_config(config, sources)
     ext = _assemble(
         config,
         KubernetesBinder(core, timeouts=timeouts),
@@ -286,7 +319,203 @@ def from_cluster(
     if config.intensity:
         add_carbon(ext)
     _add_refresher(ext)
+    if config.resources.enabled:
+        add_resource_watch(ext, sources)
+        if ext.elector is not None:
+            add_domain_status(ext, kubernetes_patch(core.api_client, timeouts))
     return ext
+
+
+def snapshot(ext: Extender, now: float) -> Snapshot:
+    """What :func:`~extender.cluster.status.domain_statuses` reads, copied under the lock."""
+    state, controller = ext.state, ext.controller
+    last = controller.last if controller is not None else None
+    with state.lock:
+        return Snapshot(
+            names=state.tree.names,
+            predicted=state.ledger.load - state.feedback,
+            caps=state.tree.caps.copy(),
+            slot_labels=state.slot_labels,
+            slot=state.grid.slot_of(now),
+            measured=None if last is None else last.measured,
+            measured_at=None if last is None else last.at,
+            breach_since=None if controller is None else controller.breach.breach_since,
+        )
+
+
+def domain_status_tick(ext: Extender, writer: StatusWriter, now: float) -> list[str]:
+    """One round of PowerDomain status: the statuses of the domains that exist, their
+    conditions (``Ready``/``InvalidParent`` from the latest set's checks, ``Breached`` from
+    the controller; transition times kept where nothing changed), written if changed
+    enough (:class:`StatusWriter`). Only the leader writes; returns the names written."""
+    watch = ext.resources
+    if watch is None or not watch.domains:
+        return []
+    if ext.elector is not None and not ext.elector.is_leader():
+        return []
+    stamp = rfc3339(now)
+    conditions = domain_conditions(watch.domains, watch.findings, stamp)
+    snap = snapshot(ext, now)
+    index = ext.state.tree.index
+    for d in watch.domains:
+        name = d.metadata.name
+        own = conditions[name]
+        if snap.breach_since is not None and name in index:
+            since = float(snap.breach_since[index[name]])
+            breached = bool(np.isfinite(since))
+            own.append(
+                Condition.model_validate(
+                    {
+                        "type": "Breached",
+                        "status": "True" if breached else "False",
+                        "reason": "OverCap" if breached else "UnderCap",
+                        "message": (
+                            f"PowerDomain/{name}: measured power over the cap since "
+                            f"{rfc3339(since)}; the controller acts (docs/controller.md)"
+                            if breached
+                            else ""
+                        ),
+                        "observedGeneration": d.metadata.generation,
+                        "lastTransitionTime": stamp,
+                    }
+                )
+            )
+        old = writer.written.get(name, {}).get("conditions", [])
+        conditions[name] = merge_conditions([Condition.model_validate(c) for c in old], own)
+    generations = {d.metadata.name: d.metadata.generation for d in watch.domains}
+    return writer.write(domain_statuses(snap, conditions, generations), now)
+
+
+def add_domain_status(
+    ext: Extender, patch: Callable[[str, dict[str, Any]], object], min_interval_s: float = 30.0
+) -> StatusWriter:
+    """Write PowerDomain status every controller period while this process leads
+    (:func:`domain_status_tick`)."""
+    writer = StatusWriter(patch, min_interval_s)
+    ext.domain_status = PeriodicLoop(
+        "powercap-domain-status",
+        lambda now: domain_status_tick(ext, writer, now),
+        ext.config.controller.period_s,
+        ready=lambda: ext.state.synced,
+    )
+    return writer
+
+
+def initial_config(config: Config, sources: Mapping[str, Source]) -> Config:
+    """The config the powercap.io resources make now (listed once, before the state is
+    built, so the ledger has their tree's shape from the start), or ``config`` (logged)
+    when they cannot be listed or do not make a valid tree."""
+    objects: list[dict[str, Any]] = []
+    try:
+        for plural, kind in POWERCAP_KINDS.items():
+            items, _rv = sources[plural].list()
+            objects += [{**o, "kind": kind} for o in items]
+    except Exception as exc:
+        log.error(
+            "cannot list the powercap.io resources (%s: %s); starting from the config "
+            "file's tree until the watch reads them",
+            type(exc).__name__,
+            exc,
+        )
+        return config
+    result = rebuild(objects, config)
+    if result.config is None:
+        log.error(
+            "the powercap.io resources do not make a valid tree; starting from the config "
+            "file's:\n  %s",
+            "\n  ".join(result.problems),
+        )
+        return config
+    return replace(
+        config,
+        tree=result.config.tree,
+        profiles=result.config.profiles,
+        services=result.config.services,
+        spec=result.config.spec,
+    )
+
+
+def add_resource_watch(ext: Extender, sources: Mapping[str, Source]) -> None:
+    """Watch the powercap.io resources (and the workloads, for the planner's demand) and
+    swap what they make into ``ext`` without a restart (:func:`swap_resources`)."""
+    planner = ext.planner
+    ext.resources = ResourceWatch(
+        ext.config,
+        sources,
+        on_config=lambda new: swap_resources(ext, new),
+        on_demand=(
+            None
+            if planner is None
+            else lambda demand: planner.set_demand(
+                {name: entry.replicas for name, entry in demand.services.items()}
+            )
+        ),
+        events=ext.events,
+    )
+    log.info(
+        "the tree, caps and profiles follow the powercap.io resources%s",
+        "; the demand follows the workloads"
+        if planner is not None and sources.keys() - POWERCAP_KINDS.keys()
+        else "",
+    )
+
+
+def swap_resources(ext: Extender, new: Config) -> bool:
+    """Put the config the resources make in place, without a restart: under the state
+    lock, the caps in force (filter and bind check them from the next call; the
+    controller compares measured power with them, so a cap lowered below the load shows
+    as a breach) and the config the parts hold (profiles, services); then the planner
+    re-plans after its debounce (the cap change is a topology change). A new tree shape
+    (domains added or removed, a parent changed) cannot be swapped into a running ledger:
+    it is refused with a log line and the current tree is kept until a restart. Returns
+    whether ``new`` was swapped in."""
+    why = structure_change(ext.config, new)
+    if why is not None:
+        log.error(
+            "the powercap.io resources changed the tree's shape (%s); the running "
+            "extender keeps its tree and caps until it restarts",
+            why,
+        )
+        return False
+    # Keep the running process's own settings (planner, controller, ...): only the tree,
+    # profiles and services come from the resources.
+    new = replace(
+        ext.config,
+        tree=new.tree,
+        profiles=new.profiles,
+        services=new.services,
+        spec=new.spec,
+    )
+    with ext.state.lock:
+        changed = not np.array_equal(ext.state.tree.caps, new.tree.caps)
+        if changed:
+            ext.state.set_configured_caps(new.tree.caps)
+            if ext.carbon_loop is not None:
+                # The live caps scale the configured ones: from the next tick, the new ones.
+                base = np.array(new.tree.caps, dtype=np.float64)
+                base.setflags(write=False)
+                ext.carbon_loop.caps.base = base
+        _swap_parts(ext, new)
+    if ext.planner is not None:
+        ext.planner.poke()
+    if changed:
+        log.info("caps changed by the powercap.io resources: applied now")
+    return True
+
+
+def _swap_parts(ext: Extender, new: Config) -> None:
+    resolver = DemandResolver(new)
+    ext.config = new
+    ext.decider.config = new
+    ext.decider.resolver = resolver
+    if ext.mirror is not None:
+        ext.mirror.config = new
+        ext.mirror.resolver = DemandResolver(new)
+    if ext.controller is not None:
+        ext.controller.config = new
+        ext.controller.resolver = DemandResolver(new)
+    if ext.planner is not None:
+        ext.planner.config = new
 
 
 def _add_refresher(ext: Extender) -> None:
@@ -337,6 +566,15 @@ def controller_from_cluster(
     config = replace(config, planner=replace(config.planner, enabled=False))
     # Nothing calls the decider (the health app has no verbs); the binder is a stand-in.
     timeouts = config.kubernetes
+    sources: dict[str, Source] = {}
+    if config.resources.enabled:
+        # The caps it compares measured power with; no planner, so no workloads.
+        sources = {
+            plural: source
+            for plural, source in sources_for(core.api_client, config).items()
+            if plural in POWERCAP_KINDS
+        }
+        config = initial_config(config, sources)
     ext = _assemble(config, StaticBinder(), KubernetesEventSink(core, timeouts=timeouts))
     # No on_pending: the extender warns about pods it cannot place, not this process.
     ext.mirror = Mirror(
@@ -358,6 +596,9 @@ def controller_from_cluster(
     if config.intensity:
         add_carbon(ext)
     _add_refresher(ext)
+    if sources:
+        add_resource_watch(ext, sources)
+        add_domain_status(ext, kubernetes_patch(core.api_client, timeouts))
     return ext
 
 
@@ -370,19 +611,8 @@ def swap_config(ext: Extender, new: Config) -> None:
     the ledger keep the profile they were admitted at until they leave (their watts are
     what the caps were checked against). The re-plan runs in the caller's thread (the
     refresher's), so decisions never wait for it."""
-    resolver = DemandResolver(new)
     with ext.state.lock:
-        ext.config = new
-        ext.decider.config = new
-        ext.decider.resolver = resolver
-        if ext.mirror is not None:
-            ext.mirror.config = new
-            ext.mirror.resolver = DemandResolver(new)
-        if ext.controller is not None:
-            ext.controller.config = new
-            ext.controller.resolver = DemandResolver(new)
-        if ext.planner is not None:
-            ext.planner.config = new
+        _swap_parts(ext, new)
     if ext.planner is not None and ext.state.synced:
         ext.planner.plan_now()
 

@@ -466,11 +466,17 @@ def test_the_scheduler_account_holds_none_of_the_controllers_rights() -> None:
     held = {(g, r) for g, r, _, _ in scheduler}
     for forbidden in (
         ("", "pods/eviction"),
-        ("keda.sh", "scaledobjects"),
         ("", "secrets"),
         ("", "configmaps"),  # the controller's memory is the only one either may write
     ):
         assert forbidden not in held, forbidden
+    # The workloads and the powercap.io resources it reads the demand and the tree from:
+    # read only (reshaping ScaledObjects is the controller's).
+    read_only = {"keda.sh", "apps", "serving.kserve.io", "powercap.io"}
+    writes = {
+        (g, r, v) for g, r, v, _ in scheduler if g in read_only and v not in ("list", "watch")
+    }
+    assert not writes, writes
     # Nor the controller's Lease: the two leaderships stay independent.
     lease = load_config(CONFIG / "powercap.yaml").controller.lease.name
     assert not any(name == lease for *_, name in scheduler)
@@ -495,6 +501,12 @@ def test_the_controller_account_holds_exactly_what_the_controller_calls() -> Non
         ("", "configmaps", "create", ""),
         ("", "configmaps", "get", memory),
         ("", "configmaps", "update", memory),
+        *(
+            ("powercap.io", plural, verb, "")
+            for plural in ("powerdomains", "powerprofiles", "powerpolicies")
+            for verb in ("list", "watch")
+        ),
+        ("powercap.io", "powerdomains/status", "patch", ""),
     }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -38,7 +39,8 @@ WORKLOADS = "default"  # any namespace the workloads run in
 SCALED_OBJECTS = "scaledobjects.keda.sh"
 # Written "resource/subresource" in the table; kubectl reads "resource/x" as the object
 # named x, so these go to it as `pods --subresource=...`.
-SUBRESOURCES = frozenset({"pods/binding", "pods/eviction"})
+REPO = Path(__file__).resolve().parents[2]
+SUBRESOURCES = frozenset({"pods/binding", "pods/eviction", "powerdomains.powercap.io/status"})
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,18 @@ TABLE = [
     may_not(S, "get", "secrets"),
     may_not(S, "list", "secrets", "*"),
     may_not(S, "create", "pods/eviction"),
-    may_not(S, "list", SCALED_OBJECTS, "*"),
+    # resources.enabled: the powercap.io resources and the workloads, read only
+    may(S, "list", "powerdomains.powercap.io", None),
+    may(S, "watch", "powerdomains.powercap.io", None),
+    may(S, "list", "powerprofiles.powercap.io", "*"),
+    may(S, "watch", "powerpolicies.powercap.io", "*"),
+    may(S, "list", "deployments.apps", "*"),
+    may(S, "watch", "statefulsets.apps", "*"),
+    may(S, "list", SCALED_OBJECTS, "*"),
+    may(S, "watch", SCALED_OBJECTS, "*"),
+    may(S, "watch", "inferenceservices.serving.kserve.io", "*"),
+    may_not(S, "patch", "powerdomains.powercap.io", None),
+    may_not(S, "update", "deployments.apps"),
     may_not(S, "patch", SCALED_OBJECTS),
     may_not(S, "create", "pods"),
     may_not(S, "delete", "nodes", None),
@@ -101,6 +114,11 @@ TABLE = [
     may(C, "list", "pods", "*"),
     may(C, "watch", "pods", "*"),
     may(C, "list", "poddisruptionbudgets.policy", "*"),
+    may(C, "list", "powerdomains.powercap.io", None),
+    may(C, "watch", "powerprofiles.powercap.io", "*"),
+    may(C, "patch", "powerdomains.powercap.io/status", None),
+    may_not(C, "patch", "powerdomains.powercap.io", None),
+    may_not(S, "patch", "powerdomains.powercap.io/status", None),
     may(C, "create", "events"),
     may(C, "create", "leases", NAMESPACE),
     may(C, "get", "leases/powercap-controller", NAMESPACE),
@@ -129,15 +147,27 @@ TABLE = [
 
 @pytest.fixture(scope="module")
 def rbac_cluster() -> Iterator[Cluster]:
-    """A cluster with the ScaledObject CRD (so ``scaledobjects.keda.sh`` resolves) and the
-    RBAC of ``manifests/base`` applied."""
+    """A cluster with the CRDs whose resources the table names (the ScaledObject's and the
+    InferenceService's, so ``scaledobjects.keda.sh`` resolves; powercap's own) and the RBAC
+    of ``manifests/base`` applied."""
     binary("kubectl")
-    (crd,) = [p for p in crds.installed(toolchain.cache_root()) if "scaledobjects" in p.name]
+    installed = crds.installed(toolchain.cache_root())
+    wanted = [p for p in installed if "scaledobjects" in p.name or "inferenceservices" in p.name]
+    assert len(wanted) == 2, (
+        f"the CRDs of KEDA and KServe are missing; run `make tools` ({installed})"
+    )
     with cluster(TEST_LOG_DIR, prefix="powercap-rbac") as c:
-        kubectl(c, "apply", "--server-side", "-f", str(crd))
-        kubectl(
-            c, "wait", "--for=condition=Established", "crd/scaledobjects.keda.sh", "--timeout=60s"
-        )
+        for crd in wanted:
+            kubectl(c, "apply", "--server-side", "-f", str(crd))
+        kubectl(c, "apply", "-k", str(REPO / "manifests" / "crds"))
+        for name in (
+            "scaledobjects.keda.sh",
+            "inferenceservices.serving.kserve.io",
+            "powerdomains.powercap.io",
+            "powerprofiles.powercap.io",
+            "powerpolicies.powercap.io",
+        ):
+            kubectl(c, "wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
         apply_rbac(c)
         yield c
 

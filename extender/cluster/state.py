@@ -480,6 +480,19 @@ class ClusterState:
             self.caps = self.tree.caps * (1.0 - self.headroom)
             self._changed(topology=True)
 
+    def mark_changed(self) -> None:
+        """Something the plan depends on outside the state changed (the demand): a
+        topology change, so the planner re-plans after its debounce."""
+        with self.lock:
+            self._changed(topology=True)
+
+    def set_configured_caps(self, caps: NDArray[np.float64]) -> None:
+        """New configured caps (domains × T), e.g. a PowerDomain's cap edited: they are
+        the caps in force and the configured ones at once; headroom applies."""
+        with self.lock:
+            self.set_caps(caps)
+            self.configured_caps = self.caps.copy()
+
     def set_feedback(self, adds: NDArray[np.float64]) -> bool:
         """Make the controller's feedback exactly ``adds`` (domains × T, with ``add_watts``
         semantics: each domain's amount raises it and every ancestor, as

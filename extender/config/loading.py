@@ -289,6 +289,8 @@ def config_from_spec(
         learn=learn,
         kubernetes=kubernetes or KubernetesSettings(),
         source=source,
+        resources=spec.resources,
+        spec=spec,
     )
 
 

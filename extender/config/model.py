@@ -125,6 +125,21 @@ class SchedulerSpec(_Model):
     assumed_pod_ttl: str | int = Field(default="30s", alias="assumedPodTTL")
 
 
+class ResourcesSpec(_Model):
+    """Where the domain tree, the profiles and the demand come from in a live cluster.
+
+    ``enabled``: the extender lists and watches the ``powercap.io`` custom resources
+    (PowerDomain, PowerProfile, PowerPolicy) and builds the tree, caps, profiles and
+    services from them in place of this file's ``domains``, ``profiles`` and ``services``;
+    a change applies without a restart (docs/api.md). Off by default: the file is the
+    source, as before. ``workloads``: the planner's demand per service comes from the
+    Deployments, StatefulSets, KEDA ScaledObjects and KServe InferenceServices carrying
+    the service label (``services[].replicas`` then only serves offline scenarios)."""
+
+    enabled: bool = False
+    workloads: bool = True
+
+
 class ConfigSpec(_Model):
     """The file, as written."""
 
@@ -153,6 +168,8 @@ class ConfigSpec(_Model):
     learn: LearnSpec = LearnSpec()
     # Timeouts of every call to the Kubernetes API server.
     kubernetes: KubernetesSpec = KubernetesSpec()
+    # The powercap.io custom resources as the source of the tree (off: this file is).
+    resources: ResourcesSpec = ResourcesSpec()
 
 
 class ProfileDocument(_Model):
@@ -218,6 +235,9 @@ class Config:
     learn: LearnRefreshSettings | None = None
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     source: str = "config"
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    # The file as written, for rebuilding with the custom resources (None: not from a file).
+    spec: ConfigSpec | None = field(default=None, compare=False)
     # Scenario mode: the static fleet the cluster state starts from.
     problem: Problem | None = field(default=None, compare=False)
 

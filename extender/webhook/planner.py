@@ -17,13 +17,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
 from extender.cluster.state import ClusterState
-from extender.config.model import Config, PlannerSettings
+from extender.config.model import Config, PlannerSettings, ServiceEntry
 from placement.assignment import Assignment
 from placement.fleet import Fleet
 from placement.problem import Problem
@@ -52,10 +53,18 @@ class PlanSnapshot:
     targets: dict[str, NDArray[np.int64]]
 
 
-def planning_problem(state: ClusterState, config: Config) -> Problem | None:
+def planning_problem(
+    state: ClusterState, config: Config, demand: Mapping[str, int] | None = None
+) -> Problem | None:
     """The live cluster as a :class:`Problem` (see the module doc), or ``None`` when
-    there is nothing to plan. Takes the state lock while it copies."""
-    planned = [e for e in config.services.values() if e.profile is not None and e.replicas > 0]
+    there is nothing to plan. ``demand`` (replicas per service, read from the workloads)
+    replaces the config's ``services[].replicas`` when given. Takes the state lock while it
+    copies."""
+
+    def replicas(e: ServiceEntry) -> int:
+        return e.replicas if demand is None else demand.get(e.name, 0)
+
+    planned = [e for e in config.services.values() if e.profile is not None and replicas(e) > 0]
     # A pod counts as a replica of a planned service when it was admitted at that
     # service's profile; otherwise (a fallback, another profile) it is background load.
     planned_keys = [{f"service:{e.name}", f"profile:{e.profile_name}"} for e in planned]
@@ -88,7 +97,7 @@ def planning_problem(state: ClusterState, config: Config) -> Problem | None:
     services = Services(
         names=tuple(e.name for e in planned),
         demand=np.array(
-            [max(e.replicas, int(current[i].sum())) for i, e in enumerate(planned)],
+            [max(replicas(e), int(current[i].sum())) for i, e in enumerate(planned)],
             dtype=np.int64,
         ),
         gpus=np.array([e.gpus_per_replica for e in planned], dtype=np.int64),
@@ -135,6 +144,8 @@ class Planner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._strategy = settings.strategy
+        # Replicas per service from the workloads (set_demand); None: the config's.
+        self.demand: Mapping[str, int] | None = None
 
     def targets(self, service: str) -> NDArray[np.int64] | None:
         plan = self.latest
@@ -152,7 +163,7 @@ class Planner:
     def plan_now(self) -> PlanSnapshot | None:
         """Plan the current cluster and publish the plan; returns it (``None`` when
         there is nothing to plan). Solver errors are logged and leave the old plan."""
-        problem = planning_problem(self.state, self.config)
+        problem = planning_problem(self.state, self.config, self.demand)
         version = self.state.topology_version
         if problem is None:
             return None
@@ -211,6 +222,16 @@ class Planner:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    def set_demand(self, demand: Mapping[str, int]) -> None:
+        """Plan for ``demand`` (replicas per service) from now on; a change re-plans after
+        the debounce, as a change of nodes or caps does."""
+        demand = dict(demand)
+        if demand == self.demand:
+            return
+        self.demand = demand
+        self.state.mark_changed()
+        self.poke()
 
     def poke(self) -> None:
         """Ask for a re-plan check now (e.g. after a config change)."""
