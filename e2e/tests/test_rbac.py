@@ -17,6 +17,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -34,11 +35,19 @@ from e2e.rbac import (
 
 pytestmark = pytest.mark.e2e
 
+NODE_POWER_LIMIT_CRD = (
+    Path(__file__).resolve().parents[2]
+    / "manifests"
+    / "crds"
+    / ("nodepowerlimits.powercap.io.yaml")
+)
+
 WORKLOADS = "default"  # any namespace the workloads run in
 SCALED_OBJECTS = "scaledobjects.keda.sh"
 # Written "resource/subresource" in the table; kubectl reads "resource/x" as the object
 # named x, so these go to it as `pods --subresource=...`.
-SUBRESOURCES = frozenset({"pods/binding", "pods/eviction"})
+SUBRESOURCES = frozenset({"pods/binding", "pods/eviction", "nodepowerlimits.powercap.io/status"})
+NODE_POWER_LIMITS = "nodepowerlimits.powercap.io"
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,7 @@ TABLE = [
     may_not(S, "update", "leases/powercap-controller", NAMESPACE),
     may_not(S, "get", "configmaps/powercap-controller-state", NAMESPACE),
     may_not(S, "update", "configmaps/powercap-controller-state", NAMESPACE),
+    may_not(S, "patch", NODE_POWER_LIMITS, None),
     # the companion controller
     may(C, "create", "pods/eviction"),
     may(C, "list", SCALED_OBJECTS, "*"),
@@ -105,6 +115,14 @@ TABLE = [
     may(C, "create", "leases", NAMESPACE),
     may(C, "get", "leases/powercap-controller", NAMESPACE),
     may(C, "update", "leases/powercap-controller", NAMESPACE),
+    # power limits: it reads every NodePowerLimit, creates one (empty) for a node without,
+    # and writes their spec; the status is the agents'
+    may(C, "list", NODE_POWER_LIMITS, None),
+    may(C, "create", NODE_POWER_LIMITS, None),
+    may(C, "patch", NODE_POWER_LIMITS, None),
+    may_not(C, "delete", NODE_POWER_LIMITS, None),
+    may_not(C, "update", "nodepowerlimits.powercap.io/status", None),
+    may_not(C, "patch", "nodepowerlimits.powercap.io/status", None),
     # its memory for the next leader, and no other ConfigMap
     may(C, "get", "configmaps/powercap-controller-state", NAMESPACE),
     may(C, "update", "configmaps/powercap-controller-state", NAMESPACE),
@@ -129,15 +147,15 @@ TABLE = [
 
 @pytest.fixture(scope="module")
 def rbac_cluster() -> Iterator[Cluster]:
-    """A cluster with the ScaledObject CRD (so ``scaledobjects.keda.sh`` resolves) and the
-    RBAC of ``manifests/base`` applied."""
+    """A cluster with the ScaledObject and NodePowerLimit CRDs (so their resources resolve)
+    and the RBAC of ``manifests/base`` applied."""
     binary("kubectl")
     (crd,) = [p for p in crds.installed(toolchain.cache_root()) if "scaledobjects" in p.name]
     with cluster(TEST_LOG_DIR, prefix="powercap-rbac") as c:
         kubectl(c, "apply", "--server-side", "-f", str(crd))
-        kubectl(
-            c, "wait", "--for=condition=Established", "crd/scaledobjects.keda.sh", "--timeout=60s"
-        )
+        kubectl(c, "apply", "--server-side", "-f", str(NODE_POWER_LIMIT_CRD))
+        for name in ("scaledobjects.keda.sh", NODE_POWER_LIMITS):
+            kubectl(c, "wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
         apply_rbac(c)
         yield c
 
