@@ -32,15 +32,25 @@ import orjson
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from extender.agent.fake import BOARDS, Board
 from extender.cluster.pods import is_terminal, node_name_of, pod_gpus, pod_ref, pod_service
 from extender.cluster.raw import ProtocolError, get_field
 from placement.assignment import Assignment
 from placement.grid import Grid
 from placement.problem import Problem
+from placement.throughput import DEFAULT_CURVE, ThroughputCurve
 from placement.validation import ProblemsError, validation_problems
 
 METRIC = "DCGM_FI_DEV_POWER_USAGE"
 METRIC_HELP = "Power draw (in W)."
+# The limits DCGM reports per GPU (dcgm-exporter's field names): the one set through NVML,
+# and the enforced one (the least of every source of limits), what the GPU holds to.
+MGMT_LIMIT_METRIC = "DCGM_FI_DEV_POWER_MGMT_LIMIT"
+MGMT_LIMIT_HELP = "Power management limit (in W)."
+ENFORCED_LIMIT_METRIC = "DCGM_FI_DEV_ENFORCED_POWER_LIMIT"
+ENFORCED_LIMIT_HELP = "Current enforced power limit (in W)."
+# The board of the simulated GPUs unless told otherwise (a key of extender.agent.fake.BOARDS).
+DEFAULT_BOARD = "H100-SXM5-80GB"
 SIM_TIME_METRIC = "powersim_simulated_time_seconds"
 DEFAULT_MODEL = "NVIDIA H100 80GB HBM3"
 # Kepler 0.10's node energy counters, in joules, labelled with the node in ``node_name``:
@@ -270,13 +280,63 @@ class Surge:
         return node.name in self.nodes or not self.domains.isdisjoint(node.domains)
 
 
+@dataclass(frozen=True, slots=True)
+class GpuLimit:
+    """One GPU's power limits in watts: ``management`` is the one set through NVML,
+    ``enforced`` the one it holds to, ``default`` its board's default (its TDP)."""
+
+    management: float
+    enforced: float
+    default: float
+
+
+class GpuLimits(Protocol):
+    """The power limits of each node's GPUs right now; called on every scrape."""
+
+    def limits_of(self, node: str) -> Sequence[GpuLimit] | None:
+        """``node``'s GPUs' limits in index order, or ``None``: none known (no limit)."""
+        ...
+
+
+class DefaultLimits:
+    """Every GPU on its board's default limit: GPUs no one caps (no agent on the nodes)."""
+
+    def __init__(self, gpus: Mapping[str, int], board: Board = BOARDS[DEFAULT_BOARD]) -> None:
+        w = board.default_mw / 1000
+        self._limits = {node: (GpuLimit(w, w, w),) * count for node, count in gpus.items()}
+
+    def limits_of(self, node: str) -> Sequence[GpuLimit] | None:
+        return self._limits.get(node)
+
+
+def throughput_lost(curve: ThroughputCurve, demand_w: float, limit: GpuLimit) -> float:
+    """The fraction of its throughput a GPU loses to its limit: 0 while the limit does not
+    bind (the GPU demands no more than its enforced limit); else ``1 − curve(limit) /
+    curve(demand)``, each as a fraction of the default limit, within the curve's
+    ``[floor, 1]`` — what the GPU delivers at its limit relative to what it delivered at
+    the power it wanted. Demand above the default limit counts as the default: a GPU held
+    at its own default loses nothing to a cap."""
+    if demand_w <= limit.enforced + 1e-9 or limit.default <= 0:
+        return 0.0
+
+    def at(watts: float) -> float:
+        return curve.at(min(1.0, max(curve.floor, watts / limit.default)))
+
+    return max(0.0, 1.0 - at(limit.enforced) / at(demand_w))
+
+
 # --- what one scrape shows -------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class GpuSample:
+    """One GPU: ``watts`` drawn, ``demand_watts`` wanted (``None``: as drawn, no limit
+    known), its ``limit`` (``None``: none known) and the pod holding it."""
+
     node: str
     gpu: int
     watts: float
     pod: BoundPod | None
+    demand_watts: float | None = None
+    limit: GpuLimit | None = None
 
 
 @dataclass(frozen=True)
@@ -289,6 +349,15 @@ class Snapshot:
     node_gpu_watts: Mapping[str, float]
     node_watts: Mapping[str, float]
     unprofiled: tuple[str, ...] = ()
+    pod_lost: Mapping[BoundPod, float] = field(default_factory=dict)
+
+    def throughput_lost(self) -> float:
+        """The GPU-weighted mean of the pods' throughput lost to power limits at this
+        instant (0 with no pod on a GPU): see :func:`throughput_lost`."""
+        weights = sum(p.gpus for p in self.pod_lost)
+        if weights <= 0:
+            return 0.0
+        return sum(p.gpus * lost for p, lost in self.pod_lost.items()) / weights
 
     def domain_watts(self, nodes: Sequence[SimNode]) -> dict[str, float]:
         """Node totals summed into every domain the nodes name (leaf and ancestors)."""
@@ -302,7 +371,8 @@ class Snapshot:
         return out
 
 
-def _gpu_uuid(node: str, gpu: int) -> str:
+def gpu_uuid(node: str, gpu: int) -> str:
+    """The UUID the simulator gives GPU ``gpu`` of ``node`` (stable across runs)."""
     return f"GPU-{uuid.uuid5(uuid.NAMESPACE_URL, f'powersim/{node}/{gpu}')}"
 
 
@@ -342,6 +412,8 @@ class PowerSimulator:
         model_name: str = DEFAULT_MODEL,
         timestamps: bool = False,
         exporter: Exporter = "dcgm",
+        limits: GpuLimits | None = None,
+        curves: Mapping[str, ThroughputCurve] | None = None,
     ) -> None:
         if noise < 0:
             raise ValueError("noise is a standard deviation, >= 0")
@@ -354,6 +426,10 @@ class PowerSimulator:
         self.model_name = model_name
         self.timestamps = timestamps
         self.exporter = exporter
+        # GPU power limits (None: the GPUs draw whatever they demand, no limit series) and
+        # the throughput curve of each service (DEFAULT_CURVE for the rest).
+        self.limits = limits
+        self.curves = dict(curves or {})
         # Kepler counters: joules by exposition line (without its value), and when the
         # last scrape added to them (wall clock).
         self._joules: dict[str, float] = {}
@@ -431,6 +507,7 @@ class PowerSimulator:
         noise = dict(zip(ordered, self._noise(t, len(ordered)), strict=True))
         unprofiled: set[str] = set()
         samples: list[GpuSample] = []
+        pod_lost: dict[BoundPod, float] = {}
         gpu_sums: dict[str, float] = {}
         totals: dict[str, float] = {}
         for name, node in self.nodes.items():
@@ -441,6 +518,7 @@ class PowerSimulator:
             extra = sum(s.extra_watts for s in active)
             watts = np.full(node.gpus, self._gpu_idle[name] + extra / node.gpus)
             holder: list[BoundPod | None] = [None] * node.gpus
+            holds: dict[BoundPod, range] = {}
             free = 0
             for pod in sorted(on_node.get(name, []), key=lambda p: (p.namespace, p.name)):
                 profile = self.profiles.get(pod.service)
@@ -456,15 +534,39 @@ class PowerSimulator:
                     free += pod.gpus
                 else:
                     held = range(node.gpus)  # over-committed node: spread over all
+                holds[pod] = held
                 for g in held:
                     watts[g] += draw / len(held)
                     if holder[g] is None:
                         holder[g] = pod
+            limits = self.limits.limits_of(name) if self.limits is not None else None
+            if limits is not None and len(limits) != node.gpus:
+                limits = None  # a node whose GPUs the limits do not describe: unlimited
+            demand = watts
+            if limits is not None:
+                watts = np.minimum(demand, [lim.enforced for lim in limits])
+                for pod, held in holds.items():
+                    curve = self.curves.get(pod.service, DEFAULT_CURVE)
+                    # a replica sharded over GPUs runs at the pace of its slowest one
+                    pod_lost[pod] = max(
+                        throughput_lost(curve, float(demand[g]), limits[g]) for g in held
+                    )
+            else:
+                pod_lost.update(dict.fromkeys(holds, 0.0))
             for g in range(node.gpus):
-                samples.append(GpuSample(name, g, float(watts[g]), holder[g]))
+                samples.append(
+                    GpuSample(
+                        name,
+                        g,
+                        float(watts[g]),
+                        holder[g],
+                        None if limits is None else float(demand[g]),
+                        None if limits is None else limits[g],
+                    )
+                )
             gpu_sums[name] = float(watts.sum())
             totals[name] = gpu_sums[name] + self.non_gpu_watts(name)
-        return Snapshot(t, tuple(samples), gpu_sums, totals, tuple(sorted(unprofiled)))
+        return Snapshot(t, tuple(samples), gpu_sums, totals, tuple(sorted(unprofiled)), pod_lost)
 
     def render(self, snap: Snapshot, timestamp_ms: int | None = None) -> bytes:
         """The exposition text of ``snap``; with ``timestamp_ms`` every sample carries it."""
@@ -472,6 +574,19 @@ class PowerSimulator:
         lines = [f"# HELP {METRIC} {METRIC_HELP}", f"# TYPE {METRIC} gauge"]
         for s in snap.gpus:
             lines.append(f"{METRIC}{{{self._label_set(s)}}} {s.watts!r}{stamp}")
+        limited = [s for s in snap.gpus if s.limit is not None]
+        for metric, help_text in (
+            (MGMT_LIMIT_METRIC, MGMT_LIMIT_HELP),
+            (ENFORCED_LIMIT_METRIC, ENFORCED_LIMIT_HELP),
+        ):
+            if not limited:
+                break
+            lines.append(f"# HELP {metric} {help_text}")
+            lines.append(f"# TYPE {metric} gauge")
+            for s in limited:
+                assert s.limit is not None
+                value = s.limit.enforced if metric == ENFORCED_LIMIT_METRIC else s.limit.management
+                lines.append(f"{metric}{{{self._label_set(s)}}} {value!r}{stamp}")
         lines.append(f"# HELP {SIM_TIME_METRIC} Simulated unix time of this scrape.")
         lines.append(f"# TYPE {SIM_TIME_METRIC} gauge")
         lines.append(f"{SIM_TIME_METRIC} {snap.sim_s!r}{stamp}")
@@ -482,7 +597,7 @@ class PowerSimulator:
         rates: list[tuple[str, str, float]] = []
         for s in snap.gpus:
             labels = (
-                f'gpu="{s.gpu}",gpu_uuid="{_gpu_uuid(s.node, s.gpu)}",vendor="nvidia",'
+                f'gpu="{s.gpu}",gpu_uuid="{gpu_uuid(s.node, s.gpu)}",vendor="nvidia",'
                 f'node_name="{_escape(s.node)}"'
             )
             rates.append((KEPLER_GPU_METRIC, labels, s.watts))
@@ -513,7 +628,7 @@ class PowerSimulator:
         labels = self._labels.get(key)
         if labels is None:
             labels = (
-                f'gpu="{s.gpu}",UUID="{_gpu_uuid(s.node, s.gpu)}",device="nvidia{s.gpu}",'
+                f'gpu="{s.gpu}",UUID="{gpu_uuid(s.node, s.gpu)}",device="nvidia{s.gpu}",'
                 f'modelName="{_escape(self.model_name)}",Hostname="{_escape(s.node)}"'
             )
             if s.pod is not None:

@@ -31,12 +31,14 @@ import numpy as np
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from e2e.agents import SimulatedAgents, simulated_agents
 from e2e.cluster import Cluster, Process
 from e2e.deploy import NAMESPACE, SERVICE_LABEL, PlannerChoice, pod_watch, powercap_config
 from e2e.powersim import (
     PowerSimulator,
     Profile,
     SimClock,
+    Snapshot,
     StaticPods,
     bound_pod,
     grid_profiles,
@@ -49,6 +51,7 @@ from e2e.scheduler import ExtenderPorts, start_controller, start_extender
 from placement.cluster_run import DAY_S, ReplayOutcome, ReplaySettings, speed_problem
 from placement.grid import Grid
 from placement.problem import Problem
+from placement.provisioning import provisioning_of
 
 # Wall seconds between two ground-truth samples (at speed 600: one simulated minute).
 SAMPLE_S = 0.1
@@ -241,6 +244,54 @@ class BreachMeter:
             a = upto
 
 
+@dataclass
+class ThroughputMeter:
+    """The time- and GPU-weighted mean of the throughput lost to GPU power limits within
+    ``[start_s, end_s)``, from successive snapshots (each sample's losses hold until the
+    next sample): ``Σ gpus × lost × dt / Σ gpus × dt`` over the pods running on GPUs."""
+
+    start_s: float
+    end_s: float
+    lost: float = 0.0
+    weight: float = 0.0
+    _last: tuple[float, float, float] | None = None  # (since, Σ gpus × lost, Σ gpus)
+
+    def add(self, snap: Snapshot) -> None:
+        if self._last is not None:
+            self._credit(min(snap.sim_s, self.end_s))
+        gpus = sum(p.gpus for p in snap.pod_lost)
+        lost = sum(p.gpus * v for p, v in snap.pod_lost.items())
+        self._last = (max(snap.sim_s, self.start_s), lost, float(gpus))
+
+    def close(self) -> None:
+        if self._last is not None:
+            self._credit(self.end_s)
+            self._last = None
+
+    def _credit(self, upto: float) -> None:
+        assert self._last is not None
+        since, lost, gpus = self._last
+        span = max(0.0, upto - max(since, self.start_s))
+        self.lost += lost * span
+        self.weight += gpus * span
+
+    @property
+    def fraction(self) -> float:
+        return self.lost / self.weight if self.weight > 0 else 0.0
+
+
+def with_cap_count(
+    actions: Mapping[str, int], agents: SimulatedAgents | None, *, controller: bool
+) -> dict[str, int]:
+    """``actions`` with ``cap`` when power limits are simulated (``agents``): the
+    controller's own count if it reports one, else the NodePowerLimit writes asking a limit
+    the agents saw (0 without the controller)."""
+    out = dict(actions)
+    if agents is not None and "cap" not in out:
+        out["cap"] = agents.spec_writes if controller else 0
+    return out
+
+
 def controller_actions(port: int) -> dict[str, int]:
     """``powercap_controller_actions_total`` summed by kind (dry runs left out), from the
     extender's metrics ``port``."""
@@ -266,16 +317,36 @@ def evicted_pods(core: Any) -> set[str]:
 
 
 @contextmanager
+def _agents(
+    c: Cluster, problem: Problem, replay: ReplaySettings
+) -> Iterator[SimulatedAgents | None]:
+    """With power limits, a simulated agent on every fake node for the window (``None``
+    without: no agent runs, the GPUs draw what their pods demand)."""
+    if not replay.power_limits:
+        yield None
+        return
+    nodes = {n.name: n.gpus for n in sim_nodes(problem)}
+    with simulated_agents(c, nodes) as agents:
+        yield agents
+
+
+@contextmanager
 def _simulator(
-    problem: Problem, replay: ReplaySettings, pods: StaticPods
+    problem: Problem, replay: ReplaySettings, pods: StaticPods, agents: SimulatedAgents | None
 ) -> Iterator[PowerSimulator]:
     profiles: dict[str, Profile] = dict(grid_profiles(problem))
     profiles.update(
         replay_profiles({"step_s": replay.step_s, "watts": dict(replay.watts)}, origin_s=0.0)
     )
+    curves = dict(zip(problem.services.names, provisioning_of(problem).curves, strict=True))
     # Simulated time stands still at the window's start until the run sets the real clock.
     sim = PowerSimulator(
-        sim_nodes(problem), profiles, pods, clock=SimClock(replay.sim_start_s, 0.0)
+        sim_nodes(problem),
+        profiles,
+        pods,
+        clock=SimClock(replay.sim_start_s, 0.0),
+        limits=agents,
+        curves=curves,
     )
     sim.start()
     try:
@@ -308,7 +379,8 @@ def replay_window(
     running = extender[0] if extender is not None else None
     acting: tuple[Process, int] | None = None  # the controller, with the controller on
     with (
-        _simulator(problem, replay, pods) as sim,
+        _agents(c, problem, replay) as agents,
+        _simulator(problem, replay, pods, agents) as sim,
         PodFeed(core, pods, sim_now) as feed,
         prometheus([ScrapeJob("powersim", [sim.address], scrape_interval(speed))], log_dir) as prom,
     ):
@@ -347,6 +419,7 @@ def replay_window(
             f"controller {'on' if replay.controller else 'off'}"
         )
         meter = BreachMeter(problem, start, end)
+        lost = ThroughputMeter(start, end)
         while True:
             if running is not None and not running.alive():
                 raise RuntimeError(f"powercap serve exited:\n{running.tail()}")
@@ -357,9 +430,15 @@ def replay_window(
                 break
             if snap.sim_s >= start:
                 meter.add(snap.sim_s, snap.domain_watts(list(sim.nodes.values())))
+                lost.add(snap)
             time.sleep(SAMPLE_S)
         meter.close()
-        actions = controller_actions(acting[1]) if acting is not None else {}
+        lost.close()
+        actions = with_cap_count(
+            controller_actions(acting[1]) if acting is not None else {},
+            agents,
+            controller=acting is not None,
+        )
         evicted = evicted_pods(core) if replay.controller else set()
         if acting is not None:  # nothing acts on the cluster after its window
             acting[0].stop()
@@ -391,7 +470,9 @@ def replay_window(
             "duration_s": replay.duration_s,
             "speed": speed,
             "controller": replay.controller,
+            "power_limits": replay.power_limits,
         },
         samples=meter.samples,
+        throughput_lost_fraction=round(lost.fraction, 6),
     )
     return outcome, running

@@ -52,6 +52,9 @@ class ReplaySettings:
     settle_evict_s: float = 60.0
     settle_restore_s: float = 300.0
     hold_s: float = float(DAY_S)
+    # A simulated powercap agent on every fake node: GPUs hold to their power limits (the
+    # default one until the controller asks less) and the controller may cap them.
+    power_limits: bool = False
 
     def __post_init__(self) -> None:
         if self.step_s <= 0:
@@ -142,7 +145,13 @@ class ReplayOutcome:
     kind (its ``powercap_controller_actions_total``); ``evicted_by_priority`` counts the
     evicted pods by their service's priority (``evictions_by_day`` by replay day).
     ``window`` is the simulated window: replay day, start and duration in seconds, speed,
-    and whether the controller ran; ``samples`` the ground-truth samples taken."""
+    whether the controller ran and whether GPU power limits were simulated; ``samples`` the
+    ground-truth samples taken. ``throughput_lost_fraction`` is the time- and GPU-weighted
+    mean fraction of the running replicas' throughput lost to GPU power limits, under
+    their throughput curves (0 without power limits; docs/power-limits.md, "In the power
+    simulator"). With power limits, ``actions`` always has ``cap``: the controller's own
+    count when it reports one, else the NodePowerLimit writes asking a limit that the
+    simulated agents saw."""
 
     breach_domain_minutes: float
     domain_breach_minutes: Mapping[str, float]
@@ -152,6 +161,7 @@ class ReplayOutcome:
     evictions_by_day: Mapping[int, int]
     window: Mapping[str, float]
     samples: int = 0
+    throughput_lost_fraction: float = 0.0
 
 
 @dataclass(frozen=True)

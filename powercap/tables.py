@@ -299,6 +299,8 @@ def replay_table(name: str, r: ReplayOutcome) -> Table:
     table.add_row("actions", actions)
     evicted = ", ".join(f"priority {k}: {v}" for k, v in r.evicted_by_priority.items()) or "none"
     table.add_row("evicted", evicted)
+    if w.get("power_limits"):
+        table.add_row("throughput lost to power limits", f"{r.throughput_lost_fraction:.1%}")
     return table
 
 

@@ -70,6 +70,14 @@ class ControllerChoice(StrEnum):
     both = "both"
 
 
+class PowerLimitsChoice(StrEnum):
+    """``--power-limits``: ``on`` runs a simulated powercap agent on every fake node, so the
+    controller may cap GPU power limits; ``off`` runs none."""
+
+    on = "on"
+    off = "off"
+
+
 class SchedulerChoice(StrEnum):
     powercap = "powercap"
     default = "default"
@@ -164,6 +172,15 @@ def whatif(
             "without then with it on the same placement (both).",
         ),
     ] = None,
+    power_limits: Annotated[
+        PowerLimitsChoice | None,
+        typer.Option(
+            "--power-limits",
+            help="With --replay: run a simulated powercap agent on every fake node, so GPUs "
+            "hold to their power limits and the controller may cap them (on), or none "
+            "(off, the default). See docs/power-limits.md.",
+        ),
+    ] = None,
 ) -> None:
     """Plan before and after a change to caps, nodes or demand, and show the difference.
 
@@ -173,7 +190,7 @@ def whatif(
     """
     problem = load_scenario(scenario)
     replay_settings = _replay_settings(
-        problem, replay, replay_day, start, duration, speed, controller, kwok
+        problem, replay, replay_day, start, duration, speed, controller, kwok, power_limits
     )
     change, changed = _changed(
         problem, scale_caps=scale_caps, add_nodes=add_nodes, scale_demand=scale_demand
@@ -283,6 +300,7 @@ def _replay_settings(
     speed: float | None,
     controller: ControllerChoice | None,
     kwok: bool,
+    power_limits: PowerLimitsChoice | None = None,
 ) -> ReplaySettings | None:
     """The replay options checked and resolved; exit 2 naming the option at fault."""
     if path is None:
@@ -294,6 +312,7 @@ def _replay_settings(
                 ("--duration", duration),
                 ("--speed", speed),
                 ("--controller", controller),
+                ("--power-limits", power_limits),
             )
             if value is not None
         ]
@@ -334,6 +353,7 @@ def _replay_settings(
             duration_s=duration_s,
             speed=speed_value,
             controller=on,
+            power_limits=power_limits is PowerLimitsChoice.on,
         )
     except ValueError as exc:
         raise fail(f"--replay: {exc}") from None
@@ -513,6 +533,7 @@ def _outcome_json(r: ReplayOutcome) -> dict[str, Any]:
     return {
         "breach_domain_minutes": r.breach_domain_minutes,
         "actions": dict(r.actions),
+        "throughput_lost_fraction": r.throughput_lost_fraction,
         "evicted_by_priority": {str(k): v for k, v in r.evicted_by_priority.items()},
         "replay": {
             "window": dict(r.window),
