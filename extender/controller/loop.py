@@ -1069,19 +1069,18 @@ class Controller:
             floors = [
                 s.floors[p.service] for p in pods if p.service is not None and p.service in s.floors
             ]
-            draw = (float(w) - node.idle_watts) / node.gpus if math.isfinite(w) else math.nan
+            busy = min(sum(p.gpus for p in pods), node.gpus) or node.gpus
+            draw = self._busy_gpu_watts(node, float(w), busy)
             default = lo.default_w if lo is not None else None
             if lo is None or default is None:
                 out.append(
-                    NodeGpus(
-                        node.name, node.gpus, H100_DEFAULT_WATTS, H100_DEFAULT_WATTS, can_set=None
-                    )
+                    NodeGpus(node.name, busy, H100_DEFAULT_WATTS, H100_DEFAULT_WATTS, can_set=None)
                 )
                 continue
             out.append(
                 NodeGpus(
                     node.name,
-                    node.gpus,
+                    busy,
                     limit_w=min(lo.limit_w or default, default),
                     default_w=default,
                     min_w=lo.min_w,
@@ -1093,6 +1092,19 @@ class Controller:
                 )
             )
         return out
+
+    def _busy_gpu_watts(self, node: Any, node_w: float, busy: int) -> float:
+        """What one GPU holding a pod draws now, from the node's measured watts: its GPU
+        part (less the configured non-GPU watts) less the idle draw of the GPUs without a
+        pod (the node's idle watts above the non-GPU part, shared by its GPUs), over the
+        busy GPUs. NaN without a reading. A limit frees only what a GPU draws above it, and
+        idle GPUs draw below any floor, so the cap is sized on the busy ones."""
+        if not math.isfinite(node_w) or node.gpus <= 0 or busy <= 0:
+            return math.nan
+        power = self.config.power
+        non_gpu = power.non_gpu_watts(node.name) if power is not None else 0.0
+        gpu_idle = max(float(node.idle_watts) - non_gpu, 0.0) / node.gpus
+        return float(node_w - non_gpu - (node.gpus - busy) * gpu_idle) / busy
 
     def _throughput_lost(self, nodes: Sequence[Any], limits: Mapping[str, _LimitObject]) -> None:
         """Per domain, the relative throughput its busy GPUs lose at their limits now

@@ -63,7 +63,8 @@ class CapSettings:
 class NodeGpus:
     """One node's GPUs, all alike, as the controller sees them now (watts per GPU).
 
-    ``limit_w`` is the limit in force (the enforced one, else the default), ``min_w`` the
+    ``gpus`` counts the GPUs that hold pods: the limit is asked of every GPU of the node,
+    but an idle GPU draws below any floor, so only these free watts. ``limit_w`` is the limit in force (the enforced one, else the default), ``min_w`` the
     lowest the GPU accepts, ``draw_w`` what one GPU draws now (NaN when unknown).
     ``priority`` is the highest PriorityClass value of the node's pods (``None``: no pod),
     ``floor`` the highest floor fraction among them (``None``: the settings' default).
