@@ -181,6 +181,12 @@ def test_uncap_raises_one_step_high_priority_first_within_the_headroom() -> None
 def test_uncap_withdraws_at_the_default_and_waits_without_headroom() -> None:
     assert plan_uncap([node("a", 0, limit=690.0)], 10_000.0, SETTINGS)[0].withdraw
     assert plan_uncap([node("a", 0, limit=400.0)], 0.0, SETTINGS) == ()
+    # Drawing below its limit, a node wants no more: a whole step, whatever the headroom
+    # (as long as there is some), while a node held by its limit gets what headroom holds.
+    free, held = node("free", 0, limit=450.0, draw=400.0), node("held", 0, limit=450.0, draw=450.0)
+    steps = plan_uncap([free, held], 40.0, SETTINGS)
+    assert [(c.node, c.to_w) for c in steps] == [("free", 520.0), ("held", 455.0)]
+    assert plan_uncap([free], -1.0, SETTINGS) == ()
 
 
 @settings(max_examples=100, deadline=None)
@@ -190,6 +196,8 @@ def test_uncap_withdraws_at_the_default_and_waits_without_headroom() -> None:
 )
 def test_plan_uncap_properties(nodes: list[NodeGpus], headroom: float) -> None:
     steps = plan_uncap(nodes, headroom, SETTINGS)
+    if headroom <= 0:
+        assert steps == ()
     by_name = {n.node: n for n in nodes}
     raised = 0.0
     for c in steps:
@@ -197,7 +205,8 @@ def test_plan_uncap_properties(nodes: list[NodeGpus], headroom: float) -> None:
         assert n.capped and c.to_w > c.from_w and c.to_w <= n.default_w
         if n.can_set:
             assert c.to_w - c.from_w <= SETTINGS.restore_step * n.default_w + 1.0
-            raised += (c.to_w - c.from_w) * c.gpus
+            if n.draw_w >= n.limit_w - 0.02 * n.default_w:  # held by its limit
+                raised += (c.to_w - c.from_w) * c.gpus
     assert raised <= max(headroom, 0.0) + 8.0  # the last step may round up to the default
 
 

@@ -30,6 +30,9 @@ from placement.throughput import DEFAULT_CURVE, GpuSet, ThroughputCurve, plan_li
 # A step that moves limits by less than this (watts, whole domain) is not worth a write.
 MIN_STEP_W = 1.0
 
+# A GPU drawing within this fraction of its default limit below its limit is held by it.
+BINDING = 0.02
+
 
 @dataclass(frozen=True)
 class CapSettings:
@@ -64,8 +67,9 @@ class NodeGpus:
     """One node's GPUs, all alike, as the controller sees them now (watts per GPU).
 
     ``gpus`` counts the GPUs that hold pods: the limit is asked of every GPU of the node,
-    but an idle GPU draws below any floor, so only these free watts. ``limit_w`` is the limit in force (the enforced one, else the default), ``min_w`` the
-    lowest the GPU accepts, ``draw_w`` what one GPU draws now (NaN when unknown).
+    but an idle GPU draws below any floor, so only these free watts. ``limit_w`` is the
+    limit in force (the enforced one, else the default), ``min_w`` the lowest the GPU
+    accepts, ``draw_w`` what one busy GPU draws now (NaN when unknown).
     ``priority`` is the highest PriorityClass value of the node's pods (``None``: no pod),
     ``floor`` the highest floor fraction among them (``None``: the settings' default).
     ``can_set`` is the agent's ``canSetLimits`` (``None``: no agent has reported).
@@ -227,11 +231,19 @@ def plan_cap(
 def plan_uncap(
     nodes: Sequence[NodeGpus], headroom_w: float, settings: CapSettings
 ) -> tuple[LimitChange, ...]:
-    """One raising step: every capped node's limit up by at most ``restore_step`` of
-    its default, high priority first (then the lowest limit, then by name), as long as
-    the raised watts fit in ``headroom_w`` (a raised limit may be drawn in full). A node
-    whose agent cannot set limits is raised at once: its limit is not in force anyway."""
+    """One raising step, taken only with headroom (``headroom_w > 0``): every capped
+    node's limit up by at most ``restore_step`` of its default, high priority first (then
+    the lowest limit, then by name).
+
+    A node whose GPUs draw at their limit (within ``BINDING`` of the default, or draw
+    unknown) may draw all of the raise at once, so those raises must fit in
+    ``headroom_w`` together. A node drawing below its limit wants no more than it draws:
+    raising its limit adds nothing now, and it takes its whole step (a later surge is the
+    cap rung's again). A node whose agent cannot set limits is raised at once: its limit
+    is not in force anyway."""
     changes: list[LimitChange] = []
+    if not headroom_w > 0:
+        return ()
     left = headroom_w
     order = sorted(
         (n for n in nodes if n.capped and n.gpus > 0),
@@ -242,10 +254,12 @@ def plan_uncap(
             changes.append(LimitChange(n.node, n.gpus, n.limit_w, n.default_w, n.default_w))
             continue
         room = min(settings.restore_step * n.default_w, n.default_w - n.limit_w)
-        per_gpu = min(room, max(left, 0.0) / n.gpus)
+        binding = not math.isfinite(n.draw_w) or n.draw_w >= n.limit_w - BINDING * n.default_w
+        per_gpu = min(room, max(left, 0.0) / n.gpus) if binding else room
         if per_gpu * n.gpus < MIN_STEP_W and per_gpu < room:
             continue
         to = n.default_w if n.default_w - (n.limit_w + per_gpu) < 1.0 else n.limit_w + per_gpu
         changes.append(LimitChange(n.node, n.gpus, n.limit_w, to, n.default_w))
-        left -= (to - n.limit_w) * n.gpus
+        if binding:
+            left -= (to - n.limit_w) * n.gpus
     return tuple(changes)
