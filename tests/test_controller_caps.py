@@ -204,6 +204,11 @@ def test_dry_run_decides_the_cap_and_writes_nothing() -> None:
     assert all(e.message.startswith("dry run, not done: ") for e in rig.events.events)
     labels = {"kind": "cap", "domain": "rack-a", "dry_run": "true"}
     assert rig.metric("powercap_controller_actions_total", **labels) == 2.0
+    # The next decisions go on as if the limits were written: at the floors, reshape.
+    rig.power.watts.update({"a1": 14_000.0, "a2": 9_000.0})
+    decisions = [rig.tick(at).decisions["rack-a"] for at in (60.0, 90.0, 120.0)]
+    assert any(isinstance(d, Reshape) for d in decisions), decisions
+    assert rig.cluster.limit_patches == [] and rig.cluster.patches == []
 
 
 def test_the_memory_keeps_limit_steps_for_the_next_leader() -> None:

@@ -346,6 +346,8 @@ class Controller:
         self._resumed = np.full(state.tree.size, np.nan)
         self.last: TickReport | None = None
         self.limit_ratio: dict[str, float] = {}  # node → limit / default, as last read
+        # Dry run: the limits decided (node → watts per GPU, capped-by), as if written.
+        self._dry_limits: dict[str, tuple[float, tuple[str, ...]]] = {}
         self.lost: dict[str, float] = {}  # domain → throughput_lost of its GPUs
         if metrics is not None:
             metrics.zero(state.tree.names, self.settings.dry_run)
@@ -643,7 +645,13 @@ class Controller:
                 + (", request withdrawn" if kind == "uncap" and change.withdraw else "")
             )
             outcome = "dry-run" if s.dry_run else "done"
-            if not s.dry_run:
+            if s.dry_run:
+                # Decided as if applied, so a dry run walks the ladder as a real one would.
+                if by and not (kind == "uncap" and change.withdraw):
+                    self._dry_limits[change.node] = (change.to_w, tuple(sorted(by)))
+                else:
+                    self._dry_limits.pop(change.node, None)
+            else:
                 try:
                     self.api.patch_node_power_limit(change.node, {"metadata": meta, "spec": spec})
                 except ApiRefused as exc:
@@ -1015,6 +1023,9 @@ class Controller:
             lo = limit_object(obj, self.settings.capped_by_annotation)
             if lo is not None:
                 out[lo.node] = lo
+        for node, (watts, by) in self._dry_limits.items():
+            if node in out:
+                out[node].limit_w, out[node].capped_by = watts, by
         self.limit_ratio = {
             lo.node: lo.limit_w / lo.default_w
             for lo in out.values()
