@@ -1055,8 +1055,8 @@ class Controller:
         limits: Mapping[str, _LimitObject],
     ) -> list[NodeGpus]:
         """The GPU nodes of domain ``d`` as the capping rung sees them: in breach, every
-        one; out of breach, those this domain capped that no other
-        breached domain holds."""
+        one; out of breach, those this domain capped that no other breached domain holds.
+        A node without a NodePowerLimit status counts as one without an agent."""
         s, tree = self.settings, self.state.tree
         if s.capping is None:
             return []
@@ -1128,13 +1128,14 @@ class Controller:
         curve = DEFAULT_CURVE
         for node in nodes:
             lo = limits.get(node.name)
-            if node.gpus <= 0 or not self.state.pods_on(node.name):
+            busy = min(sum(p.gpus for p in self.state.pods_on(node.name)), node.gpus)
+            if busy <= 0:
                 continue
             ratio = 1.0
             if lo is not None and lo.limit_w is not None and lo.default_w is not None:
                 ratio = min(1.0, max(curve.floor, lo.limit_w / lo.default_w))
-            gpus[node.leaf] += node.gpus
-            kept[node.leaf] += node.gpus * curve.at(ratio)
+            gpus[node.leaf] += busy
+            kept[node.leaf] += busy * curve.at(ratio)
         total = rollup_watts(tree.membership, gpus)
         held = rollup_watts(tree.membership, kept)
         with np.errstate(invalid="ignore", divide="ignore"):
