@@ -17,6 +17,7 @@ from extender.cluster.mirror import pod_record
 from extender.config.loading import config_from_data
 from extender.config.model import ConfigError
 from extender.controller.loop import TickReport
+from extender.controller.loop import limit_object as read_limit_object
 from extender.controller.memory import ControllerMemory, MemoryKeeper
 from placement.control.ladder import Cap, Reshape, Step, Uncap, Wait
 from tests.test_controller import T0, FakeStateStore, Rig, breach, config_data, set_priority
@@ -287,3 +288,50 @@ def test_power_limits_config_resolves() -> None:
     assert (s.ladder.cap_settle_s, s.ladder.uncap_settle_s) == (45.0, 180.0)
     off = config_from_data(config_data(powerLimits={"enabled": False}))
     assert off.controller.capping is None
+
+
+def test_a_request_changed_since_it_was_read_is_refused_and_counted() -> None:
+    rig = with_agents(Rig())
+    assert rig.cluster.limits is not None
+    real_patch = rig.cluster.patch_cluster_custom_object
+
+    def agent_wrote_first(*args: Any, **kw: Any) -> Any:
+        # Someone (the agent's status write) bumped the object after the list.
+        assert rig.cluster.limits is not None
+        obj = rig.cluster.limits[args[3]]
+        obj["metadata"]["resourceVersion"] = str(int(obj["metadata"]["resourceVersion"]) + 1)
+        return real_patch(*args, **kw)
+
+    rig.cluster.patch_cluster_custom_object = agent_wrote_first  # type: ignore[method-assign]
+    report = small_breach(rig)
+    assert isinstance(report.decisions["rack-a"], Cap)
+    assert {a.outcome for a in report.actions} == {"conflict"}
+    assert rig.cluster.limit_patches == []
+    labels = {"kind": "cap", "domain": "rack-a", "reason": "conflict"}
+    assert rig.metric("powercap_controller_action_failures_total", **labels) == 2.0
+    # Nothing was taken: the next period decides again, without waiting for a settle.
+    rig.cluster.patch_cluster_custom_object = real_patch  # type: ignore[method-assign]
+    assert isinstance(rig.tick(45).decisions["rack-a"], Cap)
+    assert len(rig.cluster.limit_patches) == 2
+
+
+def test_limit_objects_are_read_from_their_status() -> None:
+    obj = limit_object("n1")
+    obj["status"]["gpus"][3]["enforcedWatts"] = 420.0  # one GPU lower: the node's limit
+    obj["metadata"]["annotations"] = {"powercap.io/capped-by": "rack-a,site"}
+    lo = read_limit_object(obj, "powercap.io/capped-by")
+    assert lo is not None
+    assert (lo.node, lo.can_set, lo.default_w, lo.min_w, lo.limit_w) == (
+        "n1",
+        True,
+        700.0,
+        200.0,
+        420.0,
+    )
+    assert lo.capped_by == ("rack-a", "site") and lo.resource_version == "5"
+    # No status yet (no agent): nothing known but the request.
+    bare = {"metadata": {"name": "n2"}, "spec": {"wattsPerGpu": 500}}
+    lo2 = read_limit_object(bare, "powercap.io/capped-by")
+    assert lo2 is not None and lo2.can_set is None and lo2.default_w is None
+    assert lo2.limit_w == 500.0
+    assert read_limit_object({"metadata": {}}, "x") is None
