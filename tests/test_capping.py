@@ -297,3 +297,19 @@ def test_limits_come_back_after_the_settle_period_and_before_replicas() -> None:
 
 def test_a_calm_domain_without_caps_or_reshapes_is_idle() -> None:
     assert isinstance(act(calm(), [node("a")], []), Idle)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    nodes=st.lists(node_strategy, min_size=1, max_size=5, unique_by=lambda n: n.node),
+    to_clear=st.floats(1.0, 20_000.0),
+)
+def test_reshape_and_evict_come_only_when_capping_frees_nothing(
+    nodes: list[NodeGpus], to_clear: float
+) -> None:
+    action = act(breach(to_clear), nodes, [], now=100.0)
+    plan = plan_cap(nodes, to_clear, cap_w=100_000.0, settings=SETTINGS)
+    if isinstance(action, Reshape | Evict):
+        assert plan.freed_w < 1.0 and action.note  # and the ladder says why
+    else:
+        assert isinstance(action, Cap) and action.plan.freed_w >= 1.0
