@@ -34,7 +34,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import yaml
@@ -115,14 +115,21 @@ class NodePowerLimitSource:
             response.release_conn()
 
 
+class StatusWriter(Protocol):
+    """Writes one node's ``NodePowerLimit`` status (as
+    :meth:`extender.agent.kube.KubernetesRequests.write_status`)."""
+
+    def write_status(self, obj: dict[str, Any], status: dict[str, Any]) -> bool: ...
+
+
 class _CachedRequest:
     """The agent loop's :class:`~extender.agent.kube.RequestSource` for one node: its
-    object from the shared cache, its status written with the node's own credentials."""
+    object from the shared cache, its status written with the node's own writer."""
 
     def __init__(self, agents: SimulatedAgents, node: str) -> None:
         self.agents = agents
         self.node = node
-        self._writer: KubernetesRequests | None = None
+        self._writer: StatusWriter | None = None
 
     def fetch(self) -> tuple[dict[str, Any] | None, str]:
         return self.agents.cached(self.node), ""
@@ -132,7 +139,7 @@ class _CachedRequest:
 
     def write_status(self, obj: dict[str, Any], status: dict[str, Any]) -> bool:
         if self._writer is None:
-            self._writer = KubernetesRequests(self.agents.client_for(self.node), self.node)
+            self._writer = self.agents.writer_for(self.node)
         written = self._writer.write_status(obj, status)
         if written:
             self.agents.note_status_write()
@@ -141,17 +148,19 @@ class _CachedRequest:
 
 class SimulatedAgents:
     """One agent per fake node (see the module doc). ``nodes`` maps node → GPU count;
-    ``board`` is a key of :data:`extender.agent.fake.BOARDS`; ``client_for(node)`` gives the
-    API client a node's status is written with, ``reader`` the one of the list+watch.
+    ``board`` is a key of :data:`extender.agent.fake.BOARDS`; ``writer_for(node)`` gives what
+    a node's status is written with, ``reader`` the API client of the list+watch.
 
-    Use it as a context manager, or :meth:`start` and :meth:`stop`."""
+    Use it as a context manager, or :meth:`start` and :meth:`stop`. Without the API server:
+    :meth:`start_agents`, then :meth:`replace` / :meth:`apply` the objects and
+    :meth:`run_pending` the rounds."""
 
     def __init__(
         self,
         nodes: Mapping[str, int],
         *,
         reader: Any,
-        client_for: Callable[[str], Any],
+        writer_for: Callable[[str], StatusWriter],
         board: str = DEFAULT_BOARD,
         settable: bool = True,
         resync_s: float = 5.0,
@@ -159,7 +168,7 @@ class SimulatedAgents:
         b = BOARDS[board]
         self.board = b
         self.reader = reader
-        self.client_for = client_for
+        self.writer_for = writer_for
         self.resync_s = resync_s
         self.nvml: dict[str, FakeNvml] = {
             node: FakeNvml(
@@ -212,7 +221,7 @@ class SimulatedAgents:
             if spec.get("wattsPerGpu") is not None or spec.get("gpus"):
                 self.spec_writes += 1
 
-    def _replace(self, items: list[dict[str, Any]]) -> None:
+    def replace(self, items: list[dict[str, Any]]) -> None:
         with self._lock:
             before = set(self._objects)
             self._objects = {str(o["metadata"]["name"]): o for o in items}
@@ -221,7 +230,7 @@ class SimulatedAgents:
             self._dirty |= before | set(self._objects)
         self._wake.set()
 
-    def _event(self, kind: str, obj: dict[str, Any]) -> None:
+    def apply(self, kind: str, obj: dict[str, Any]) -> None:
         name = str((obj.get("metadata") or {}).get("name", ""))
         with self._lock:
             if kind == "DELETED":
@@ -235,38 +244,53 @@ class SimulatedAgents:
         self._wake.set()
 
     # --- the rounds ------------------------------------------------------------------------
+    def run_pending(self, *, resync: bool = False) -> int:
+        """One round of every node whose object changed (with ``resync``, of every node
+        with an object too); returns the rounds run."""
+        with self._lock:
+            todo = self._dirty | set(self._objects) if resync else self._dirty
+            self._dirty = set()
+        ran = 0
+        for node in sorted(todo):
+            loop = self.loops.get(node)
+            if loop is None or self._stop.is_set():
+                continue
+            try:
+                loop.round()
+                ran += 1
+            except Exception:
+                log.exception("simulated agent of %s: round failed; retried", node)
+                with self._lock:
+                    self._dirty.add(node)
+        return ran
+
     def run_rounds(self) -> None:
         """Rounds of the changed nodes, and of every node with an object each
         ``resync_s``, until :meth:`stop`."""
         while not self._stop.is_set():
             woken = self._wake.wait(self.resync_s)
             self._wake.clear()
-            with self._lock:
-                todo = self._dirty if woken else self._dirty | set(self._objects)
-                self._dirty = set()
-            for node in sorted(todo):
-                loop = self.loops.get(node)
-                if loop is None or self._stop.is_set():
-                    continue
-                try:
-                    loop.round()
-                except Exception:
-                    log.exception("simulated agent of %s: round failed; retried", node)
-                    with self._lock:
-                        self._dirty.add(node)
+            self.run_pending(resync=not woken)
 
-    def start(self) -> None:
+    def start_agents(self) -> None:
+        """Initialise each node's NVML fake and agent (the agent's start: it learns whether
+        it may set limits)."""
         for node, nvml in self.nvml.items():
             agent = Agent(nvml, metrics=AgentMetrics())
             agent.start()
             self.loops[node] = AgentLoop(
                 agent, _CachedRequest(self, node), resync_s=self.resync_s, restore_on_exit=True
             )
+
+    def start(self) -> None:
+        """:meth:`start_agents`, then the list+watch and the rounds in two threads; returns
+        once the first list is in."""
+        self.start_agents()
         self._reflector = Reflector(
             "simulated-agents",
             NodePowerLimitSource(self.reader),
-            on_replace=self._replace,
-            on_event=self._event,
+            on_replace=self.replace,
+            on_event=self.apply,
             watch_timeout_s=5,
         )
         self._threads = [
@@ -388,6 +412,10 @@ def simulated_agents(
     """:class:`SimulatedAgents` for ``nodes`` with the agent's own credentials on ``c``
     (not started)."""
     reader, client_for = agent_credentials(c)
+
+    def writer_for(node: str) -> StatusWriter:
+        return KubernetesRequests(client_for(node), node)
+
     return SimulatedAgents(
-        nodes, reader=reader, client_for=client_for, board=board, settable=settable
+        nodes, reader=reader, writer_for=writer_for, board=board, settable=settable
     )

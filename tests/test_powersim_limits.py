@@ -13,6 +13,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
+from e2e.agents import SimulatedAgents
 from e2e.powersim import (
     ENFORCED_LIMIT_METRIC,
     METRIC,
@@ -26,6 +27,7 @@ from e2e.powersim import (
     SimNode,
     Snapshot,
     StaticPods,
+    gpu_uuid,
     throughput_lost,
 )
 from e2e.replay import ThroughputMeter, with_cap_count
@@ -215,3 +217,80 @@ def test_cli_power_limits_option_is_checked(tmp_path: Path) -> None:
         result = runner.invoke(app, ["whatif", str(scenario), *args])
         assert result.exit_code == 2, (args, result.output)
         assert message in " ".join(result.output.split()), (args, result.output)
+
+
+# --- the simulated agents, without an API server ------------------------------------------------
+
+
+class Written:
+    """Records each status written, as the API server would accept it."""
+
+    def __init__(self) -> None:
+        self.statuses: list[dict[str, Any]] = []
+
+    def write_status(self, obj: dict[str, Any], status: dict[str, Any]) -> bool:
+        self.statuses.append(status)
+        return True
+
+
+def npl(node: str, generation: int, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "powercap.io/v1alpha1",
+        "kind": "NodePowerLimit",
+        "metadata": {"name": node, "generation": generation, "resourceVersion": str(generation)},
+        "spec": spec,
+    }
+
+
+def agents_of(settable: bool = True) -> tuple[SimulatedAgents, dict[str, Written]]:
+    written: dict[str, Written] = {"n1": Written(), "n2": Written()}
+    agents = SimulatedAgents(
+        {"n1": 4, "n2": 2}, reader=None, writer_for=written.__getitem__, settable=settable
+    )
+    agents.start_agents()
+    return agents, written
+
+
+def test_simulated_agents_apply_requests_that_the_simulator_then_honours() -> None:
+    agents, written = agents_of()
+    sim = simulator(None)
+    sim.limits = agents
+    assert [lim.enforced for lim in agents.limits_of("n1") or []] == [700.0] * 4
+    assert [g.uuid for g in agents.nvml["n1"].gpus] == [gpu_uuid("n1", g) for g in range(4)]
+    agents.replace([])
+    agents.apply("ADDED", npl("n1", 1, {"wattsPerGpu": 500, "gpus": [{"index": 2, "watts": 100}]}))
+    assert agents.run_pending() == 1
+    # the agent's clamp: GPU 2 asked 100 W gets the H100's 200 W minimum
+    assert [g.limit_mw for g in agents.nvml["n1"].gpus] == [500_000, 500_000, 200_000, 500_000]
+    (status,) = written["n1"].statuses
+    assert status["canSetLimits"] is True
+    assert [g["enforcedWatts"] for g in status["gpus"]] == [500, 500, 200, 500]
+    assert written["n2"].statuses == []  # no request for n2: no status to write
+    snap = sim.snapshot()
+    assert [s.watts for s in snap.gpus if s.node == "n1"] == [500.0, 500.0, 200.0, 100.0]
+    assert snap.pod_lost and max(snap.pod_lost.values()) > 0
+    assert agents.spec_writes == 1
+    # our own status write comes back as an event: the same status, nothing written again
+    echoed = npl("n1", 1, {"wattsPerGpu": 500, "gpus": [{"index": 2, "watts": 100}]})
+    echoed["status"] = status
+    agents.apply("MODIFIED", echoed)
+    assert agents.run_pending() == 1
+    assert len(written["n1"].statuses) == 1 and agents.spec_writes == 1
+    # withdrawn: the defaults back, and the draw with them
+    agents.apply("DELETED", npl("n1", 1, {}))
+    agents.run_pending()
+    assert [lim.enforced for lim in agents.limits_of("n1") or []] == [700.0] * 4
+    assert [s.watts for s in sim.snapshot().gpus if s.node == "n1"] == [700.0, 700.0, 700.0, 100.0]
+    agents.stop()
+
+
+def test_agents_without_permission_leave_the_defaults_and_say_so() -> None:
+    agents, written = agents_of(settable=False)
+    agents.replace([npl("n2", 1, {"wattsPerGpu": 300})])
+    agents.run_pending()
+    (status,) = written["n2"].statuses
+    assert status["canSetLimits"] is False
+    assert status["conditions"][0]["reason"] == "NoPermission"
+    assert [lim.enforced for lim in agents.limits_of("n2") or []] == [700.0, 700.0]
+    assert agents.nvml["n2"].sets == []
+    agents.stop()
