@@ -257,7 +257,8 @@ class ControllerMetrics:
     extender without one exports none of them.
 
     * ``powercap_controller_actions_total{kind,domain,dry_run}`` — steps taken (or, in
-      dry-run, decided): ``reshape``, ``restore``, ``evict`` (one per pod);
+      dry-run, decided): ``cap``, ``uncap`` (one per node), ``reshape``, ``restore``,
+      ``evict`` (one per pod);
     * ``powercap_controller_action_failures_total{kind,domain,reason}`` — steps the API
       refused: ``blocked`` (an eviction a PodDisruptionBudget does not allow now, 429),
       ``conflict`` (the object changed under the patch), ``error``;
@@ -270,6 +271,10 @@ class ControllerMetrics:
     * ``powercap_power_data_stale`` — 1 when Prometheus failed or any node's reading is
       not fresh: the controller takes no action where data is missing, so alert on it;
     * ``powercap_power_nodes{status}`` — nodes by reading status (fresh, stale, missing);
+    * ``powercap_controller_gpu_limit_ratio{node}`` — the power limit in force over the
+      default, per node, as its NodePowerLimit status reports it (1: uncapped);
+    * ``powercap_controller_throughput_lost_ratio{domain}`` — estimated relative throughput
+      the domain's busy GPUs lose at their limits (by the throughput curve);
     * ``powercap_controller_leader`` — 1 while this process holds the Lease;
     * ``powercap_controller_last_tick_timestamp_seconds`` — when the last tick finished.
     """
@@ -277,6 +282,10 @@ class ControllerMetrics:
     # The (kind, reason) pairs a step can fail with: an Eviction is refused by a budget
     # (blocked), finds its pod gone or fails otherwise; a patch conflicts or fails.
     FAILURES = (
+        ("cap", "conflict"),
+        ("cap", "error"),
+        ("uncap", "conflict"),
+        ("uncap", "error"),
         ("evict", "blocked"),
         ("evict", "gone"),
         ("evict", "error"),
@@ -285,7 +294,7 @@ class ControllerMetrics:
         ("restore", "conflict"),
         ("restore", "error"),
     )
-    KINDS = ("reshape", "restore", "evict")
+    KINDS = ("cap", "uncap", "reshape", "restore", "evict")
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.actions = Counter(
@@ -339,6 +348,18 @@ class ControllerMetrics:
             "powercap_power_nodes",
             "Nodes by power reading status.",
             ["status"],
+            registry=registry,
+        )
+        self.gpu_limit = Gauge(
+            "powercap_controller_gpu_limit_ratio",
+            "Power limit in force over the default limit, per node (1: uncapped).",
+            ["node"],
+            registry=registry,
+        )
+        self.throughput_lost = Gauge(
+            "powercap_controller_throughput_lost_ratio",
+            "Estimated relative throughput the domain's busy GPUs lose at their power limits.",
+            ["domain"],
             registry=registry,
         )
         self.leader = Gauge(

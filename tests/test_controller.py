@@ -123,6 +123,9 @@ class FakeCluster:
         self.refuse_eviction: set[str] = set()  # names answered with 429
         self.reads = 0
         self.configmaps: dict[tuple[str, str], dict[str, Any]] = {}
+        # NodePowerLimits by name; None: the CRD is not installed (404 on every call).
+        self.limits: dict[str, dict[str, Any]] | None = None
+        self.limit_patches: list[tuple[str, dict[str, Any]]] = []
 
     # CoreV1Api
     def list_pod_for_all_namespaces(self, **kw: Any) -> _Raw:
@@ -176,8 +179,41 @@ class FakeCluster:
     ) -> Any:
         assert _request_timeout == TIMEOUT
         self.reads += 1
+        if (group, version, plural) == ("powercap.io", "v1alpha1", "nodepowerlimits"):
+            if self.limits is None:
+                raise ApiException(status=404, reason="Not Found")
+            return {"items": copy.deepcopy(list(self.limits.values()))}
         assert (group, version, plural) == ("keda.sh", "v1alpha1", "scaledobjects")
         return {"items": copy.deepcopy(list(self.scaled.values()))}
+
+    def create_cluster_custom_object(
+        self, group: str, version: str, plural: str, body: Any, *, _request_timeout: Any
+    ) -> Any:
+        assert (group, version, plural) == ("powercap.io", "v1alpha1", "nodepowerlimits")
+        if self.limits is None:
+            raise ApiException(status=404, reason="Not Found")
+        name = body["metadata"]["name"]
+        if name in self.limits:
+            raise ApiException(status=409, reason="AlreadyExists")
+        obj = copy.deepcopy(body)
+        obj["metadata"].update(resourceVersion="1", uid=f"npl-{name}")
+        self.limits[name] = obj
+        return obj
+
+    def patch_cluster_custom_object(
+        self, group: str, version: str, plural: str, name: str, body: Any, *, _request_timeout: Any
+    ) -> Any:
+        assert (group, version, plural) == ("powercap.io", "v1alpha1", "nodepowerlimits")
+        if self.limits is None or name not in self.limits:
+            raise ApiException(status=404, reason="Not Found")
+        obj = self.limits[name]
+        rv = body.get("metadata", {}).get("resourceVersion")
+        if rv is not None and rv != obj["metadata"]["resourceVersion"]:
+            raise ApiException(status=409, reason="Conflict")
+        self.limit_patches.append((name, copy.deepcopy(body)))
+        merge(obj, body)
+        obj["metadata"]["resourceVersion"] = str(int(obj["metadata"]["resourceVersion"]) + 1)
+        return obj
 
     def patch_namespaced_custom_object(
         self,

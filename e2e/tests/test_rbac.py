@@ -40,7 +40,15 @@ SCALED_OBJECTS = "scaledobjects.keda.sh"
 # Written "resource/subresource" in the table; kubectl reads "resource/x" as the object
 # named x, so these go to it as `pods --subresource=...`.
 REPO = Path(__file__).resolve().parents[2]
-SUBRESOURCES = frozenset({"pods/binding", "pods/eviction", "powerdomains.powercap.io/status"})
+SUBRESOURCES = frozenset(
+    {
+        "pods/binding",
+        "pods/eviction",
+        "powerdomains.powercap.io/status",
+        "nodepowerlimits.powercap.io/status",
+    }
+)
+NODE_POWER_LIMITS = "nodepowerlimits.powercap.io"
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,7 @@ TABLE = [
     may_not(S, "update", "leases/powercap-controller", NAMESPACE),
     may_not(S, "get", "configmaps/powercap-controller-state", NAMESPACE),
     may_not(S, "update", "configmaps/powercap-controller-state", NAMESPACE),
+    may_not(S, "patch", NODE_POWER_LIMITS, None),
     # the companion controller
     may(C, "create", "pods/eviction"),
     may(C, "list", SCALED_OBJECTS, "*"),
@@ -123,6 +132,14 @@ TABLE = [
     may(C, "create", "leases", NAMESPACE),
     may(C, "get", "leases/powercap-controller", NAMESPACE),
     may(C, "update", "leases/powercap-controller", NAMESPACE),
+    # power limits: it reads every NodePowerLimit, creates one (empty) for a node without,
+    # and writes their spec; the status is the agents'
+    may(C, "list", NODE_POWER_LIMITS, None),
+    may(C, "create", NODE_POWER_LIMITS, None),
+    may(C, "patch", NODE_POWER_LIMITS, None),
+    may_not(C, "delete", NODE_POWER_LIMITS, None),
+    may_not(C, "update", "nodepowerlimits.powercap.io/status", None),
+    may_not(C, "patch", "nodepowerlimits.powercap.io/status", None),
     # its memory for the next leader, and no other ConfigMap
     may(C, "get", "configmaps/powercap-controller-state", NAMESPACE),
     may(C, "update", "configmaps/powercap-controller-state", NAMESPACE),
@@ -148,8 +165,8 @@ TABLE = [
 @pytest.fixture(scope="module")
 def rbac_cluster() -> Iterator[Cluster]:
     """A cluster with the CRDs whose resources the table names (the ScaledObject's and the
-    InferenceService's, so ``scaledobjects.keda.sh`` resolves; powercap's own) and the RBAC
-    of ``manifests/base`` applied."""
+    InferenceService's, so ``scaledobjects.keda.sh`` resolves; powercap's own, NodePowerLimit
+    among them) and the RBAC of ``manifests/base`` applied."""
     binary("kubectl")
     installed = crds.installed(toolchain.cache_root())
     wanted = [p for p in installed if "scaledobjects" in p.name or "inferenceservices" in p.name]
@@ -166,6 +183,7 @@ def rbac_cluster() -> Iterator[Cluster]:
             "powerdomains.powercap.io",
             "powerprofiles.powercap.io",
             "powerpolicies.powercap.io",
+            NODE_POWER_LIMITS,
         ):
             kubectl(c, "wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
         apply_rbac(c)

@@ -121,7 +121,14 @@ def pod_record(obj: RawObject, resolver: DemandResolver) -> PodRecord | None:
         profile=profile,
         gpus=demand.gpus,
         profile_key=key,
+        priority=_class_priority(obj),
     )
+
+
+def _class_priority(obj: RawObject) -> int | None:
+    """A pod's ``spec.priority``: its PriorityClass value, as admission set it."""
+    value = (obj.get("spec") or {}).get("priority")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def pending_pod(obj: RawObject, resolver: DemandResolver) -> PendingPod | None:

@@ -45,6 +45,7 @@ class PodRecord:
     profile: NDArray[np.float64]
     gpus: int
     profile_key: str = ""  # Demand.profile_key: which profile the pod was admitted at
+    priority: int | None = None  # spec.priority (its PriorityClass value); None: absent
 
 
 @dataclass(frozen=True, slots=True)

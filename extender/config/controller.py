@@ -14,11 +14,13 @@ Every field with its default: docs/controller.md, "Configuration (controller:)".
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from placement.control.breach import BreachSettings
+from placement.control.capping import CapSettings
 from placement.control.ladder import LadderSettings, RateLimit
 from placement.validation import seconds_or_problem
 
@@ -89,6 +91,30 @@ class StateSpec(_Model):
     min_interval: str | int = Field(default="10s", alias="minInterval")
 
 
+class LimitSettleSpec(_Model):
+    """How long a cap step gets to show its effect, and how long limits stay where they
+    are before the next raising step (with ``restoreMargin``, the hysteresis)."""
+
+    cap: str | int = "30s"
+    restore: str | int = "2m"
+
+
+class PowerLimitsSpec(_Model):
+    """The first rung: GPU power limits through ``NodePowerLimit`` objects."""
+
+    enabled: bool = True
+    margin: float = Field(default=0.10, ge=0, le=1)
+    high_priority: int = Field(default=1000, alias="highPriority")
+    second_threshold: float = Field(default=0.05, ge=0, alias="secondThreshold")
+    floor: float = Field(default=0.5, gt=0, le=1)
+    floors: dict[str, float] = {}
+    restore_step: float = Field(default=0.10, gt=0, le=1, alias="restoreStep")
+    settle: LimitSettleSpec = LimitSettleSpec()
+    capped_by_annotation: str = Field(
+        default="powercap.io/capped-by", alias="cappedByAnnotation", min_length=1
+    )
+
+
 class ControllerSpec(_Model):
     """The ``controller:`` section, as written."""
 
@@ -110,6 +136,7 @@ class ControllerSpec(_Model):
     annotations: AnnotationsSpec = AnnotationsSpec()
     lease: LeaseSpec = LeaseSpec()
     state: StateSpec = StateSpec()
+    power_limits: PowerLimitsSpec = Field(default=PowerLimitsSpec(), alias="powerLimits")
 
 
 @dataclass(frozen=True)
@@ -143,6 +170,36 @@ class ControllerSettings:
     lease: LeaseSettings = field(default_factory=LeaseSettings)
     state_config_map: str = "powercap-controller-state"  # in lease.namespace; "": none
     state_min_interval_s: float = 10.0
+    # The power-limit rung (``None``: off); floors per service, as a fraction of the default.
+    capping: CapSettings | None = field(default_factory=CapSettings)
+    floors: Mapping[str, float] = field(default_factory=dict)
+    capped_by_annotation: str = "powercap.io/capped-by"
+
+
+def _limits(
+    spec: PowerLimitsSpec, where: str, problems: list[str]
+) -> tuple[CapSettings | None, dict[str, float]]:
+    """The ``powerLimits`` section's cap settings (``None`` when off) and floors."""
+    floors: dict[str, float] = {}
+    for service, value in spec.floors.items():
+        if not 0 < value <= 1:
+            problems.append(
+                f"{where}.powerLimits.floors.{service}: {value:g} is not a fraction of the "
+                "GPU's default limit; give a number in (0, 1], such as 0.6"
+            )
+        floors[service] = value
+    if not spec.enabled:
+        return None, floors
+    return (
+        CapSettings(
+            margin=spec.margin,
+            high_priority=spec.high_priority,
+            second_threshold=spec.second_threshold,
+            floor=spec.floor,
+            restore_step=spec.restore_step,
+        ),
+        floors,
+    )
 
 
 def resolve_controller(
@@ -188,6 +245,9 @@ def resolve_controller(
             f"{where}.state.configMap: {name!r} is not a ConfigMap name (lower-case letters, "
             "digits, '-' and '.'); \"\" keeps the controller's memory in the process only"
         )
+    capping, floors = _limits(spec.power_limits, where, problems)
+    cap_settle = secs(spec.power_limits.settle.cap, "powerLimits.settle.cap", zero=True)
+    uncap_settle = secs(spec.power_limits.settle.restore, "powerLimits.settle.restore", zero=True)
     if spec.annotations.original_max_replicas == spec.annotations.reshaped_by:
         problems.append(f"{where}.annotations: originalMaxReplicas and reshapedBy must differ")
     if problems:
@@ -205,6 +265,8 @@ def resolve_controller(
                 restore_settle_s=settle["restore"],
                 reshape_rounds=spec.reshape_rounds,
                 restore_margin=spec.restore_margin,
+                cap_settle_s=cap_settle,
+                uncap_settle_s=uncap_settle,
             ),
             per_domain=RateLimit(spec.evictions.per_domain.limit, per_domain_window),
             cluster=RateLimit(spec.evictions.cluster.limit, cluster_window),
@@ -224,6 +286,9 @@ def resolve_controller(
             ),
             state_config_map=name,
             state_min_interval_s=state_interval,
+            capping=capping,
+            floors=floors,
+            capped_by_annotation=spec.power_limits.capped_by_annotation,
         ),
         [],
     )

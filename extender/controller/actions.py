@@ -1,4 +1,5 @@
-"""What the controller does to the cluster: patch KEDA ScaledObjects, list pods and PDBs, evict."""
+"""What the controller does to the cluster: patch KEDA ScaledObjects, list pods and PDBs, evict,
+list, create and patch NodePowerLimits."""
 
 from __future__ import annotations
 
@@ -23,6 +24,15 @@ KEDA_VERSION = "v1alpha1"
 
 
 SCALED_OBJECTS = "scaledobjects"
+
+
+POWERCAP_GROUP = "powercap.io"
+
+
+POWERCAP_VERSION = "v1alpha1"
+
+
+NODE_POWER_LIMITS = "nodepowerlimits"
 
 
 # --- the Kubernetes side -----------------------------------------------------------------
@@ -58,6 +68,15 @@ class ClusterApi(Protocol):
     def evict(self, namespace: str, name: str) -> EvictOutcome:
         """Post a policy/v1 Eviction; raises :class:`ApiRefused` on anything but 429/404."""
 
+    def node_power_limits(self) -> list[RawObject] | None:
+        """NodePowerLimits (raw); ``None`` when the CRD is not installed."""
+
+    def create_node_power_limit(self, body: Mapping[str, Any]) -> RawObject:
+        """Create a NodePowerLimit; raises :class:`ApiRefused` (``conflict``: it exists)."""
+
+    def patch_node_power_limit(self, name: str, patch: Mapping[str, Any]) -> RawObject:
+        """JSON merge patch of a NodePowerLimit; raises :class:`ApiRefused`."""
+
 
 def _raw(response: Any) -> Any:
     data = orjson.loads(response.data)
@@ -86,6 +105,7 @@ class KubernetesClusterApi:
         self.namespaces = tuple(namespaces)
         self.timeouts = timeouts
         self._warned_no_crd = False
+        self._warned_no_limits = False
 
     @property
     def _timeout(self) -> tuple[float, float]:
@@ -174,3 +194,52 @@ class KubernetesClusterApi:
                 return EvictOutcome.GONE
             raise ApiRefused("error", f"{exc.status} {exc.reason}") from exc
         return EvictOutcome.EVICTED
+
+    def node_power_limits(self) -> list[RawObject] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            found = self.custom.list_cluster_custom_object(
+                POWERCAP_GROUP, POWERCAP_VERSION, NODE_POWER_LIMITS, _request_timeout=self._timeout
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            if not self._warned_no_limits:
+                log.warning("no NodePowerLimit API (CRD not installed?): no power limits")
+                self._warned_no_limits = True
+            return None
+        return list(found.get("items") or [])
+
+    def create_node_power_limit(self, body: Mapping[str, Any]) -> RawObject:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            created: RawObject = self.custom.create_cluster_custom_object(
+                POWERCAP_GROUP,
+                POWERCAP_VERSION,
+                NODE_POWER_LIMITS,
+                dict(body),
+                _request_timeout=self._timeout,
+            )
+            return created
+        except ApiException as exc:
+            reason = "conflict" if exc.status == 409 else "error"
+            raise ApiRefused(reason, f"{exc.status} {exc.reason}") from exc
+
+    def patch_node_power_limit(self, name: str, patch: Mapping[str, Any]) -> RawObject:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            patched: RawObject = self.custom.patch_cluster_custom_object(
+                POWERCAP_GROUP,
+                POWERCAP_VERSION,
+                NODE_POWER_LIMITS,
+                name,
+                dict(patch),
+                _request_timeout=self._timeout,
+            )
+            return patched
+        except ApiException as exc:
+            reason = "conflict" if exc.status in (404, 409) else "error"
+            raise ApiRefused(reason, f"{exc.status} {exc.reason}") from exc

@@ -43,6 +43,8 @@ from extender.config.model import Config
 from extender.controller.actions import (
     KEDA_GROUP,
     KEDA_VERSION,
+    POWERCAP_GROUP,
+    POWERCAP_VERSION,
     ApiRefused,
     ClusterApi,
     EvictOutcome,
@@ -64,8 +66,10 @@ from placement.control.breach import (
     resume,
     step,
 )
+from placement.control.capping import LimitChange, NodeGpus
 from placement.control.ladder import (
     Action,
+    Cap,
     DomainStatus,
     Evict,
     Idle,
@@ -74,11 +78,13 @@ from placement.control.ladder import (
     ScaleChange,
     ScaledService,
     Step,
+    Uncap,
     Wait,
     eviction_budget,
     next_action,
 )
 from placement.control.victims import Candidates, VictimChoice, choose_victims
+from placement.throughput import DEFAULT_CURVE, H100_DEFAULT_WATTS
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +97,9 @@ KEDA_DEFAULT_MAX = 100
 
 
 KEDA_DEFAULT_MIN = 0
+
+
+CREATE_PER_TICK = 50  # empty NodePowerLimits created per tick for nodes that have none
 
 
 HISTORY_KEPT = 64  # steps remembered per domain; the ladder only looks at the recent ones
@@ -242,6 +251,56 @@ class _ScaledObject:
     resource_version: str | None
 
 
+@dataclass
+class _LimitObject:
+    """A node's NodePowerLimit as read: per GPU (the first GPU's where they differ, the
+    lowest limit) the default, the minimum and the limit in force; ``can_set`` is the
+    status's ``canSetLimits`` (``None``: no status yet)."""
+
+    node: str
+    uid: str
+    can_set: bool | None
+    default_w: float | None
+    min_w: float
+    limit_w: float | None
+    capped_by: tuple[str, ...]
+    resource_version: str | None
+
+
+def limit_object(obj: RawObject, capped_by_annotation: str) -> _LimitObject | None:
+    """The parts of a raw NodePowerLimit the controller decides on (``None``: unnamed)."""
+    meta = _meta(obj)
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        return None
+    status = obj.get("status") or {}
+    spec = obj.get("spec") or {}
+    gpus = [g for g in status.get("gpus") or () if isinstance(g, Mapping)]
+
+    def watts(key: str, pick: Callable[[Iterable[float]], float]) -> float | None:
+        values = [float(g[key]) for g in gpus if isinstance(g.get(key), int | float)]
+        return pick(values) if values else None
+
+    default = watts("defaultWatts", max)
+    enforced = watts("enforcedWatts", min)
+    requested = spec.get("wattsPerGpu")
+    limit = enforced if enforced is not None else default
+    if limit is None and isinstance(requested, int | float):
+        limit = float(requested)
+    can = status.get("canSetLimits")
+    by = str(_annotations(obj).get(capped_by_annotation) or "")
+    return _LimitObject(
+        node=name,
+        uid=str(meta.get("uid") or ""),
+        can_set=can if isinstance(can, bool) else None,
+        default_w=default if default and default > 0 else None,
+        min_w=watts("minWatts", max) or 0.0,
+        limit_w=limit if limit and limit > 0 else None,
+        capped_by=tuple(x for x in by.split(",") if x),
+        resource_version=meta.get("resourceVersion") or None,
+    )
+
+
 class Controller:
     """One control loop over one :class:`ClusterState`; :meth:`tick` does one period.
 
@@ -286,6 +345,10 @@ class Controller:
         # Breach starts a previous leader recorded, not yet taken over or dropped (resume).
         self._resumed = np.full(state.tree.size, np.nan)
         self.last: TickReport | None = None
+        self.limit_ratio: dict[str, float] = {}  # node → limit / default, as last read
+        # Dry run: the limits decided (node → watts per GPU, capped-by), as if written.
+        self._dry_limits: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self.lost: dict[str, float] = {}  # domain → throughput_lost of its GPUs
         if metrics is not None:
             metrics.zero(state.tree.names, self.settings.dry_run)
 
@@ -385,6 +448,12 @@ class Controller:
         scaled = self._scaled_objects()
         for so in scaled.values():
             lowered_by.update(so.reshaped_by)
+        found = self._limit_objects(nodes)
+        limits = found if found is not None else {}
+        capping = self.settings.capping if found is not None else None
+        for lo in limits.values():
+            lowered_by.update(lo.capped_by)
+        self._throughput_lost(nodes, limits)
         watts = self._pod_watts(nodes, node_w, slot)
         self.blocked = {u: t for u, t in self.blocked.items() if t > now}
         taken = False
@@ -409,6 +478,7 @@ class Controller:
                 per_domain=self.settings.per_domain,
                 cluster=self.settings.cluster,
             )
+            gpus = self._node_gpus(d, nodes, node_w, limits)
             action = next_action(
                 status,
                 services,
@@ -416,10 +486,14 @@ class Controller:
                 now=now,
                 settings=self.settings.ladder,
                 evictions_allowed=budget,
+                gpus=gpus,
+                capping=capping,
             )
             report.decisions[name] = action
             try:
-                took = self._take(action, d, scaled, watts, now, report)
+                if isinstance(action, Reshape | Evict) and action.note:
+                    self._unavailable(d, action.note, gpus, report)
+                took = self._take(action, d, scaled, watts, now, report, limits)
             except Exception as exc:  # one domain's failure must not stop the others
                 log.exception("domain %s: %s failed: %s", name, type(action).__name__, exc)
                 took = None
@@ -438,8 +512,15 @@ class Controller:
         watts: Mapping[str, float],
         now: float,
         report: TickReport,
+        limits: dict[str, _LimitObject],
     ) -> Any:
         """Carry out one action; returns the step kind taken (or decided, in dry-run)."""
+        if isinstance(action, Cap):
+            done = self._limit(action.plan.changes, d, limits, "cap", report)
+            return "cap" if done else None
+        if isinstance(action, Uncap):
+            done = self._limit(action.changes, d, limits, "uncap", report)
+            return "uncap" if done else None
         if isinstance(action, Reshape):
             done = self._scale(action.changes, d, scaled, "reshape", report)
             return "reshape" if done else None
@@ -523,6 +604,97 @@ class Controller:
                 warning=kind == "reshape" or not ok,
             )
         return done
+
+    def _limit(
+        self,
+        changes: Sequence[LimitChange],
+        d: int,
+        limits: dict[str, _LimitObject],
+        kind: str,
+        report: TickReport,
+    ) -> bool:
+        """Write the NodePowerLimit specs of one cap or uncap step (a merge patch with the
+        ``resourceVersion`` read: a request the agent or someone else changed since is
+        refused and decided again next period)."""
+        assert self.api is not None
+        s = self.settings
+        domain = self.state.tree.names[d]
+        done = False
+        for change in changes:
+            lo = limits.get(change.node)
+            by = set(lo.capped_by if lo is not None else ())
+            if kind == "cap":
+                by.add(domain)
+                spec: dict[str, Any] = {"wattsPerGpu": round(change.to_w, 1), "gpus": None}
+                verb = "is over its cap"
+            elif change.withdraw:
+                by = set()
+                spec = {"wattsPerGpu": None, "gpus": None}
+                verb = "has headroom"
+            else:
+                spec = {"wattsPerGpu": round(change.to_w, 1), "gpus": None}
+                verb = "has headroom"
+            annotation = ",".join(sorted(by)) or None
+            meta: dict[str, Any] = {"annotations": {s.capped_by_annotation: annotation}}
+            if lo is not None and lo.resource_version:
+                meta["resourceVersion"] = lo.resource_version
+            message = (
+                f"domain {domain} {verb}: power limit of {change.gpus} GPU(s) on "
+                f"{change.node} {change.from_w:.0f} W → {change.to_w:.0f} W per GPU "
+                f"({change.fraction:.0%} of the default {change.default_w:.0f} W)"
+                + (", request withdrawn" if kind == "uncap" and change.withdraw else "")
+            )
+            outcome = "dry-run" if s.dry_run else "done"
+            if s.dry_run:
+                # Decided as if applied, so a dry run walks the ladder as a real one would.
+                if by and not (kind == "uncap" and change.withdraw):
+                    self._dry_limits[change.node] = (change.to_w, tuple(sorted(by)))
+                else:
+                    self._dry_limits.pop(change.node, None)
+            else:
+                try:
+                    self.api.patch_node_power_limit(change.node, {"metadata": meta, "spec": spec})
+                except ApiRefused as exc:
+                    outcome = exc.reason
+                    message += f" — refused: {exc}"
+                else:
+                    if lo is not None:
+                        lo.capped_by = tuple(sorted(by))
+                        lo.resource_version = None  # changed: the next tick reads it again
+            ok = outcome in ("done", "dry-run")
+            done = done or ok
+            self._record(
+                report,
+                ActionRecord(kind, domain, change.node, message, s.dry_run, outcome),
+                PodRef("default", change.node, lo.uid if lo is not None else ""),
+                kind="NodePowerLimit",
+                api_version=f"{POWERCAP_GROUP}/{POWERCAP_VERSION}",
+                reason="PowerCapCapped" if kind == "cap" else "PowerCapUncapped",
+                warning=kind == "cap" or not ok,
+            )
+        return done
+
+    def _unavailable(self, d: int, note: str, gpus: Sequence[NodeGpus], report: TickReport) -> None:
+        """Say why power limits do not cover a breach (the ladder goes on to reshape or
+        evict): a Warning on each node (at most five) whose GPUs cannot be capped, else
+        on the domain's log line only."""
+        domain = self.state.tree.names[d]
+        prefix = "dry run, not done: " if self.settings.dry_run else ""
+        log.warning("domain %s: power limits do not cover the breach: %s", domain, note)
+        nodes = [n.node for n in gpus if not n.can_set and n.gpus > 0][:5]
+        for node in nodes:
+            self.events.emit(
+                Event(
+                    PodRef("default", node, ""),
+                    "PowerCapLimitsUnavailable",
+                    f"{prefix}domain {domain} is over its cap and power limits do not cover "
+                    f"it ({note}); reshaping or evicting instead",
+                    "Warning",
+                    kind="Node",
+                    api_version="v1",
+                    component=COMPONENT,
+                )
+            )
 
     def _evict(
         self, action: Evict, d: int, watts: Mapping[str, float], now: float, report: TickReport
@@ -833,6 +1005,150 @@ class Controller:
             resource_version=meta.get("resourceVersion") or None,
         )
 
+    def _limit_objects(self, nodes: Sequence[Any]) -> dict[str, _LimitObject] | None:
+        """NodePowerLimits by node; ``None`` when the rung is off or the CRD is missing
+        (the ladder then starts at reshape, as without the rung).
+
+        A node with GPUs and no NodePowerLimit gets an empty one (it asks nothing), so
+        its agent reports the GPUs' constraints and whether it can set limits before a
+        breach needs them; at most ``CREATE_PER_TICK`` a tick, none in dry-run."""
+        assert self.api is not None
+        if self.settings.capping is None:
+            return None
+        raw = self.api.node_power_limits()
+        if raw is None:
+            return None
+        out: dict[str, _LimitObject] = {}
+        for obj in raw:
+            lo = limit_object(obj, self.settings.capped_by_annotation)
+            if lo is not None:
+                out[lo.node] = lo
+        for node, (watts, by) in self._dry_limits.items():
+            if node in out:
+                out[node].limit_w, out[node].capped_by = watts, by
+        self.limit_ratio = {
+            lo.node: lo.limit_w / lo.default_w
+            for lo in out.values()
+            if lo.limit_w is not None and lo.default_w is not None
+        }
+        if self.settings.dry_run:
+            return out
+        missing = [n.name for n in nodes if n.gpus > 0 and n.name not in out]
+        for name in missing[:CREATE_PER_TICK]:
+            body = {
+                "apiVersion": f"{POWERCAP_GROUP}/{POWERCAP_VERSION}",
+                "kind": "NodePowerLimit",
+                "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "powercap"}},
+                "spec": {},
+            }
+            try:
+                self.api.create_node_power_limit(body)
+            except ApiRefused as exc:
+                log.warning("cannot create the NodePowerLimit of %s: %s", name, exc)
+        return out
+
+    def _node_gpus(
+        self,
+        d: int,
+        nodes: Sequence[Any],
+        node_w: FloatArray,
+        limits: Mapping[str, _LimitObject],
+    ) -> list[NodeGpus]:
+        """The GPU nodes of domain ``d`` as the capping rung sees them: in breach, every
+        one; out of breach, those this domain capped that no other breached domain holds.
+        A node without a NodePowerLimit status counts as one without an agent."""
+        s, tree = self.settings, self.state.tree
+        if s.capping is None:
+            return []
+        below = tree.membership[d]
+        name = tree.names[d]
+        in_breach = self.breach.in_breach
+        out: list[NodeGpus] = []
+        for node, w in zip(nodes, node_w, strict=True):
+            if node.gpus <= 0 or not below[node.leaf]:
+                continue
+            lo = limits.get(node.name)
+            if not in_breach[d]:
+                if lo is None or name not in lo.capped_by:
+                    continue
+                if any(
+                    x != name and x in tree.index and in_breach[tree.index[x]] for x in lo.capped_by
+                ):
+                    continue
+            pods = self.state.pods_on(node.name)
+            priorities = [self._class_or_service(p) for p in pods]
+            floors = [
+                s.floors[p.service] for p in pods if p.service is not None and p.service in s.floors
+            ]
+            busy = min(sum(p.gpus for p in pods), node.gpus) or node.gpus
+            draw = self._busy_gpu_watts(node, float(w), busy)
+            default = lo.default_w if lo is not None else None
+            if lo is None or default is None:
+                out.append(
+                    NodeGpus(node.name, busy, H100_DEFAULT_WATTS, H100_DEFAULT_WATTS, can_set=None)
+                )
+                continue
+            out.append(
+                NodeGpus(
+                    node.name,
+                    busy,
+                    limit_w=min(lo.limit_w or default, default),
+                    default_w=default,
+                    min_w=lo.min_w,
+                    draw_w=draw,
+                    priority=max(priorities) if priorities else None,
+                    floor=max(floors) if floors else None,
+                    can_set=lo.can_set,
+                    curve=DEFAULT_CURVE,
+                )
+            )
+        return out
+
+    def _busy_gpu_watts(self, node: Any, node_w: float, busy: int) -> float:
+        """What one GPU holding a pod draws now, from the node's measured watts: its GPU
+        part (less the configured non-GPU watts) less the idle draw of the GPUs without a
+        pod (the node's idle watts above the non-GPU part, shared by its GPUs), over the
+        busy GPUs. NaN without a reading. A limit frees only what a GPU draws above it, and
+        idle GPUs draw below any floor, so the cap is sized on the busy ones."""
+        if not math.isfinite(node_w) or node.gpus <= 0 or busy <= 0:
+            return math.nan
+        power = self.config.power
+        non_gpu = power.non_gpu_watts(node.name) if power is not None else 0.0
+        gpu_idle = max(float(node.idle_watts) - non_gpu, 0.0) / node.gpus
+        return float(node_w - non_gpu - (node.gpus - busy) * gpu_idle) / busy
+
+    def _throughput_lost(self, nodes: Sequence[Any], limits: Mapping[str, _LimitObject]) -> None:
+        """Per domain, the relative throughput its busy GPUs lose at their limits now
+        (by the default curve): 1 − Σ gpus × throughput(limit) / Σ gpus."""
+        tree = self.state.tree
+        if self.settings.capping is None:
+            return
+        gpus = np.zeros(tree.size)
+        kept = np.zeros(tree.size)
+        curve = DEFAULT_CURVE
+        for node in nodes:
+            lo = limits.get(node.name)
+            busy = min(sum(p.gpus for p in self.state.pods_on(node.name)), node.gpus)
+            if busy <= 0:
+                continue
+            ratio = 1.0
+            if lo is not None and lo.limit_w is not None and lo.default_w is not None:
+                ratio = min(1.0, max(curve.floor, lo.limit_w / lo.default_w))
+            gpus[node.leaf] += busy
+            kept[node.leaf] += busy * curve.at(ratio)
+        total = rollup_watts(tree.membership, gpus)
+        held = rollup_watts(tree.membership, kept)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lost = np.where(total > 0, 1.0 - held / np.where(total > 0, total, 1.0), 0.0)
+        self.lost = {name: float(lost[d]) for d, name in enumerate(tree.names)}
+
+    def _class_or_service(self, pod: PodRecord) -> int:
+        """A pod's PriorityClass value, else its service's configured priority."""
+        if pod.priority is not None:
+            return pod.priority
+        entry = self.config.services.get(pod.service) if pod.service is not None else None
+        return entry.priority if entry is not None else 0
+
     def _pod_watts(self, nodes: Sequence[Any], node_w: FloatArray, slot: int) -> dict[str, float]:
         out: dict[str, float] = {}
         for node, w in zip(nodes, node_w, strict=True):
@@ -964,6 +1280,10 @@ class Controller:
             m.in_breach.labels(name).set(1.0 if in_breach[d] else 0.0)
             m.domain_stale.labels(name).set(1.0 if events.stale[d] else 0.0)
             m.feedback.labels(name).set(float(raised[d]))
+            if name in self.lost:
+                m.throughput_lost.labels(name).set(self.lost[name])
+        for node, ratio in self.limit_ratio.items():
+            m.gpu_limit.labels(node).set(ratio)
         counts = {"fresh": 0, "stale": 0, "missing": 0}
         for r in readings.nodes.values():
             counts[str(r.status)] = counts.get(str(r.status), 0) + 1

@@ -38,6 +38,9 @@ FORMAT_VERSION = 1
 DATA_KEY = "memory.json"
 WRITER_ANNOTATION = "powercap.io/written-by"
 STEP_KINDS = ("reshape", "evict", "restore")
+# Power-limit steps are kept under their own key, which readers without the power-limit
+# rung ignore: a memory written by either version reads back in the other.
+LIMIT_STEP_KINDS = ("cap", "uncap")
 
 
 class StateStoreError(RuntimeError):
@@ -64,11 +67,8 @@ class ControllerMemory:
         doc = {
             "version": FORMAT_VERSION,
             "breachSince": {d: t for d, t in sorted(self.breach_since.items())},
-            "steps": {
-                d: [[s.kind, s.at] for s in sorted(steps, key=lambda s: (s.at, s.kind))]
-                for d, steps in sorted(self.steps.items())
-                if steps
-            },
+            "steps": _steps_doc(self.steps, STEP_KINDS),
+            "limitSteps": _steps_doc(self.steps, LIMIT_STEP_KINDS),
             "evictions": {d: sorted(ts) for d, ts in sorted(self.evictions.items()) if ts},
             "clusterEvictions": sorted(self.cluster_evictions),
         }
@@ -84,9 +84,13 @@ class ControllerMemory:
             raise ValueError(f"not JSON: {exc}") from exc
         if not isinstance(doc, dict) or doc.get("version") != FORMAT_VERSION:
             raise ValueError(f"not a version {FORMAT_VERSION} controller memory")
+        steps: dict[str, tuple[Step, ...]] = {}
+        for key, kinds in (("steps", STEP_KINDS), ("limitSteps", LIMIT_STEP_KINDS)):
+            for d, v in _mapping(doc, key).items():
+                steps[d] = (*steps.get(d, ()), *(_step(s, kinds) for s in _list(v)))
         return ControllerMemory(
             breach_since={d: _time(t) for d, t in _mapping(doc, "breachSince").items()},
-            steps={d: tuple(_step(s) for s in _list(v)) for d, v in _mapping(doc, "steps").items()},
+            steps=steps,
             evictions={
                 d: tuple(_time(t) for t in _list(v)) for d, v in _mapping(doc, "evictions").items()
             },
@@ -143,10 +147,21 @@ def _time(value: Any) -> float:
     return float(value)
 
 
-def _step(value: Any) -> Step:
-    if not (isinstance(value, list) and len(value) == 2 and value[0] in STEP_KINDS):
-        raise ValueError(f"expected a step [kind, time], got {value!r}")
+def _step(value: Any, kinds: tuple[str, ...] = STEP_KINDS) -> Step:
+    if not (isinstance(value, list) and len(value) == 2 and value[0] in kinds):
+        raise ValueError(f"expected a step [kind, time] of {'/'.join(kinds)}, got {value!r}")
     return Step(value[0], _time(value[1]))
+
+
+def _steps_doc(
+    steps: Mapping[str, tuple[Step, ...]], kinds: tuple[str, ...]
+) -> dict[str, list[list[Any]]]:
+    out: dict[str, list[list[Any]]] = {}
+    for d, domain_steps in sorted(steps.items()):
+        kept = sorted((s for s in domain_steps if s.kind in kinds), key=_step_key)
+        if kept:
+            out[d] = [[s.kind, s.at] for s in kept]
+    return out
 
 
 # --- where it is kept ---------------------------------------------------------------------

@@ -5,6 +5,9 @@ one tick (:class:`DomainStatus`, the :class:`ScaledService` entries with replica
 the :class:`Step` history) and returns one :class:`Action`: :class:`Wait`,
 :class:`Reshape`, :class:`Evict`, :class:`Restore` or :class:`Idle`. It takes one step per
 call; the controller applies it, records a :class:`Step` and calls again on later ticks.
+With GPUs to cap (:mod:`placement.control.capping`) the first rung is :class:`Cap`, and
+limits come back through :class:`Uncap`; reshape and evict take only what capping
+cannot cover.
 :func:`reshape_plan` and :func:`restore_plan` size the ScaledObject changes
 (:class:`ScaleChange`); :func:`rate_budget` and :func:`eviction_budget` apply the
 sliding-window :class:`RateLimit`; :class:`LadderSettings` holds the settle periods and
@@ -25,8 +28,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 from placement.control.breach import BreachState, TickEvents
+from placement.control.capping import (
+    MIN_STEP_W,
+    CapPlan,
+    CapSettings,
+    LimitChange,
+    NodeGpus,
+    plan_cap,
+    plan_uncap,
+)
 
-StepKind = Literal["reshape", "evict", "restore"]
+StepKind = Literal["cap", "uncap", "reshape", "evict", "restore"]
 
 
 @dataclass(frozen=True)
@@ -45,9 +57,17 @@ class LadderSettings:
     restore_settle_s: float = 300.0
     reshape_rounds: int = 1
     restore_margin: float = 0.10
+    cap_settle_s: float = 30.0
+    uncap_settle_s: float = 120.0
 
     def __post_init__(self) -> None:
-        for name in ("reshape_settle_s", "evict_settle_s", "restore_settle_s"):
+        for name in (
+            "reshape_settle_s",
+            "evict_settle_s",
+            "restore_settle_s",
+            "cap_settle_s",
+            "uncap_settle_s",
+        ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be ≥ 0, got {value}")
@@ -58,6 +78,8 @@ class LadderSettings:
 
     def settle_s(self, kind: StepKind) -> float:
         return {
+            "cap": self.cap_settle_s,
+            "uncap": self.uncap_settle_s,
             "reshape": self.reshape_settle_s,
             "evict": self.evict_settle_s,
             "restore": self.restore_settle_s,
@@ -167,17 +189,21 @@ class Wait:
 
 @dataclass(frozen=True)
 class Reshape:
+    """``note``: why power limits do not cover the overage ('' when capping is off)."""
+
     changes: tuple[ScaleChange, ...]
     expected_w: float  # watts the lowered replicas draw now, if they leave this domain
+    note: str = ""
 
 
 @dataclass(frozen=True)
 class Evict:
     """Hand over to :func:`placement.control.victims.choose_victims` with these arguments and
-    ``priority_threshold=settings.protect_priority``."""
+    ``priority_threshold=settings.protect_priority``; ``note`` as for :class:`Reshape`."""
 
     overage_w: float
     max_victims: int
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -185,7 +211,21 @@ class Restore:
     changes: tuple[ScaleChange, ...]
 
 
-Action = Idle | Wait | Reshape | Evict | Restore
+@dataclass(frozen=True)
+class Cap:
+    """Lower power limits: the step of :func:`placement.control.capping.plan_cap`."""
+
+    plan: CapPlan
+
+
+@dataclass(frozen=True)
+class Uncap:
+    """Raise power limits one step (:func:`placement.control.capping.plan_uncap`)."""
+
+    changes: tuple[LimitChange, ...]
+
+
+Action = Idle | Wait | Cap | Uncap | Reshape | Evict | Restore
 
 
 def next_action(
@@ -196,42 +236,77 @@ def next_action(
     now: float,
     settings: LadderSettings,
     evictions_allowed: int,
+    gpus: Sequence[NodeGpus] = (),
+    capping: CapSettings | None = None,
 ) -> Action:
     """The next rung for one domain; see the module docstring for the order.
 
     ``history`` is the steps taken in this domain (any order; older ones are ignored
-    where they do not matter), ``evictions_allowed`` the rate budget left now.
+    where they do not matter), ``evictions_allowed`` the rate budget left now. ``gpus``
+    are the domain's nodes with GPUs (for a domain out of breach: those it capped and no
+    other breached domain holds); ``capping`` ``None`` turns the power-limit rung off.
     """
     if status.stale:
         return Wait("no power data for this domain")
-    last = max(history, key=lambda s: s.at, default=None)
     if status.in_breach:
-        this_breach = [s for s in history if s.at >= status.breach_since]
-        if this_breach:
-            latest = max(this_breach, key=lambda s: s.at)
-            until = latest.at + settings.settle_s(latest.kind)
-            if now < until:
-                return Wait(f"waiting for the effect of {latest.kind}", until)
-        reshapes = sum(1 for s in this_breach if s.kind == "reshape")
-        if reshapes < settings.reshape_rounds:
-            changes, expected = reshape_plan(services, status.to_clear_w, settings)
-            if changes:
-                return Reshape(changes, expected)
-        if evictions_allowed <= 0:
-            return Wait("eviction rate limit reached")
-        return Evict(status.to_clear_w, evictions_allowed)
-
-    if not any(s.lowered for s in services):
+        return _in_breach(
+            status, services, history, now, settings, evictions_allowed, gpus, capping
+        )
+    last = max(history, key=lambda s: s.at, default=None)
+    capped = capping is not None and any(n.capped for n in gpus)
+    if not capped and not any(s.lowered for s in services):
         return Idle()
     if last is not None:
         until = last.at + max(settings.settle_s(last.kind), settings.restore_settle_s)
+        if capped:
+            until = last.at + max(settings.settle_s(last.kind), settings.uncap_settle_s)
         if now < until:
             return Wait(f"letting {last.kind} settle before restoring", until)
     headroom = status.cap_w * (1.0 - settings.restore_margin) - status.measured_w
+    if capped:
+        # Limits first: with limits in force the measured draw understates demand, so
+        # they are raised (and measured) before replicas come back.
+        assert capping is not None
+        raised = plan_uncap(gpus, headroom, capping)
+        if raised:
+            return Uncap(raised)
+        return Wait("waiting for headroom to raise power limits")
     changes = restore_plan(services, headroom)
     if not changes:
         return Wait("waiting for headroom to restore")
     return Restore(changes)
+
+
+def _in_breach(
+    status: DomainStatus,
+    services: Sequence[ScaledService],
+    history: Sequence[Step],
+    now: float,
+    settings: LadderSettings,
+    evictions_allowed: int,
+    gpus: Sequence[NodeGpus],
+    capping: CapSettings | None,
+) -> Action:
+    this_breach = [s for s in history if s.at >= status.breach_since]
+    if this_breach:
+        latest = max(this_breach, key=lambda s: s.at)
+        until = latest.at + settings.settle_s(latest.kind)
+        if now < until:
+            return Wait(f"waiting for the effect of {latest.kind}", until)
+    note = ""
+    if capping is not None:
+        plan = plan_cap(gpus, status.to_clear_w, cap_w=status.cap_w, settings=capping)
+        if plan.changes and plan.freed_w >= MIN_STEP_W:
+            return Cap(plan)
+        note = plan.why or "power limits are at their floors"
+    reshapes = sum(1 for s in this_breach if s.kind == "reshape")
+    if reshapes < settings.reshape_rounds:
+        changes, expected = reshape_plan(services, status.to_clear_w, settings)
+        if changes:
+            return Reshape(changes, expected, note)
+    if evictions_allowed <= 0:
+        return Wait("eviction rate limit reached")
+    return Evict(status.to_clear_w, evictions_allowed, note)
 
 
 def reshape_plan(
