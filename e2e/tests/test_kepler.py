@@ -145,9 +145,16 @@ def test_the_kepler_preset_reads_gpu_and_cpu_watts_through_prometheus() -> None:
             )
 
         # 2. The rogue job's series count only without the selector, in GPU and CPU alike.
-        everything = trusting.read(names, at=time.time() - 0.5)
-        assert everything.complete
+        # (Polled as step 1 is: under load a scrape late by a second moves one rate()
+        # read past the tolerance; a read that never settles still fails.)
         rogue_now = rogue.snapshot()
+        both = {n: expected.node_watts[n] + rogue_now.node_watts[n] for n in names}
+        everything = poll(
+            "the rogue job's watts too",
+            lambda: trusting.read(names, at=time.time() - 0.5),
+            steady(both),
+            timeout_s=RATE_WAIT_S,
+        )
         for name in names:
             assert everything.nodes[name].watts == pytest.approx(
                 expected.node_watts[name] + rogue_now.node_watts[name], rel=REL

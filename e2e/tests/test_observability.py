@@ -28,6 +28,7 @@ import orjson
 import pytest
 import yaml
 
+from e2e.agents import simulated_agents
 from e2e.cluster import TEST_LOG_DIR, cluster, free_ports
 from e2e.controlled import (
     create_bare_pods,
@@ -283,15 +284,20 @@ def test_stale_data_alert_no_action_and_every_query_returns_series() -> None:
         create_nodes(client, problem)
         create_bare_pods(core, ["gpu-a1"] * PODS)
         sim_pods = StaticPods()
+        nodes = sim_nodes(problem)
+        # Agents on the nodes, so the controller's power-limit series have values too; they
+        # may not set limits, so the ladder goes on to the eviction this test checks.
+        agents = simulated_agents(c, {n.name: n.gpus for n in nodes}, settable=False)
         sim = PowerSimulator(
-            sim_nodes(problem),
+            nodes,
             grid_profiles(problem),
             sim_pods,
             clock=SimClock(start_s=time.time()),
+            limits=agents,
         )
         address = sim.start()
         try:
-            with pod_feed(core, sim_pods):
+            with agents, pod_feed(core, sim_pods):
                 data_jobs = [ScrapeJob("powersim", [address])]
                 with prometheus(data_jobs, TEST_LOG_DIR) as data:
                     data.wait_for_targets()
