@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,14 +28,20 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from benchmarks.quality import DATA, FOLDERS, STRATEGIES, replay_check, servegen_folders
+from benchmarks.quality import (
+    DATA,
+    FOLDERS,
+    STRATEGIES,
+    replay_check,
+    servegen_folders,
+    timed_plan,
+)
 from placement.metrics import evaluate
 from placement.powermodel import H100_LLAMA70B_TP4
 from placement.problem import Problem
 from placement.provisioning import at_limit, provisioning_of, throughput_hosted, uncapped
 from placement.scenario.building import problem_from_spec
 from placement.scenario.servegen import Topology, build_servegen, replay_watts
-from placement.strategies import run_strategy
 from placement.throughput import capped_profile
 
 COLUMNS = (
@@ -81,12 +86,7 @@ def run_limit(
     filled when empty and compared with otherwise."""
     rows: list[dict[str, Any]] = []
     for name in STRATEGIES:
-        options: dict[str, Any] = (
-            {"time_limit_s": time_limit_s, "workers": workers} if name == "cpsat" else {}
-        )
-        began = time.perf_counter()
-        plan = run_strategy(name, problem, **options)
-        wall = time.perf_counter() - began
+        plan, wall = timed_plan(name, problem, time_limit_s=time_limit_s, workers=workers)
         m = evaluate(problem, plan.assignment)
         weighted = throughput_hosted(problem, plan.assignment.hosted)
         base = baseline.setdefault(name, weighted)

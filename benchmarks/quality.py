@@ -44,7 +44,7 @@ from placement.problem import Problem
 from placement.scenario.building import problem_from_spec
 from placement.scenario.servegen import TIER_PRIORITIES as TIERS
 from placement.scenario.servegen import Topology, build_servegen, replay_watts
-from placement.strategies import run_strategy
+from placement.strategies import Plan, run_strategy
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "servegen"
 FOLDERS = ("language/m-large", "language/m-mid")
@@ -83,6 +83,19 @@ COLUMNS = (
 
 def _pct(x: float | None) -> str:
     return "—" if x is None else f"{x:+.1%}"
+
+
+def timed_plan(
+    name: str, problem: Problem, *, time_limit_s: float, workers: int
+) -> tuple[Plan, float]:
+    """Strategy ``name``'s plan of ``problem`` and its wall time in seconds (CP-SAT with
+    ``time_limit_s`` and ``workers``; the other strategies take no options)."""
+    options: dict[str, Any] = (
+        {"time_limit_s": time_limit_s, "workers": workers} if name == "cpsat" else {}
+    )
+    began = time.perf_counter()
+    plan = run_strategy(name, problem, **options)
+    return plan, time.perf_counter() - began
 
 
 def replay_check(
@@ -142,12 +155,7 @@ def run_seed(
     metrics: dict[str, Metrics] = {}
     rows: list[dict[str, Any]] = []
     for name in STRATEGIES:
-        options: dict[str, Any] = (
-            {"time_limit_s": time_limit_s, "workers": workers} if name == "cpsat" else {}
-        )
-        began = time.perf_counter()
-        plan = run_strategy(name, problem, **options)
-        wall = time.perf_counter() - began
+        plan, wall = timed_plan(name, problem, time_limit_s=time_limit_s, workers=workers)
         m = evaluate(problem, plan.assignment)
         metrics[name] = m
         hosted = plan.assignment.hosted
