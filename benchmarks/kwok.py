@@ -5,6 +5,7 @@ the live placement gets to the offline plan.
     python -m benchmarks.kwok servegen              # ServeGen scenario: live vs offline cpsat
     python -m benchmarks.kwok throughput --nodes 200 --pods 2000   # a quicker look
     python -m benchmarks.kwok replay                # ServeGen days 8–14 replayed, ± controller
+    python -m benchmarks.kwok replay --power-limits both   # … and capping vs evict-only
 
 Quality bars (DESIGN / issue 4):
 
@@ -21,9 +22,12 @@ Quality bars (DESIGN / issue 4):
   ``reservePlan``) ≥ 97% of the offline cpsat plan, with zero predicted violations.
 * **replay** — the same scenario placed through the extender, then the traces' days after
   training (8–14 by default) replayed as measured power (``powercap whatif --kwok
-  --replay``), once without and once with the companion controller, each on its own
-  cluster: breach domain-minutes per day (the power simulator's ground truth) with the
-  controller ≤ 10% of the figure without it, and evictions per day.
+  --replay``), once without and once with the companion controller, on the same
+  cluster and placement: breach domain-minutes per day (the power simulator's ground truth) with the
+  controller ≤ 10% of the figure without it, and evictions per day. With
+  ``--power-limits both`` (issue 15) the window is replayed a third time: the controller
+  capping GPUs first, then (after it) evict-only; goal: at least 80% fewer evictions with
+  power limits at equal or lower breach minutes, with the throughput lost stated.
 """
 
 from __future__ import annotations
@@ -32,12 +36,12 @@ import argparse
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from e2e.backend import run_on_kwok
-from placement.cluster_run import DAY_S, ClusterRun, LiveSettings, ReplaySettings
+from placement.cluster_run import DAY_S, ClusterRun, LiveSettings, ReplayOutcome, ReplaySettings
 from placement.metrics import evaluate
 from placement.powermodel import H100_LLAMA70B_TP4
 from placement.problem import Problem
@@ -52,6 +56,7 @@ FOLDERS = ("language/m-large", "language/m-mid")
 BAR_THROUGHPUT = 0.50
 BAR_LIVE_VS_PLAN = 0.97
 BAR_REPLAY = 0.10
+BAR_FEWER_EVICTIONS = 0.80  # power limits: evictions cut by at least this share
 TRAIN_DAYS = 7
 OUT = Path("out") / "benchmarks"
 
@@ -235,10 +240,20 @@ def _servegen(data: Path) -> Any:
 
 
 def bench_replay(
-    data: Path, time_limit_s: float, first: int, *, last: int, speed: float, baseline_speed: float
+    data: Path,
+    time_limit_s: float,
+    first: int,
+    *,
+    last: int,
+    speed: float,
+    baseline_speed: float,
+    power_limits: str = "off",
 ) -> int:
     """Days ``first``..``last`` of the traces (1-based; training is days 1–7) replayed on
-    the live placement, without then with the controller."""
+    the live placement: without the controller, then with it. ``power_limits`` ``on``
+    lets the controller cap GPUs (simulated agents on every node); ``both`` replays the
+    window a third time, the controller on but without power limits, so the cap rung is
+    judged against the evict-only ladder on the same placement."""
     if not TRAIN_DAYS < first <= last:
         raise SystemExit(f"--days must be within the days after training (> {TRAIN_DAYS})")
     built = _servegen(data)
@@ -255,12 +270,14 @@ def bench_replay(
     path = OUT / "servegen-replay.json"
     write_replay(path, watts)
     days = last - first + 1
+    controlled = days * DAY_S / speed / 60
     print(
         f"replay: {svc.size} services, demand {int(svc.demand.sum())} replicas on "
         f"{problem.fleet.size} nodes; trace days {first}–{last} ({path}) without the "
         f"controller at speed {baseline_speed:g} ({days * DAY_S / baseline_speed / 60:.1f} min), "
-        f"with it at speed {speed:g} ({days * DAY_S / speed / 60:.1f} min); "
-        f"cpsat planner {time_limit_s:g} s"
+        f"with it at speed {speed:g} ({controlled:.1f} min"
+        f"{', twice: power limits on, then off' if power_limits == 'both' else ''}); "
+        f"power limits {power_limits}; cpsat planner {time_limit_s:g} s"
     )
     replay = ReplaySettings(
         watts=watts,
@@ -269,9 +286,12 @@ def bench_replay(
         duration_s=days * DAY_S,
         speed=speed,
         controller=True,
+        power_limits=power_limits != "off",
     )
     started = time.monotonic()
-    # One placement, replayed twice: without the controller (nothing moves), then with it.
+    # One placement, replayed two or three times: without the controller (nothing
+    # moves), then with it; with ``both``, capping first, so that the evict-only window
+    # after it starts from the same placement unless capping evicted too.
     run = run_on_kwok(
         problem,
         LiveSettings(
@@ -281,65 +301,98 @@ def bench_replay(
             replay=replay,
             baseline=True,
             baseline_speed=baseline_speed,
+            without_limits=power_limits == "both",
         ),
         _step("replay"),
     )
-    off, on = run.baseline, run.replay
-    assert off is not None and on is not None
+    assert run.baseline is not None and run.replay is not None
+    passes: dict[str, ReplayOutcome] = {"off": run.baseline}
+    if run.without_limits is not None:
+        passes["evict only"] = run.without_limits
+    passes["caps" if power_limits != "off" else "on"] = run.replay
     m = evaluate(problem, run.assignment)
     print(
         f"  placed: {m.hosted_total} hosted, {m.violations} predicted violations; "
         f"{time.monotonic() - started:.0f} s in all",
         flush=True,
     )
-    for mode, r in (("off", off), ("on", on)):
+    for mode, r in passes.items():
         print(
             f"  controller {mode}: {r.breach_domain_minutes:,.1f} breach domain-minutes; "
-            f"actions {dict(r.actions)}; evicted by priority {dict(r.evicted_by_priority)}",
+            f"actions {dict(r.actions)}; evicted by priority {dict(r.evicted_by_priority)}; "
+            f"throughput lost {r.throughput_lost_fraction:.3%}",
             flush=True,
         )
-    rows = []
-    for d in range(first - TRAIN_DAYS - 1, last - TRAIN_DAYS):
-        b_off = off.daily_breach_minutes.get(d, 0.0)
-        b_on = on.daily_breach_minutes.get(d, 0.0)
-        rows.append(
-            {
-                "day": d + TRAIN_DAYS + 1,
-                "breach off": f"{b_off:,.1f}",
-                "breach on": f"{b_on:,.1f}",
-                "on/off": f"{b_on / b_off:.1%}" if b_off else "—",
-                "evictions on": on.evictions_by_day.get(d, 0),
-            }
-        )
-    before = sum(n for d, n in on.evictions_by_day.items() if d < first - TRAIN_DAYS - 1)
-    rows.append(
-        {
-            "day": "total",
-            "breach off": f"{off.breach_domain_minutes:,.1f}",
-            "breach on": f"{on.breach_domain_minutes:,.1f}",
-            "on/off": (
-                f"{on.breach_domain_minutes / off.breach_domain_minutes:.1%}"
-                if off.breach_domain_minutes
-                else "—"
-            ),
-            "evictions on": sum(on.evictions_by_day.values()),
-        }
-    )
+    first_day = first - TRAIN_DAYS - 1
+    rows = [
+        _replay_day_row(passes, d + TRAIN_DAYS + 1, d) for d in range(first_day, last - TRAIN_DAYS)
+    ]
+    rows.append(_replay_day_row(passes, "total", None))
     _table(rows)
-    if before:
-        print(f"  ({before} evictions before the window's first day)")
-    for mode, r in (("off", off), ("on", on)):
+    for mode, r in passes.items():
+        before = sum(n for d, n in r.evictions_by_day.items() if d < first_day)
+        if before:
+            print(f"  ({mode}: {before} evictions before the window's first day)")
         worst = sorted(r.domain_breach_minutes.items(), key=lambda kv: -kv[1])[:8]
         print(f"  {mode}: breach minutes by domain {dict(worst)}")
+    off = run.baseline
     if not off.breach_domain_minutes:
         print("verdict: nothing breached without the controller; nothing to judge")
         return 0
-    share = on.breach_domain_minutes / off.breach_domain_minutes
-    print(
-        f"verdict: with the controller {share:.1%} of the uncontrolled breach domain-minutes "
-        f"(goal ≤ {BAR_REPLAY:.0%}): {'met' if share <= BAR_REPLAY else 'NOT met'}"
-    )
+    for mode, r in passes.items():
+        if mode == "off":
+            continue
+        share = r.breach_domain_minutes / off.breach_domain_minutes
+        print(
+            f"verdict: controller {mode}: {share:.1%} of the uncontrolled breach domain-minutes "
+            f"(goal ≤ {BAR_REPLAY:.0%}): {'met' if share <= BAR_REPLAY else 'NOT met'}"
+        )
+    if "evict only" in passes:
+        evict, caps = passes["evict only"], passes["caps"]
+        n_evict, n_caps = _evictions(evict), _evictions(caps)
+        fewer = 1 - n_caps / n_evict if n_evict else None
+        equal_or_lower = caps.breach_domain_minutes <= evict.breach_domain_minutes
+        met = fewer is not None and fewer >= BAR_FEWER_EVICTIONS and equal_or_lower
+        print(
+            f"verdict: power limits: {n_caps} evictions against {n_evict} evict-only"
+            f"{f' ({fewer:.0%} fewer)' if fewer is not None else ''}, breach "
+            f"{caps.breach_domain_minutes:,.1f} against {evict.breach_domain_minutes:,.1f} "
+            f"domain-minutes, throughput lost {caps.throughput_lost_fraction:.3%} "
+            f"(goal ≥ {BAR_FEWER_EVICTIONS:.0%} fewer evictions at equal or lower breach "
+            f"minutes): {'met' if met else 'NOT met'}"
+        )
     return 0
+
+
+def _evictions(r: ReplayOutcome) -> int:
+    return sum(r.evicted_by_priority.values())
+
+
+def _replay_day_row(
+    passes: Mapping[str, ReplayOutcome], label: int | str, day: int | None
+) -> dict[str, Any]:
+    """One row of the replay table: breach minutes of each pass (and the share of the
+    uncontrolled figure) and evictions of each controlled pass, on replay day ``day``
+    (``None``: the whole window)."""
+    off = passes["off"]
+
+    def breach(r: ReplayOutcome) -> float:
+        return r.breach_domain_minutes if day is None else r.daily_breach_minutes.get(day, 0.0)
+
+    def evictions(r: ReplayOutcome) -> int:
+        return sum(r.evictions_by_day.values()) if day is None else r.evictions_by_day.get(day, 0)
+
+    row: dict[str, Any] = {"day": label, "breach off": f"{breach(off):,.1f}"}
+    for mode, r in passes.items():
+        if mode == "off":
+            continue
+        b = breach(r)
+        row[f"breach {mode}"] = f"{b:,.1f}"
+        row[f"{mode}/off"] = f"{b / breach(off):.1%}" if breach(off) else "—"
+    for mode, r in passes.items():
+        if mode != "off":
+            row[f"evictions {mode}"] = evictions(r)
+    return row
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -366,6 +419,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=600.0,
         help="simulated s per wall s without the controller (nothing acts: only sampling)",
     )
+    rp.add_argument(
+        "--power-limits",
+        choices=("off", "on", "both"),
+        default="off",
+        help="the controller may cap GPUs (on); both: also the same window evict-only after it",
+    )
     args = parser.parse_args(argv)
     print(f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}")
     if args.which == "throughput":
@@ -378,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             last=args.last_day,
             speed=args.speed,
             baseline_speed=args.baseline_speed,
+            power_limits=args.power_limits,
         )
     return bench_servegen(args.data, args.time_limit)
 

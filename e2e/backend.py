@@ -211,7 +211,7 @@ def run_on_kwok(
                 client, problem, clock, timeout_s=settings.settle_timeout_s, alive=schedulers.alive
             )
             laps("schedule_s")
-            replayed, baseline = replay_outcomes(
+            replayed, baseline, without_limits = replay_outcomes(
                 c,
                 core,
                 problem,
@@ -233,6 +233,7 @@ def run_on_kwok(
         planner=schedulers.planner,
         replay=replayed,
         baseline=baseline,
+        without_limits=without_limits,
     )
 
 
@@ -301,12 +302,14 @@ def replay_outcomes(
     extender: tuple[Process, ExtenderPorts] | None,
     step: Callable[[str], None],
     laps: Laps,
-) -> tuple[ReplayOutcome | None, ReplayOutcome | None]:
-    """The replay of ``settings.replay`` on the placed cluster and, with
-    ``settings.baseline``, the same window without the controller run before it (laps
-    ``baseline_s`` and ``replay_s``); ``(None, None)`` without a replay."""
+) -> tuple[ReplayOutcome | None, ReplayOutcome | None, ReplayOutcome | None]:
+    """The replay of ``settings.replay`` on the placed cluster; with
+    ``settings.baseline``, the same window without the controller run before it; with
+    ``settings.without_limits``, the same window after it with the controller but no
+    power limits (laps ``baseline_s``, ``replay_s``, ``without_limits_s``). ``(None,
+    None, None)`` without a replay."""
     if settings.replay is None:
-        return None, None
+        return None, None, None
     from e2e.replay import replay_window
 
     baseline: ReplayOutcome | None = None
@@ -327,7 +330,7 @@ def replay_outcomes(
             step=step,
         )
         laps("baseline_s")
-    replayed, _ = replay_window(
+    replayed, running = replay_window(
         c,
         core,
         problem,
@@ -338,4 +341,17 @@ def replay_outcomes(
         step=step,
     )
     laps("replay_s")
-    return replayed, baseline
+    without_limits: ReplayOutcome | None = None
+    if settings.without_limits and extender is not None and running is not None:
+        without_limits, _ = replay_window(
+            c,
+            core,
+            problem,
+            replay=replace(settings.replay, power_limits=False),
+            planner=choice,
+            extender=(running, extender[1]),
+            log_dir=LOG_DIR,
+            step=step,
+        )
+        laps("without_limits_s")
+    return replayed, baseline, without_limits

@@ -123,7 +123,7 @@ def scrape_interval(speed: float) -> float:
 
 def controller_section(replay: ReplaySettings) -> dict[str, Any]:
     """The ``controller:`` section for a replay: simulated timings divided by the speed,
-    the feedback hold (a day, the shipped default) included."""
+    the feedback hold (a day, the shipped default) and the power-limit steps included."""
 
     def dur(sim_s: float, minimum: float = 0.0) -> str:
         wall = wall_seconds(sim_s, replay.speed, minimum)
@@ -144,6 +144,16 @@ def controller_section(replay: ReplaySettings) -> dict[str, Any]:
             "cluster": {"limit": 5, "window": window},
         },
         "feedback": {"hold": dur(replay.hold_s)},
+        # Off, the controller neither caps nor reads NodePowerLimits (those an earlier
+        # window left behind must not look like agents). A cap step waits for two scrapes
+        # at least, so it is judged on measurements taken after it.
+        "powerLimits": {
+            "enabled": replay.power_limits,
+            "settle": {
+                "cap": dur(replay.settle_cap_s, 2 * scrape_interval(replay.speed)),
+                "restore": dur(replay.settle_uncap_s),
+            },
+        },
         "victimTimeLimit": "1s",
         "lease": {
             "namespace": LEASE_NAMESPACE,
@@ -377,6 +387,8 @@ def replay_window(
         return clock_box[0].now() if clock_box else start
 
     running = extender[0] if extender is not None else None
+    # Evictions are counted from Events, which outlive a window: only this window's count.
+    evicted_before = evicted_pods(core) if replay.controller else set()
     acting: tuple[Process, int] | None = None  # the controller, with the controller on
     with (
         _agents(c, problem, replay) as agents,
@@ -439,7 +451,7 @@ def replay_window(
             agents,
             controller=acting is not None,
         )
-        evicted = evicted_pods(core) if replay.controller else set()
+        evicted = evicted_pods(core) - evicted_before if replay.controller else set()
         if acting is not None:  # nothing acts on the cluster after its window
             acting[0].stop()
 

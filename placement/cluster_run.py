@@ -52,6 +52,10 @@ class ReplaySettings:
     settle_evict_s: float = 60.0
     settle_restore_s: float = 300.0
     hold_s: float = float(DAY_S)
+    # The shipped power-limit step timings (``controller.powerLimits.settle``): how long a
+    # cap step gets to show in the measurements, and how long limits stay before raising.
+    settle_cap_s: float = 30.0
+    settle_uncap_s: float = 120.0
     # A simulated powercap agent on every fake node: GPUs hold to their power limits (the
     # default one until the controller asks less) and the controller may cap them.
     power_limits: bool = False
@@ -111,7 +115,11 @@ class LiveSettings:
     without the controller, so the second window starts from the same pods): the fair
     "without" figure, free of the run-to-run variation of placing twice. Nothing acts
     in it, so it may run at its own ``baseline_speed`` (default: the replay's): the
-    speed only sets how often the ground truth is sampled."""
+    speed only sets how often the ground truth is sampled. With ``without_limits`` a
+    replay that caps GPUs (``replay.power_limits``) is followed by the same window once
+    more, the controller on but no power limits (its ladder then reshapes and evicts):
+    the contrast for the cap rung, on the same cluster (the capped window runs first, so
+    a placement it leaves unchanged is the one the contrast starts from)."""
 
     scheduler: str = "powercap"
     stock_default: bool = True
@@ -122,6 +130,7 @@ class LiveSettings:
     replay: ReplaySettings | None = None
     baseline: bool = False
     baseline_speed: float | None = None
+    without_limits: bool = False
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -132,6 +141,12 @@ class LiveSettings:
             raise ValueError("the controller runs in the extender: replay it with powercap")
         if self.baseline and (self.replay is None or not self.replay.controller):
             raise ValueError("a baseline precedes a replay with the controller on")
+        if self.without_limits and (
+            self.replay is None or not self.replay.controller or not self.replay.power_limits
+        ):
+            raise ValueError(
+                "a window without power limits follows a controlled replay with power limits"
+            )
 
 
 @dataclass(frozen=True)
@@ -173,7 +188,9 @@ class ClusterRun:
     binding (``None`` with fewer than two bindings). ``timings`` holds seconds per step
     (cluster start, nodes, pods, planning, scheduling) for the record. ``replay`` is the
     replayed window's outcome, ``baseline`` that of the same window without the
-    controller before it (:attr:`LiveSettings.baseline`)."""
+    controller before it (:attr:`LiveSettings.baseline`), ``without_limits`` that of the
+    same window after it with the controller but no power limits
+    (:attr:`LiveSettings.without_limits`)."""
 
     scheduler: str
     assignment: Assignment
@@ -184,6 +201,7 @@ class ClusterRun:
     planner: Mapping[str, float] = field(default_factory=dict)
     replay: ReplayOutcome | None = None
     baseline: ReplayOutcome | None = None
+    without_limits: ReplayOutcome | None = None
 
 
 class ClusterBackend(Protocol):

@@ -128,6 +128,15 @@ def test_replay_controller_timings_are_the_simulated_ones_divided_by_the_speed()
     assert settings.per_domain.window_s == pytest.approx(0.5)
     # The feedback hold is a simulated day.
     assert settings.hold_s == pytest.approx(144.0)
+    # Power limits: off unless simulated; a cap step waits for two scrapes (0.2 s at 600,
+    # above 30 s / 600); restoring waits the shipped 2 simulated minutes.
+    assert settings.capping is None
+    assert settings.ladder.cap_settle_s == pytest.approx(0.4)
+    assert settings.ladder.uncap_settle_s == pytest.approx(0.2)
+    capped, _ = resolve_controller(
+        ControllerSpec.model_validate(controller_section(replace(replay, power_limits=True)))
+    )
+    assert capped is not None and capped.capping is not None
     # Prometheus scrapes every 30 simulated seconds, never faster than every 0.2 s.
     assert scrape_interval(100) == pytest.approx(0.3)
     assert scrape_interval(60) == pytest.approx(0.5)
