@@ -168,6 +168,45 @@ def test_without_agents_or_permission_the_ladder_reshapes_and_says_why(
     assert all(why in e.message and e.kind == "Node" for e in warned)
 
 
+def test_an_agent_that_leaves_the_spec_unobserved_past_the_timeout_counts_as_none(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Generation 3 asked, the status still describes generation 2: the agent was removed
+    # or is stuck, and the limits its status reports may no longer hold.
+    rig = with_agents(Rig())
+    assert rig.cluster.limits is not None
+    for obj in rig.cluster.limits.values():
+        obj["metadata"]["generation"] = 3
+        obj["status"]["observedGeneration"] = 2
+    rig.power.watts.update({"a1": 12_300.0, "a2": 7_900.0})
+    rig.tick(0)  # first seen unobserved; the 30 s timeout starts
+    assert not any("has not applied" in r.message for r in caplog.records)
+    rig.tick(15)
+    decision = rig.tick(30).decisions["rack-a"]  # grace served, timeout reached
+    assert isinstance(decision, Reshape), decision
+    assert "no powercap agent reports on a1, a2" in decision.note
+    assert rig.cluster.limit_patches == []
+    warned = [r.message for r in caplog.records if "has not applied generation 3" in r.message]
+    assert len(warned) == 3  # a1, a2, b1: once each
+    # The agent catches up: nothing is held against the nodes any more.
+    for obj in rig.cluster.limits.values():
+        obj["status"]["observedGeneration"] = 3
+    caught_up = read_limit_object(rig.cluster.limits["a1"], "x")
+    assert caught_up is not None and not caught_up.unobserved
+    rig.tick(45)
+    assert rig.controller._unobserved == {}
+
+
+def test_within_the_agent_timeout_the_last_status_holds() -> None:
+    rig = with_agents(Rig(powerLimits={"agentTimeout": "5m"}))
+    assert rig.cluster.limits is not None
+    for obj in rig.cluster.limits.values():
+        obj["metadata"]["generation"] = 3
+        obj["status"]["observedGeneration"] = 2
+    decision = small_breach(rig).decisions["rack-a"]
+    assert isinstance(decision, Cap), decision
+
+
 def test_nodes_without_a_nodepowerlimit_get_an_empty_one_for_their_agent() -> None:
     rig = Rig()
     rig.cluster.limits = {}

@@ -110,6 +110,7 @@ class PowerLimitsSpec(_Model):
     floors: dict[str, float] = {}
     restore_step: float = Field(default=0.10, gt=0, le=1, alias="restoreStep")
     settle: LimitSettleSpec = LimitSettleSpec()
+    agent_timeout: str | int = Field(default="30s", alias="agentTimeout")
     capped_by_annotation: str = Field(
         default="powercap.io/capped-by", alias="cappedByAnnotation", min_length=1
     )
@@ -174,6 +175,9 @@ class ControllerSettings:
     capping: CapSettings | None = field(default_factory=CapSettings)
     floors: Mapping[str, float] = field(default_factory=dict)
     capped_by_annotation: str = "powercap.io/capped-by"
+    # How long a node's agent may leave a NodePowerLimit's spec unobserved before its GPUs
+    # count as uncappable (an agent gone or stuck leaves a status that no longer holds).
+    agent_timeout_s: float = 30.0
 
 
 def _limits(
@@ -248,6 +252,7 @@ def resolve_controller(
     capping, floors = _limits(spec.power_limits, where, problems)
     cap_settle = secs(spec.power_limits.settle.cap, "powerLimits.settle.cap", zero=True)
     uncap_settle = secs(spec.power_limits.settle.restore, "powerLimits.settle.restore", zero=True)
+    agent_timeout = secs(spec.power_limits.agent_timeout, "powerLimits.agentTimeout")
     if spec.annotations.original_max_replicas == spec.annotations.reshaped_by:
         problems.append(f"{where}.annotations: originalMaxReplicas and reshapedBy must differ")
     if problems:
@@ -289,6 +294,7 @@ def resolve_controller(
             capping=capping,
             floors=floors,
             capped_by_annotation=spec.power_limits.capped_by_annotation,
+            agent_timeout_s=agent_timeout,
         ),
         [],
     )

@@ -255,7 +255,8 @@ class _ScaledObject:
 class _LimitObject:
     """A node's NodePowerLimit as read: per GPU (the first GPU's where they differ, the
     lowest limit) the default, the minimum and the limit in force; ``can_set`` is the
-    status's ``canSetLimits`` (``None``: no status yet)."""
+    status's ``canSetLimits`` (``None``: no status yet). ``generation`` is the object's,
+    ``observed`` the status's ``observedGeneration``: the spec the agent last applied."""
 
     node: str
     uid: str
@@ -265,6 +266,15 @@ class _LimitObject:
     limit_w: float | None
     capped_by: tuple[str, ...]
     resource_version: str | None
+    generation: int | None = None
+    observed: int | None = None
+
+    @property
+    def unobserved(self) -> bool:
+        """Whether the agent has yet to apply the current spec."""
+        return self.generation is not None and (
+            self.observed is None or self.observed < self.generation
+        )
 
 
 def limit_object(obj: RawObject, capped_by_annotation: str) -> _LimitObject | None:
@@ -289,6 +299,7 @@ def limit_object(obj: RawObject, capped_by_annotation: str) -> _LimitObject | No
         limit = float(requested)
     can = status.get("canSetLimits")
     by = str(_annotations(obj).get(capped_by_annotation) or "")
+    generation, observed = meta.get("generation"), status.get("observedGeneration")
     return _LimitObject(
         node=name,
         uid=str(meta.get("uid") or ""),
@@ -298,6 +309,8 @@ def limit_object(obj: RawObject, capped_by_annotation: str) -> _LimitObject | No
         limit_w=limit if limit and limit > 0 else None,
         capped_by=tuple(x for x in by.split(",") if x),
         resource_version=meta.get("resourceVersion") or None,
+        generation=generation if isinstance(generation, int) else None,
+        observed=observed if isinstance(observed, int) else None,
     )
 
 
@@ -348,6 +361,9 @@ class Controller:
         self.limit_ratio: dict[str, float] = {}  # node → limit / default, as last read
         # Dry run: the limits decided (node → watts per GPU, capped-by), as if written.
         self._dry_limits: dict[str, tuple[float, tuple[str, ...]]] = {}
+        # Per node, the generation its agent has not observed yet, since when, and whether
+        # that was logged.
+        self._unobserved: dict[str, tuple[int, float, bool]] = {}
         self.lost: dict[str, float] = {}  # domain → throughput_lost of its GPUs
         if metrics is not None:
             metrics.zero(state.tree.names, self.settings.dry_run)
@@ -448,7 +464,7 @@ class Controller:
         scaled = self._scaled_objects()
         for so in scaled.values():
             lowered_by.update(so.reshaped_by)
-        found = self._limit_objects(nodes)
+        found = self._limit_objects(nodes, now)
         limits = found if found is not None else {}
         capping = self.settings.capping if found is not None else None
         for lo in limits.values():
@@ -1005,9 +1021,14 @@ class Controller:
             resource_version=meta.get("resourceVersion") or None,
         )
 
-    def _limit_objects(self, nodes: Sequence[Any]) -> dict[str, _LimitObject] | None:
+    def _limit_objects(self, nodes: Sequence[Any], now: float) -> dict[str, _LimitObject] | None:
         """NodePowerLimits by node; ``None`` when the rung is off or the CRD is missing
         (the ladder then starts at reshape, as without the rung).
+
+        A node whose agent has left the current spec unobserved for ``agent_timeout_s``
+        counts as one without an agent (``can_set`` ``None``): its status describes limits
+        that may no longer hold — the agent was removed, is stuck or cannot reach the API
+        server — so capping there would cover nothing.
 
         A node with GPUs and no NodePowerLimit gets an empty one (it asks nothing), so
         its agent reports the GPUs' constraints and whether it can set limits before a
@@ -1022,7 +1043,9 @@ class Controller:
         for obj in raw:
             lo = limit_object(obj, self.settings.capped_by_annotation)
             if lo is not None:
-                out[lo.node] = lo
+                out[lo.node] = self._unless_unobserved(lo, now)
+        for node in [n for n in self._unobserved if n not in out]:
+            del self._unobserved[node]
         for node, (watts, by) in self._dry_limits.items():
             if node in out:
                 out[node].limit_w, out[node].capped_by = watts, by
@@ -1046,6 +1069,32 @@ class Controller:
             except ApiRefused as exc:
                 log.warning("cannot create the NodePowerLimit of %s: %s", name, exc)
         return out
+
+    def _unless_unobserved(self, lo: _LimitObject, now: float) -> _LimitObject:
+        """``lo``, or ``lo`` without an agent once its agent has left the spec unobserved
+        past the timeout (logged once per generation)."""
+        if not lo.unobserved or lo.generation is None:
+            self._unobserved.pop(lo.node, None)
+            return lo
+        generation, since, warned = self._unobserved.get(lo.node, (lo.generation, now, False))
+        if generation != lo.generation:  # a newer spec: its agent gets the whole timeout
+            since, warned = now, False
+        waited = now - since
+        late = waited >= self.settings.agent_timeout_s
+        if late and not warned:
+            log.warning(
+                "NodePowerLimit %s: the agent has not applied generation %d in %.0f s "
+                "(observed %s); its GPUs count as uncappable until it does — check the "
+                "powercap agent on that node",
+                lo.node,
+                lo.generation,
+                waited,
+                lo.observed if lo.observed is not None else "none",
+            )
+        self._unobserved[lo.node] = (lo.generation, since, warned or late)
+        if late:
+            lo.can_set = None
+        return lo
 
     def _node_gpus(
         self,
