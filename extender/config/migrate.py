@@ -55,6 +55,14 @@ def resource_object(resource: Resource) -> dict[str, Any]:
     return obj
 
 
+def migrate_header(source: str) -> str:
+    """The comment ``powercap config migrate`` puts above the resources of ``source``."""
+    return (
+        f"The custom resources of {source} (powercap config migrate); apply the CRDs first:\n"
+        "kubectl apply -k manifests/crds. Replicas come from the workloads, not from here."
+    )
+
+
 def render_resources(resources: Sequence[Resource], header: str = "") -> str:
     """Multi-document YAML of ``resources``, after a ``#`` comment ``header``."""
     lead = "".join(f"# {line}\n" for line in header.splitlines())

@@ -32,6 +32,7 @@ from extender.config.checking import check_config_file
 from extender.config.migrate import (
     configmap_deprecation,
     migrate_config_file,
+    migrate_header,
     render_resources,
 )
 from extender.config.model import Config, ConfigError
@@ -108,11 +109,7 @@ def config_migrate(
         for problem in exc.problems:
             console.print(Text(f"  {problem}", style="red"))
         raise typer.Exit(1) from exc
-    header = (
-        f"The custom resources of {file} (powercap config migrate); apply the CRDs first:\n"
-        "kubectl apply -k manifests/crds. Replicas come from the workloads, not from here."
-    )
-    sys.stdout.write(render_resources(resources, header))
+    sys.stdout.write(render_resources(resources, migrate_header(str(file))))
 
 
 def register(app: typer.Typer) -> None:
