@@ -111,7 +111,10 @@ class LiveSettings:
     without the controller, so the second window starts from the same pods): the fair
     "without" figure, free of the run-to-run variation of placing twice. Nothing acts
     in it, so it may run at its own ``baseline_speed`` (default: the replay's): the
-    speed only sets how often the ground truth is sampled."""
+    speed only sets how often the ground truth is sampled. ``resources`` (the default)
+    runs the extender on the powercap.io objects made from the scenario and reads the
+    demand from the Deployments; off, on the config file's tree and replicas (the
+    deprecated ConfigMap form)."""
 
     scheduler: str = "powercap"
     stock_default: bool = True
@@ -122,6 +125,7 @@ class LiveSettings:
     replay: ReplaySettings | None = None
     baseline: bool = False
     baseline_speed: float | None = None
+    resources: bool = True
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
