@@ -336,6 +336,7 @@ def replay_outcomes(
             extender=extender,
             log_dir=LOG_DIR,
             step=step,
+            resources=settings.resources,
         )
         laps("baseline_s")
     replayed, _ = replay_window(
@@ -347,6 +348,7 @@ def replay_outcomes(
         extender=extender,
         log_dir=LOG_DIR,
         step=step,
+        resources=settings.resources,
     )
     laps("replay_s")
     return replayed, baseline
