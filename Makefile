@@ -145,7 +145,8 @@ chart-schema: $(STAMP)
 	$(PY) -m extender.config.schema charts/powercap/values.schema.json
 
 chart-sync:
-	cp config/powercap.yaml config/kube-scheduler.yaml config/kube-scheduler-mtls.yaml charts/powercap/files/
+	cp config/powercap.yaml config/resources.yaml config/kube-scheduler.yaml \
+	  config/kube-scheduler-mtls.yaml charts/powercap/files/
 	rm -f charts/powercap/files/profiles/*.yaml
 	cp config/profiles/*.yaml charts/powercap/files/profiles/
 	cp manifests/base/admission.yaml charts/powercap/files/

@@ -3,13 +3,15 @@
 :func:`run_on_kwok` is the ``powercap.clusters`` backend ``kwok`` behind ``powercap whatif
 --kwok`` (a :class:`placement.cluster_run.ClusterBackend`): it starts a cluster, creates
 one fake node per scenario node and one Deployment per service (every pod exists, Pending,
-before any scheduler runs), starts the extender and waits for its first plan (for
-``powercap``), starts kube-scheduler (for ``default``: the upstream default profile, or the
-shipped file without the extender when ``stock_default`` is off), waits until the pods
-settle, reads the placement back and returns a :class:`~placement.cluster_run.ClusterRun`.
-With a replay it then calls :func:`e2e.replay.replay_window`. :class:`BindClock` times the
-bindings from one pod watch, so 10,000 pods cost one stream rather than repeated lists;
-:func:`throughput` and :func:`wait_scheduled` are its helpers.
+before any scheduler runs), creates the scenario's PowerDomains, PowerProfiles and
+PowerPolicies and starts the extender on them, its demand read from the Deployments, and
+waits for its first plan (for ``powercap``), starts kube-scheduler (for ``default``: the
+upstream default profile, or the shipped file without the extender when ``stock_default``
+is off), waits until the pods settle, reads the placement back and returns a
+:class:`~placement.cluster_run.ClusterRun`. With a replay it then calls
+:func:`e2e.replay.replay_window`. :class:`BindClock` times the bindings from one pod watch,
+so 10,000 pods cost one stream rather than repeated lists; :func:`throughput` and
+:func:`wait_scheduled` are its helpers.
 
 The steps and why pods exist before the scheduler starts: docs/whatif.md.
 """
@@ -33,6 +35,7 @@ from e2e.deploy import (
     create_nodes,
     observe,
     pod_watch,
+    use_resources,
     wait_for,
     write_config,
 )
@@ -262,11 +265,19 @@ def start_schedulers(
     step: Callable[[str], None],
     laps: Laps,
 ) -> Schedulers:
-    """For ``powercap``, start the extender on ``problem``'s config and wait for its first
-    plan (lap ``plan_s``); then start kube-scheduler, pointed at the extender if any."""
+    """For ``powercap``, create ``problem``'s powercap.io objects (with
+    ``settings.resources``), start the extender on them and wait for its first plan (lap
+    ``plan_s``; the extender plans once it has counted the Deployments' replicas); then
+    start kube-scheduler, pointed at the extender if any."""
     schedulers = Schedulers()
     if settings.scheduler == "powercap":
-        config = write_config(problem, c.run_dir / "powercap.json", choice)
+        if settings.resources:
+            # Before the extender starts: it lists them once to build its ledger's tree.
+            step("creating the PowerDomains, PowerProfiles and PowerPolicies")
+            use_resources(api_client(c.kubeconfig), problem)
+        config = write_config(
+            problem, c.run_dir / "powercap.json", choice, resources=settings.resources
+        )
         step(f"starting the extender; {settings.planner} plans the cluster")
         extender, ports = start_extender(c, config)
         schedulers.extender, schedulers.extender_ports = extender, ports
@@ -328,6 +339,7 @@ def replay_outcomes(
             extender=extender,
             log_dir=LOG_DIR,
             step=step,
+            resources=settings.resources,
         )
         laps("baseline_s")
     replayed, running = replay_window(
@@ -339,6 +351,7 @@ def replay_outcomes(
         extender=extender,
         log_dir=LOG_DIR,
         step=step,
+        resources=settings.resources,
     )
     laps("replay_s")
     without_limits: ReplayOutcome | None = None
@@ -352,6 +365,7 @@ def replay_outcomes(
             extender=(running, extender[1]),
             log_dir=LOG_DIR,
             step=step,
+            resources=settings.resources,
         )
         laps("without_limits_s")
     return replayed, baseline, without_limits

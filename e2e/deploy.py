@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,10 @@ import orjson
 
 from extender.cluster.mirror import KubernetesSource, Reflector
 from extender.config.loading import config_from_data
+from extender.config.migrate import resource_object
+from extender.config.model import ConfigSpec
+from extender.config.resources import GROUP, VERSION, resources_from_config
+from extender.crds.definitions import crd, definitions
 from placement.assignment import Assignment
 from placement.problem import Problem
 from placement.scenario.building import spec_from_problem
@@ -110,11 +115,16 @@ class PlannerChoice:
     debounce_s: float = 1.0
 
 
-def powercap_config(problem: Problem, planner: PlannerChoice | None = None) -> dict[str, Any]:
+def powercap_config(
+    problem: Problem, planner: PlannerChoice | None = None, *, resources: bool = False
+) -> dict[str, Any]:
     """The PowercapConfig of a problem: its tree and caps, and every service's profile as a
     named profile of T values (so CSV or diurnal sources need not be shipped next to the
     config). Validated with the extender's own loader before use. The default planner is
-    greedy with a short debounce: test clusters are small and should settle fast."""
+    greedy with a short debounce: test clusters are small and should settle fast. With
+    ``resources`` the extender runs on the powercap.io objects of :func:`create_resources`
+    and reads the demand from the Deployments (``resources.enabled``); the tree here is
+    then only the fallback."""
     planner = planner or PlannerChoice()
     spec = spec_from_problem(problem)
     svc = problem.services
@@ -151,13 +161,82 @@ def powercap_config(problem: Problem, planner: PlannerChoice | None = None) -> d
         },
         "scoring": {"reservePlan": planner.reserve_plan},
     }
+    if resources:
+        config["resources"] = {"enabled": True}
     config_from_data(config, source="generated config")  # raises ConfigError on a bad one
     return config
 
 
-def write_config(problem: Problem, path: Path, planner: PlannerChoice | None = None) -> Path:
-    path.write_bytes(orjson.dumps(powercap_config(problem, planner), option=orjson.OPT_INDENT_2))
+def write_config(
+    problem: Problem,
+    path: Path,
+    planner: PlannerChoice | None = None,
+    *,
+    resources: bool = False,
+) -> Path:
+    """:func:`powercap_config` written to ``path`` (JSON); returns ``path``."""
+    config = powercap_config(problem, planner, resources=resources)
+    path.write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2))
     return path
+
+
+def powercap_resources(problem: Problem, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+    """The PowerDomains, PowerProfiles and PowerPolicies of ``problem``: what ``powercap
+    config migrate`` makes of its :func:`powercap_config` (namespaced ones in
+    ``namespace``), as objects to create."""
+    spec = ConfigSpec.model_validate(powercap_config(problem))
+    made = resources_from_config(spec, namespace, dict(spec.profiles))
+    return [resource_object(r) for r in made]
+
+
+def install_powercap_crds(client: Any, slots: int, timeout_s: float = 60.0) -> None:
+    """Create powercap's CRDs (those of ``make crds``, their lengths checked against a grid
+    of ``slots`` slots, as ``python -m extender.crds --slots`` writes them) and wait until
+    the API server serves each."""
+    from kubernetes import client as k8s
+
+    api: Any = k8s.ApiextensionsV1Api(client)
+    names: list[str] = []
+    for definition in definitions(slots):
+        body = crd(definition)
+        # _preload_content=False: the response is not parsed into the client's models.
+        api.create_custom_resource_definition(body, _preload_content=False)
+        names.append(body["metadata"]["name"])
+
+    def established(name: str) -> bool:
+        found = orjson.loads(api.read_custom_resource_definition(name, _preload_content=False).data)
+        return any(
+            c.get("type") == "Established" and c.get("status") == "True"
+            for c in found.get("status", {}).get("conditions", [])
+        )
+
+    for name in names:
+        wait_for(f"CRD {name} to be Established", partial(established, name), timeout_s)
+
+
+def create_resources(client: Any, objects: list[dict[str, Any]]) -> None:
+    """Create powercap.io objects (:func:`powercap_resources`); the CRDs must exist."""
+    from kubernetes import client as k8s
+
+    custom: Any = k8s.CustomObjectsApi(client)
+    plurals = {d.kind: d.plural for d in definitions()}
+    for obj in objects:
+        plural = plurals[obj["kind"]]
+        namespace = obj["metadata"].get("namespace")
+        if namespace is None:
+            custom.create_cluster_custom_object(GROUP, VERSION, plural, obj, _preload_content=False)
+        else:
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, obj, _preload_content=False
+            )
+
+
+def use_resources(client: Any, problem: Problem) -> None:
+    """Install powercap's CRDs for ``problem``'s grid and create its PowerDomains,
+    PowerProfiles and PowerPolicies, so that an extender started after this (with
+    ``resources`` in its config) starts from them."""
+    install_powercap_crds(client, problem.grid.slots)
+    create_resources(client, powercap_resources(problem))
 
 
 @contextmanager

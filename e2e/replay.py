@@ -375,9 +375,12 @@ def replay_window(
     extender: tuple[Process, ExtenderPorts] | None,
     log_dir: Path,
     step: Callable[[str], None],
+    resources: bool = False,
 ) -> tuple[ReplayOutcome, Process | None]:
     """Replay ``replay``'s window on the placed cluster (see the module doc); returns the
-    outcome and the extender process now running (restarted with the controller)."""
+    outcome and the extender process now running (restarted with the controller). With
+    ``resources`` the restarted extender and the controller run on the powercap.io objects
+    the placement ran on (their slots are the compressed grid's, one for one)."""
     speed = replay.speed
     start, end = replay.sim_start_s, replay.sim_start_s + replay.duration_s
     pods = StaticPods()
@@ -403,7 +406,7 @@ def replay_window(
             if (why := speed_problem(problem.grid, speed)) is not None:
                 raise ValueError(f"speed {why}")
             compressed = compress(problem.grid, int(speed), start, not_before=time.time() + LEAD_S)
-            config = powercap_config(problem, planner)
+            config = powercap_config(problem, planner, resources=resources)
             config["grid"] = compressed.spec()
             config["power"] = {
                 "url": prom.url,

@@ -439,6 +439,10 @@ def add_resource_watch(ext: Extender, sources: Mapping[str, Source]) -> None:
     """Watch the powercap.io resources (and the workloads, for the planner's demand) and
     swap what they make into ``ext`` without a restart (:func:`swap_resources`)."""
     planner = ext.planner
+    if planner is not None:
+        # With the workloads watched the replicas come from them: no plan before their
+        # first count (it would plan for none).
+        planner.wait_for_demand = bool(sources.keys() - POWERCAP_KINDS.keys())
     ext.resources = ResourceWatch(
         ext.config,
         sources,

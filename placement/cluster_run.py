@@ -119,7 +119,10 @@ class LiveSettings:
     replay that caps GPUs (``replay.power_limits``) is followed by the same window once
     more, the controller on but no power limits (its ladder then reshapes and evicts):
     the contrast for the cap rung, on the same cluster (the capped window runs first, so
-    a placement it leaves unchanged is the one the contrast starts from)."""
+    a placement it leaves unchanged is the one the contrast starts from). ``resources``
+    (the default) runs the extender on the powercap.io objects made from the scenario
+    and reads the demand from the Deployments; off, on the config file's tree and
+    replicas (the deprecated ConfigMap form)."""
 
     scheduler: str = "powercap"
     stock_default: bool = True
@@ -131,6 +134,7 @@ class LiveSettings:
     baseline: bool = False
     baseline_speed: float | None = None
     without_limits: bool = False
+    resources: bool = True
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:

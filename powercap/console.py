@@ -4,6 +4,7 @@ scenario argument, text to stdout or a file, and the one JSON emitter.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -17,12 +18,16 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from extender.config.migrate import configmap_deprecation
+from extender.config.model import Config
 from placement.problem import Problem
 from placement.scenario.files import load_problem
 from placement.scenario.spec import ScenarioError
 from placement.validation import ProblemsError
 
 T = TypeVar("T")
+
+log = logging.getLogger("powercap")
 
 
 class OutputFormat(StrEnum):
@@ -125,3 +130,12 @@ def print_problems(exc: ProblemsError, hint: str = "") -> None:
     console.print(Text(f"error: {exc.source}{hint}", style="bold red"))
     for line in exc.problems:
         console.print(Text(f"  {line}", style="red"))
+
+
+def warn_deprecated(config: Config) -> None:
+    """Log, once, that ``config`` keeps the tree in the file (the deprecated ConfigMap
+    form, :func:`~extender.config.migrate.configmap_deprecation`); for the commands that
+    run against a live cluster (``serve --config``, ``controller``), never offline ones."""
+    message = configmap_deprecation(config)
+    if message is not None:
+        log.warning(message)

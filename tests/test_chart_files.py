@@ -24,6 +24,7 @@ FILES = CHART / "files"
 # copy in charts/powercap/files/ → original (what `make chart-sync` copies)
 ORIGINALS: dict[str, Path] = {
     "powercap.yaml": REPO / "config" / "powercap.yaml",
+    "resources.yaml": REPO / "config" / "resources.yaml",
     "kube-scheduler.yaml": REPO / "config" / "kube-scheduler.yaml",
     "kube-scheduler-mtls.yaml": REPO / "config" / "kube-scheduler-mtls.yaml",
     "admission.yaml": REPO / "manifests" / "base" / "admission.yaml",

@@ -191,3 +191,27 @@ def test_migrate_names_a_profile_with_no_resource_form(tmp_path: Path) -> None:
     result = runner.invoke(cli.app, ["config", "migrate", str(path)])
     assert result.exit_code == 1, result.output
     assert "profiles.from-csv: a CSV profile has no resource form" in result.stderr
+
+
+def test_the_shipped_resources_are_the_example_config_migrated() -> None:
+    from extender.cluster.custom import rebuild
+    from extender.config.loading import load_config
+    from extender.config.migrate import migrate_config_file, migrate_header, render_resources
+
+    shipped = ROOT / "config" / "resources.yaml"
+    resources = migrate_config_file(EXAMPLE, "powercap-system")
+    regenerated = render_resources(resources, migrate_header("config/powercap.yaml"))
+    assert shipped.read_text(encoding="utf-8") == regenerated, (
+        "config/resources.yaml is not the migrated config/powercap.yaml; regenerate it: "
+        "powercap config migrate config/powercap.yaml > config/resources.yaml"
+    )
+    # The objects as applied make the file's tree, caps, profiles and services.
+    config = load_config(EXAMPLE)
+    assert config.resources.enabled
+    objects = [d for d in yaml.safe_load_all(shipped.read_text(encoding="utf-8")) if d]
+    rebuilt = rebuild(objects, config)
+    assert rebuilt.config is not None, rebuilt.problems
+    assert rebuilt.config.tree.names == config.tree.names
+    assert (rebuilt.config.tree.caps == config.tree.caps).all()
+    assert rebuilt.config.profiles.keys() == config.profiles.keys()
+    assert rebuilt.config.services.keys() == config.services.keys()

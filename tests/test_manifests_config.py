@@ -610,3 +610,18 @@ def test_every_dashboard_query_selects_the_job_variable() -> None:
         "scheduler_framework_extension_point_duration_seconds_bucket",
     ):
         assert metric in shown, metric
+
+
+def test_the_resources_kustomization_applies_the_shipped_resources() -> None:
+    """manifests/resources applies config/resources.yaml, the tree the shipped config reads
+    with resources.enabled (a copy: kustomize reads nothing outside its directory)."""
+    directory = REPO / "manifests" / "resources"
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["resources.yaml"]
+    assert (directory / "resources.yaml").read_bytes() == (
+        CONFIG / "resources.yaml"
+    ).read_bytes(), (
+        "manifests/resources/resources.yaml differs from config/resources.yaml: "
+        "cp config/resources.yaml manifests/resources/resources.yaml"
+    )
+    assert load_config(CONFIG / "powercap.yaml").resources.enabled

@@ -88,3 +88,24 @@ def test_background_planner_replans_on_topology_changes() -> None:
         assert planner.latest.topology_version == ext.state.topology_version
     finally:
         planner.stop()
+
+
+def test_a_planner_waiting_for_the_workloads_plans_only_once_their_demand_is_in() -> None:
+    ext = small_extender()
+    settings = PlannerSettings(strategy="greedy", debounce_s=0.05, interval_s=3600)
+    planner = Planner(ext.state, ext.config, settings)
+    planner.wait_for_demand = True
+    planner.start()
+    try:
+        time.sleep(0.3)
+        early = planner.latest
+        assert early is None, "planned before the workloads' demand"
+        planner.set_demand({"chat-eu": 2})
+        deadline = time.monotonic() + 5
+        while planner.latest is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        plan = planner.latest
+        assert plan is not None
+        assert plan.demand == 2
+    finally:
+        planner.stop()

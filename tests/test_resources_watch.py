@@ -419,3 +419,10 @@ def test_a_cap_lowered_below_the_measured_load_is_a_breach_for_the_controller() 
     assert report.caps[a] == 1000.0
     assert controller.breach.in_breach[a], "the lowered cap did not reach the controller"
     assert not controller.breach.in_breach[ext.state.tree.index["rack-b"]]
+
+
+@pytest.mark.parametrize("workloads", [False, True])
+def test_the_planner_waits_for_the_workloads_only_when_they_are_watched(workloads: bool) -> None:
+    ext = live(tree(), workloads=workloads)
+    assert ext.planner is not None
+    assert ext.planner.wait_for_demand is workloads

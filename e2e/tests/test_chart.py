@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from e2e.cluster import TEST_LOG_DIR, binary
-from e2e.tests.test_manifests import NAMESPACE, Api
+from e2e.tests.test_manifests import NAMESPACE, Api, install_crds, powercap_crds
 from e2e.tests.test_manifests import api as api  # the cluster fixture, shared
 from extender.config.loading import load_config
 from extender.webhook.settings import Limits
@@ -41,6 +41,7 @@ MONITORING_ON = (
     "monitoring.dashboard.enabled=true",
     "monitoring.kubeScheduler.enabled=true",
 )
+POWER_RESOURCES = "powerResources.create=true"
 # Every switch on: the monitoring objects, kube-scheduler's metrics, the agent (the CRDs are
 # on by default).
 EVERYTHING = (*MONITORING_ON, "agent.enabled=true")
@@ -70,6 +71,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
         "agent.admissionPolicy.enabled=false",
         "agent.networkPolicy.enabled=false",
     ),
+    # The example's PowerDomains, PowerProfiles and PowerPolicies, the CRDs installed apart.
+    "power-resources": ("crds.install=false", POWER_RESOURCES),
 }
 # Labels Helm charts carry and kustomize's `labels:` does not (or only on some objects).
 STANDARD_LABELS = {
@@ -210,8 +213,21 @@ def test_a_config_given_is_used_with_the_release_settings(tmp_path: Path) -> Non
 def test_the_chart_is_accepted_by_the_api_server(api: Api, variant: str) -> None:
     manifest = render(*VARIANTS[variant])
     rendered = objects(manifest)
-    out = api.dry_run(f"helm template ({variant})", manifest, None)
+    if POWER_RESOURCES in VARIANTS[variant]:
+        # Their kinds exist once the CRDs do; removed after, so that the release installed
+        # below owns them (Helm refuses to adopt a CRD another client created).
+        install_crds(api, powercap_crds())
+        try:
+            out = api.dry_run(f"helm template ({variant})", manifest, None)
+        finally:
+            names = [f"crd/{p.name.removesuffix('.yaml')}" for p in powercap_crds()]
+            api.run("delete", *names, "--wait=true", "--timeout=60s")
+    else:
+        out = api.dry_run(f"helm template ({variant})", manifest, None)
     assert len(out.strip().splitlines()) == len(rendered), out
+    if POWER_RESOURCES in VARIANTS[variant]:
+        kinds = {o["kind"] for o in rendered}
+        assert {"PowerDomain", "PowerProfile", "PowerPolicy"} <= kinds, kinds
     # Pod admission (Pod Security: `restricted` in the release namespace, `privileged` in the
     # agent's; the priority class; the RuntimeClass) judges pods, not Deployments or
     # DaemonSets: dry-run each template as a pod under its real ServiceAccount, in its
@@ -236,8 +252,9 @@ def test_the_chart_is_accepted_by_the_api_server(api: Api, variant: str) -> None
         )
 
 
-# What the chart renders with EVERYTHING on (and the CRDs, on by default).
-KUSTOMIZED = ("base", "monitoring", "monitoring/kube-scheduler", "crds", "agent")
+# What the chart renders with EVERYTHING on (and the CRDs, on by default) and the example's
+# powercap.io objects.
+KUSTOMIZED = ("base", "monitoring", "monitoring/kube-scheduler", "crds", "agent", "resources")
 
 
 def _kustomized() -> list[dict[str, Any]]:
@@ -339,7 +356,7 @@ def both() -> Iterator[tuple[dict[tuple[str, str, str], Any], dict[tuple[str, st
     }
     base = {key(o): normalise(o, names) for o in kustomized}
     base = {(k[0], names.get(k[1], k[1]), k[2]): v for k, v in base.items()}
-    chart = {key(o): normalise(o, {}) for o in objects(render(*EVERYTHING))}
+    chart = {key(o): normalise(o, {}) for o in objects(render(*EVERYTHING, POWER_RESOURCES))}
     yield base, chart
 
 
@@ -397,6 +414,7 @@ def test_install_upgrade_uninstall(api: Api) -> None:
         RELEASE,
         str(CHART),
         "--set=controller.dryRun=false",
+        f"--set={POWER_RESOURCES}",
         "--set=agent.enabled=true",
         f"--set=agent.namespace={agent_namespace}",
         *cluster,
@@ -415,6 +433,11 @@ def test_install_upgrade_uninstall(api: Api) -> None:
         "jsonpath={.data.powercap\\.yaml}",
     ).stdout
     assert yaml.safe_load(config)["controller"]["dryRun"] is False
+    # The example's tree, made on the upgrade (the first install brought their CRDs).
+    domains = api.run("get", "powerdomains", "-o", "name").stdout.split()
+    assert len(domains) == 9 and "powerdomain.powercap.io/rack-1-01" in domains, domains
+    policies = api.run("get", "powerpolicies", f"--namespace={namespace}", "-o", "name").stdout
+    assert "powerpolicy.powercap.io/chat-eu" in policies, policies
     after = annotations()
     assert after["checksum/config"] != before["checksum/config"]
     assert after["checksum/scheduler-config"] == before["checksum/scheduler-config"]
@@ -425,7 +448,8 @@ def test_install_upgrade_uninstall(api: Api) -> None:
     left = "".join(
         api.run(
             "get",
-            "all,configmaps,serviceaccounts,roles,rolebindings,networkpolicies",
+            "all,configmaps,serviceaccounts,roles,rolebindings,networkpolicies,"
+            "powerprofiles,powerpolicies",
             f"--namespace={where}",
             f"--selector={selector}",
             "-o",
@@ -435,7 +459,7 @@ def test_install_upgrade_uninstall(api: Api) -> None:
     )
     cluster_left = api.run(
         "get",
-        "clusterroles,clusterrolebindings,validatingadmissionpolicies",
+        "clusterroles,clusterrolebindings,validatingadmissionpolicies,powerdomains",
         f"--selector={selector}",
         "-o",
         "name",

@@ -21,6 +21,13 @@ Beside it ``powercap controller`` (dry run; its Prometheus is unreachable, so it
 nothing) leads and writes PowerDomain status: the lowered rack's status shows the new, negative
 headroom and the new generation.
 
+A second test measures: the power simulator draws for three replicas in a rack, a real
+Prometheus scrapes it, and ``powercap controller`` (dry run, on the powercap.io objects made
+for the scenario) reads the rack calm. ``kubectl patch`` lowers the rack's cap below what it
+draws, and the controller reports the breach without a restart: the PowerDomain's status
+``Breached`` with the ``Breached`` condition, ``powercap_domain_in_breach`` 1, and its dry-run
+decision as an Event.
+
 A missing tool fails the test naming ``make tools``; nothing is skipped.
 """
 
@@ -37,16 +44,21 @@ import pytest
 
 from e2e import crds, toolchain
 from e2e.cluster import TEST_LOG_DIR, Cluster, Process, binary, cluster
+from e2e.controlled import create_bare_pods, fast_controller, k8s_apis, pod_feed, samples
 from e2e.deploy import (
     NAMESPACE,
     api_client,
     create_nodes,
     deployment_object,
     powercap_config,
+    use_resources,
     wait_for,
 )
 from e2e.extender_view import extender_headroom
-from e2e.scenarios import NODE_IDLE_W, REPLICA_HIGH_W, racks_scenario
+from e2e.powersim import PowerSimulator, SimClock, StaticPods, grid_profiles, sim_nodes
+from e2e.prometheus import ScrapeJob, prometheus
+from e2e.rbac import NAMESPACE as LEASE_NAMESPACE
+from e2e.scenarios import NODE_IDLE_W, REPLICA_HIGH_W, batch_scenario, racks_scenario
 from e2e.scheduler import powercap_command, start_controller, start_extender, start_scheduler
 from extender.crds.definitions import definitions
 from placement.problem import Problem
@@ -256,3 +268,148 @@ def test_caps_and_demand_follow_the_resources_without_a_restart() -> None:
         messages
     )
     assert "create the PowerDomain 'row-9' or fix the parent" in messages[0], messages
+
+
+# --- the controller reports a breach of a cap lowered live, from measured power ------------
+BREACH_RACKS = {"rack-1": ("gpu-a1", "gpu-a2"), "rack-2": ("gpu-b1", "gpu-b2")}
+BREACH_IDLE_W = 500.0
+BREACH_REPLICA_W = 800.0
+BREACH_PODS = ("gpu-a1", "gpu-a1", "gpu-a2")  # three replicas in rack 1
+BREACH_SCENARIO = batch_scenario(
+    "e2e-resources-breach",
+    racks=BREACH_RACKS,
+    rack_cap_w=6000.0,
+    site_cap_w=12000.0,
+    replicas=len(BREACH_PODS),
+    replica_w=BREACH_REPLICA_W,
+    idle_w=BREACH_IDLE_W,
+)
+
+
+def measured(port: int, domain: str) -> tuple[float, float]:
+    """``domain``'s (measured watts, in breach) as the controller exports them."""
+    m = samples(port)
+    labels = (("domain", domain),)
+    return (
+        m.get(("powercap_domain_measured_watts", labels), float("nan")),
+        m.get(("powercap_domain_in_breach", labels), float("nan")),
+    )
+
+
+def test_the_controller_reports_the_breach_of_a_cap_lowered_below_the_measured_load() -> None:
+    """The power simulator draws for three replicas in rack 1, Prometheus scrapes it, and
+    ``powercap controller`` (dry run, on the powercap.io objects) reads rack 1 calm under its
+    6 kW cap. ``kubectl patch`` lowers the cap below what rack 1 draws: without a restart the
+    controller reports the breach — the PowerDomain's status turns ``Breached`` with the
+    ``Breached`` condition, ``powercap_domain_in_breach`` is 1, and its (dry-run) decision
+    is an Event."""
+    problem = problem_from_spec(spec_from_data(BREACH_SCENARIO))
+    calm = 2 * BREACH_IDLE_W + BREACH_REPLICA_W * len(BREACH_PODS)
+    lowered = calm - 400.0
+    with cluster(TEST_LOG_DIR, prefix="powercap-resources-breach") as c:
+        client = api_client(c.kubeconfig)
+        core, _apps, custom, _policy, _extensions = k8s_apis(client)
+        use_resources(client, problem)
+        create_nodes(client, problem)
+        create_bare_pods(core, list(BREACH_PODS))
+
+        sim_pods = StaticPods()
+        sim = PowerSimulator(
+            sim_nodes(problem),
+            grid_profiles(problem),
+            sim_pods,
+            clock=SimClock(start_s=time.time(), speed=1.0),
+        )
+        address = sim.start()
+        try:
+            with (
+                pod_feed(core, sim_pods),
+                prometheus([ScrapeJob("powersim", [address])], TEST_LOG_DIR) as prom,
+            ):
+                prom.wait_for_targets()
+                config = powercap_config(problem, resources=True)
+                config |= fast_controller(
+                    prom.url,
+                    sim.non_gpu_watts(BREACH_PODS[0]),
+                    60,
+                    lease={
+                        "namespace": LEASE_NAMESPACE,
+                        "duration": "4s",
+                        "renewDeadline": "3s",
+                        "retryPeriod": "1s",
+                    },
+                )
+                config["controller"]["dryRun"] = True
+                path = c.run_dir / "powercap.json"
+                path.write_bytes(orjson.dumps(config))
+                controller, port = start_controller(c, path)
+
+                def logs() -> str:
+                    return f"\n--- powercap controller (tail) ---\n{controller.tail(40)}"
+
+                def reads_calm() -> bool:
+                    watts, breach = measured(port, LOWERED_RACK)
+                    return watts == pytest.approx(calm, abs=1.0) and breach == 0.0
+
+                try:
+                    wait_for(f"the controller to read {calm:.0f} W in rack 1", reads_calm, 60.0)
+                except TimeoutError as exc:
+                    raise AssertionError(f"{exc}; {measured(port, LOWERED_RACK)}{logs()}") from exc
+
+                kubectl(
+                    c,
+                    "patch",
+                    "powerdomain",
+                    LOWERED_RACK,
+                    "--type=merge",
+                    "-p",
+                    orjson.dumps({"spec": {"cap": {"watts": lowered}}}).decode(),
+                )
+
+                def status() -> dict[str, Any]:
+                    obj = custom.get_cluster_custom_object(
+                        "powercap.io", "v1alpha1", "powerdomains", LOWERED_RACK
+                    )
+                    found: dict[str, Any] = obj.get("status") or {}
+                    return found
+
+                try:
+                    wait_for(
+                        "rack 1's status Breached",
+                        lambda: status().get("state") == "Breached",
+                        30.0,
+                        every_s=0.5,
+                    )
+                except TimeoutError as exc:
+                    raise AssertionError(f"{exc}; status {status()}{logs()}") from exc
+                written = status()
+                in_breach = measured(port, LOWERED_RACK)[1]
+                got = kubectl(c, "get", "powerdomains")
+                print(f"\n$ kubectl get powerdomains\n{got}", flush=True)
+
+                def decisions() -> list[str]:
+                    events = core.list_namespaced_event(
+                        NAMESPACE, field_selector="reason=PowerCapEvict"
+                    )
+                    return [e.message for e in events.items]
+
+                wait_for(
+                    "the controller's (dry-run) decision as an Event",
+                    lambda: bool(decisions()),
+                    30.0,
+                )
+                decided = decisions()
+                alive = controller.alive()
+        finally:
+            sim.stop()
+
+    assert alive, "the controller exited"
+    assert written["breached"] is True and written.get("breachedSince"), written
+    assert written["measuredWatts"] == pytest.approx(calm, abs=1.0), written
+    breached = [x for x in written["conditions"] if x["type"] == "Breached"]
+    assert breached and breached[0]["status"] == "True", written
+    assert breached[0]["reason"] == "OverCap", written
+    assert in_breach == 1.0
+    (line,) = [x for x in got.splitlines() if x.startswith(f"{LOWERED_RACK} ")]
+    assert f"{lowered:g}" in line.split() and "Breached" in line.split(), got
+    assert f"domain {LOWERED_RACK} is over its cap" in decided[0], decided

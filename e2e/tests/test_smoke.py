@@ -4,6 +4,7 @@ Two racks of three 8-GPU fake nodes, two anti-phased services that together want
 replicas than the rack caps allow (GPUs are plentiful: power is what binds). Through the
 real scheduler and the extender, no domain may exceed its cap in any slot, and the pods that
 do not fit must stay Pending with a FailedScheduling event written from the extender's answer.
+Once on the powercap.io objects, once on the config file's tree (the deprecated form).
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ from __future__ import annotations
 import pytest
 
 from e2e.cluster import TEST_LOG_DIR, cluster
-from e2e.deploy import api_client, create_deployments, create_nodes, wait_settled, write_config
+from e2e.deploy import (
+    api_client,
+    create_deployments,
+    create_nodes,
+    use_resources,
+    wait_settled,
+    write_config,
+)
 from e2e.scenarios import racks_scenario
 from e2e.scheduler import start_extender, start_scheduler
 from placement.metrics import evaluate
@@ -32,7 +40,10 @@ SCENARIO = racks_scenario(
 )
 
 
-def test_extender_keeps_caps_and_explains_pending() -> None:
+# The powercap.io objects (the tree, profiles and policies; the demand from the Deployments),
+# and the deprecated ConfigMap form, which still works for this release.
+@pytest.mark.parametrize("form", ["resources", "configmap"])
+def test_extender_keeps_caps_and_explains_pending(form: str) -> None:
     spec = spec_from_data(SCENARIO)
     problem = problem_from_spec(spec)
     # The scenario must be power-bound, or the test proves nothing: every replica fits by GPUs.
@@ -41,11 +52,22 @@ def test_extender_keeps_caps_and_explains_pending() -> None:
     with cluster(TEST_LOG_DIR) as c:
         client = api_client(c.kubeconfig)
         create_nodes(client, problem)
-        config = write_config(problem, c.run_dir / "powercap.json")
-        _, ports = start_extender(c, config)
+        resources = form == "resources"
+        if resources:
+            use_resources(client, problem)
+        config = write_config(problem, c.run_dir / "powercap.json", resources=resources)
+        extender, ports = start_extender(c, config)
         start_scheduler(c, ports.verbs)
         create_deployments(client, problem)
         seen = wait_settled(client, problem)
+        log = extender.log.read_text(errors="replace")
+
+    # The form in use, as the extender says it at start.
+    if resources:
+        assert "the tree, caps and profiles follow the powercap.io resources" in log, log[-3000:]
+        assert "deprecated: the power tree" not in log
+    else:
+        assert "deprecated: the power tree, profiles and services in the config file" in log
 
     metrics = evaluate(problem, seen.assignment)
     assert metrics.violations == 0, f"over cap: {metrics.violating_domains}"

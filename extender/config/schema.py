@@ -295,6 +295,15 @@ def chart_properties() -> dict[str, Any]:
                 },
             }
         ),
+        "powerResources": _object(
+            {
+                "create": {
+                    "type": "boolean",
+                    "description": "the example config's PowerDomains, PowerProfiles and "
+                    "PowerPolicies (files/resources.yaml); needs the CRDs installed first",
+                },
+            }
+        ),
         "agent": agent_properties(),
         "podSecurityContext": _MAP,
         "securityContext": _MAP,

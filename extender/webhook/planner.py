@@ -146,6 +146,9 @@ class Planner:
         self._strategy = settings.strategy
         # Replicas per service from the workloads (set_demand); None: the config's.
         self.demand: Mapping[str, int] | None = None
+        # True while the demand is to come from the workloads (set_demand): the background
+        # loop does not plan before the first one, which would be a plan for no replicas.
+        self.wait_for_demand = False
 
     def targets(self, service: str) -> NDArray[np.int64] | None:
         plan = self.latest
@@ -251,6 +254,8 @@ class Planner:
             self._wake.wait(poll)
             self._wake.clear()
             if self._stop.is_set() or not self.state.synced or not self._due():
+                continue
+            if self.wait_for_demand and self.demand is None:
                 continue
             # Debounce: wait until nodes, services and caps have been quiet for debounce_s.
             while not self._stop.is_set():

@@ -10,7 +10,9 @@
 misspelled key, a value out of range) and those that need the tree (an unknown parent
 domain, a negative cap, a profile a service names but nobody defines, an intensity zone
 on an unknown domain) — each as ``path: what is wrong and the fix``, on stderr, exit 1.
-A valid file prints one ``OK`` line with its size and exits 0. :func:`config_migrate`
+A valid file prints one ``OK`` line with its size and exits 0; one that keeps the tree
+in the file (``resources.enabled`` false) adds the deprecation warning on stderr, as
+``powercap serve`` and ``powercap controller`` log it at start. :func:`config_migrate`
 prints the custom resources of a valid file (docs/api.md). It runs the checks
 ``powercap serve`` and ``powercap controller`` run at start (they refuse to start on the
 same problems), through :func:`extender.config.checking.check_config_file`.
@@ -27,7 +29,12 @@ import typer
 from rich.text import Text
 
 from extender.config.checking import check_config_file
-from extender.config.migrate import migrate_config_file, render_resources
+from extender.config.migrate import (
+    configmap_deprecation,
+    migrate_config_file,
+    migrate_header,
+    render_resources,
+)
 from extender.config.model import Config, ConfigError
 from extender.config.resources import ResourceError
 from powercap.console import stderr, stdout
@@ -78,6 +85,9 @@ def config_validate(
         Text.assemble(("OK ", "bold green"), f"{file}: {describe_config(check.config)}"),
         soft_wrap=True,
     )
+    deprecation = configmap_deprecation(check.config)
+    if deprecation is not None:
+        stderr().print(Text(f"warning: {deprecation}", style="yellow"))
 
 
 @config_app.command("migrate")
@@ -99,11 +109,7 @@ def config_migrate(
         for problem in exc.problems:
             console.print(Text(f"  {problem}", style="red"))
         raise typer.Exit(1) from exc
-    header = (
-        f"The custom resources of {file} (powercap config migrate); apply the CRDs first:\n"
-        "kubectl apply -k manifests/crds. Replicas come from the workloads, not from here."
-    )
-    sys.stdout.write(render_resources(resources, header))
+    sys.stdout.write(render_resources(resources, migrate_header(str(file))))
 
 
 def register(app: typer.Typer) -> None:

@@ -34,6 +34,7 @@ from extender.config.loading import load_config
 from extender.config.model import ConfigError
 from extender.webhook.settings import DEFAULT_METRICS_ADDRESS
 from powercap.console import fail as console_fail
+from powercap.console import warn_deprecated
 
 fail = partial(console_fail, prefix="powercap controller")
 
@@ -72,6 +73,7 @@ def controller(
             f"{config}: controller.enabled is false, so there is no controller to run; "
             "set it to true (and give a power: section)"
         )
+    warn_deprecated(cfg)
     try:
         core = kubernetes_core(kubeconfig)
     except ClientConfigError as exc:

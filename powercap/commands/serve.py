@@ -47,6 +47,7 @@ from extender.webhook.settings import (
     Tls,
 )
 from powercap.console import fail as console_fail
+from powercap.console import warn_deprecated
 
 DEFAULT_PORT = DEFAULT_VERBS_PORT
 
@@ -214,6 +215,7 @@ def serve(
             cfg = load_config(config)
         except ConfigError as exc:
             raise fail(f"invalid config {exc.source}:\n  " + "\n  ".join(exc.problems)) from exc
+        warn_deprecated(cfg)
         try:
             core = kubernetes_core(kubeconfig)
         except ClientConfigError as exc:
