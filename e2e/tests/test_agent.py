@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from e2e.cluster import TEST_LOG_DIR, binary, cluster
-from e2e.kubectl import Kubectl
+from e2e.kubectl import Kubectl, wait_established
 from extender.agent.fake import FakeNvml
 from extender.agent.kube import KubernetesRequests
 from extender.agent.loop import Agent, AgentLoop
@@ -73,7 +73,7 @@ def env() -> Iterator[Env]:
     with cluster(TEST_LOG_DIR, prefix="powercap-agent") as c:
         e = Env(c, kubectl)
         e.run("apply", "-k", str(CRDS))
-        e.run("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+        wait_established(c, [CRD_NAME])
         e.run("apply", "-k", str(AGENT))
         for node in NODES:
             e.run(

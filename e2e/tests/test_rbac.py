@@ -23,6 +23,7 @@ import pytest
 
 from e2e import crds, toolchain
 from e2e.cluster import TEST_LOG_DIR, Cluster, binary, cluster
+from e2e.kubectl import wait_established
 from e2e.rbac import (
     CONTROLLER_ACCOUNT,
     NAMESPACE,
@@ -177,15 +178,17 @@ def rbac_cluster() -> Iterator[Cluster]:
         for crd in wanted:
             kubectl(c, "apply", "--server-side", "-f", str(crd))
         kubectl(c, "apply", "-k", str(REPO / "manifests" / "crds"))
-        for name in (
-            "scaledobjects.keda.sh",
-            "inferenceservices.serving.kserve.io",
-            "powerdomains.powercap.io",
-            "powerprofiles.powercap.io",
-            "powerpolicies.powercap.io",
-            NODE_POWER_LIMITS,
-        ):
-            kubectl(c, "wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+        wait_established(
+            c,
+            [
+                "scaledobjects.keda.sh",
+                "inferenceservices.serving.kserve.io",
+                "powerdomains.powercap.io",
+                "powerprofiles.powercap.io",
+                "powerpolicies.powercap.io",
+                NODE_POWER_LIMITS,
+            ],
+        )
         apply_rbac(c)
         yield c
 

@@ -55,6 +55,7 @@ from e2e.deploy import (
     wait_for,
 )
 from e2e.extender_view import extender_headroom
+from e2e.kubectl import wait_established
 from e2e.powersim import PowerSimulator, SimClock, StaticPods, grid_profiles, sim_nodes
 from e2e.prometheus import ScrapeJob, prometheus
 from e2e.rbac import NAMESPACE as LEASE_NAMESPACE
@@ -151,8 +152,7 @@ def test_caps_and_demand_follow_the_resources_without_a_restart() -> None:
         keda = [p for p in installed if "scaledobjects" in p.name]
         assert keda, f"the KEDA ScaledObject CRD is missing; run `make tools` ({installed})"
         kubectl(c, "apply", "--server-side", "-f", str(keda[0]))
-        for name in [d.name for d in definitions()] + ["scaledobjects.keda.sh"]:
-            kubectl(c, "wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+        wait_established(c, [d.name for d in definitions()] + ["scaledobjects.keda.sh"])
         data = powercap_config(problem)
         data["resources"] = {"enabled": True}
         config = c.run_dir / "powercap.json"
