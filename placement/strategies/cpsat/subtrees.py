@@ -77,6 +77,9 @@ def plan_by_parts(
         return None
     limit = max(0.0, float(time_limit_s))
     greedy = plan_greedy(problem)
+    # The fill after the parts replays the greedy rule on what is left: keep back about
+    # as long as greedy took, so the whole plan ends near the limit.
+    end = start + limit - min(0.1 * limit, 1.5 * greedy.stats.wall_s)
     split = split_capacity(problem, cut, deadline=start + _LP_SHARE * limit)
     if split is None:
         return None
@@ -86,7 +89,7 @@ def plan_by_parts(
     remaining_nodes = problem.fleet.size
     for p in order.tolist():
         nodes = np.flatnonzero(cut.part_of_node == p)
-        left = max(0.0, start + limit - time.perf_counter())
+        left = max(0.0, end - time.perf_counter())
         share = left * nodes.size / max(1, remaining_nodes)
         remaining_nodes -= nodes.size
         sub, services = part_problem(problem, cut, split, part=p)
