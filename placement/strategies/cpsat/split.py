@@ -33,6 +33,9 @@ IntArray = NDArray[np.int64]
 # added where the LP's load exceeds an allowance (at most 8 per domain and round).
 _INITIAL_SLOTS = 12
 _SPACING = 3
+# Objective bonus per replica a split leaves where the placement to keep has it: far
+# below one replica's priority weight (at least 1), so it only breaks ties.
+_KEEP_BONUS = 1e-4
 # Watts kept back from every domain's slack when it is shared, against float rounding.
 _MARGIN_W = 1.0
 
@@ -85,11 +88,23 @@ def find_cut(problem: Problem) -> Cut | None:
     return Cut(parts.astype(np.int64), np.argmax(under, axis=0).astype(np.int64), above)
 
 
-def split_capacity(problem: Problem, cut: Cut, *, deadline: float) -> Split | None:
+def split_capacity(
+    problem: Problem, cut: Cut, *, deadline: float, keep: IntArray | None = None
+) -> Split | None:
     """Solve the LP over the parts (lazy slot rows, as the planner does for the whole
-    model) and hand out demand and power; ``None`` if GLOP is unavailable or fails."""
+    model) and hand out demand and power; ``None`` if GLOP is unavailable or fails.
+
+    ``keep`` (services × nodes) is a placement to stay close to (the current one, on a
+    re-plan): among equally good splits the LP prefers one that leaves each part at
+    least the replicas it has there. The preference is worth :data:`_KEEP_BONUS` per
+    replica, so the bound grows by at most that times the replicas kept, and stays a
+    bound."""
     began = time.perf_counter()
-    lp = _PartsLp(problem, cut)
+    kept = None
+    if keep is not None:
+        kept = np.zeros((problem.services.size, cut.parts.size))
+        np.add.at(kept.T, cut.part_of_node, keep.T.astype(np.float64))
+    lp = _PartsLp(problem, cut, kept)
     if lp.solver is None:
         return None
     lp.run(deadline)
@@ -112,7 +127,7 @@ class _PartsLp:
     """GLOP over y[s, p] (replicas of service s in part p), with power rows emitted
     lazily for the domains at the cut and above."""
 
-    def __init__(self, problem: Problem, cut: Cut) -> None:
+    def __init__(self, problem: Problem, cut: Cut, kept: FloatArray | None) -> None:
         self.problem, self.cut = problem, cut
         svc, tree = problem.services, problem.tree
         self.solver = pywraplp.Solver.CreateSolver("GLOP")
@@ -148,6 +163,13 @@ class _PartsLp:
         for i in range(n_svc):
             for p in range(n_parts):
                 objective.SetCoefficient(self.var[i][p], float(weights[i]))
+        if kept is not None:  # k[s, p] ≤ min(kept, y[s, p]), worth a small bonus each
+            for i, p in zip(*np.nonzero(kept), strict=True):
+                k = s.NumVar(0.0, float(kept[i, p]), "")
+                row = s.Constraint(-s.infinity(), 0.0)
+                row.SetCoefficient(k, 1.0)
+                row.SetCoefficient(self.var[int(i)][int(p)], -1.0)
+                objective.SetCoefficient(k, _KEEP_BONUS)
         objective.SetMaximization()
         # Initial slots: evenly spread, the first at the heaviest slot of full demand.
         heavy = int(np.argmax(demand @ self.profiles)) if n_svc else 0

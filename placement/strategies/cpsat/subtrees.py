@@ -80,7 +80,10 @@ def plan_by_parts(
     # The fill after the parts replays the greedy rule on what is left: keep back about
     # as long as greedy took, so the whole plan ends near the limit.
     end = start + limit - min(0.1 * limit, 1.5 * greedy.stats.wall_s)
-    split = split_capacity(problem, cut, deadline=start + _LP_SHARE * limit)
+    keep = problem.current
+    if keep is None and hint is not None:
+        keep = hint.counts
+    split = split_capacity(problem, cut, deadline=start + _LP_SHARE * limit, keep=keep)
     if split is None:
         return None
     counts = np.zeros((problem.services.size, problem.fleet.size), dtype=np.int64)
