@@ -198,3 +198,24 @@ def test_by_parts_is_feasible_and_bounded_on_drawn_trees(problem: Problem) -> No
         assert plan.stats.bound >= _weighted(problem, plan.assignment)
         # The bound is the whole problem's: it bounds every feasible placement.
         assert plan.stats.bound >= _weighted(problem, plan_greedy(problem).assignment)
+
+
+@SOLVER
+@given(problems(max_services=3))
+def test_shares_hold_the_domains_above_on_drawn_trees(problem: Problem) -> None:
+    cut = find_cut(problem)
+    if cut is None or (problem.idle_by_domain[:, None] > problem.effective_caps).any():
+        return
+    split = split_capacity(problem, cut, deadline=time.perf_counter() + 5)
+    assert split is not None
+    allow = problem.effective_caps - problem.idle_by_domain[:, None]
+    for a in cut.above:
+        inside = problem.tree.membership[a, cut.parts]
+        assert (split.allowance[inside].sum(axis=0) <= allow[a] + 1e-6).all()
+    assert (split.demand.sum(axis=1) <= problem.services.demand).all()
+    assert (split.demand >= 0).all()
+    # The LP relaxes the whole problem: greedy's placement never beats its bound.
+    from placement.strategies.greedy import plan_greedy
+
+    assert split.bound is not None
+    assert split.bound >= _weighted(problem, plan_greedy(problem).assignment)
