@@ -18,8 +18,10 @@ and the hint (a warm re-plan: ``moves`` counts replicas that leave their node). 
 nameplate and peak-sum baselines are shown for scale. Columns: wall time of the whole
 strategy call; replicas hosted and priority-weighted; CP-SAT's bound and relative gap;
 predicted violations (domain-slots over cap, must be 0); lazy rounds (LP + CP-SAT) and
-(domain, slot) constraints emitted; ``stage1 s``, the time until the hosted objective was
-settled (the rest refines spread); ``moves`` of a re-plan. The last line is the verdict.
+(domain, slot) constraints emitted; ``cpu s``, the CPU time of the call (all threads; on
+a machine shared with other work, wall ≫ cpu / 2 shows the cores were taken);
+``stage1 s``, the time until the hosted objective was settled (the rest refines spread);
+``moves`` of a re-plan. The last line is the verdict.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ COLUMNS = (
     ("seed", 4),
     ("strategy", 9),
     ("wall s", 7),
+    ("cpu s", 7),
     ("hosted", 7),
     ("weighted", 9),
     ("bound", 8),
@@ -54,7 +57,7 @@ COLUMNS = (
 )
 
 
-def _row(seed: int, problem: Problem, plan: Plan, wall: float) -> dict[str, Any]:
+def _row(seed: int, problem: Problem, plan: Plan, wall: float, cpu: float) -> dict[str, Any]:
     metrics = evaluate(problem, plan.assignment)
     stats = plan.stats
     stage1 = stats.extra.get("stage1", {})
@@ -62,6 +65,7 @@ def _row(seed: int, problem: Problem, plan: Plan, wall: float) -> dict[str, Any]
         "seed": seed,
         "strategy": plan.strategy,
         "wall s": f"{wall:.2f}",
+        "cpu s": f"{cpu:.2f}",
         "hosted": metrics.hosted_total,
         "weighted": f"{metrics.priority_weighted_hosted:.0f}",
         "bound": "—" if stats.bound is None else f"{stats.bound:.0f}",
@@ -99,16 +103,21 @@ def run(
         names = ["nameplate", "peak-sum"] if baselines else []
         options = {"time_limit_s": time_limit_s, "workers": workers, "relative_gap": gap}
         for name in [*names, "greedy", "cpsat"]:
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), time.process_time()
             plan = run_strategy(name, problem, **(options if name == "cpsat" else {}))
-            out.append(_row(seed, problem, plan, time.perf_counter() - began))
+            out.append(_row(seed, problem, plan, *_since(began, cpu)))
         if replan:
             again = replace(problem, current=plan.assignment.counts)
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), time.process_time()
             plan = run_strategy("cpsat", again, hint=Assignment(plan.assignment.counts), **options)
-            row = _row(seed, again, plan, time.perf_counter() - began)
+            row = _row(seed, again, plan, *_since(began, cpu))
             out.append({**row, "strategy": "re-plan"})
     return out
+
+
+def _since(wall: float, cpu: float) -> tuple[float, float]:
+    """Wall and CPU seconds (this process, every thread) since ``wall``/``cpu``."""
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def verdict(rows: list[dict[str, Any]], *, gap_bar: float, cpsat_s: float, greedy_s: float) -> str:
