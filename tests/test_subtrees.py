@@ -219,3 +219,17 @@ def test_shares_hold_the_domains_above_on_drawn_trees(problem: Problem) -> None:
 
     assert split.bound is not None
     assert split.bound >= _weighted(problem, plan_greedy(problem).assignment)
+
+
+def test_the_split_has_an_optimum_even_past_its_deadline() -> None:
+    problem = _site(site_cap=110_000, hall_cap=60_000)
+    cut = find_cut(problem)
+    assert cut is not None
+    split = split_capacity(problem, cut, deadline=time.perf_counter() - 1.0)
+    assert split is not None
+    assert split.rounds == 1
+    assert split.bound is not None
+    # So a plan with no time at all is still planned by parts, and feasible.
+    plan = plan_cpsat(problem, time_limit_s=0, workers=1, split_nodes=1)
+    assert plan.stats.extra["decomposed"] is True
+    _assert_feasible(problem, plan.assignment)

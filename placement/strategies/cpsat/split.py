@@ -210,11 +210,14 @@ class _PartsLp:
 
     def run(self, deadline: float) -> None:
         """Solve, check every slot, add the worst violated ones, until none is left or
-        the deadline passes (the first solve always runs)."""
+        the deadline passes. The first solve runs to its end whatever the deadline: the
+        split and the bound need one optimum, and without it the caller would fall back
+        to the one model this split exists to avoid."""
         s = self.solver
         n_svc, n_parts = len(self.var), self.cut.parts.size
         while True:
-            s.SetTimeLimit(max(1, int(1000 * (deadline - time.perf_counter()))))
+            if self.rounds:
+                s.SetTimeLimit(max(1, int(1000 * (deadline - time.perf_counter()))))
             status = s.Solve()
             self.rounds += 1
             if status != pywraplp.Solver.OPTIMAL:

@@ -68,7 +68,8 @@ def plan_by_parts(
 ) -> Plan | None:
     """Plan ``problem`` part by part (see the module docstring); ``None`` if the tree
     has no cut below the root, or the problem has carbon terms (an emission budget
-    spans the parts), or the LP fails — the caller then solves one model."""
+    spans the parts), or the LP has no optimum (a domain whose idle draw exceeds its
+    cap makes it infeasible) — the caller then solves one model."""
     start = time.perf_counter()
     if problem.carbon is not None:
         return None
