@@ -14,7 +14,7 @@ site (:func:`benchmarks.synthetic.site_problem`: site → 4 halls → 64 rows �
 ``cpsat`` plans row by row under an LP split of the site's power
 (:mod:`placement.strategies.cpsat.subtrees`), and its bound is that LP's — a bound on
 the whole problem. ``--replan`` plans again with the first plan as the current placement
-and the hint (a warm re-plan: ``moves`` counts replicas that leave their node). The
+and the hint (a warm re-plan: ``moves`` counts replicas that leave their rack). The
 nameplate and peak-sum baselines are shown for scale. Columns: wall time of the whole
 strategy call; replicas hosted and priority-weighted; CP-SAT's bound and relative gap;
 predicted violations (domain-slots over cap, must be 0); lazy rounds (LP + CP-SAT) and

@@ -117,6 +117,15 @@ def plan_by_parts(
     return Plan("cpsat", assignment, stats)
 
 
+def _moves(problem: Problem, assignment: Assignment) -> int:
+    """Replicas taken away from the domain they run in now (as the one model counts)."""
+    if problem.current is None:
+        return 0
+    leaf = np.zeros((problem.tree.size, problem.services.size), dtype=np.int64)
+    np.add.at(leaf, problem.fleet.domain, (problem.current - assignment.counts).T)
+    return int(np.clip(leaf, 0, None).sum())
+
+
 def _dead(problem: Problem) -> NDArray[np.bool_]:
     """Domains under a domain whose idle draw alone exceeds its cap in some slot."""
     over = np.asarray((problem.idle_by_domain[:, None] > problem.effective_caps).any(axis=1))
@@ -226,9 +235,7 @@ def _stats(
         "idle_over_cap": [problem.tree.names[d] for d in np.flatnonzero(_dead(problem))],
         "fallback": None,
         "unpacked": 0,
-        "moves": 0
-        if problem.current is None
-        else int(np.clip(problem.current - assignment.counts, 0, None).sum()),
+        "moves": _moves(problem, assignment),
     }
     return SolverStats(
         status="OPTIMAL" if gap is not None and gap <= 0 else "FEASIBLE",
