@@ -12,7 +12,6 @@ import time
 import numpy as np
 
 from placement.problem import Problem
-from placement.scoring import path_utilisation_after
 from placement.strategies import Plan, SolverStats
 from placement.strategies.sequential import place_sequentially
 
@@ -24,12 +23,12 @@ def _flat(problem: Problem, per_replica: np.ndarray) -> np.ndarray:
 def plan_nameplate(problem: Problem) -> Plan:
     start = time.perf_counter()
     accounted = _flat(problem, problem.services.nameplate)
-    assignment = place_sequentially(problem, accounted, path_utilisation_after, pack=False)
+    assignment = place_sequentially(problem, accounted, "utilisation-after", pack=False)
     return Plan("nameplate", assignment, SolverStats(wall_s=time.perf_counter() - start))
 
 
 def plan_peak_sum(problem: Problem) -> Plan:
     start = time.perf_counter()
     accounted = _flat(problem, problem.services.peaks)
-    assignment = place_sequentially(problem, accounted, path_utilisation_after, pack=False)
+    assignment = place_sequentially(problem, accounted, "utilisation-after", pack=False)
     return Plan("peak-sum", assignment, SolverStats(wall_s=time.perf_counter() - start))

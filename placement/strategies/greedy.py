@@ -9,12 +9,11 @@ from __future__ import annotations
 import time
 
 from placement.problem import Problem
-from placement.scoring import peak_increase
 from placement.strategies import Plan, SolverStats
 from placement.strategies.sequential import place_sequentially
 
 
 def plan_greedy(problem: Problem) -> Plan:
     start = time.perf_counter()
-    assignment = place_sequentially(problem, problem.services.profiles, peak_increase, pack=True)
+    assignment = place_sequentially(problem, problem.services.profiles, "peak-increase", pack=True)
     return Plan("greedy", assignment, SolverStats(wall_s=time.perf_counter() - start))

@@ -23,7 +23,10 @@ fill it), :mod:`~placement.strategies.cpsat.structure` and
 :mod:`~placement.strategies.cpsat.lazy_slots` (the slots the first model sees and the
 solve → check → add loop), :mod:`~placement.strategies.cpsat.relaxation` (that loop on
 the LP), :mod:`~placement.strategies.cpsat.stages` (that loop for each objective
-stage) and :mod:`~placement.strategies.cpsat.packing` (counts onto nodes).
+stage) and :mod:`~placement.strategies.cpsat.packing` (counts onto nodes). From
+``split_nodes`` nodes on, :mod:`~placement.strategies.cpsat.subtrees` plans the tree part
+by part (row by row on a site) under the power split and whole-problem bound of
+:mod:`~placement.strategies.cpsat.split`.
 """
 
 from placement.strategies.cpsat.planning import plan_cpsat

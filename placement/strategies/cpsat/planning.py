@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,7 @@ from placement.strategies.cpsat.stages import (
     finite,
 )
 from placement.strategies.cpsat.structure import Structure, build_structure
+from placement.strategies.cpsat.subtrees import SPLIT_NODES, plan_by_parts
 
 
 def plan_cpsat(
@@ -49,13 +51,17 @@ def plan_cpsat(
     hint: Assignment | None = None,
     seed: int = 0,
     relative_gap: float = 0.005,
+    split_nodes: int | None = SPLIT_NODES,
 ) -> Plan:
     """Plan the placement with CP-SAT (see :mod:`placement.strategies.cpsat` for the model).
 
     ``time_limit_s`` bounds the solver time of all stages together (model building and
     the greedy warm start come on top, and are small); ``workers`` is CP-SAT's thread
     count; ``hint`` is an optional placement to start from (it need not be feasible);
-    stage 1 stops once within ``relative_gap`` of its bound.
+    stage 1 stops once within ``relative_gap`` of its bound. From ``split_nodes`` nodes
+    on (``None``: never) the tree is planned part by part below the level above its
+    leaves (:mod:`placement.strategies.cpsat.subtrees`); smaller problems, problems with
+    carbon terms and trees with no such level are one model.
 
     ``stats``: ``objective`` is the priority-weighted replicas the returned assignment
     hosts, ``bound`` the best stage-1 bound of the integer model, ``gap`` their relative
@@ -71,6 +77,17 @@ def plan_cpsat(
     svc, fleet = problem.services, problem.fleet
     if svc.size == 0 or fleet.size == 0 or int(svc.demand.clip(min=0).sum()) == 0:
         return _empty_plan(problem, start, "nothing to place (no services, nodes or demand)")
+    if split_nodes is not None and fleet.size >= split_nodes:
+        by_parts = plan_by_parts(
+            problem,
+            time_limit_s=time_limit_s,
+            hint=hint,
+            solve_part=partial(
+                plan_cpsat, workers=workers, seed=seed, relative_gap=relative_gap, split_nodes=None
+            ),
+        )
+        if by_parts is not None:
+            return by_parts
     prep = prepare(problem)
     idle_over = [problem.tree.names[d] for d in np.flatnonzero(prep.dead)]
     if not prep.ub_host.any():
