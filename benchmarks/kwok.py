@@ -11,11 +11,11 @@ Quality bars (DESIGN / issue 4):
 * **throughput** — 1,000 fake nodes, 10,000 pods: pods/s with the extender ≥ 50% of the
   same scheduler without it, in the same run. "The same scheduler" is the shipped
   KubeSchedulerConfiguration (``percentageOfNodesToScore: 100``, GPU MostAllocated, client
-  QPS) with the ``extenders`` stanza removed. Every pod fits by GPUs and caps in both
-  runs (16 GPUs a node, caps at the racks' nameplate), so both runs do the same
-  scheduling work and the difference is the extender's cost. Pods are created before the
-  scheduler starts; the rate is pods bound per second between the first and the last
-  binding, timed from a pod watch (see ``e2e/backend.py``).
+  QPS) with the ``extenders`` stanza removed; the raised bar (issue 16) is ≥ 80%. Every
+  pod fits by GPUs and caps in both runs (16 GPUs a node, caps at the racks' nameplate),
+  so both runs do the same scheduling work and the difference is the extender's cost.
+  Pods are created before the scheduler starts; the rate is pods bound per second between
+  the first and the last binding, timed from a pod watch (see ``e2e/backend.py``).
 * **servegen** — on the ServeGen-built scenario of ``benchmarks.quality`` (40 services,
   320 nodes), replicas hosted through kube-scheduler + extender (cpsat planner,
   ``reservePlan``) ≥ 97% of the offline cpsat plan, with zero predicted violations.
@@ -50,6 +50,7 @@ from placement.strategies import run_strategy
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "servegen"
 FOLDERS = ("language/m-large", "language/m-mid")
 BAR_THROUGHPUT = 0.50
+BAR_THROUGHPUT_RAISED = 0.80  # DESIGN "Quality bars", raised (issue 16)
 BAR_LIVE_VS_PLAN = 0.97
 BAR_REPLAY = 0.10
 TRAIN_DAYS = 7
@@ -166,9 +167,13 @@ def bench_throughput(nodes: int, pods: int, planner: str) -> int:
         print("verdict: too few bindings to measure a rate")
         return 1
     share = ours / base
+
+    def met(bar: float) -> str:
+        return f"≥ {bar:.0%} {'met' if share >= bar else 'NOT met'}"
+
     print(
         f"verdict: with the extender {ours:.1f} pods/s = {share:.0%} of {base:.1f} pods/s "
-        f"without (bar ≥ {BAR_THROUGHPUT:.0%}): {'met' if share >= BAR_THROUGHPUT else 'NOT met'}"
+        f"without (bar {met(BAR_THROUGHPUT)}; raised bar {met(BAR_THROUGHPUT_RAISED)})"
     )
     return 0
 

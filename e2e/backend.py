@@ -36,7 +36,7 @@ from e2e.deploy import (
     wait_for,
     write_config,
 )
-from e2e.extender_view import plan_gauges
+from e2e.extender_view import plan_gauges, verb_summary
 from e2e.scheduler import ExtenderPorts, start_extender, start_scheduler
 from placement.cluster_run import ClusterRun, LiveSettings, ReplayOutcome
 from placement.problem import Problem
@@ -211,6 +211,8 @@ def run_on_kwok(
                 client, problem, clock, timeout_s=settings.settle_timeout_s, alive=schedulers.alive
             )
             laps("schedule_s")
+            if schedulers.extender_ports is not None:
+                step(f"extender: {verb_summary(schedulers.extender_ports.metrics)}")
             replayed, baseline = replay_outcomes(
                 c,
                 core,
