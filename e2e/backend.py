@@ -275,7 +275,8 @@ def start_schedulers(
         wait_for(
             "the extender's first plan",
             lambda: bool(plan_gauges(ports.metrics)),
-            timeout_s=settings.planner_time_limit_s + 120.0,
+            # The solver's limit, plus building the model, which grows with the fleet.
+            timeout_s=settings.planner_time_limit_s + 120.0 + 0.05 * problem.fleet.size,
             every_s=1.0,
         )
         schedulers.planner = plan_gauges(ports.metrics)
