@@ -4,6 +4,7 @@ the live placement gets to the offline plan.
     python -m benchmarks.kwok throughput            # 1,000 nodes, 10,000 pods, both ways
     python -m benchmarks.kwok servegen              # ServeGen scenario: live vs offline cpsat
     python -m benchmarks.kwok throughput --nodes 200 --pods 2000   # a quicker look
+    python -m benchmarks.kwok throughput --nodes 5000 --pods 1000 --only with
     python -m benchmarks.kwok replay                # ServeGen days 8–14 replayed, ± controller
     python -m benchmarks.kwok replay --power-limits both   # … and capping vs evict-only
 
@@ -12,11 +13,11 @@ Quality bars (DESIGN / issue 4):
 * **throughput** — 1,000 fake nodes, 10,000 pods: pods/s with the extender ≥ 50% of the
   same scheduler without it, in the same run. "The same scheduler" is the shipped
   KubeSchedulerConfiguration (``percentageOfNodesToScore: 100``, GPU MostAllocated, client
-  QPS) with the ``extenders`` stanza removed. Every pod fits by GPUs and caps in both
-  runs (16 GPUs a node, caps at the racks' nameplate), so both runs do the same
-  scheduling work and the difference is the extender's cost. Pods are created before the
-  scheduler starts; the rate is pods bound per second between the first and the last
-  binding, timed from a pod watch (see ``e2e/backend.py``).
+  QPS) with the ``extenders`` stanza removed; the raised bar (issue 16) is ≥ 80%. Every
+  pod fits by GPUs and caps in both runs (16 GPUs a node, caps at the racks' nameplate),
+  so both runs do the same scheduling work and the difference is the extender's cost.
+  Pods are created before the scheduler starts; the rate is pods bound per second between
+  the first and the last binding, timed from a pod watch (see ``e2e/backend.py``).
 * **servegen** — on the ServeGen-built scenario of ``benchmarks.quality`` (40 services,
   320 nodes), replicas hosted through kube-scheduler + extender (cpsat planner,
   ``reservePlan``) ≥ 97% of the offline cpsat plan, with zero predicted violations.
@@ -54,6 +55,7 @@ from placement.strategies import run_strategy
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "servegen"
 FOLDERS = ("language/m-large", "language/m-mid")
 BAR_THROUGHPUT = 0.50
+BAR_THROUGHPUT_RAISED = 0.80  # DESIGN "Quality bars", raised (issue 16)
 BAR_LIVE_VS_PLAN = 0.97
 BAR_REPLAY = 0.10
 BAR_FEWER_EVICTIONS = 0.80  # power limits: evictions cut by at least this share
@@ -145,35 +147,40 @@ def _table(rows: list[dict[str, Any]]) -> None:
         print("  ".join(str(r[k]).rjust(widths[k]) for k in keys))
 
 
-def bench_throughput(nodes: int, pods: int, planner: str) -> int:
+def bench_throughput(nodes: int, pods: int, planner: str, only: str | None = None) -> int:
+    """Both runs and the verdict; ``only`` (``"with"`` or ``"without"``) runs that half
+    alone and prints its row, no verdict (a quicker look at a large cluster)."""
     problem = throughput_problem(nodes, pods)
     print(
         f"throughput: {problem.fleet.size} nodes ({int(problem.fleet.gpus.sum())} GPUs), "
         f"{int(problem.services.demand.sum())} pods of {problem.services.size} services, "
         f"{problem.tree.size} domains, T = {problem.grid.slots}; planner {planner}"
     )
+    settings = {
+        "without": LiveSettings(scheduler="default", stock_default=False, settle_timeout_s=1800),
+        "with": LiveSettings(scheduler="powercap", planner=planner, settle_timeout_s=1800),
+    }
     runs = {
-        "without extender": run_on_kwok(
-            problem,
-            LiveSettings(scheduler="default", stock_default=False, settle_timeout_s=1800),
-            _step("without"),
-        ),
-        "with extender": run_on_kwok(
-            problem,
-            LiveSettings(scheduler="powercap", planner=planner, settle_timeout_s=1800),
-            _step("with"),
-        ),
+        f"{half} extender": run_on_kwok(problem, live, _step(half))
+        for half, live in settings.items()
+        if only in (None, half)
     }
     _table([_summary(name, problem, run) for name, run in runs.items()])
+    if only is not None:
+        return 0
     base = runs["without extender"].throughput_pods_per_s
     ours = runs["with extender"].throughput_pods_per_s
     if base is None or ours is None:
         print("verdict: too few bindings to measure a rate")
         return 1
     share = ours / base
+
+    def met(bar: float) -> str:
+        return f"≥ {bar:.0%} {'met' if share >= bar else 'NOT met'}"
+
     print(
         f"verdict: with the extender {ours:.1f} pods/s = {share:.0%} of {base:.1f} pods/s "
-        f"without (bar ≥ {BAR_THROUGHPUT:.0%}): {'met' if share >= BAR_THROUGHPUT else 'NOT met'}"
+        f"without (bar {met(BAR_THROUGHPUT)}; raised bar {met(BAR_THROUGHPUT_RAISED)})"
     )
     return 0
 
@@ -402,6 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tp.add_argument("--nodes", type=int, default=1000)
     tp.add_argument("--pods", type=int, default=10_000)
     tp.add_argument("--planner", choices=("cpsat", "greedy"), default="cpsat")
+    tp.add_argument("--only", choices=("with", "without"), help="run one half alone (no verdict)")
     sg = sub.add_parser("servegen", help="replicas hosted live vs the offline cpsat plan")
     sg.add_argument("--data", type=Path, default=DATA)
     sg.add_argument("--time-limit", type=float, default=30.0)
@@ -428,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}")
     if args.which == "throughput":
-        return bench_throughput(args.nodes, args.pods, args.planner)
+        return bench_throughput(args.nodes, args.pods, args.planner, args.only)
     if args.which == "replay":
         return bench_replay(
             args.data,

@@ -39,7 +39,7 @@ from e2e.deploy import (
     wait_for,
     write_config,
 )
-from e2e.extender_view import plan_gauges
+from e2e.extender_view import plan_gauges, verb_summary
 from e2e.scheduler import ExtenderPorts, start_extender, start_scheduler
 from placement.cluster_run import ClusterRun, LiveSettings, ReplayOutcome
 from placement.problem import Problem
@@ -214,6 +214,8 @@ def run_on_kwok(
                 client, problem, clock, timeout_s=settings.settle_timeout_s, alive=schedulers.alive
             )
             laps("schedule_s")
+            if schedulers.extender_ports is not None:
+                step(f"extender: {verb_summary(schedulers.extender_ports.metrics)}")
             replayed, baseline, without_limits = replay_outcomes(
                 c,
                 core,
@@ -285,7 +287,8 @@ def start_schedulers(
         wait_for(
             "the extender's first plan",
             lambda: bool(plan_gauges(ports.metrics)),
-            timeout_s=settings.planner_time_limit_s + 120.0,
+            # The solver's limit, plus building the model, which grows with the fleet.
+            timeout_s=settings.planner_time_limit_s + 120.0 + 0.05 * problem.fleet.size,
             every_s=1.0,
         )
         schedulers.planner = plan_gauges(ports.metrics)

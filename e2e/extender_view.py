@@ -56,6 +56,29 @@ def plan_gauges(port: int) -> dict[str, float]:
     return out
 
 
+def verb_summary(port: int) -> str:
+    """The extender's verb calls so far, from its ``/metrics``: per verb the calls and
+    their mean time in the extender (parse, decide, answer; a bind's API call included),
+    then the calls answered 503 for want of a free slot (each one a pod the scheduler
+    must schedule again)."""
+    samples = scrape(port)
+    sums = samples.get("powercap_extender_request_seconds_sum", {})
+    counts = samples.get("powercap_extender_request_seconds_count", {})
+    parts = []
+    for labels, count in sorted(counts.items()):
+        if count:
+            verb = dict(labels).get("verb", "")
+            mean_ms = 1000 * sums.get(labels, 0.0) / count
+            parts.append(f"{verb} {count:,.0f} calls, mean {mean_ms:.2f} ms")
+    busy = sum(
+        value
+        for labels, value in samples.get("powercap_extender_decisions_total", {}).items()
+        if dict(labels).get("outcome") == "busy"
+    )
+    parts.append(f"{busy:,.0f} answered busy (503)")
+    return "; ".join(parts)
+
+
 def extender_headroom(port: int) -> dict[str, float]:
     """Per domain: the extender's least predicted ``cap − load`` over the period."""
     return labelled(port, HEADROOM)

@@ -70,7 +70,7 @@ from extender.periodic import PeriodicLoop
 from extender.profiles.refresh import ProfileRefresher
 from extender.telemetry import CarbonMetrics, ControllerMetrics, Telemetry
 from extender.webhook.app import create_app
-from extender.webhook.binding import Binder, KubernetesBinder, StaticBinder
+from extender.webhook.binding import Binder, StaticBinder, binder_for
 from extender.webhook.decisions import Decider
 from extender.webhook.planner import Planner
 from extender.webhook.serving import Servers
@@ -292,7 +292,7 @@ def from_cluster(
         config = initial_config(config, sources)
     ext = _assemble(
         config,
-        KubernetesBinder(core, timeouts=timeouts),
+        binder_for(core, timeouts=timeouts),
         KubernetesEventSink(core, timeouts=timeouts),
     )
     ext.mirror = Mirror(

@@ -29,8 +29,9 @@ from typing import Any
 from extender.config.kubernetes import KubernetesSettings
 
 # Connections to the API server: the verbs' worker threads that bind (powercap serve
-# --max-concurrent, 16 by default) and the mirror's watches, with room to raise the first.
-CONNECTION_POOL = 48
+# --max-binds, 256 by default) and the mirror's and the resources' watches. A bind beyond
+# the pool opens a connection of its own and throws it away: a TLS handshake per bind.
+CONNECTION_POOL = 320
 # A connection idle this long is probed; after KEEPALIVE_PROBES unanswered probes
 # KEEPALIVE_INTERVAL_S apart it is dropped (an idle watch included).
 KEEPALIVE_IDLE_S = 30

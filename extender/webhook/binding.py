@@ -2,6 +2,11 @@
 
 The Kubernetes binder creates the v1 Binding (``POST pods/{name}/binding``) as the
 default scheduler would; the static binder of ``serve --scenario`` only records.
+:class:`PooledBinder` (what ``powercap serve`` runs on a real client, see
+:func:`binder_for`) sends the same Binding as a plain POST of orjson bytes through the
+client's own connection pool and credentials: the client's generated method validates
+its arguments and the body with pydantic on every call, which at hundreds of binds a
+second is most of a bind's CPU, all of it under the GIL the verbs need.
 
 A Binding call can end without an answer (the connection drops, the API server times
 out or restarts): the Binding may then exist or not. :class:`BindError` says so
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import time
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import orjson
 
@@ -155,3 +161,70 @@ class KubernetesBinder:
         if pod.uid and get_field(metadata_of(data), "uid") != pod.uid:
             return ""  # deleted and created again: the pod that was bound is gone
         return node_name_of(data) or ""
+
+
+class PooledBinder(KubernetesBinder):
+    """A :class:`KubernetesBinder` whose Binding is a plain ``POST`` of orjson bytes
+    through ``core``'s connection pool (its TLS settings and client certificate) with its
+    bearer token, read at each call as the client reads it (a token file is re-read when
+    it rotates). Same timeouts and the same :class:`BindError` semantics; the pod read of
+    :meth:`bound_node`, rare, stays the client's."""
+
+    def __init__(self, core: Any, *, timeouts: KubernetesSettings = DEFAULT_TIMEOUTS) -> None:
+        super().__init__(core, timeouts=timeouts)
+        self._api = core.api_client
+        self._host = str(self._api.configuration.host).rstrip("/")
+
+    def _headers(self) -> dict[str, str]:
+        headers = {str(k): str(v) for k, v in self._api.default_headers.items()}
+        headers["Content-Type"] = "application/json"
+        headers["Accept"] = "application/json"
+        # The client's own auth step: the bearer token (refreshed by its hook, if any).
+        self._api.update_params_for_auth(headers, [], ["BearerToken"], "", "POST", None)
+        return headers
+
+    def bind(self, pod: PodRef, node: str, *, deadline: float | None = None) -> None:
+        from urllib3 import Timeout
+        from urllib3.exceptions import HTTPError
+
+        timeout = self._timeout(deadline)
+        if timeout < MIN_CALL_S:
+            raise BindError(f"binding {pod} to {node}: no time left in this bind; retry")
+        url = (
+            f"{self._host}/api/v1/namespaces/{quote(pod.namespace, safe='')}"
+            f"/pods/{quote(pod.name, safe='')}/binding"
+        )
+        try:
+            response = self._api.rest_client.pool_manager.request(
+                "POST",
+                url,
+                body=orjson.dumps(binding_body(pod, node)),
+                headers=self._headers(),
+                timeout=Timeout(total=timeout),
+                retries=False,
+                preload_content=True,  # read whole, so the connection goes back to the pool
+            )
+        except (OSError, HTTPError) as exc:  # connection refused, reset, timed out
+            raise BindError(
+                f"binding {pod} to {node} failed: {exc}", maybe_bound=not _never_sent(exc)
+            ) from exc
+        status = int(response.status)
+        if not 200 <= status < 300:
+            # A 4xx is a refusal; a 5xx (a timeout, etcd unavailable) may come from a
+            # request that still commits.
+            raise BindError(
+                f"binding {pod} to {node} failed: {status} {response.reason}: "
+                f"{(response.data or b'')[:300]!r}",
+                maybe_bound=not 400 <= status < 500,
+            )
+
+
+def binder_for(core: Any, *, timeouts: KubernetesSettings = DEFAULT_TIMEOUTS) -> KubernetesBinder:
+    """The binder for ``core``: a :class:`PooledBinder` on a real
+    ``kubernetes.client.CoreV1Api``, else (a stand-in with the client's methods) a
+    :class:`KubernetesBinder`."""
+    from kubernetes.client import CoreV1Api
+
+    if isinstance(core, CoreV1Api):
+        return PooledBinder(core, timeouts=timeouts)
+    return KubernetesBinder(core, timeouts=timeouts)

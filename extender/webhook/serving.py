@@ -205,6 +205,9 @@ class Servers:
             "lifespan": "on",
             "log_level": settings.log_level.lower(),
             "access_log": False,
+            # No proxy stands in front of either server: the client's address is the
+            # peer's, and the per-request middleware that would rewrite it is skipped.
+            "proxy_headers": False,
         }
         tls = settings.tls
         verbs_config = uvicorn.Config(
