@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 from numpy.typing import NDArray
@@ -99,18 +100,18 @@ class ClusterState:
         self.is_leaf = np.zeros(tree.size, dtype=bool)
         self.is_leaf[tree.leaves] = True
         # Ancestors-or-self of every domain, root first: the levels a bind re-checks.
-        self.paths: tuple[NDArray[np.int64], ...] = tuple(
-            tree.ancestors(d) for d in range(tree.size)
-        )
+        self.paths: tuple[NDArray[np.int64], ...] = tree.paths
         # Domains by depth, for level-by-level passes down the tree.
-        self.levels: list[NDArray[np.int64]] = [
-            np.flatnonzero(tree.depth == k) for k in range(int(tree.depth.max()) + 1)
-        ]
+        self.levels: list[NDArray[np.int64]] = list(tree.levels)
         self.slot_labels: tuple[str, ...] = tuple(grid.slot_label(t) for t in range(grid.slots))
         # Nodes live in parallel arrays indexed by slot; freed slots are reused.
         self._node_slot: dict[str, int] = {}
         self._nodes: list[NodeRecord | None] = []
         self._free_slots: list[int] = []
+        # The slots of the last list of names looked up (node_slots), while no node is
+        # added or removed: (node epoch, names, slots).
+        self._node_epoch = 0
+        self._last_lookup: tuple[int, list[str], NDArray[np.int64]] | None = None
         self.node_leaf = np.full(0, -1, dtype=np.int64)
         self.node_gpus = np.zeros(0, dtype=np.int64)
         self.node_used = np.zeros(0, dtype=np.int64)
@@ -227,6 +228,7 @@ class ClusterState:
                     self._grow()
                 slot = self._free_slots.pop()
                 self._node_slot[name] = slot
+                self._node_epoch += 1
             self._nodes[slot] = record
             self._attach(record, slot, 1)
             self._changed(topology=True)
@@ -238,6 +240,7 @@ class ClusterState:
             slot = self._node_slot.pop(name, None)
             if slot is None:
                 return False
+            self._node_epoch += 1
             node = self._nodes[slot]
             assert node is not None
             self._attach(node, slot, -1)
@@ -255,9 +258,21 @@ class ClusterState:
         return self._node_slot.get(name, -1)
 
     def node_slots(self, names: Sequence[str]) -> NDArray[np.int64]:
-        """:meth:`node_slot` for many names at once."""
-        get = self._node_slot.get
-        return np.fromiter((get(n, -1) for n in names), dtype=np.int64, count=len(names))
+        """:meth:`node_slot` for many names at once (read-only). Call under the lock.
+
+        The answer for the last list is kept until a node is added or removed:
+        kube-scheduler sends the same candidates for consecutive pods, and comparing two
+        lists of 20,000 names costs a tenth of looking each one up (the names of a new
+        request are new strings, whose hashes are not computed yet)."""
+        last = self._last_lookup
+        if last is not None and last[0] == self._node_epoch and last[1] == names:
+            return last[2]
+        slots = np.fromiter(
+            map(self._node_slot.get, names, repeat(-1)), dtype=np.int64, count=len(names)
+        )
+        slots.setflags(write=False)
+        self._last_lookup = (self._node_epoch, list(names), slots)
+        return slots
 
     def nodes(self) -> list[NodeRecord]:
         """Known nodes, in slot order."""
@@ -453,6 +468,7 @@ class ClusterState:
             before = {n.name: n for n in self.nodes()}
             topology_changed = before != {n.name: n for n in nodes}
             self._node_slot.clear()
+            self._node_epoch += 1
             self._nodes = []
             self._free_slots = []
             self.node_leaf = np.full(0, -1, dtype=np.int64)
