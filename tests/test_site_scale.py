@@ -82,6 +82,33 @@ def test_filter_sees_a_node_removed_between_two_identical_requests() -> None:
     assert second.unresolvable == {"gpu-2a": UNKNOWN_NODE}
 
 
+def test_what_filter_passed_is_looked_up_once_for_prioritize() -> None:
+    ext = small_extender()
+    state = ext.state
+    names = ["cpu-node-7", *ALL]
+    result = ext.decider.filter(parse(filter_body(pod("eu-0"), names), ExtenderArgs))
+    passed = [names[i] for i in result.passed]
+    assert passed == ALL
+    noted = state.node_slots(fresh(passed))
+    assert noted is state.node_slots(fresh(passed))
+    assert noted.tolist() == [state.node_slot(n) for n in passed]
+    # Nodes changing between filter and prioritize: the noted slots are not used.
+    state.remove_node("gpu-3a")
+    hosts, values = ext.decider.prioritize(parse(filter_body(pod("eu-0"), passed), ExtenderArgs))
+    assert dict(zip(hosts, values, strict=True))["gpu-3a"] == 0
+    assert state.node_slots(fresh(passed)).tolist() == [state.node_slot(n) for n in passed]
+
+
+def test_only_the_last_few_lists_are_kept() -> None:
+    state = small_extender().state
+    lists = [ALL[k:] for k in range(8)]
+    for names in lists:
+        state.node_slots(fresh(names))
+    assert len(state._lookups) <= 4
+    for names in lists:
+        assert state.node_slots(fresh(names)).tolist() == [state.node_slot(n) for n in names]
+
+
 def reference_rejections(
     ext: Extender, names: list[str], p: dict[str, Any]
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

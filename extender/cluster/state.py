@@ -70,6 +70,11 @@ class NodeRecord:
     idle_watts: float
 
 
+# Candidate lists whose node slots are kept (ClusterState.node_slots): a pod's filter
+# list, what it passed (its prioritize list), and the same for the pod before.
+_LOOKUPS = 4
+
+
 class ClusterState:
     """Nodes, pods and predicted watts per domain per slot.
 
@@ -108,10 +113,10 @@ class ClusterState:
         self._node_slot: dict[str, int] = {}
         self._nodes: list[NodeRecord | None] = []
         self._free_slots: list[int] = []
-        # The slots of the last list of names looked up (node_slots), while no node is
-        # added or removed: (node epoch, names, slots).
+        # The slots of the last lists of names looked up (node_slots, note_slots), valid
+        # while no node is added or removed: (node epoch, names, slots), newest last.
         self._node_epoch = 0
-        self._last_lookup: tuple[int, list[str], NDArray[np.int64]] | None = None
+        self._lookups: list[tuple[int, list[str], NDArray[np.int64]]] = []
         self.node_leaf = np.full(0, -1, dtype=np.int64)
         self.node_gpus = np.zeros(0, dtype=np.int64)
         self.node_used = np.zeros(0, dtype=np.int64)
@@ -260,19 +265,29 @@ class ClusterState:
     def node_slots(self, names: Sequence[str]) -> NDArray[np.int64]:
         """:meth:`node_slot` for many names at once (read-only). Call under the lock.
 
-        The answer for the last list is kept until a node is added or removed:
-        kube-scheduler sends the same candidates for consecutive pods, and comparing two
-        lists of 20,000 names costs a tenth of looking each one up (the names of a new
-        request are new strings, whose hashes are not computed yet)."""
-        last = self._last_lookup
-        if last is not None and last[0] == self._node_epoch and last[1] == names:
-            return last[2]
-        slots = np.fromiter(
+        The answers for the last few lists are kept until a node is added or removed:
+        kube-scheduler sends the same candidates for consecutive pods, and prioritize the
+        ones filter passed (:meth:`note_slots`); comparing two lists of 20,000 names costs
+        a fraction of looking each one up (a new request's names are new strings whose
+        hashes are not computed yet)."""
+        epoch = self._node_epoch
+        for known_epoch, known, slots in reversed(self._lookups):
+            if known_epoch == epoch and len(known) == len(names) and known == names:
+                return slots
+        found = np.fromiter(
             map(self._node_slot.get, names, repeat(-1)), dtype=np.int64, count=len(names)
         )
+        self.note_slots(list(names), found)
+        return found
+
+    def note_slots(self, names: list[str], slots: NDArray[np.int64]) -> None:
+        """Remember that ``names`` (a list no one changes afterwards) are at ``slots``, as
+        :meth:`node_slots` found them, so a request naming them again skips the lookup.
+        Call under the lock."""
         slots.setflags(write=False)
-        self._last_lookup = (self._node_epoch, list(names), slots)
-        return slots
+        epoch = self._node_epoch
+        kept = [entry for entry in self._lookups[1 - _LOOKUPS :] if entry[0] == epoch]
+        self._lookups = [*kept, (epoch, names, slots)]
 
     def nodes(self) -> list[NodeRecord]:
         """Known nodes, in slot order."""

@@ -343,8 +343,11 @@ class Decider:
             if found.ok.all():
                 passed = list(range(len(names)))
             else:
-                passed = np.flatnonzero(found.ok).tolist()
+                positions = np.flatnonzero(found.ok)
+                passed = positions.tolist()
                 failed, unresolvable = self._rejections(names, demand, view, found)
+                # kube-scheduler asks prioritize about exactly these next.
+                self.state.note_slots(_pick(names, positions), found.slots[positions])
         if not passed:
             outcome = "none_fit"
         elif failed or unresolvable:
