@@ -1,6 +1,7 @@
 """What keeps site-scale calls cheap gives the answers the plain way would: the node
 lookup kept for a repeated candidate list, the filter's rejections classified with numpy,
-the tree's path passes, the prioritize answer grouped by score."""
+the tree's path passes, the prioritize answer grouped by score; and records keep none of
+the decoded objects' strings (which would keep a whole relist resident)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from extender.cluster.mirror import pending_pod, pod_record
+from extender.cluster.pods import DemandResolver
 from extender.cluster.state import PodRecord
 from extender.runtime import Extender
 from extender.webhook.explanations import UNKNOWN_NODE, busy_gpus_text, too_few_gpus_text
@@ -208,3 +211,23 @@ def test_host_priorities_group_by_score_and_keep_every_host() -> None:
     full = orjson.loads(encode_host_priorities(hosts, np.array(scores), omit_zero=False))
     assert {h["Host"]: h["Score"] for h in full} == dict(zip(hosts, scores, strict=True))
     assert encode_host_priorities([], []) == b"[]"
+
+
+def test_records_keep_no_string_of_the_raw_pod() -> None:
+    ext = small_extender()
+    resolver = DemandResolver(ext.config)
+    raw = orjson.loads(orjson.dumps(pod("eu-0", node_name="gpu-1a", phase="Running")))
+    record = pod_record(raw, resolver)
+    assert record is not None
+    meta = raw["metadata"]
+    kept = {
+        "uid": (record.uid, meta["uid"]),
+        "name": (record.name, meta["name"]),
+        "namespace": (record.namespace, meta["namespace"]),
+        "node": (record.node, raw["spec"]["nodeName"]),
+        "service": (record.service, meta["labels"]["powercap.io/service"]),
+    }
+    for field, (mine, theirs) in kept.items():
+        assert mine == theirs and mine is not theirs, field
+    waiting = pending_pod(orjson.loads(orjson.dumps(pod("eu-1"))), resolver)
+    assert waiting is not None and waiting.uid == "uid-llm-eu-1"

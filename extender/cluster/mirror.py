@@ -32,7 +32,7 @@ import orjson
 
 from extender.cluster.client import DEFAULT_TIMEOUTS, call_timeout, watch_timeout
 from extender.cluster.pods import DemandResolver, is_terminal, node_name_of, scheduler_name_of
-from extender.cluster.raw import ProtocolError, RawObject, get_field, metadata_of
+from extender.cluster.raw import ProtocolError, RawObject, get_field, metadata_of, shared
 from extender.cluster.state import ClusterState, PendingPod, PodRecord
 from extender.config.kubernetes import KubernetesSettings
 from extender.config.model import Config
@@ -116,7 +116,7 @@ def pod_record(obj: RawObject, resolver: DemandResolver) -> PodRecord | None:
         uid=demand.pod.uid or f"{demand.pod.namespace}/{demand.pod.name}",
         namespace=demand.pod.namespace,
         name=demand.pod.name,
-        node=node,
+        node=shared(node),  # a copy (raw.detached says why)
         service=demand.service,
         profile=profile,
         gpus=demand.gpus,
@@ -143,7 +143,7 @@ def pending_pod(obj: RawObject, resolver: DemandResolver) -> PendingPod | None:
         return None
     if not demand.pod.uid:
         return None
-    return PendingPod(demand=demand, scheduler=scheduler_name_of(obj))
+    return PendingPod(demand=demand, scheduler=shared(scheduler_name_of(obj)))
 
 
 def apply_node_event(state: ClusterState, config: Config, kind: str, *, obj: RawObject) -> None:
