@@ -229,5 +229,8 @@ def test_records_keep_no_string_of_the_raw_pod() -> None:
     }
     for field, (mine, theirs) in kept.items():
         assert mine == theirs and mine is not theirs, field
+    raw["spec"]["priority"] = 2_000_000
+    record = pod_record(orjson.loads(orjson.dumps(raw)), resolver)
+    assert record is not None and record.priority == 2_000_000
     waiting = pending_pod(orjson.loads(orjson.dumps(pod("eu-1"))), resolver)
     assert waiting is not None and waiting.uid == "uid-llm-eu-1"

@@ -128,7 +128,10 @@ def pod_record(obj: RawObject, resolver: DemandResolver) -> PodRecord | None:
 def _class_priority(obj: RawObject) -> int | None:
     """A pod's ``spec.priority``: its PriorityClass value, as admission set it."""
     value = (obj.get("spec") or {}).get("priority")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    # A copy, as for the record's strings (raw.detached says why); int(x) is x itself.
+    return int(str(value))
 
 
 def pending_pod(obj: RawObject, resolver: DemandResolver) -> PendingPod | None:
