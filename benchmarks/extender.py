@@ -32,7 +32,7 @@ cache first (as a bind between two pods does), so each one pays the full cost.
   (``nodeCacheCapable``, ``percentageOfNodesToScore: 100``; the limit is 20,000 names)
   for pods of different services: decisions only and bytes in → bytes out, with a new
   candidate list every call (the order rotated) and with the previous call's list
-  (what kube-scheduler sends for consecutive pods of one workload), and the size of the
+  again (the kept lookup's best case), and the size of the
   answers. Issue 16's bars: p99 ≤ 10 ms of compute, state ≤ 1.5 GiB resident.
 """
 

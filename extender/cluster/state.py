@@ -266,10 +266,11 @@ class ClusterState:
         """:meth:`node_slot` for many names at once (read-only). Call under the lock.
 
         The answers for the last few lists are kept until a node is added or removed:
-        kube-scheduler sends the same candidates for consecutive pods, and prioritize the
-        ones filter passed (:meth:`note_slots`); comparing two lists of 20,000 names costs
-        a fraction of looking each one up (a new request's names are new strings whose
-        hashes are not computed yet)."""
+        kube-scheduler asks prioritize about exactly the nodes filter passed, in that
+        order (:meth:`note_slots`), and may send a filter list again; comparing two lists
+        of 20,000 names costs a fraction of looking each one up (a new request's names
+        are new strings whose hashes are not computed yet). A list in another order is
+        looked up anew."""
         epoch = self._node_epoch
         for known_epoch, known, slots in reversed(self._lookups):
             if known_epoch == epoch and len(known) == len(names) and known == names:
