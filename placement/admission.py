@@ -51,10 +51,8 @@ def fitting_domains(
     candidate node at once.
     """
     load = ledger.load if held is None else ledger.load + held
-    fits_here = _within_caps(load + profile, caps)
-    # A domain fits iff none of its ancestors-or-self fails.
-    failing = np.logical_not(fits_here)
-    return np.logical_not((ledger.tree.membership & failing[:, None]).any(axis=0))
+    # A domain fits iff it and every ancestor do.
+    return ledger.tree.all_on_path(_within_caps(load + profile, caps))
 
 
 def fits_on_path(

@@ -34,12 +34,12 @@ class Ledger:
 
     def add(self, profile: NDArray[np.float64], domain: int, replicas: int = 1) -> None:
         """Record ``replicas`` replicas drawing ``profile`` under leaf ``domain``."""
-        self.load[self.tree.membership[:, domain]] += replicas * profile
+        self.load[self.tree.paths[domain]] += replicas * profile
 
     def remove(self, profile: NDArray[np.float64], domain: int, replicas: int = 1) -> None:
         """Undo :meth:`add`."""
-        self.load[self.tree.membership[:, domain]] -= replicas * profile
+        self.load[self.tree.paths[domain]] -= replicas * profile
 
     def add_watts(self, watts: NDArray[np.float64], domain: int) -> None:
         """Add an arbitrary (T,) watts vector under ``domain`` (e.g. a measured overage)."""
-        self.load[self.tree.membership[:, domain]] += watts
+        self.load[self.tree.paths[domain]] += watts

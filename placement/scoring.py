@@ -24,9 +24,7 @@ def peak_increase(
     """
     before = (ledger.load / caps).max(axis=1)
     after = ((ledger.load + profile) / caps).max(axis=1)
-    rise = after - before
-    # Sum over ancestors-or-self: membership[a, d] marks a above d.
-    return rise @ ledger.tree.membership
+    return ledger.tree.sum_on_path(after - before)
 
 
 def path_utilisation_after(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from numpy.typing import NDArray
@@ -86,6 +87,36 @@ class PowerTree:
         Callers put where the name came from in front."""
         listing = ", ".join(self.names[:10]) + (", …" if self.size > 10 else "")
         return f"unknown {kind} {name!r}{detail}; domains are: {listing}"
+
+    @cached_property
+    def levels(self) -> tuple[NDArray[np.int64], ...]:
+        """Domains by depth, the root(s) first: for passes down the tree, one
+        vectorised step per level (a datacenter's tree has a handful)."""
+        return tuple(np.flatnonzero(self.depth == k) for k in range(int(self.depth.max()) + 1))
+
+    @cached_property
+    def paths(self) -> tuple[NDArray[np.int64], ...]:
+        """Per domain, :meth:`ancestors` (itself and every domain above it, root first),
+        computed once: adding a replica touches these few rows, not a mask of all."""
+        out = tuple(np.flatnonzero(self.membership[:, d]) for d in range(self.size))
+        for path in out:
+            path.setflags(write=False)
+        return out
+
+    def sum_on_path(self, values: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Per domain, the sum of ``values`` over it and its ancestors
+        (``values @ membership`` without the (domains × domains) product)."""
+        out = np.array(values, dtype=np.float64)
+        for level in self.levels[1:]:
+            out[level] += out[self.parents[level]]
+        return out
+
+    def all_on_path(self, mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+        """Per domain, whether ``mask`` holds for it and every ancestor."""
+        out = np.array(mask, dtype=bool)
+        for level in self.levels[1:]:
+            out[level] &= out[self.parents[level]]
+        return out
 
     def ancestors(self, domain: int) -> NDArray[np.int64]:
         """``domain`` and every domain above it, root first."""

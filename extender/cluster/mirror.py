@@ -32,7 +32,7 @@ import orjson
 
 from extender.cluster.client import DEFAULT_TIMEOUTS, call_timeout, watch_timeout
 from extender.cluster.pods import DemandResolver, is_terminal, node_name_of, scheduler_name_of
-from extender.cluster.raw import ProtocolError, RawObject, get_field, metadata_of
+from extender.cluster.raw import ProtocolError, RawObject, get_field, metadata_of, shared
 from extender.cluster.state import ClusterState, PendingPod, PodRecord
 from extender.config.kubernetes import KubernetesSettings
 from extender.config.model import Config
@@ -116,7 +116,7 @@ def pod_record(obj: RawObject, resolver: DemandResolver) -> PodRecord | None:
         uid=demand.pod.uid or f"{demand.pod.namespace}/{demand.pod.name}",
         namespace=demand.pod.namespace,
         name=demand.pod.name,
-        node=node,
+        node=shared(node),  # a copy (raw.detached says why)
         service=demand.service,
         profile=profile,
         gpus=demand.gpus,
@@ -128,7 +128,10 @@ def pod_record(obj: RawObject, resolver: DemandResolver) -> PodRecord | None:
 def _class_priority(obj: RawObject) -> int | None:
     """A pod's ``spec.priority``: its PriorityClass value, as admission set it."""
     value = (obj.get("spec") or {}).get("priority")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    # A copy, as for the record's strings (raw.detached says why); int(x) is x itself.
+    return int(str(value))
 
 
 def pending_pod(obj: RawObject, resolver: DemandResolver) -> PendingPod | None:
@@ -143,7 +146,7 @@ def pending_pod(obj: RawObject, resolver: DemandResolver) -> PendingPod | None:
         return None
     if not demand.pod.uid:
         return None
-    return PendingPod(demand=demand, scheduler=scheduler_name_of(obj))
+    return PendingPod(demand=demand, scheduler=shared(scheduler_name_of(obj)))
 
 
 def apply_node_event(state: ClusterState, config: Config, kind: str, *, obj: RawObject) -> None:
@@ -318,6 +321,9 @@ class Reflector:
             if self.resource_version is None:
                 items, rv = self.source.list()
                 self.on_replace(items)
+                # The raw objects (a GiB at 100,000 pods) go now, not when the watch
+                # below ends minutes later: the state keeps what it needs of them.
+                del items
                 self.resource_version = rv
                 self.relists += 1
                 if self.relists > 1:

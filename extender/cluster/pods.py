@@ -16,6 +16,7 @@ case-insensitively as Go reads them, label and annotation keys exactly.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from extender.cluster.raw import ProtocolError, get_field
+from extender.cluster.raw import ProtocolError, detached, get_field, shared
 from extender.config.model import Config
 
 PREFIX = "powercap.io/"
@@ -117,10 +118,11 @@ def pod_ref(pod: Mapping[str, Any]) -> PodRef:
     """Namespace (``default`` when empty), name and UID; raises :class:`ProtocolError` when
     one of them is not a string."""
     meta = _object(pod, "metadata", "Pod")
+    # Copies: records and waiting pods keep these (raw.detached says why).
     return PodRef(
-        namespace=_text(meta, "namespace") or "default",
-        name=_text(meta, "name"),
-        uid=_text(meta, "uid"),
+        namespace=shared(_text(meta, "namespace") or "default"),
+        name=detached(_text(meta, "name")),
+        uid=detached(_text(meta, "uid")),
     )
 
 
@@ -261,6 +263,8 @@ class DemandResolver:
         if gpus <= 0 and not _carries_powercap_keys(meta):
             return Demand(pod=ref, managed=False, gpus=gpus)
         service = pod_service(pod)
+        if service is not None:
+            service = shared(service)
         entry = self.config.services.get(service) if service is not None else None
         annotations = _object(meta, "annotations", "Pod.metadata")
         named = annotations.get(PROFILE_ANNOTATION)
@@ -268,14 +272,15 @@ class DemandResolver:
         if named is not None:
             profile = self.config.profiles.get(named) if isinstance(named, str) else None
             if profile is not None:
-                return Demand(ref, True, gpus, service, profile, f"profile:{named}")
+                return Demand(ref, True, gpus, service, profile, sys.intern(f"profile:{named}"))
             known = ", ".join(sorted(self.config.profiles)[:8]) or "none"
             problem = (
                 f"annotation {PROFILE_ANNOTATION}={named!r} names no profile in the powercap "
                 f"config (known: {known})"
             )
         elif entry is not None and entry.profile is not None:
-            return Demand(ref, True, gpus, service, entry.profile, f"service:{service}")
+            key = sys.intern(f"service:{service}")
+            return Demand(ref, True, gpus, service, entry.profile, key)
         elif service is None:
             problem = (
                 f"cannot tell the pod's service: set the {SERVICE_LABEL} label "

@@ -4,6 +4,7 @@ cannot use. The mirror, the pod readers and the webhook's wire protocol share th
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,3 +34,19 @@ def metadata_of(obj: RawObject) -> Mapping[str, Any]:
     """``obj.metadata``, or an empty mapping when it is missing or not an object."""
     meta = get_field(obj, "metadata")
     return meta if isinstance(meta, Mapping) else {}
+
+
+def detached(text: str) -> str:
+    """An equal string that shares no memory with the decoded object ``text`` came from.
+
+    What the state keeps of a raw object (a pod's UID, name, node …) must not be the
+    decoded string itself: one live string keeps its allocator arena — a MiB of the
+    decoded list around it — resident, so 100,000 records would hold a whole relist's
+    objects (a GiB) in memory after the list is gone."""
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
+
+
+def shared(text: str) -> str:
+    """:func:`detached`, one copy per distinct value (namespaces, node and service names:
+    many pods, few values)."""
+    return sys.intern(detached(text))

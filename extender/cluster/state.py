@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 from numpy.typing import NDArray
@@ -69,6 +70,11 @@ class NodeRecord:
     idle_watts: float
 
 
+# Candidate lists whose node slots are kept (ClusterState.node_slots): a pod's filter
+# list, what it passed (its prioritize list), and the same for the pod before.
+_LOOKUPS = 4
+
+
 class ClusterState:
     """Nodes, pods and predicted watts per domain per slot.
 
@@ -99,18 +105,18 @@ class ClusterState:
         self.is_leaf = np.zeros(tree.size, dtype=bool)
         self.is_leaf[tree.leaves] = True
         # Ancestors-or-self of every domain, root first: the levels a bind re-checks.
-        self.paths: tuple[NDArray[np.int64], ...] = tuple(
-            tree.ancestors(d) for d in range(tree.size)
-        )
+        self.paths: tuple[NDArray[np.int64], ...] = tree.paths
         # Domains by depth, for level-by-level passes down the tree.
-        self.levels: list[NDArray[np.int64]] = [
-            np.flatnonzero(tree.depth == k) for k in range(int(tree.depth.max()) + 1)
-        ]
+        self.levels: list[NDArray[np.int64]] = list(tree.levels)
         self.slot_labels: tuple[str, ...] = tuple(grid.slot_label(t) for t in range(grid.slots))
         # Nodes live in parallel arrays indexed by slot; freed slots are reused.
         self._node_slot: dict[str, int] = {}
         self._nodes: list[NodeRecord | None] = []
         self._free_slots: list[int] = []
+        # The slots of the last lists of names looked up (node_slots, note_slots), valid
+        # while no node is added or removed: (node epoch, names, slots), newest last.
+        self._node_epoch = 0
+        self._lookups: list[tuple[int, list[str], NDArray[np.int64]]] = []
         self.node_leaf = np.full(0, -1, dtype=np.int64)
         self.node_gpus = np.zeros(0, dtype=np.int64)
         self.node_used = np.zeros(0, dtype=np.int64)
@@ -227,6 +233,7 @@ class ClusterState:
                     self._grow()
                 slot = self._free_slots.pop()
                 self._node_slot[name] = slot
+                self._node_epoch += 1
             self._nodes[slot] = record
             self._attach(record, slot, 1)
             self._changed(topology=True)
@@ -238,6 +245,7 @@ class ClusterState:
             slot = self._node_slot.pop(name, None)
             if slot is None:
                 return False
+            self._node_epoch += 1
             node = self._nodes[slot]
             assert node is not None
             self._attach(node, slot, -1)
@@ -255,9 +263,32 @@ class ClusterState:
         return self._node_slot.get(name, -1)
 
     def node_slots(self, names: Sequence[str]) -> NDArray[np.int64]:
-        """:meth:`node_slot` for many names at once."""
-        get = self._node_slot.get
-        return np.fromiter((get(n, -1) for n in names), dtype=np.int64, count=len(names))
+        """:meth:`node_slot` for many names at once (read-only). Call under the lock.
+
+        The answers for the last few lists are kept until a node is added or removed:
+        kube-scheduler asks prioritize about exactly the nodes filter passed, in that
+        order (:meth:`note_slots`), and may send a filter list again; comparing two lists
+        of 20,000 names costs a fraction of looking each one up (a new request's names
+        are new strings whose hashes are not computed yet). A list in another order is
+        looked up anew."""
+        epoch = self._node_epoch
+        for known_epoch, known, slots in reversed(self._lookups):
+            if known_epoch == epoch and len(known) == len(names) and known == names:
+                return slots
+        found = np.fromiter(
+            map(self._node_slot.get, names, repeat(-1)), dtype=np.int64, count=len(names)
+        )
+        self.note_slots(list(names), found)
+        return found
+
+    def note_slots(self, names: list[str], slots: NDArray[np.int64]) -> None:
+        """Remember that ``names`` (a list no one changes afterwards) are at ``slots``, as
+        :meth:`node_slots` found them, so a request naming them again skips the lookup.
+        Call under the lock."""
+        slots.setflags(write=False)
+        epoch = self._node_epoch
+        kept = [entry for entry in self._lookups[1 - _LOOKUPS :] if entry[0] == epoch]
+        self._lookups = [*kept, (epoch, names, slots)]
 
     def nodes(self) -> list[NodeRecord]:
         """Known nodes, in slot order."""
@@ -453,6 +484,7 @@ class ClusterState:
             before = {n.name: n for n in self.nodes()}
             topology_changed = before != {n.name: n for n in nodes}
             self._node_slot.clear()
+            self._node_epoch += 1
             self._nodes = []
             self._free_slots = []
             self.node_leaf = np.full(0, -1, dtype=np.int64)

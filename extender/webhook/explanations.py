@@ -26,7 +26,7 @@ class Explainer:
     ``held`` when given, does not fit under a leaf: the worst overage on the leaf's
     path, the rootmost on ties (as :func:`placement.admission.first_breach` picks it).
     Computed once for all domains, on the first failing node; messages are cached per
-    leaf. Use it only at the state version it was made for."""
+    culprit. Use it only at the state version it was made for."""
 
     load: NDArray[np.float64]
     profile: NDArray[np.float64]
@@ -34,17 +34,37 @@ class Explainer:
     slot: NDArray[np.int64] | None = None  # per domain, the slot of its largest overage
     worst: NDArray[np.float64] | None = None  # per domain, that overage in watts
     culprit: NDArray[np.int64] | None = None  # per domain, the worst domain on its path
-    messages: dict[int, str] = field(default_factory=dict)  # per leaf
+    # per (culprit, held): leaves under one over-cap row or hall share their text
+    messages: dict[tuple[int, bool], str] = field(default_factory=dict)
 
     def message(self, state: ClusterState, leaf: int, held: bool = False) -> str:
         """The text for ``leaf``: :func:`held_text` when ``held`` (the power is the
         plan's), else :func:`breach_text`; notes a cap lowered by the live carbon caps."""
+        culprit = self._culprits(state)
+        return self._text(state, int(culprit[leaf]), held)
+
+    def texts(
+        self, state: ClusterState, leaves: NDArray[np.int64], held: bool = False
+    ) -> NDArray[np.object_]:
+        """:meth:`message` for many leaves at once (an object array of texts, one per
+        leaf): each distinct culprit is spelled out once, however many nodes it fails."""
+        culprits, inverse = np.unique(self._culprits(state)[leaves], return_inverse=True)
+        table = np.empty(culprits.size, dtype=object)
+        table[:] = [self._text(state, k, held) for k in culprits.tolist()]
+        out: NDArray[np.object_] = table[inverse]
+        return out
+
+    def _culprits(self, state: ClusterState) -> NDArray[np.int64]:
         if self.culprit is None:
             self._find_culprits(state)
-        assert self.culprit is not None and self.slot is not None and self.worst is not None
-        message = self.messages.get(leaf)
+        assert self.culprit is not None
+        return self.culprit
+
+    def _text(self, state: ClusterState, k: int, held: bool) -> str:
+        """The text for the leaves whose worst domain is ``k``."""
+        message = self.messages.get((k, held))
         if message is None:
-            k = int(self.culprit[leaf])
+            assert self.slot is not None and self.worst is not None
             t = int(self.slot[k])
             args = (state.tree.names[k], state.slot_labels[t], float(self.worst[k]))
             cap = float(state.caps[k, t])
@@ -52,7 +72,7 @@ class Explainer:
             configured = float(state.configured_caps[k, t])
             if cap < configured - 0.5:  # say why the cap is not the one in the config
                 message += f"; lowered from {configured:.0f} W by the live carbon caps"
-            self.messages[leaf] = message
+            self.messages[(k, held)] = message
         return message
 
     def _find_culprits(self, state: ClusterState) -> None:
