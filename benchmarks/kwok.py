@@ -147,7 +147,7 @@ def _table(rows: list[dict[str, Any]]) -> None:
         print("  ".join(str(r[k]).rjust(widths[k]) for k in keys))
 
 
-def bench_throughput(nodes: int, pods: int, planner: str, only: str | None = None) -> int:
+def bench_throughput(nodes: int, pods: int, planner: str, *, only: str | None = None) -> int:
     """Both runs and the verdict; ``only`` (``"with"`` or ``"without"``) runs that half
     alone and prints its row, no verdict (a quicker look at a large cluster)."""
     problem = throughput_problem(nodes, pods)
@@ -436,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}")
     if args.which == "throughput":
-        return bench_throughput(args.nodes, args.pods, args.planner, args.only)
+        return bench_throughput(args.nodes, args.pods, args.planner, only=args.only)
     if args.which == "replay":
         return bench_replay(
             args.data,
