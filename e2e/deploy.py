@@ -212,7 +212,8 @@ def install_powercap_crds(client: Any, slots: int, timeout_s: float = 60.0) -> N
         found = orjson.loads(api.read_custom_resource_definition(name, _preload_content=False).data)
         return any(
             c.get("type") == "Established" and c.get("status") == "True"
-            for c in found.get("status", {}).get("conditions", [])
+            # A CRD just created may carry ``status.conditions: null`` for a moment.
+            for c in (found.get("status") or {}).get("conditions") or []
         )
 
     for name in names:
@@ -307,7 +308,7 @@ def create_nodes(client: Any, problem: Problem, timeout_s: float = 60.0) -> None
             for item in items
             if any(
                 c.get("type") == "Ready" and c.get("status") == "True"
-                for c in item.get("status", {}).get("conditions", [])
+                for c in (item.get("status") or {}).get("conditions") or []
             )
         }
         return ready >= set(problem.fleet.names)

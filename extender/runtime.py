@@ -380,7 +380,7 @@ def domain_status_tick(ext: Extender, writer: StatusWriter, now: float) -> list[
                     }
                 )
             )
-        old = writer.written.get(name, {}).get("conditions", [])
+        old = writer.written.get(name, {}).get("conditions") or []
         conditions[name] = merge_conditions([Condition.model_validate(c) for c in old], own)
     generations = {d.metadata.name: d.metadata.generation for d in watch.domains}
     return writer.write(domain_statuses(snap, conditions, generations), now)
