@@ -40,8 +40,7 @@ import orjson
 import yaml
 
 from e2e.cluster import Cluster
-from e2e.deploy import api_client, wait_for
-from e2e.kubectl import wait_established
+from e2e.deploy import api_client, wait_established, wait_for
 from e2e.powersim import DEFAULT_BOARD, GpuLimit, gpu_uuid
 from e2e.rbac import kubectl
 from extender.agent.fake import BOARDS, FakeGpu, FakeNvml
@@ -332,7 +331,7 @@ def apply_agent_manifests(c: Cluster) -> None:
     if mark.exists():
         return
     kubectl(c, "apply", "--server-side", "-k", str(CRD_MANIFESTS))
-    wait_established(c, [CRD_NAME])
+    wait_established(api_client(c.kubeconfig), [CRD_NAME])
     built = kubectl(c, "kustomize", str(AGENT_MANIFESTS))
     objects = [d for d in yaml.safe_load_all(built) if d and d.get("kind") in AGENT_KINDS]
     missing = AGENT_KINDS - {o["kind"] for o in objects}

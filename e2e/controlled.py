@@ -13,7 +13,14 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from e2e import crds, toolchain
-from e2e.deploy import NAMESPACE, SCHEDULER_NAME, SERVICE_LABEL, pod_watch, wait_for
+from e2e.deploy import (
+    NAMESPACE,
+    SCHEDULER_NAME,
+    SERVICE_LABEL,
+    pod_watch,
+    wait_established,
+    wait_for,
+)
 from e2e.powersim import StaticPods, bound_pod
 from e2e.scenarios import BATCH
 
@@ -156,14 +163,7 @@ def install_scaled_object_crd(extensions: Any) -> None:
     (path,) = [p for p in crds.installed(toolchain.cache_root()) if "scaledobjects" in p.name]
     crd = yaml.safe_load(path.read_text())
     extensions.create_custom_resource_definition(crd)
-
-    def established() -> bool:
-        got = extensions.read_custom_resource_definition(crd["metadata"]["name"])
-        return any(
-            c.type == "Established" and c.status == "True" for c in got.status.conditions or []
-        )
-
-    wait_for("the ScaledObject CRD", established, 60.0, every_s=0.2)
+    wait_established(extensions.api_client, [crd["metadata"]["name"]])
 
 
 def scaled_object(name: str, max_replicas: int) -> dict[str, Any]:

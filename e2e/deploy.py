@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -207,6 +207,18 @@ def install_powercap_crds(client: Any, slots: int, timeout_s: float = 60.0) -> N
         # _preload_content=False: the response is not parsed into the client's models.
         api.create_custom_resource_definition(body, _preload_content=False)
         names.append(body["metadata"]["name"])
+
+    wait_established(client, names, timeout_s=timeout_s)
+
+
+def wait_established(client: Any, names: Iterable[str], *, timeout_s: float = 60.0) -> None:
+    """Wait until the API server serves each CRD of ``names`` (its ``Established``
+    condition True). Polled rather than ``kubectl wait --for=condition=Established``, which
+    fails at once on a CRD that has no conditions yet, as a loaded machine shows right
+    after the create."""
+    from kubernetes import client as k8s
+
+    api: Any = k8s.ApiextensionsV1Api(client)
 
     def established(name: str) -> bool:
         found = orjson.loads(api.read_custom_resource_definition(name, _preload_content=False).data)

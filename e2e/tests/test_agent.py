@@ -25,7 +25,8 @@ import pytest
 import yaml
 
 from e2e.cluster import TEST_LOG_DIR, binary, cluster
-from e2e.kubectl import Kubectl, wait_established
+from e2e.deploy import api_client, wait_established
+from e2e.kubectl import Kubectl
 from extender.agent.fake import FakeNvml
 from extender.agent.kube import KubernetesRequests
 from extender.agent.loop import Agent, AgentLoop
@@ -73,7 +74,7 @@ def env() -> Iterator[Env]:
     with cluster(TEST_LOG_DIR, prefix="powercap-agent") as c:
         e = Env(c, kubectl)
         e.run("apply", "-k", str(CRDS))
-        wait_established(c, [CRD_NAME])
+        wait_established(api_client(c.kubeconfig), [CRD_NAME])
         e.run("apply", "-k", str(AGENT))
         for node in NODES:
             e.run(

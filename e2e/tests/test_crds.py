@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from e2e.cluster import TEST_LOG_DIR, binary, cluster
-from e2e.kubectl import Kubectl, wait_established
+from e2e.deploy import api_client, wait_established
+from e2e.kubectl import Kubectl
 from extender.config.loading import config_from_spec, load_config
 from extender.config.migrate import migrate_config_file, render_resources
 from extender.config.model import ConfigSpec
@@ -48,7 +49,7 @@ def api() -> Iterator[Api]:
     with cluster(TEST_LOG_DIR, prefix="powercap-crds") as c:
         a = Api(c, kubectl)
         a.run("apply", "-k", str(CRDS))
-        wait_established(c, [d.name for d in definitions()])
+        wait_established(api_client(c.kubeconfig), [d.name for d in definitions()])
         a.run("create", "namespace", NAMESPACE)
         yield a
 

@@ -23,7 +23,7 @@ import pytest
 
 from e2e import crds, toolchain
 from e2e.cluster import TEST_LOG_DIR, Cluster, binary, cluster
-from e2e.kubectl import wait_established
+from e2e.deploy import api_client, wait_established
 from e2e.rbac import (
     CONTROLLER_ACCOUNT,
     NAMESPACE,
@@ -179,7 +179,7 @@ def rbac_cluster() -> Iterator[Cluster]:
             kubectl(c, "apply", "--server-side", "-f", str(crd))
         kubectl(c, "apply", "-k", str(REPO / "manifests" / "crds"))
         wait_established(
-            c,
+            api_client(c.kubeconfig),
             [
                 "scaledobjects.keda.sh",
                 "inferenceservices.serving.kserve.io",

@@ -52,10 +52,10 @@ from e2e.deploy import (
     deployment_object,
     powercap_config,
     use_resources,
+    wait_established,
     wait_for,
 )
 from e2e.extender_view import extender_headroom
-from e2e.kubectl import wait_established
 from e2e.powersim import PowerSimulator, SimClock, StaticPods, grid_profiles, sim_nodes
 from e2e.prometheus import ScrapeJob, prometheus
 from e2e.rbac import NAMESPACE as LEASE_NAMESPACE
@@ -152,7 +152,9 @@ def test_caps_and_demand_follow_the_resources_without_a_restart() -> None:
         keda = [p for p in installed if "scaledobjects" in p.name]
         assert keda, f"the KEDA ScaledObject CRD is missing; run `make tools` ({installed})"
         kubectl(c, "apply", "--server-side", "-f", str(keda[0]))
-        wait_established(c, [d.name for d in definitions()] + ["scaledobjects.keda.sh"])
+        wait_established(
+            api_client(c.kubeconfig), [d.name for d in definitions()] + ["scaledobjects.keda.sh"]
+        )
         data = powercap_config(problem)
         data["resources"] = {"enabled": True}
         config = c.run_dir / "powercap.json"
