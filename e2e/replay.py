@@ -152,6 +152,7 @@ def controller_section(replay: ReplaySettings) -> dict[str, Any]:
             "settle": {
                 "cap": dur(replay.settle_cap_s, 2 * scrape_interval(replay.speed)),
                 "restore": dur(replay.settle_uncap_s),
+                "hold": dur(replay.limit_hold_s),
             },
         },
         "victimTimeLimit": "1s",

@@ -53,9 +53,11 @@ class ReplaySettings:
     settle_restore_s: float = 300.0
     hold_s: float = float(DAY_S)
     # The shipped power-limit step timings (``controller.powerLimits.settle``): how long a
-    # cap step gets to show in the measurements, and how long limits stay before raising.
+    # cap step gets to show in the measurements, how long limits stay before raising and
+    # how long they are held after the last cap.
     settle_cap_s: float = 30.0
     settle_uncap_s: float = 120.0
+    limit_hold_s: float = 3600.0
     # A simulated powercap agent on every fake node: GPUs hold to their power limits (the
     # default one until the controller asks less) and the controller may cap them.
     power_limits: bool = False

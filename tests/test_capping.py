@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -293,6 +294,35 @@ def test_limits_come_back_after_the_settle_period_and_before_replicas() -> None:
     assert isinstance(step, Uncap) and step.changes[0].to_w == pytest.approx(470.0)
     # Replicas come back only once no limit of this domain is left.
     assert isinstance(out([Step("uncap", 0.0)], 1000.0, []), Restore)
+
+
+def test_limits_are_held_for_the_hold_after_the_last_cap() -> None:
+    held = replace(LADDER, limit_hold_s=3600.0)
+    capped = [node("a", limit=400.0)]
+
+    def out(history: list[Step], now: float) -> object:
+        return next_action(
+            calm(),
+            [SERVICE],
+            history,
+            now=now,
+            settings=held,
+            evictions_allowed=2,
+            gpus=capped,
+            capping=SETTINGS,
+        )
+
+    # Past the restore settle period, but within the hold of the last cap: no raise.
+    waiting = out([Step("cap", 100.0), Step("cap", 1000.0)], 2000.0)
+    assert isinstance(waiting, Wait) and waiting.until == 4600.0
+    assert "holding" in waiting.reason
+    assert isinstance(out([Step("cap", 100.0), Step("cap", 1000.0)], 4600.0), Uncap)
+    # Once raising has begun, each step waits only for the restore settle period.
+    steps = [Step("cap", 1000.0), Step("uncap", 4600.0)]
+    assert isinstance(out(steps, 4700.0), Wait)
+    assert isinstance(out(steps, 4720.0), Uncap)
+    # A breach caps regardless of the hold.
+    assert isinstance(act(breach(), [node("a")], [Step("cap", 10.0)], now=100.0), Cap)
 
 
 def test_a_calm_domain_without_caps_or_reshapes_is_idle() -> None:

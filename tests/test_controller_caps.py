@@ -114,7 +114,7 @@ def test_a_breach_is_absorbed_by_power_limits_low_priority_node_first() -> None:
 
 
 def test_limits_come_back_step_by_step_and_the_request_is_withdrawn() -> None:
-    rig = with_agents(Rig())
+    rig = with_agents(Rig(powerLimits={"settle": {"hold": "5m"}}))
     small_breach(rig)
     enforce(rig)
     rig.tick(45)
@@ -123,7 +123,7 @@ def test_limits_come_back_step_by_step_and_the_request_is_withdrawn() -> None:
     assert lost is not None and 0.0 < lost < 0.5
     rig.power.watts.update({"a1": 9_000.0, "a2": 6_000.0})  # the surge is over: 15 kW
     at, steps = 60.0, []
-    for _ in range(40):
+    for _ in range(60):
         at += 15
         decision = rig.tick(at).decisions.get("rack-a")
         if isinstance(decision, Uncap):
@@ -132,10 +132,10 @@ def test_limits_come_back_step_by_step_and_the_request_is_withdrawn() -> None:
         if decision is None:
             break
     assert decision is None, "the domain should be done with its limits"
-    # Hysteresis: the first raise waits for the clear (5 % under the cap) and 2 min of
-    # settling; every step raises by at most 70 W per GPU, the next 2 min later.
+    # Hysteresis: the first raise waits for the clear (5 % under the cap) and the 5 min
+    # hold after the cap; every step raises by at most 70 W per GPU, the next 2 min later.
     times = [t for t, _ in steps]
-    assert times[0] >= 30 + 120 and all(b - a >= 120 for a, b in itertools.pairwise(times))
+    assert times[0] >= 30 + 300 and all(b - a >= 120 for a, b in itertools.pairwise(times))
     first = dict(steps[0][1])
     assert list(first) == ["a1", "a2"]  # high priority first
     assert first["a2"] == pytest.approx(420.0) and first["a1"] == pytest.approx(
@@ -312,7 +312,7 @@ def test_power_limits_config_resolves() -> None:
                 "floor": 0.6,
                 "floors": {"chat": 0.8},
                 "restoreStep": 0.25,
-                "settle": {"cap": "45s", "restore": "3m"},
+                "settle": {"cap": "45s", "restore": "3m", "hold": "20m"},
             }
         )
     )
@@ -325,6 +325,9 @@ def test_power_limits_config_resolves() -> None:
     )
     assert (s.capping.floor, s.capping.restore_step, dict(s.floors)) == (0.6, 0.25, {"chat": 0.8})
     assert (s.ladder.cap_settle_s, s.ladder.uncap_settle_s) == (45.0, 180.0)
+    assert s.ladder.limit_hold_s == 1200.0
+    shipped = config_from_data(config_data(powerLimits={}))
+    assert shipped.controller.ladder.limit_hold_s == 3600.0
     off = config_from_data(config_data(powerLimits={"enabled": False}))
     assert off.controller.capping is None
 

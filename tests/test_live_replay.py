@@ -133,6 +133,7 @@ def test_replay_controller_timings_are_the_simulated_ones_divided_by_the_speed()
     assert settings.capping is None
     assert settings.ladder.cap_settle_s == pytest.approx(0.4)
     assert settings.ladder.uncap_settle_s == pytest.approx(0.2)
+    assert settings.ladder.limit_hold_s == pytest.approx(6.0)  # an hour held after a cap
     capped, _ = resolve_controller(
         ControllerSpec.model_validate(controller_section(replace(replay, power_limits=True)))
     )

@@ -157,7 +157,7 @@ def world(prefix: str, *, settable: bool) -> Iterator[World]:
                 }
                 config |= fast_controller(prom.url, sim.non_gpu_watts(NODES[0]), 5, lease=lease)
                 config["controller"]["powerLimits"] = {
-                    "settle": {"cap": "2s", "restore": "2s"},
+                    "settle": {"cap": "2s", "restore": "2s", "hold": "2s"},
                     "restoreStep": 0.25,
                 }
                 path = c.run_dir / "powercap.json"

@@ -92,11 +92,13 @@ class StateSpec(_Model):
 
 
 class LimitSettleSpec(_Model):
-    """How long a cap step gets to show its effect, and how long limits stay where they
-    are before the next raising step (with ``restoreMargin``, the hysteresis)."""
+    """How long a cap step gets to show its effect, how long limits stay where they are
+    after the last cap step (``hold``) and between raising steps (``restore``); with
+    ``restoreMargin``, the hysteresis."""
 
     cap: str | int = "30s"
     restore: str | int = "2m"
+    hold: str | int = "1h"
 
 
 class PowerLimitsSpec(_Model):
@@ -252,6 +254,7 @@ def resolve_controller(
     capping, floors = _limits(spec.power_limits, where, problems)
     cap_settle = secs(spec.power_limits.settle.cap, "powerLimits.settle.cap", zero=True)
     uncap_settle = secs(spec.power_limits.settle.restore, "powerLimits.settle.restore", zero=True)
+    limit_hold = secs(spec.power_limits.settle.hold, "powerLimits.settle.hold", zero=True)
     agent_timeout = secs(spec.power_limits.agent_timeout, "powerLimits.agentTimeout")
     if spec.annotations.original_max_replicas == spec.annotations.reshaped_by:
         problems.append(f"{where}.annotations: originalMaxReplicas and reshapedBy must differ")
@@ -272,6 +275,7 @@ def resolve_controller(
                 restore_margin=spec.restore_margin,
                 cap_settle_s=cap_settle,
                 uncap_settle_s=uncap_settle,
+                limit_hold_s=limit_hold,
             ),
             per_domain=RateLimit(spec.evictions.per_domain.limit, per_domain_window),
             cluster=RateLimit(spec.evictions.cluster.limit, cluster_window),

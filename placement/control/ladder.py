@@ -49,6 +49,12 @@ class LadderSettings:
     lowered ``maxReplicaCount`` removes replicas only after the HPA's scale-down
     stabilisation window (300 s by default); an eviction frees power within the pods'
     termination grace period; a restore lets replicas scale up and be measured.
+
+    ``limit_hold_s``: how long power limits stay where they are after the last cap step
+    of the domain before the first raising step. A breach's demand comes back in its
+    slot and the next slots (the profiles' peaks last hours); limits raised as soon as the
+    draw falls are lowered again at the next rise, each time after the grace period over
+    the cap. A held limit costs throughput only while demand is above it.
     """
 
     protect_priority: int
@@ -59,6 +65,7 @@ class LadderSettings:
     restore_margin: float = 0.10
     cap_settle_s: float = 30.0
     uncap_settle_s: float = 120.0
+    limit_hold_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -67,6 +74,7 @@ class LadderSettings:
             "restore_settle_s",
             "cap_settle_s",
             "uncap_settle_s",
+            "limit_hold_s",
         ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -260,6 +268,11 @@ def next_action(
         until = last.at + max(settings.settle_s(last.kind), settings.restore_settle_s)
         if capped:
             until = last.at + max(settings.settle_s(last.kind), settings.uncap_settle_s)
+            last_cap = max((s.at for s in history if s.kind == "cap"), default=-math.inf)
+            if now < last_cap + settings.limit_hold_s:
+                return Wait(
+                    "holding power limits after the last cap", last_cap + settings.limit_hold_s
+                )
         if now < until:
             return Wait(f"letting {last.kind} settle before restoring", until)
     headroom = status.cap_w * (1.0 - settings.restore_margin) - status.measured_w
