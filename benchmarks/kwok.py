@@ -135,6 +135,7 @@ def _summary(name: str, problem: Problem, run: ClusterRun) -> dict[str, Any]:
         "window s": f"{run.schedule_s:.1f}",
         "pods/s": "—" if run.throughput_pods_per_s is None else f"{run.throughput_pods_per_s:.1f}",
         "violations": m.violations,
+        "cpu busy": "—" if run.cpu_busy is None else f"{run.cpu_busy:.0%}",
         "timings s": " ".join(f"{k.removesuffix('_s')}={v:g}" for k, v in run.timings.items()),
     }
 

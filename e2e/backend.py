@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e.cluster import Cluster, Process, cluster
+from e2e.cputime import CpuMeter
 from e2e.deploy import (
     SERVICE_LABEL,
     Observed,
@@ -210,10 +211,14 @@ def run_on_kwok(
                 time_limit_s=settings.planner_time_limit_s,
             )
             schedulers = start_schedulers(c, problem, settings, choice=choice, step=step, laps=laps)
+            meter = CpuMeter(_run_pids(c, schedulers), own="benchmark")
+            meter.start()
             seen = wait_scheduled(
                 client, problem, clock, timeout_s=settings.settle_timeout_s, alive=schedulers.alive
             )
             laps("schedule_s")
+            cpu = meter.stop()
+            step(cpu.describe(per=clock.bound))
             if schedulers.extender_ports is not None:
                 step(f"extender: {verb_summary(schedulers.extender_ports.metrics)}")
             replayed, baseline, without_limits = replay_outcomes(
@@ -239,7 +244,19 @@ def run_on_kwok(
         replay=replayed,
         baseline=baseline,
         without_limits=without_limits,
+        cpu_s={k: round(v, 2) for k, v in cpu.seconds.items()},
+        cpu_busy=round(cpu.busy, 3),
     )
+
+
+def _run_pids(c: Cluster, schedulers: Schedulers) -> dict[str, int]:
+    """The processes a scheduling run's CPU is spent in, by name."""
+    pids = {p.name: p.popen.pid for p in schedulers.watched}
+    for component in ("kube-apiserver", "etcd", "kwok-controller", "kube-controller-manager"):
+        pid = c.component_pid(component)
+        if pid is not None:
+            pids[component] = pid
+    return pids
 
 
 def create_pending_pods(
