@@ -149,6 +149,7 @@ def controller_section(replay: ReplaySettings) -> dict[str, Any]:
         # at least, so it is judged on measurements taken after it.
         "powerLimits": {
             "enabled": replay.power_limits,
+            "grace": dur(replay.limit_grace_s),
             "settle": {
                 "cap": dur(replay.settle_cap_s, 2 * scrape_interval(replay.speed)),
                 "restore": dur(replay.settle_uncap_s),

@@ -28,6 +28,7 @@ from placement.control.ladder import (
     Step,
     Uncap,
     Wait,
+    limit_hold,
     next_action,
 )
 
@@ -323,6 +324,57 @@ def test_limits_are_held_for_the_hold_after_the_last_cap() -> None:
     assert isinstance(out(steps, 4720.0), Uncap)
     # A breach caps regardless of the hold.
     assert isinstance(act(breach(), [node("a")], [Step("cap", 10.0)], now=100.0), Cap)
+
+
+def test_the_hold_doubles_for_each_recent_cap_episode() -> None:
+    hour = 3600.0
+    one = [Step("cap", 0.0), Step("cap", 30.0)]  # one episode of two cap steps
+    assert limit_hold(one, hour) == hour
+    # Raised, capped again: the second episode holds two hours, the third four.
+    two = [*one, Step("uncap", 2 * hour), Step("cap", 3 * hour)]
+    assert limit_hold(two, hour) == 2 * hour
+    three = [*two, Step("uncap", 6 * hour), Step("cap", 7 * hour)]
+    assert limit_hold(three, hour) == 4 * hour
+    # Episodes more than a day of holds before the last one no longer count.
+    late = [*one, Step("uncap", 2 * hour), Step("cap", 30 * hour)]
+    assert limit_hold(late, hour) == hour
+    # At most 2**4 holds; other steps between caps split episodes too.
+    many = [Step("cap" if i % 2 else "evict", i * 60.0) for i in range(40)]
+    assert limit_hold(many, hour) == 16 * hour
+    assert limit_hold([], hour) == hour and limit_hold(one, 0.0) == 0.0
+
+
+def test_at_the_floors_reshape_waits_for_the_escalation_grace() -> None:
+    floored = [node("a", limit=350.0, draw=350.0)]
+    waiting_ladder = replace(LADDER, escalate_after_s=45.0)
+
+    def out(now: float) -> object:
+        return next_action(
+            breach(since=100.0),
+            [SERVICE],
+            [],
+            now=now,
+            settings=waiting_ladder,
+            evictions_allowed=2,
+            gpus=floored,
+            capping=SETTINGS,
+        )
+
+    early = out(120.0)
+    assert isinstance(early, Wait) and early.until == 145.0
+    assert isinstance(out(145.0), Reshape)
+    # A cap that frees power is taken at once, escalation grace or not.
+    capped = next_action(
+        breach(since=100.0),
+        [SERVICE],
+        [],
+        now=100.0,
+        settings=waiting_ladder,
+        evictions_allowed=2,
+        gpus=[node("a")],
+        capping=SETTINGS,
+    )
+    assert isinstance(capped, Cap)
 
 
 def test_a_calm_domain_without_caps_or_reshapes_is_idle() -> None:

@@ -63,6 +63,8 @@ def config_data(**controller: Any) -> dict[str, Any]:
         "settle": {"reshape": "5m", "evict": "60s", "restore": "5m"},
         "protectPriority": 1000,
         "evictions": {"perDomain": {"limit": 2, "window": "5m"}},
+        # The power-limit rung on the controller's grace, unless a test says otherwise.
+        "powerLimits": {"grace": "30s"},
     }
     settings.update(controller)
     return {

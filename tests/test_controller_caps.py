@@ -114,7 +114,7 @@ def test_a_breach_is_absorbed_by_power_limits_low_priority_node_first() -> None:
 
 
 def test_limits_come_back_step_by_step_and_the_request_is_withdrawn() -> None:
-    rig = with_agents(Rig(powerLimits={"settle": {"hold": "5m"}}))
+    rig = with_agents(Rig(powerLimits={"settle": {"hold": "5m"}, "grace": "30s"}))
     small_breach(rig)
     enforce(rig)
     rig.tick(45)
@@ -198,7 +198,7 @@ def test_an_agent_that_leaves_the_spec_unobserved_past_the_timeout_counts_as_non
 
 
 def test_within_the_agent_timeout_the_last_status_holds() -> None:
-    rig = with_agents(Rig(powerLimits={"agentTimeout": "5m"}))
+    rig = with_agents(Rig(powerLimits={"agentTimeout": "5m", "grace": "30s"}))
     assert rig.cluster.limits is not None
     for obj in rig.cluster.limits.values():
         obj["metadata"]["generation"] = 3
@@ -326,10 +326,16 @@ def test_power_limits_config_resolves() -> None:
     assert (s.capping.floor, s.capping.restore_step, dict(s.floors)) == (0.6, 0.25, {"chat": 0.8})
     assert (s.ladder.cap_settle_s, s.ladder.uncap_settle_s) == (45.0, 180.0)
     assert s.ladder.limit_hold_s == 1200.0
-    shipped = config_from_data(config_data(powerLimits={}))
-    assert shipped.controller.ladder.limit_hold_s == 3600.0
+    shipped = config_from_data(config_data(powerLimits={})).controller
+    assert shipped.ladder.limit_hold_s == 3600.0
+    # Power limits act after their own grace (15 s); reshape and evict after the
+    # controller's (30 s here), counted from the breach's start.
+    assert shipped.breach.grace_s == 15.0 and shipped.ladder.escalate_after_s == 15.0
+    longer = config_from_data(config_data(powerLimits={"grace": "2m"})).controller
+    assert longer.breach.grace_s == 30.0 and longer.ladder.escalate_after_s == 0.0
     off = config_from_data(config_data(powerLimits={"enabled": False}))
     assert off.controller.capping is None
+    assert off.controller.breach.grace_s == 30.0 and off.controller.ladder.escalate_after_s == 0
 
 
 def test_a_request_changed_since_it_was_read_is_refused_and_counted() -> None:

@@ -134,10 +134,15 @@ def test_replay_controller_timings_are_the_simulated_ones_divided_by_the_speed()
     assert settings.ladder.cap_settle_s == pytest.approx(0.4)
     assert settings.ladder.uncap_settle_s == pytest.approx(0.2)
     assert settings.ladder.limit_hold_s == pytest.approx(6.0)  # an hour held after a cap
+    assert settings.capping is None and settings.breach.grace_s == pytest.approx(0.1)
     capped, _ = resolve_controller(
         ControllerSpec.model_validate(controller_section(replace(replay, power_limits=True)))
     )
     assert capped is not None and capped.capping is not None
+    # Capping on: limits after 15 simulated seconds (0.025 s, to the millisecond), the
+    # rest of the 60 s grace before reshape or eviction.
+    assert capped.breach.grace_s == pytest.approx(0.025)
+    assert capped.ladder.escalate_after_s == pytest.approx(0.075)
     # Prometheus scrapes every 30 simulated seconds, never faster than every 0.2 s.
     assert scrape_interval(100) == pytest.approx(0.3)
     assert scrape_interval(60) == pytest.approx(0.5)

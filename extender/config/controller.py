@@ -102,9 +102,12 @@ class LimitSettleSpec(_Model):
 
 
 class PowerLimitsSpec(_Model):
-    """The first rung: GPU power limits through ``NodePowerLimit`` objects."""
+    """The first rung: GPU power limits through ``NodePowerLimit`` objects. ``grace``: how
+    long a domain is over its cap before limits are lowered (at most the controller's
+    ``grace``, after which reshape and eviction may follow)."""
 
     enabled: bool = True
+    grace: str | int = "15s"
     margin: float = Field(default=0.10, ge=0, le=1)
     high_priority: int = Field(default=1000, alias="highPriority")
     second_threshold: float = Field(default=0.05, ge=0, alias="secondThreshold")
@@ -256,6 +259,13 @@ def resolve_controller(
     uncap_settle = secs(spec.power_limits.settle.restore, "powerLimits.settle.restore", zero=True)
     limit_hold = secs(spec.power_limits.settle.hold, "powerLimits.settle.hold", zero=True)
     agent_timeout = secs(spec.power_limits.agent_timeout, "powerLimits.agentTimeout")
+    cap_grace = secs(spec.power_limits.grace, "powerLimits.grace", zero=True)
+    if capping is not None:
+        # The breach starts after the shorter grace; the rungs that cost replicas wait on.
+        cap_grace = min(cap_grace, grace)
+        escalate_after = grace - cap_grace
+    else:
+        cap_grace, escalate_after = grace, 0.0
     if spec.annotations.original_max_replicas == spec.annotations.reshaped_by:
         problems.append(f"{where}.annotations: originalMaxReplicas and reshapedBy must differ")
     if problems:
@@ -265,7 +275,7 @@ def resolve_controller(
             enabled=spec.enabled,
             dry_run=spec.dry_run,
             period_s=period,
-            breach=BreachSettings(spec.tolerance, spec.hysteresis, grace),
+            breach=BreachSettings(spec.tolerance, spec.hysteresis, cap_grace),
             ladder=LadderSettings(
                 protect_priority=spec.protect_priority,
                 reshape_settle_s=settle["reshape"],
@@ -276,6 +286,7 @@ def resolve_controller(
                 cap_settle_s=cap_settle,
                 uncap_settle_s=uncap_settle,
                 limit_hold_s=limit_hold,
+                escalate_after_s=escalate_after,
             ),
             per_domain=RateLimit(spec.evictions.per_domain.limit, per_domain_window),
             cluster=RateLimit(spec.evictions.cluster.limit, cluster_window),

@@ -40,6 +40,11 @@ from placement.control.capping import (
 
 StepKind = Literal["cap", "uncap", "reshape", "evict", "restore"]
 
+# The hold after a cap doubles for each earlier cap episode within this many holds…
+HOLD_WINDOW = 24
+# …at most this many times.
+MAX_HOLD_DOUBLINGS = 4
+
 
 @dataclass(frozen=True)
 class LadderSettings:
@@ -54,7 +59,16 @@ class LadderSettings:
     of the domain before the first raising step. A breach's demand comes back in its
     slot and the next slots (the profiles' peaks last hours); limits raised as soon as the
     draw falls are lowered again at the next rise, each time after the grace period over
-    the cap. A held limit costs throughput only while demand is above it.
+    the cap. A held limit costs throughput only while demand is above it. The hold
+    doubles for every earlier cap episode of the domain that began within
+    :data:`HOLD_WINDOW` holds before this one, up to ``2**MAX_HOLD_DOUBLINGS`` holds: a
+    domain whose limits keep coming back too soon keeps them longer (as flap damping
+    does).
+
+    ``escalate_after_s``: how long after a breach began reshape and eviction may follow
+    (the power-limit rung acts at once): with power limits the breach is entered after
+    their own, shorter grace, and the rungs that cost replicas still wait for the
+    controller's grace.
     """
 
     protect_priority: int
@@ -66,6 +80,7 @@ class LadderSettings:
     cap_settle_s: float = 30.0
     uncap_settle_s: float = 120.0
     limit_hold_s: float = 0.0
+    escalate_after_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -75,6 +90,7 @@ class LadderSettings:
             "cap_settle_s",
             "uncap_settle_s",
             "limit_hold_s",
+            "escalate_after_s",
         ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -269,10 +285,9 @@ def next_action(
         if capped:
             until = last.at + max(settings.settle_s(last.kind), settings.uncap_settle_s)
             last_cap = max((s.at for s in history if s.kind == "cap"), default=-math.inf)
-            if now < last_cap + settings.limit_hold_s:
-                return Wait(
-                    "holding power limits after the last cap", last_cap + settings.limit_hold_s
-                )
+            hold = limit_hold(history, settings.limit_hold_s)
+            if now < last_cap + hold:
+                return Wait(f"holding power limits {hold:g} s after the last cap", last_cap + hold)
         if now < until:
             return Wait(f"letting {last.kind} settle before restoring", until)
     headroom = status.cap_w * (1.0 - settings.restore_margin) - status.measured_w
@@ -288,6 +303,24 @@ def next_action(
     if not changes:
         return Wait("waiting for headroom to restore")
     return Restore(changes)
+
+
+def limit_hold(history: Sequence[Step], base_s: float) -> float:
+    """The hold after the last cap episode in ``history``: ``base_s`` doubled once for
+    every earlier episode that began within ``HOLD_WINDOW × base_s`` before it (at most
+    ``MAX_HOLD_DOUBLINGS`` times). An episode is a run of cap steps with no other step
+    between them."""
+    starts: list[float] = []
+    previous: StepKind | None = None
+    for step in sorted(history, key=lambda s: s.at):
+        if step.kind == "cap" and previous != "cap":
+            starts.append(step.at)
+        previous = step.kind
+    if not starts or base_s <= 0:
+        return base_s
+    last = starts[-1]
+    earlier = sum(1 for t in starts[:-1] if last - t <= HOLD_WINDOW * base_s)
+    return float(base_s * 2 ** min(earlier, MAX_HOLD_DOUBLINGS))
 
 
 def _in_breach(
@@ -312,6 +345,11 @@ def _in_breach(
         if plan.changes and plan.freed_w >= MIN_STEP_W:
             return Cap(plan)
         note = plan.why or "power limits are at their floors"
+        escalate = status.breach_since + settings.escalate_after_s
+        if now < escalate:
+            return Wait(
+                f"power limits cover no more; reshaping or evicting from {escalate:g}", escalate
+            )
     reshapes = sum(1 for s in this_breach if s.kind == "reshape")
     if reshapes < settings.reshape_rounds:
         changes, expected = reshape_plan(services, status.to_clear_w, settings)
