@@ -256,12 +256,15 @@ def bench_replay(
     speed: float,
     baseline_speed: float,
     power_limits: str = "off",
+    limit_hold_h: float = 1.0,
 ) -> int:
     """Days ``first``..``last`` of the traces (1-based; training is days 1–7) replayed on
     the live placement: without the controller, then with it. ``power_limits`` ``on``
     lets the controller cap GPUs (simulated agents on every node); ``both`` replays the
     window a third time, the controller on but without power limits, so the cap rung is
-    judged against the evict-only ladder on the same placement."""
+    judged against the evict-only ladder on the same placement. ``limit_hold_h``: the
+    controller's ``powerLimits.settle.hold`` in simulated hours (the shipped 1 h by
+    default)."""
     if not TRAIN_DAYS < first <= last:
         raise SystemExit(f"--days must be within the days after training (> {TRAIN_DAYS})")
     built = _servegen(data)
@@ -285,7 +288,8 @@ def bench_replay(
         f"controller at speed {baseline_speed:g} ({days * DAY_S / baseline_speed / 60:.1f} min), "
         f"with it at speed {speed:g} ({controlled:.1f} min"
         f"{', twice: power limits on, then off' if power_limits == 'both' else ''}); "
-        f"power limits {power_limits}; cpsat planner {time_limit_s:g} s"
+        f"power limits {power_limits} (held {limit_hold_h:g} h after a cap); "
+        f"cpsat planner {time_limit_s:g} s"
     )
     replay = ReplaySettings(
         watts=watts,
@@ -295,6 +299,7 @@ def bench_replay(
         speed=speed,
         controller=True,
         power_limits=power_limits != "off",
+        limit_hold_s=limit_hold_h * 3600.0,
     )
     started = time.monotonic()
     # One placement, replayed two or three times: without the controller (nothing
@@ -434,6 +439,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="off",
         help="the controller may cap GPUs (on); both: also the same window evict-only after it",
     )
+    rp.add_argument(
+        "--limit-hold",
+        type=float,
+        default=1.0,
+        help="controller.powerLimits.settle.hold in simulated hours (shipped: 1)",
+    )
     args = parser.parse_args(argv)
     print(f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}")
     if args.which == "throughput":
@@ -447,6 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             speed=args.speed,
             baseline_speed=args.baseline_speed,
             power_limits=args.power_limits,
+            limit_hold_h=args.limit_hold,
         )
     return bench_servegen(args.data, args.time_limit)
 
