@@ -244,7 +244,6 @@ def run_on_kwok(
         replay=replayed,
         baseline=baseline,
         without_limits=without_limits,
-        cpu_s={k: round(v, 2) for k, v in cpu.seconds.items()},
         cpu_busy=round(cpu.busy, 3),
     )
 

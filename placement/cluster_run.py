@@ -197,9 +197,8 @@ class ClusterRun:
     replayed window's outcome, ``baseline`` that of the same window without the
     controller before it (:attr:`LiveSettings.baseline`), ``without_limits`` that of the
     same window after it with the controller but no power limits
-    (:attr:`LiveSettings.without_limits`). ``cpu_s`` holds the CPU seconds each process
-    of the run spent while the pods were scheduled, ``cpu_busy`` the share of the
-    machine's CPUs busy then (``None``: not measured)."""
+    (:attr:`LiveSettings.without_limits`). ``cpu_busy`` is the share of the machine's
+    CPUs busy while the pods were scheduled (``None``: not measured)."""
 
     scheduler: str
     assignment: Assignment
@@ -211,7 +210,6 @@ class ClusterRun:
     replay: ReplayOutcome | None = None
     baseline: ReplayOutcome | None = None
     without_limits: ReplayOutcome | None = None
-    cpu_s: Mapping[str, float] = field(default_factory=dict)
     cpu_busy: float | None = None
 
 
