@@ -28,7 +28,7 @@ from placement.control.ladder import (
     Step,
     Uncap,
     Wait,
-    limit_hold,
+    limits_held_until,
     next_action,
 )
 
@@ -329,19 +329,20 @@ def test_limits_are_held_for_the_hold_after_the_last_cap() -> None:
 def test_the_hold_doubles_for_each_recent_cap_episode() -> None:
     hour = 3600.0
     one = [Step("cap", 0.0), Step("cap", 30.0)]  # one episode of two cap steps
-    assert limit_hold(one, hour) == hour
+    assert limits_held_until(one, hour) == (30.0 + hour, hour)  # from the last cap step
     # Raised, capped again: the second episode holds two hours, the third four.
     two = [*one, Step("uncap", 2 * hour), Step("cap", 3 * hour)]
-    assert limit_hold(two, hour) == 2 * hour
+    assert limits_held_until(two, hour) == (5 * hour, 2 * hour)
     three = [*two, Step("uncap", 6 * hour), Step("cap", 7 * hour)]
-    assert limit_hold(three, hour) == 4 * hour
+    assert limits_held_until(three, hour) == (11 * hour, 4 * hour)
     # Episodes more than a day of holds before the last one no longer count.
     late = [*one, Step("uncap", 2 * hour), Step("cap", 30 * hour)]
-    assert limit_hold(late, hour) == hour
+    assert limits_held_until(late, hour)[1] == hour
     # At most 2**4 holds; other steps between caps split episodes too.
     many = [Step("cap" if i % 2 else "evict", i * 60.0) for i in range(40)]
-    assert limit_hold(many, hour) == 16 * hour
-    assert limit_hold([], hour) == hour and limit_hold(one, 0.0) == 0.0
+    assert limits_held_until(many, hour)[1] == 16 * hour
+    assert limits_held_until([], hour) == (-math.inf, hour)
+    assert limits_held_until(one, 0.0) == (30.0, 0.0)
 
 
 def test_at_the_floors_reshape_waits_for_the_escalation_grace() -> None:

@@ -284,10 +284,9 @@ def next_action(
         until = last.at + max(settings.settle_s(last.kind), settings.restore_settle_s)
         if capped:
             until = last.at + max(settings.settle_s(last.kind), settings.uncap_settle_s)
-            last_cap = max((s.at for s in history if s.kind == "cap"), default=-math.inf)
-            hold = limit_hold(history, settings.limit_hold_s)
-            if now < last_cap + hold:
-                return Wait(f"holding power limits {hold:g} s after the last cap", last_cap + hold)
+            held_until, hold = limits_held_until(history, settings.limit_hold_s)
+            if now < held_until:
+                return Wait(f"holding power limits {hold:g} s after the last cap", held_until)
         if now < until:
             return Wait(f"letting {last.kind} settle before restoring", until)
     headroom = status.cap_w * (1.0 - settings.restore_margin) - status.measured_w
@@ -305,22 +304,26 @@ def next_action(
     return Restore(changes)
 
 
-def limit_hold(history: Sequence[Step], base_s: float) -> float:
-    """The hold after the last cap episode in ``history``: ``base_s`` doubled once for
-    every earlier episode that began within ``HOLD_WINDOW × base_s`` before it (at most
-    ``MAX_HOLD_DOUBLINGS`` times). An episode is a run of cap steps with no other step
+def limits_held_until(history: Sequence[Step], base_s: float) -> tuple[float, float]:
+    """``(until, hold)``: limits stay until ``hold`` after the last cap step in
+    ``history`` (``-inf`` without one). ``hold`` is ``base_s`` doubled once for every
+    earlier cap episode that began within ``HOLD_WINDOW × base_s`` before the last one (at
+    most ``MAX_HOLD_DOUBLINGS`` times). An episode is a run of cap steps with no other step
     between them."""
     starts: list[float] = []
+    last_cap = -math.inf
     previous: StepKind | None = None
     for step in sorted(history, key=lambda s: s.at):
-        if step.kind == "cap" and previous != "cap":
-            starts.append(step.at)
+        if step.kind == "cap":
+            last_cap = step.at
+            if previous != "cap":
+                starts.append(step.at)
         previous = step.kind
     if not starts or base_s <= 0:
-        return base_s
-    last = starts[-1]
-    earlier = sum(1 for t in starts[:-1] if last - t <= HOLD_WINDOW * base_s)
-    return float(base_s * 2 ** min(earlier, MAX_HOLD_DOUBLINGS))
+        return last_cap + base_s, base_s
+    earlier = sum(1 for t in starts[:-1] if starts[-1] - t <= HOLD_WINDOW * base_s)
+    hold = float(base_s * 2 ** min(earlier, MAX_HOLD_DOUBLINGS))
+    return last_cap + hold, hold
 
 
 def _in_breach(
