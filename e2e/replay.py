@@ -150,10 +150,12 @@ def controller_section(replay: ReplaySettings) -> dict[str, Any]:
         "powerLimits": {
             "enabled": replay.power_limits,
             "grace": dur(replay.limit_grace_s),
+            "lookahead": dur(replay.limit_lookahead_s),
             "settle": {
                 "cap": dur(replay.settle_cap_s, 2 * scrape_interval(replay.speed)),
                 "restore": dur(replay.settle_uncap_s),
                 "hold": dur(replay.limit_hold_s),
+                "maxHold": dur(max(replay.limit_max_hold_s, replay.limit_hold_s)),
             },
         },
         "victimTimeLimit": "1s",

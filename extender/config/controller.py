@@ -93,21 +93,26 @@ class StateSpec(_Model):
 
 class LimitSettleSpec(_Model):
     """How long a cap step gets to show its effect, how long limits stay where they are
-    after the last cap step (``hold``) and between raising steps (``restore``); with
-    ``restoreMargin``, the hysteresis."""
+    after the last cap step (``hold``, doubled for each recent earlier episode up to
+    ``maxHold``) and between raising steps (``restore``); with ``restoreMargin``, the
+    hysteresis."""
 
     cap: str | int = "30s"
     restore: str | int = "2m"
     hold: str | int = "1h"
+    max_hold: str | int = Field(default="24h", alias="maxHold")
 
 
 class PowerLimitsSpec(_Model):
     """The first rung: GPU power limits through ``NodePowerLimit`` objects. ``grace``: how
     long a domain is over its cap before limits are lowered (at most the controller's
-    ``grace``, after which reshape and eviction may follow)."""
+    ``grace``, after which reshape and eviction may follow). ``lookahead``: a cap step
+    also covers the rise the profiles predict for the domain within this time ("0s":
+    the measured overage only)."""
 
     enabled: bool = True
     grace: str | int = "15s"
+    lookahead: str | int = "1h"
     margin: float = Field(default=0.10, ge=0, le=1)
     high_priority: int = Field(default=1000, alias="highPriority")
     second_threshold: float = Field(default=0.05, ge=0, alias="secondThreshold")
@@ -183,6 +188,8 @@ class ControllerSettings:
     # How long a node's agent may leave a NodePowerLimit's spec unobserved before its GPUs
     # count as uncappable (an agent gone or stuck leaves a status that no longer holds).
     agent_timeout_s: float = 30.0
+    # A cap step covers the rise the profiles predict within this (0: the overage only).
+    limit_lookahead_s: float = 3600.0
 
 
 def _limits(
@@ -258,6 +265,14 @@ def resolve_controller(
     cap_settle = secs(spec.power_limits.settle.cap, "powerLimits.settle.cap", zero=True)
     uncap_settle = secs(spec.power_limits.settle.restore, "powerLimits.settle.restore", zero=True)
     limit_hold = secs(spec.power_limits.settle.hold, "powerLimits.settle.hold", zero=True)
+    before = len(problems)
+    max_hold = secs(spec.power_limits.settle.max_hold, "powerLimits.settle.maxHold", zero=True)
+    if max_hold < limit_hold and len(problems) == before:
+        problems.append(
+            f"{where}.powerLimits.settle.maxHold: {max_hold:g}s is shorter than "
+            f"settle.hold ({limit_hold:g}s); give at least the hold, such as 24h"
+        )
+    lookahead = secs(spec.power_limits.lookahead, "powerLimits.lookahead", zero=True)
     agent_timeout = secs(spec.power_limits.agent_timeout, "powerLimits.agentTimeout")
     cap_grace = secs(spec.power_limits.grace, "powerLimits.grace", zero=True)
     if capping is not None:
@@ -286,6 +301,7 @@ def resolve_controller(
                 cap_settle_s=cap_settle,
                 uncap_settle_s=uncap_settle,
                 limit_hold_s=limit_hold,
+                limit_hold_max_s=max_hold,
                 escalate_after_s=escalate_after,
             ),
             per_domain=RateLimit(spec.evictions.per_domain.limit, per_domain_window),
@@ -310,6 +326,7 @@ def resolve_controller(
             floors=floors,
             capped_by_annotation=spec.power_limits.capped_by_annotation,
             agent_timeout_s=agent_timeout,
+            limit_lookahead_s=lookahead,
         ),
         [],
     )

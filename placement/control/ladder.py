@@ -61,9 +61,9 @@ class LadderSettings:
     draw falls are lowered again at the next rise, each time after the grace period over
     the cap. A held limit costs throughput only while demand is above it. The hold
     doubles for every earlier cap episode of the domain that began within
-    :data:`HOLD_WINDOW` holds before this one, up to ``2**MAX_HOLD_DOUBLINGS`` holds: a
-    domain whose limits keep coming back too soon keeps them longer (as flap damping
-    does).
+    :data:`HOLD_WINDOW` holds before this one, up to ``2**MAX_HOLD_DOUBLINGS`` holds and
+    never past ``limit_hold_max_s``: a domain whose limits keep coming back too soon
+    keeps them longer (as flap damping does), but not for days on end.
 
     ``escalate_after_s``: how long after a breach began reshape and eviction may follow
     (the power-limit rung acts at once): with power limits the breach is entered after
@@ -80,6 +80,7 @@ class LadderSettings:
     cap_settle_s: float = 30.0
     uncap_settle_s: float = 120.0
     limit_hold_s: float = 0.0
+    limit_hold_max_s: float = math.inf
     escalate_after_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -95,6 +96,11 @@ class LadderSettings:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be ≥ 0, got {value}")
+        if not self.limit_hold_max_s >= self.limit_hold_s:
+            raise ValueError(
+                f"limit_hold_max_s must be ≥ limit_hold_s ({self.limit_hold_s:g}), "
+                f"got {self.limit_hold_max_s}"
+            )
         if self.reshape_rounds < 0:
             raise ValueError(f"reshape_rounds must be ≥ 0, got {self.reshape_rounds}")
         if not 0 <= self.restore_margin < 1:
@@ -157,6 +163,8 @@ class DomainStatus:
     to_clear_w: float  # watts to shed for the breach to clear (NaN when stale)
     measured_w: float
     cap_w: float
+    # How far the domain's predicted load rises above this slot's within the lookahead.
+    rise_w: float = 0.0
 
     @staticmethod
     def of(
@@ -166,8 +174,10 @@ class DomainStatus:
         *,
         caps: NDArray[np.float64],
         domain: int,
+        rise: NDArray[np.float64] | None = None,
     ) -> DomainStatus:
-        """Domain ``domain``'s row of a :func:`placement.control.breach.step` result."""
+        """Domain ``domain``'s row of a :func:`placement.control.breach.step` result
+        (``rise``: per domain, the predicted rise within the lookahead)."""
         return DomainStatus(
             in_breach=bool(state.in_breach[domain]),
             stale=bool(events.stale[domain]),
@@ -175,6 +185,7 @@ class DomainStatus:
             to_clear_w=float(events.to_clear_w[domain]),
             measured_w=float(measured[domain]),
             cap_w=float(caps[domain]),
+            rise_w=float(rise[domain]) if rise is not None else 0.0,
         )
 
 
@@ -284,7 +295,9 @@ def next_action(
         until = last.at + max(settings.settle_s(last.kind), settings.restore_settle_s)
         if capped:
             until = last.at + max(settings.settle_s(last.kind), settings.uncap_settle_s)
-            held_until, hold = limits_held_until(history, settings.limit_hold_s)
+            held_until, hold = limits_held_until(
+                history, settings.limit_hold_s, max_s=settings.limit_hold_max_s
+            )
             if now < held_until:
                 return Wait(f"holding power limits {hold:g} s after the last cap", held_until)
         if now < until:
@@ -292,24 +305,28 @@ def next_action(
     headroom = status.cap_w * (1.0 - settings.restore_margin) - status.measured_w
     if capped:
         # Limits first: with limits in force the measured draw understates demand, so
-        # they are raised (and measured) before replicas come back.
+        # they are raised (and measured) before replicas come back. A raise the
+        # predicted rise would take back within the lookahead is not made.
         assert capping is not None
-        raised = plan_uncap(gpus, headroom, capping)
+        rise = 0.0 if math.isnan(status.rise_w) else max(status.rise_w, 0.0)
+        raised = plan_uncap(gpus, headroom - rise, capping)
         if raised:
             return Uncap(raised)
-        return Wait("waiting for headroom to raise power limits")
+        return Wait("waiting for headroom, the predicted rise left, to raise power limits")
     changes = restore_plan(services, headroom)
     if not changes:
         return Wait("waiting for headroom to restore")
     return Restore(changes)
 
 
-def limits_held_until(history: Sequence[Step], base_s: float) -> tuple[float, float]:
+def limits_held_until(
+    history: Sequence[Step], base_s: float, *, max_s: float = math.inf
+) -> tuple[float, float]:
     """``(until, hold)``: limits stay until ``hold`` after the last cap step in
     ``history`` (``-inf`` without one). ``hold`` is ``base_s`` doubled once for every
     earlier cap episode that began within ``HOLD_WINDOW × base_s`` before the last one (at
-    most ``MAX_HOLD_DOUBLINGS`` times). An episode is a run of cap steps with no other step
-    between them."""
+    most ``MAX_HOLD_DOUBLINGS`` times), and at most ``max_s``. An episode is a run of cap
+    steps with no other step between them."""
     starts: list[float] = []
     last_cap = -math.inf
     previous: StepKind | None = None
@@ -322,7 +339,7 @@ def limits_held_until(history: Sequence[Step], base_s: float) -> tuple[float, fl
     if not starts or base_s <= 0:
         return last_cap + base_s, base_s
     earlier = sum(1 for t in starts[:-1] if starts[-1] - t <= HOLD_WINDOW * base_s)
-    hold = float(base_s * 2 ** min(earlier, MAX_HOLD_DOUBLINGS))
+    hold = min(float(base_s * 2 ** min(earlier, MAX_HOLD_DOUBLINGS)), max(max_s, base_s))
     return last_cap + hold, hold
 
 
@@ -344,7 +361,13 @@ def _in_breach(
             return Wait(f"waiting for the effect of {latest.kind}", until)
     note = ""
     if capping is not None:
-        plan = plan_cap(gpus, status.to_clear_w, cap_w=status.cap_w, settings=capping)
+        plan = plan_cap(
+            gpus,
+            status.to_clear_w,
+            cap_w=status.cap_w,
+            settings=capping,
+            rise_w=0.0 if math.isnan(status.rise_w) else status.rise_w,
+        )
         if plan.changes and plan.freed_w >= MIN_STEP_W:
             return Cap(plan)
         note = plan.why or "power limits are at their floors"
