@@ -148,18 +148,32 @@ def _table(rows: list[dict[str, Any]]) -> None:
         print("  ".join(str(r[k]).rjust(widths[k]) for k in keys))
 
 
-def bench_throughput(nodes: int, pods: int, planner: str, *, only: str | None = None) -> int:
+def bench_throughput(
+    nodes: int,
+    pods: int,
+    planner: str,
+    *,
+    only: str | None = None,
+    filter_to_plan: bool = False,
+) -> int:
     """Both runs and the verdict; ``only`` (``"with"`` or ``"without"``) runs that half
-    alone and prints its row, no verdict (a quicker look at a large cluster)."""
+    alone and prints its row, no verdict (a quicker look at a large cluster).
+    ``filter_to_plan``: the extender's ``scoring.filterToPlan``."""
     problem = throughput_problem(nodes, pods)
     print(
         f"throughput: {problem.fleet.size} nodes ({int(problem.fleet.gpus.sum())} GPUs), "
         f"{int(problem.services.demand.sum())} pods of {problem.services.size} services, "
         f"{problem.tree.size} domains, T = {problem.grid.slots}; planner {planner}"
+        f"{', filterToPlan' if filter_to_plan else ''}"
     )
     settings = {
         "without": LiveSettings(scheduler="default", stock_default=False, settle_timeout_s=1800),
-        "with": LiveSettings(scheduler="powercap", planner=planner, settle_timeout_s=1800),
+        "with": LiveSettings(
+            scheduler="powercap",
+            planner=planner,
+            settle_timeout_s=1800,
+            filter_to_plan=filter_to_plan,
+        ),
     }
     runs = {
         f"{half} extender": run_on_kwok(problem, live, _step(half))
@@ -419,6 +433,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     tp.add_argument("--pods", type=int, default=10_000)
     tp.add_argument("--planner", choices=("cpsat", "greedy"), default="cpsat")
     tp.add_argument("--only", choices=("with", "without"), help="run one half alone (no verdict)")
+    tp.add_argument(
+        "--filter-to-plan",
+        action="store_true",
+        help="the extender offers only the plan's domains (scoring.filterToPlan)",
+    )
     sg = sub.add_parser("servegen", help="replicas hosted live vs the offline cpsat plan")
     sg.add_argument("--data", type=Path, default=DATA)
     sg.add_argument("--time-limit", type=float, default=30.0)
@@ -457,7 +476,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}")
     if args.which == "throughput":
-        return bench_throughput(args.nodes, args.pods, args.planner, only=args.only)
+        return bench_throughput(
+            args.nodes,
+            args.pods,
+            args.planner,
+            only=args.only,
+            filter_to_plan=args.filter_to_plan,
+        )
     if args.which == "replay":
         return bench_replay(
             args.data,

@@ -208,6 +208,7 @@ def run_on_kwok(
             choice = PlannerChoice(
                 strategy=settings.planner,
                 reserve_plan=settings.reserve_plan,
+                filter_to_plan=settings.filter_to_plan,
                 time_limit_s=settings.planner_time_limit_s,
             )
             schedulers = start_schedulers(c, problem, settings, choice=choice, step=step, laps=laps)

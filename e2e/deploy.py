@@ -112,10 +112,13 @@ def deployment_object(problem: Problem, s: int) -> dict[str, Any]:
 @dataclass(frozen=True)
 class PlannerChoice:
     """The extender's background planner for a run: ``strategy`` is ``greedy`` or
-    ``cpsat``; ``reserve_plan`` makes the plan binding (``scoring.reservePlan``)."""
+    ``cpsat``; ``reserve_plan`` makes the plan binding (``scoring.reservePlan``);
+    ``filter_to_plan`` offers only the plan's domains while it wants more there
+    (``scoring.filterToPlan``)."""
 
     strategy: str = "greedy"
     reserve_plan: bool = False
+    filter_to_plan: bool = False
     time_limit_s: float = 10.0
     debounce_s: float = 1.0
 
@@ -164,7 +167,10 @@ def powercap_config(
             "debounce": f"{planner.debounce_s:g}s",
             "timeLimit": f"{planner.time_limit_s:g}s",
         },
-        "scoring": {"reservePlan": planner.reserve_plan},
+        "scoring": {
+            "reservePlan": planner.reserve_plan,
+            "filterToPlan": planner.filter_to_plan,
+        },
     }
     if resources:
         config["resources"] = {"enabled": True}

@@ -133,6 +133,7 @@ class LiveSettings:
     stock_default: bool = True
     planner: str = "cpsat"
     reserve_plan: bool = True
+    filter_to_plan: bool = False
     planner_time_limit_s: float = 30.0
     settle_timeout_s: float = 900.0
     replay: ReplaySettings | None = None

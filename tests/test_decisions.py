@@ -251,6 +251,33 @@ def test_prioritize_follows_the_plan() -> None:
     assert got["gpu-3b"] <= 4
 
 
+def test_filter_to_plan_offers_the_planned_domains_while_the_plan_wants_more() -> None:
+    ext = small_extender()
+    want = np.zeros(ext.state.tree.size, dtype=np.int64)
+    want[ext.state.tree.index["rack-3"]] = 1
+    ext.decider.plan = FixedPlan({"chat-eu": want})
+    assert passed(ext, pod("eu-0")) == ALL  # off: every node that fits
+    ext.decider.filter_to_plan = True
+    outcome = run_filter(ext, pod("eu-0"))
+    assert [ALL[i] for i in outcome.passed] == ["gpu-3a", "gpu-3b"]
+    # The others fit: they are left out, not failed.
+    assert outcome.failed == {} and outcome.unresolvable == {}
+    # A request without the planned nodes gets every node that fits, as without it.
+    assert passed(ext, pod("eu-0"), ["gpu-1a", "gpu-2a"]) == ["gpu-1a", "gpu-2a"]
+    # Services the plan does not name, and a plan whose replicas are all placed, too.
+    assert passed(ext, pod("us-0", service="chat-us")) == ALL
+    assert bind(ext, pod("eu-0"), "gpu-3a") == ""
+    ext.decider.filter_to_plan = False
+    unnarrowed = passed(ext, pod("eu-1"))
+    ext.decider.filter_to_plan = True
+    assert passed(ext, pod("eu-1")) == unnarrowed and len(unnarrowed) > 2
+    # Nodes that do not fit still fail with their reason, narrowed or not.
+    want[ext.state.tree.index["rack-1"]] = 5
+    narrowed = run_filter(ext, pod("eu-1"), ["gpu-1a", "gpu-2a", "gpu-9z"])
+    assert [["gpu-1a", "gpu-2a", "gpu-9z"][i] for i in narrowed.passed] == ["gpu-1a"]
+    assert list(narrowed.unresolvable) == ["gpu-9z"] and narrowed.failed == {}
+
+
 def test_bind_records_once_and_refuses_a_second_node() -> None:
     ext = small_extender()
     p = pod("eu-0")

@@ -147,6 +147,7 @@ class Decider:
         self.resolver = DemandResolver(config)
         self.plan_weight = config.scoring.plan_weight
         self.reserve_plan = config.scoring.reserve_plan and plan is not None
+        self.filter_to_plan = config.scoring.filter_to_plan and plan is not None
         self._last_plan: object = None
         self._plan_seq = 0
         self._held_cache: tuple[tuple[int, int], NDArray[np.float64]] | None = None
@@ -337,19 +338,32 @@ class Decider:
             return FilterOutcome([], {}, dict.fromkeys(names, message))
         failed: dict[str, str] = {}
         unresolvable: dict[str, str] = {}
+        targets = self._targets(demand) if self.filter_to_plan else None
+        narrowed = False
         with self.state.lock:
             view = self._view(demand)
             found = self._candidates(names, demand, view)
-            if found.ok.all():
+            offered = found.ok
+            if targets is not None:
+                planned = found.ok & self._wanted(demand, targets, found.leaf)
+                # Where the plan wants more of the service and some node fits, only
+                # those are offered; the others fit and are not failed, just not offered.
+                narrowed = bool(planned.any()) and not planned.all()
+                if narrowed:
+                    offered = planned
+            if offered.all():
                 passed = list(range(len(names)))
             else:
-                positions = np.flatnonzero(found.ok)
+                positions = np.flatnonzero(offered)
                 passed = positions.tolist()
-                failed, unresolvable = self._rejections(names, demand, view, found)
+                if not found.ok.all():
+                    failed, unresolvable = self._rejections(names, demand, view, found)
                 # kube-scheduler asks prioritize about exactly these next.
                 self.state.note_slots(_pick(names, positions), found.slots[positions])
         if not passed:
             outcome = "none_fit"
+        elif narrowed:
+            outcome = "planned"
         elif failed or unresolvable:
             outcome = "some_fit"
         else:
@@ -418,7 +432,7 @@ class Decider:
             self._decided("prioritize", "neutral")
             return names, [0] * len(names)
         state = self.state
-        targets = self.plan.targets(demand.service) if self.plan and demand.service else None
+        targets = self._targets(demand)
         with state.lock:
             view = self._view(demand)
             found = self._candidates(names, demand, view)
@@ -430,12 +444,9 @@ class Decider:
             cost = self._rise(demand, view)[leaf[ok]]
             peak = np.zeros(len(names), dtype=np.float64)
             peak[ok] = scores_0_to_10(cost)
-            row = state.service_row(demand.service)
+            want = None
             if targets is not None:
-                have = state.counts[row, leaf] if row >= 0 else 0
-                want = (targets[leaf] > have).astype(np.float64)
-            else:
-                want = None
+                want = self._wanted(demand, targets, leaf).astype(np.float64)
         if want is None:
             score = peak
             self._decided("prioritize", "peak_only")
@@ -446,6 +457,23 @@ class Decider:
         out = np.rint(score).astype(np.int64).clip(0, 10)
         out[~ok] = 0
         return names, out.tolist()
+
+    def _targets(self, demand: Demand) -> NDArray[np.int64] | None:
+        """The plan's replicas of the pod's service per domain (``None``: no plan, or
+        none for the service)."""
+        if self.plan is None or not demand.service:
+            return None
+        return self.plan.targets(demand.service)
+
+    def _wanted(
+        self, demand: Demand, targets: NDArray[np.int64], leaf: NDArray[np.int64]
+    ) -> NDArray[np.bool_]:
+        """Per candidate leaf, whether the plan wants more of the service there than it
+        has; call under the state lock."""
+        state = self.state
+        row = state.service_row(demand.service)
+        have = state.counts[row, leaf] if row >= 0 else 0
+        return np.asarray(targets[leaf] > have)
 
     # --- bind --------------------------------------------------------------------------------
     def bind(self, args: ExtenderBindingArgs) -> str:
