@@ -271,15 +271,14 @@ def bench_replay(
     baseline_speed: float,
     power_limits: str = "off",
     limit_hold_h: float = 1.0,
-    limit_lookahead_h: float = 1.0,
 ) -> int:
     """Days ``first``..``last`` of the traces (1-based; training is days 1–7) replayed on
     the live placement: without the controller, then with it. ``power_limits`` ``on``
     lets the controller cap GPUs (simulated agents on every node); ``both`` replays the
     window a third time, the controller on but without power limits, so the cap rung is
     judged against the evict-only ladder on the same placement. ``limit_hold_h``: the
-    controller's ``powerLimits.settle.hold`` and ``limit_lookahead_h`` its
-    ``powerLimits.lookahead``, in simulated hours (the shipped 1 h by default)."""
+    controller's ``powerLimits.settle.hold`` in simulated hours (the shipped 1 h by
+    default)."""
     if not TRAIN_DAYS < first <= last:
         raise SystemExit(f"--days must be within the days after training (> {TRAIN_DAYS})")
     built = _servegen(data)
@@ -303,8 +302,7 @@ def bench_replay(
         f"controller at speed {baseline_speed:g} ({days * DAY_S / baseline_speed / 60:.1f} min), "
         f"with it at speed {speed:g} ({controlled:.1f} min"
         f"{', twice: power limits on, then off' if power_limits == 'both' else ''}); "
-        f"power limits {power_limits} (held {limit_hold_h:g} h after a cap, steps cover "
-        f"the rise predicted within {limit_lookahead_h:g} h); "
+        f"power limits {power_limits} (held {limit_hold_h:g} h after a cap); "
         f"cpsat planner {time_limit_s:g} s"
     )
     replay = ReplaySettings(
@@ -316,7 +314,6 @@ def bench_replay(
         controller=True,
         power_limits=power_limits != "off",
         limit_hold_s=limit_hold_h * 3600.0,
-        limit_lookahead_s=limit_lookahead_h * 3600.0,
     )
     started = time.monotonic()
     # One placement, replayed two or three times: without the controller (nothing
@@ -467,12 +464,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1.0,
         help="controller.powerLimits.settle.hold in simulated hours (shipped: 1)",
     )
-    rp.add_argument(
-        "--limit-lookahead",
-        type=float,
-        default=1.0,
-        help="controller.powerLimits.lookahead in simulated hours (shipped: 1; 0: overage only)",
-    )
     args = parser.parse_args(argv)
     print(f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}")
     if args.which == "throughput":
@@ -493,7 +484,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             baseline_speed=args.baseline_speed,
             power_limits=args.power_limits,
             limit_hold_h=args.limit_hold,
-            limit_lookahead_h=args.limit_lookahead,
         )
     return bench_servegen(args.data, args.time_limit)
 

@@ -150,7 +150,6 @@ def controller_section(replay: ReplaySettings) -> dict[str, Any]:
         "powerLimits": {
             "enabled": replay.power_limits,
             "grace": dur(replay.limit_grace_s),
-            "lookahead": dur(replay.limit_lookahead_s),
             "settle": {
                 "cap": dur(replay.settle_cap_s, 2 * scrape_interval(replay.speed)),
                 "restore": dur(replay.settle_uncap_s),

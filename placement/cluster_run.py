@@ -60,7 +60,6 @@ class ReplaySettings:
     limit_hold_s: float = 3600.0
     limit_max_hold_s: float = float(DAY_S)
     limit_grace_s: float = 15.0
-    limit_lookahead_s: float = 3600.0
     # A simulated powercap agent on every fake node: GPUs hold to their power limits (the
     # default one until the controller asks less) and the controller may cap them.
     power_limits: bool = False

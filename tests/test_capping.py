@@ -120,30 +120,6 @@ def test_a_gpu_drawing_below_its_floor_frees_nothing() -> None:
     assert plan.changes == () and plan.uncovered_w == pytest.approx(550.0)
 
 
-def test_a_cap_step_covers_the_predicted_rise_too() -> None:
-    nodes = [node("low", 0), node("high", 2000)]
-    # 1,000 W over now, 500 W more predicted within the lookahead: 1,650 W with the margin.
-    plan = plan_cap(nodes, 1000.0, cap_w=100_000.0, settings=SETTINGS, rise_w=500.0)
-    assert plan.freed_w == pytest.approx(1650.0) and plan.uncovered_w == 0.0
-    assert [c.node for c in plan.changes] == ["low"]
-    # The rise alone never brings high-priority GPUs in, and what the floors leave of
-    # it uncovered is no reason to escalate: only the overage's share counts.
-    big = plan_cap(nodes, 1000.0, cap_w=100_000.0, settings=SETTINGS, rise_w=10_000.0)
-    assert cut(big.changes, "high") == 0.0
-    assert big.freed_w == pytest.approx(8 * (600 - 350))  # low at its floor
-    assert big.uncovered_w == 0.0 and big.why == ""
-    # No overage, no step, whatever the rise.
-    assert plan_cap(nodes, 0.0, cap_w=100_000.0, settings=SETTINGS, rise_w=5000.0).changes == ()
-
-
-def test_the_ladder_sizes_its_cap_step_with_the_domain_rise() -> None:
-    rising = replace(breach(), rise_w=800.0)
-    action = act(rising, [node("a")], [])
-    flat = act(breach(), [node("a")], [])
-    assert isinstance(action, Cap) and isinstance(flat, Cap)
-    assert action.plan.freed_w == pytest.approx(flat.plan.freed_w + 1.1 * 800.0)
-
-
 node_strategy = st.builds(
     node,
     name=st.sampled_from(["n0", "n1", "n2", "n3", "n4", "n5"]),
@@ -348,29 +324,6 @@ def test_limits_are_held_for_the_hold_after_the_last_cap() -> None:
     assert isinstance(out(steps, 4720.0), Uncap)
     # A breach caps regardless of the hold.
     assert isinstance(act(breach(), [node("a")], [Step("cap", 10.0)], now=100.0), Cap)
-
-
-def test_limits_are_not_raised_into_the_predicted_rise() -> None:
-    capped = [node("a", limit=400.0, draw=400.0)]  # held by its limit
-
-    def out(status: DomainStatus) -> object:
-        return next_action(
-            status,
-            [SERVICE],
-            [Step("cap", 0.0)],
-            now=1000.0,
-            settings=LADDER,
-            evictions_allowed=2,
-            gpus=capped,
-            capping=SETTINGS,
-        )
-
-    # 10 kW of headroom under the restore margin: a full step (8 × 70 W) fits…
-    assert isinstance(out(calm()), Uncap)
-    # …unless the domain's load is predicted to rise by all of it within the lookahead.
-    waiting = out(replace(calm(), rise_w=10_000.0))
-    assert isinstance(waiting, Wait) and "predicted rise" in waiting.reason
-    assert isinstance(out(replace(calm(), rise_w=9_000.0)), Uncap)
 
 
 def test_the_hold_doubles_for_each_recent_cap_episode() -> None:

@@ -113,31 +113,6 @@ def test_a_breach_is_absorbed_by_power_limits_low_priority_node_first() -> None:
     assert isinstance(rig.tick(45).decisions["rack-a"], Wait)
 
 
-def test_the_cap_step_covers_the_rise_the_profiles_predict_within_the_lookahead() -> None:
-    rig = with_agents(Rig())
-    state = rig.state
-    rack = state.tree.index["rack-a"]
-    slot = rig.config.grid.slot_of(T0)
-    # The next hour's predicted load of rack-a is 200 W higher than this hour's (as a
-    # pod whose profile rises would make it), later it is higher still: only the
-    # lookahead's hour counts (and the floors allow 1,750 W).
-    with state.lock:
-        state.ledger.load[rack, (slot + 1) % state.grid.slots] += 200.0
-        state.ledger.load[rack, (slot + 5) % state.grid.slots] += 5000.0
-    assert state.predicted_rise(slot, 1)[rack] == pytest.approx(200.0)
-    assert state.predicted_rise(slot, 5)[rack] == pytest.approx(5000.0)
-    assert state.predicted_rise(slot, 0)[rack] == 0.0
-    decision = small_breach(rig).decisions["rack-a"]
-    assert isinstance(decision, Cap), decision
-    assert decision.plan.freed_w == pytest.approx(TARGET_W + 1.1 * 200.0)
-    # Looking no further than now, the step covers the overage only.
-    rig = with_agents(Rig(powerLimits={"grace": "30s", "lookahead": "0s"}))
-    with rig.state.lock:
-        rig.state.ledger.load[rack, (slot + 1) % rig.state.grid.slots] += 200.0
-    decision = small_breach(rig).decisions["rack-a"]
-    assert isinstance(decision, Cap) and decision.plan.freed_w == pytest.approx(TARGET_W)
-
-
 def test_limits_come_back_step_by_step_and_the_request_is_withdrawn() -> None:
     rig = with_agents(Rig(powerLimits={"settle": {"hold": "5m"}, "grace": "30s"}))
     small_breach(rig)
@@ -320,7 +295,6 @@ def test_memory_payload_round_trip_and_older_readers() -> None:
         ({"settle": {"cap": "soon"}}, "powerLimits.settle.cap"),
         ({"floors": {"chat": 1.5}}, "powerLimits.floors.chat"),
         ({"settle": {"hold": "2h", "maxHold": "1h"}}, "powerLimits.settle.maxHold"),
-        ({"lookahead": "later"}, "powerLimits.lookahead"),
     ],
 )
 def test_power_limits_config_errors_name_the_field(section: dict[str, Any], field: str) -> None:
@@ -340,7 +314,6 @@ def test_power_limits_config_resolves() -> None:
                 "floors": {"chat": 0.8},
                 "restoreStep": 0.25,
                 "settle": {"cap": "45s", "restore": "3m", "hold": "20m", "maxHold": "6h"},
-                "lookahead": "30m",
             }
         )
     )
@@ -353,14 +326,10 @@ def test_power_limits_config_resolves() -> None:
     )
     assert (s.capping.floor, s.capping.restore_step, dict(s.floors)) == (0.6, 0.25, {"chat": 0.8})
     assert (s.ladder.cap_settle_s, s.ladder.uncap_settle_s) == (45.0, 180.0)
-    assert (s.ladder.limit_hold_s, s.ladder.limit_hold_max_s, s.limit_lookahead_s) == (
-        1200.0,
-        21_600.0,
-        1800.0,
-    )
+    assert (s.ladder.limit_hold_s, s.ladder.limit_hold_max_s) == (1200.0, 21_600.0)
     shipped = config_from_data(config_data(powerLimits={})).controller
     assert shipped.ladder.limit_hold_s == 3600.0
-    assert shipped.ladder.limit_hold_max_s == 86_400.0 and shipped.limit_lookahead_s == 3600.0
+    assert shipped.ladder.limit_hold_max_s == 86_400.0
     # Power limits act after their own grace (15 s); reshape and evict after the
     # controller's (30 s here), counted from the breach's start.
     assert shipped.breach.grace_s == 15.0 and shipped.ladder.escalate_after_s == 15.0

@@ -550,17 +550,6 @@ class ClusterState:
         with self.lock:
             return self.ledger.load[:, slot] - self.feedback[:, slot]
 
-    def predicted_rise(self, slot: int, ahead: int) -> NDArray[np.float64]:
-        """Per domain, how far the predicted load (without feedback) rises above
-        ``slot``'s within the ``ahead`` slots after it (the grid wraps), 0 where it
-        does not."""
-        if ahead <= 0:
-            return np.zeros(self.tree.size)
-        slots = (slot + np.arange(ahead + 1)) % self.ledger.load.shape[1]
-        with self.lock:
-            window = self.ledger.load[:, slots] - self.feedback[:, slots]
-        return np.maximum(window.max(axis=1) - window[:, 0], 0.0)
-
     def headroom_watts(self) -> NDArray[np.float64]:
         """Per domain: the least ``cap − load`` over slots (negative when over)."""
         with self.lock:

@@ -106,13 +106,10 @@ class LimitSettleSpec(_Model):
 class PowerLimitsSpec(_Model):
     """The first rung: GPU power limits through ``NodePowerLimit`` objects. ``grace``: how
     long a domain is over its cap before limits are lowered (at most the controller's
-    ``grace``, after which reshape and eviction may follow). ``lookahead``: a cap step
-    also covers the rise the profiles predict for the domain within this time ("0s":
-    the measured overage only)."""
+    ``grace``, after which reshape and eviction may follow)."""
 
     enabled: bool = True
     grace: str | int = "15s"
-    lookahead: str | int = "1h"
     margin: float = Field(default=0.10, ge=0, le=1)
     high_priority: int = Field(default=1000, alias="highPriority")
     second_threshold: float = Field(default=0.05, ge=0, alias="secondThreshold")
@@ -188,8 +185,6 @@ class ControllerSettings:
     # How long a node's agent may leave a NodePowerLimit's spec unobserved before its GPUs
     # count as uncappable (an agent gone or stuck leaves a status that no longer holds).
     agent_timeout_s: float = 30.0
-    # A cap step covers the rise the profiles predict within this (0: the overage only).
-    limit_lookahead_s: float = 3600.0
 
 
 def _limits(
@@ -272,7 +267,6 @@ def resolve_controller(
             f"{where}.powerLimits.settle.maxHold: {max_hold:g}s is shorter than "
             f"settle.hold ({limit_hold:g}s); give at least the hold, such as 24h"
         )
-    lookahead = secs(spec.power_limits.lookahead, "powerLimits.lookahead", zero=True)
     agent_timeout = secs(spec.power_limits.agent_timeout, "powerLimits.agentTimeout")
     cap_grace = secs(spec.power_limits.grace, "powerLimits.grace", zero=True)
     if capping is not None:
@@ -326,7 +320,6 @@ def resolve_controller(
             floors=floors,
             capped_by_annotation=spec.power_limits.capped_by_annotation,
             agent_timeout_s=agent_timeout,
-            limit_lookahead_s=lookahead,
         ),
         [],
     )

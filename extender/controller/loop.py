@@ -471,10 +471,6 @@ class Controller:
             lowered_by.update(lo.capped_by)
         self._throughput_lost(nodes, limits)
         watts = self._pod_watts(nodes, node_w, slot)
-        rise = None
-        if capping is not None:
-            ahead = math.ceil(self.settings.limit_lookahead_s / self.config.grid.step_s)
-            rise = self.state.predicted_rise(slot, ahead)
         self.blocked = {u: t for u, t in self.blocked.items() if t > now}
         taken = False
         # Deepest first (see the module doc).
@@ -488,7 +484,7 @@ class Controller:
                 report.decisions[name] = Wait("a domain below is in breach and acts first")
                 continue
             status = DomainStatus.of(
-                self.breach, events, report.measured, caps=report.caps, domain=d, rise=rise
+                self.breach, events, report.measured, caps=report.caps, domain=d
             )
             services = self._services(d, scaled, watts, slot)
             budget = eviction_budget(

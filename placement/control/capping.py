@@ -160,22 +160,11 @@ def _names(names: Sequence[str]) -> str:
 
 
 def plan_cap(
-    nodes: Sequence[NodeGpus],
-    overage_w: float,
-    *,
-    cap_w: float,
-    settings: CapSettings,
-    rise_w: float = 0.0,
+    nodes: Sequence[NodeGpus], overage_w: float, *, cap_w: float, settings: CapSettings
 ) -> CapPlan:
-    """The cap step for a domain ``overage_w`` watts over its cap ``cap_w``, whose load
-    the profiles predict to rise by ``rise_w`` more within the lookahead.
+    """The cap step for a domain ``overage_w`` watts over its cap ``cap_w``.
 
-    The target is ``(overage + rise) × (1 + margin)``: a breach comes at a profile's
-    rise, and a step that covers only the moment's overage is followed by another one,
-    a grace period over the cap later, when the next slot's demand arrives. The rise
-    alone never brings high-priority GPUs in: only a measured overage past the second
-    threshold does. What the floors leave of the rise uncovered is not reported as
-    uncovered (it is no breach yet). Only nodes whose agent can set limits
+    The target is ``overage × (1 + margin)``. Only nodes whose agent can set limits
     count. A limit frees what a GPU draws above it, so each node's room starts from
     ``min(limit, draw)`` (the limit where the draw is unknown). Low-priority nodes are
     capped first; high-priority ones only when the overage is past ``second_threshold
@@ -184,10 +173,9 @@ def plan_cap(
     """
     why = unavailable(nodes)
     usable = [n for n in nodes if n.gpus > 0 and n.can_set]
-    needed = max(overage_w, 0.0) * (1.0 + settings.margin)
-    target = needed + max(rise_w, 0.0) * (1.0 + settings.margin) if needed > 0 else 0.0
+    target = max(overage_w, 0.0) * (1.0 + settings.margin)
     if not usable or target <= 0:
-        return CapPlan((), 0.0, needed, why=why or ("no GPU to cap" if needed > 0 else ""))
+        return CapPlan((), 0.0, target, why=why or ("no GPU to cap" if target > 0 else ""))
     allow_high = overage_w > settings.second_threshold * cap_w
     high = np.array(
         [n.priority is not None and n.priority >= settings.high_priority for n in usable]
@@ -223,18 +211,17 @@ def plan_cap(
         new = max(float(plan.limits[i]) / n.gpus, n.min_w)
         changes.append(LimitChange(n.node, n.gpus, n.limit_w, min(new, n.limit_w), n.default_w))
     reasons = [why] if why else []
-    uncovered = max(needed - plan.freed, 0.0)
-    if uncovered > 1e-6:
+    if plan.uncovered > 1e-6:
         if not allow_high and bool(high.any()):
             reasons.append(
                 f"high-priority GPUs are left alone at {overage_w:.0f} W over "
                 f"(second threshold {settings.second_threshold * cap_w:.0f} W)"
             )
-        reasons.append(f"the floors leave {uncovered:.0f} W uncovered")
+        reasons.append(f"the floors leave {plan.uncovered:.0f} W uncovered")
     return CapPlan(
         tuple(changes),
         freed_w=plan.freed,
-        uncovered_w=uncovered,
+        uncovered_w=plan.uncovered,
         lost=plan.lost,
         used_high=plan.used_high and allow_high,
         why="; ".join(reasons),

@@ -163,8 +163,6 @@ class DomainStatus:
     to_clear_w: float  # watts to shed for the breach to clear (NaN when stale)
     measured_w: float
     cap_w: float
-    # How far the domain's predicted load rises above this slot's within the lookahead.
-    rise_w: float = 0.0
 
     @staticmethod
     def of(
@@ -174,10 +172,8 @@ class DomainStatus:
         *,
         caps: NDArray[np.float64],
         domain: int,
-        rise: NDArray[np.float64] | None = None,
     ) -> DomainStatus:
-        """Domain ``domain``'s row of a :func:`placement.control.breach.step` result
-        (``rise``: per domain, the predicted rise within the lookahead)."""
+        """Domain ``domain``'s row of a :func:`placement.control.breach.step` result."""
         return DomainStatus(
             in_breach=bool(state.in_breach[domain]),
             stale=bool(events.stale[domain]),
@@ -185,7 +181,6 @@ class DomainStatus:
             to_clear_w=float(events.to_clear_w[domain]),
             measured_w=float(measured[domain]),
             cap_w=float(caps[domain]),
-            rise_w=float(rise[domain]) if rise is not None else 0.0,
         )
 
 
@@ -305,14 +300,12 @@ def next_action(
     headroom = status.cap_w * (1.0 - settings.restore_margin) - status.measured_w
     if capped:
         # Limits first: with limits in force the measured draw understates demand, so
-        # they are raised (and measured) before replicas come back. A raise the
-        # predicted rise would take back within the lookahead is not made.
+        # they are raised (and measured) before replicas come back.
         assert capping is not None
-        rise = 0.0 if math.isnan(status.rise_w) else max(status.rise_w, 0.0)
-        raised = plan_uncap(gpus, headroom - rise, capping)
+        raised = plan_uncap(gpus, headroom, capping)
         if raised:
             return Uncap(raised)
-        return Wait("waiting for headroom, the predicted rise left, to raise power limits")
+        return Wait("waiting for headroom to raise power limits")
     changes = restore_plan(services, headroom)
     if not changes:
         return Wait("waiting for headroom to restore")
@@ -361,13 +354,7 @@ def _in_breach(
             return Wait(f"waiting for the effect of {latest.kind}", until)
     note = ""
     if capping is not None:
-        plan = plan_cap(
-            gpus,
-            status.to_clear_w,
-            cap_w=status.cap_w,
-            settings=capping,
-            rise_w=0.0 if math.isnan(status.rise_w) else status.rise_w,
-        )
+        plan = plan_cap(gpus, status.to_clear_w, cap_w=status.cap_w, settings=capping)
         if plan.changes and plan.freed_w >= MIN_STEP_W:
             return Cap(plan)
         note = plan.why or "power limits are at their floors"
