@@ -65,6 +65,11 @@ SCRAPE_SIM_S = 30.0
 # timeout is its interval: a scrape of 320 nodes' GPUs needs slack on a busy machine).
 FASTEST_S = 0.1
 FASTEST_SCRAPE_S = 0.2
+# Scrapes a cap step waits at least before the next: a written limit shows in a reading
+# only after the agent's round, the simulator's next sample and a scrape — about 1 s of
+# wall time on a 2-core machine, five scrapes at the fastest. Shorter, the controller
+# judges a step on readings taken before it showed and steps again.
+CAP_SETTLE_SCRAPES = 5
 # The default eviction rate window (5 minutes), simulated seconds.
 EVICTION_WINDOW_S = 300.0
 
@@ -145,13 +150,13 @@ def controller_section(replay: ReplaySettings) -> dict[str, Any]:
         },
         "feedback": {"hold": dur(replay.hold_s)},
         # Off, the controller neither caps nor reads NodePowerLimits (those an earlier
-        # window left behind must not look like agents). A cap step waits for two scrapes
-        # at least, so it is judged on measurements taken after it.
+        # window left behind must not look like agents). A cap step waits
+        # CAP_SETTLE_SCRAPES at least, so it is judged on measurements that show it.
         "powerLimits": {
             "enabled": replay.power_limits,
             "grace": dur(replay.limit_grace_s),
             "settle": {
-                "cap": dur(replay.settle_cap_s, 2 * scrape_interval(replay.speed)),
+                "cap": dur(replay.settle_cap_s, CAP_SETTLE_SCRAPES * scrape_interval(replay.speed)),
                 "restore": dur(replay.settle_uncap_s),
                 "hold": dur(replay.limit_hold_s),
                 "maxHold": dur(max(replay.limit_max_hold_s, replay.limit_hold_s)),

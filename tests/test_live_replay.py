@@ -128,10 +128,10 @@ def test_replay_controller_timings_are_the_simulated_ones_divided_by_the_speed()
     assert settings.per_domain.window_s == pytest.approx(0.5)
     # The feedback hold is a simulated day.
     assert settings.hold_s == pytest.approx(144.0)
-    # Power limits: off unless simulated; a cap step waits for two scrapes (0.2 s at 600,
-    # above 30 s / 600); restoring waits the shipped 2 simulated minutes.
+    # Power limits: off unless simulated; a cap step waits for five scrapes (0.2 s each
+    # at 600, far above 30 s / 600); restoring waits the shipped 2 simulated minutes.
     assert settings.capping is None
-    assert settings.ladder.cap_settle_s == pytest.approx(0.4)
+    assert settings.ladder.cap_settle_s == pytest.approx(1.0)
     assert settings.ladder.uncap_settle_s == pytest.approx(0.2)
     assert settings.ladder.limit_hold_s == pytest.approx(6.0)  # an hour held after a cap
     assert settings.capping is None and settings.breach.grace_s == pytest.approx(0.1)
