@@ -270,14 +270,14 @@ def bench_replay(
     speed: float,
     baseline_speed: float,
     power_limits: str = "off",
-    limit_hold_h: float = 1.0,
+    limit_hold_h: float = 24.0,
 ) -> int:
     """Days ``first``..``last`` of the traces (1-based; training is days 1–7) replayed on
     the live placement: without the controller, then with it. ``power_limits`` ``on``
     lets the controller cap GPUs (simulated agents on every node); ``both`` replays the
     window a third time, the controller on but without power limits, so the cap rung is
     judged against the evict-only ladder on the same placement. ``limit_hold_h``: the
-    controller's ``powerLimits.settle.hold`` in simulated hours (the shipped 1 h by
+    controller's ``powerLimits.settle.hold`` in simulated hours (the shipped 24 h by
     default)."""
     if not TRAIN_DAYS < first <= last:
         raise SystemExit(f"--days must be within the days after training (> {TRAIN_DAYS})")
@@ -461,8 +461,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rp.add_argument(
         "--limit-hold",
         type=float,
-        default=1.0,
-        help="controller.powerLimits.settle.hold in simulated hours (shipped: 1)",
+        default=24.0,
+        help="controller.powerLimits.settle.hold in simulated hours (shipped: 24)",
     )
     args = parser.parse_args(argv)
     print(f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}")

@@ -57,7 +57,7 @@ class ReplaySettings:
     # how long they are held after the last cap.
     settle_cap_s: float = 30.0
     settle_uncap_s: float = 120.0
-    limit_hold_s: float = 3600.0
+    limit_hold_s: float = float(DAY_S)
     limit_max_hold_s: float = float(DAY_S)
     limit_grace_s: float = 15.0
     # A simulated powercap agent on every fake node: GPUs hold to their power limits (the

@@ -328,7 +328,7 @@ def test_power_limits_config_resolves() -> None:
     assert (s.ladder.cap_settle_s, s.ladder.uncap_settle_s) == (45.0, 180.0)
     assert (s.ladder.limit_hold_s, s.ladder.limit_hold_max_s) == (1200.0, 21_600.0)
     shipped = config_from_data(config_data(powerLimits={})).controller
-    assert shipped.ladder.limit_hold_s == 3600.0
+    assert shipped.ladder.limit_hold_s == 86_400.0
     assert shipped.ladder.limit_hold_max_s == 86_400.0
     # Power limits act after their own grace (15 s); reshape and evict after the
     # controller's (30 s here), counted from the breach's start.

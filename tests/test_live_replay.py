@@ -133,7 +133,7 @@ def test_replay_controller_timings_are_the_simulated_ones_divided_by_the_speed()
     assert settings.capping is None
     assert settings.ladder.cap_settle_s == pytest.approx(1.0)
     assert settings.ladder.uncap_settle_s == pytest.approx(0.2)
-    assert settings.ladder.limit_hold_s == pytest.approx(6.0)  # an hour held after a cap
+    assert settings.ladder.limit_hold_s == pytest.approx(144.0)  # a day held after a cap
     assert settings.capping is None and settings.breach.grace_s == pytest.approx(0.1)
     capped, _ = resolve_controller(
         ControllerSpec.model_validate(controller_section(replace(replay, power_limits=True)))

@@ -99,7 +99,7 @@ class LimitSettleSpec(_Model):
 
     cap: str | int = "30s"
     restore: str | int = "2m"
-    hold: str | int = "1h"
+    hold: str | int = "24h"
     max_hold: str | int = Field(default="24h", alias="maxHold")
 
 
