@@ -7,7 +7,10 @@
   (:func:`placement.admission.fitting_domains`) and the node has the pod's GPUs free.
   Failed nodes say which domain would exceed its cap, at what time of day, by how many
   watts (:mod:`extender.webhook.explanations`). With ``reservePlan`` it also keeps the
-  power the plan holds for its planned but not yet placed replicas.
+  power the plan holds for its planned but not yet placed replicas. With
+  ``filterToPlan`` it offers only the passing nodes under domains where the plan wants
+  more of the pod's service, when there are any (the others pass, so they are not
+  reported as failed).
 * **prioritize** scores 0–10: agreement with the current plan weighted by
   ``planWeight``, the rest by the least rise of peak utilisation along the path.
 * **bind** trusts nothing in the request: the ``PodUID`` must name a pod the mirror
