@@ -218,7 +218,8 @@ def metrics_reader_token(c: Any) -> str:
 
 def secure_metrics_status(port: int, token: str | None) -> int:
     """The HTTP status of kube-scheduler's /metrics on its secure port for ``token``
-    (``None``: anonymous); its self-signed certificate is not verified."""
+    (``None``: anonymous), 0 while nothing listens on the port yet (kube-scheduler
+    opens it a moment after it starts); its self-signed certificate is not verified."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -230,6 +231,10 @@ def secure_metrics_status(port: int, token: str | None) -> int:
             return int(answer.status)
     except urllib.error.HTTPError as exc:
         return exc.code
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ConnectionRefusedError):
+            return 0
+        raise
 
 
 def unschedulable_pod(core: Any) -> None:
