@@ -4,6 +4,7 @@ verbs. Certificates are made for the test by ``trustme``."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import trustme
 from typer.testing import CliRunner
 
 from extender.runtime import Extender
-from extender.webhook.serving import HealthServer, Servers
+from extender.webhook.serving import CoalescedTransport, HealthServer, Servers
 from extender.webhook.settings import Address, Limits, ServeError, ServeSettings, Tls
 from tests.scheduler_payloads import filter_body, pod, small_extender
 
@@ -276,3 +277,54 @@ def test_address_parses_hosts_and_ports() -> None:
     for bad in ("", ":8889", "0.0.0.0:", "0.0.0.0:99999", "localhost"):
         with pytest.raises(ServeError, match=r"^--x: expected HOST:PORT"):
             Address.parse(bad, option="--x")
+
+
+class _RecordingTransport:
+    """The part of an asyncio transport :class:`CoalescedTransport` writes through."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info:{name}"
+
+
+def test_writes_of_one_loop_turn_leave_as_one() -> None:
+    """Headers and body written in the same turn reach the socket in one write, in
+    order; close sends what is pending first; a closing connection gets nothing more."""
+
+    async def scenario() -> list[list[bytes]]:
+        loop = asyncio.get_running_loop()
+        raw = _RecordingTransport()
+        t = CoalescedTransport(raw, loop)  # type: ignore[arg-type]
+        t.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        t.write(memoryview(b"{}"))
+        assert raw.writes == [] and t.get_write_buffer_size() == 21
+        await asyncio.sleep(0)
+        seen = [list(raw.writes)]
+        t.write(b"late")
+        t.close()
+        seen.append(list(raw.writes))
+        t.write(b"after close")
+        await asyncio.sleep(0)
+        seen.append(list(raw.writes))
+        assert t.get_extra_info("peername") == "info:peername"
+        return seen
+
+    first, closed, after = asyncio.run(scenario())
+    assert first == [b"HTTP/1.1 200 OK\r\n\r\n{}"]
+    assert closed == [*first, b"late"]
+    assert after == closed

@@ -30,7 +30,7 @@ import logging
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -47,6 +47,51 @@ log = logging.getLogger(__name__)
 IDLE_CONNECTIONS = 64
 # The metrics address is for probes and scrapes: a handful of clients.
 METRICS_CONNECTIONS = 64
+
+
+class CoalescedTransport:
+    """A transport whose writes made in one turn of the event loop leave in one
+    ``write`` at the end of that turn.
+
+    uvicorn writes a response's status line and headers, then its body, as two writes:
+    two ``send`` calls on loopback, each waking kube-scheduler's reader, which reads the
+    headers, finds no body yet and sleeps again. The verbs answer small bodies in the
+    same turn as their headers, so joined they cost one system call and one wake-up.
+    Everything else is the wrapped transport's; :meth:`close` sends what is pending
+    first."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(bytes(data))
+
+    def writelines(self, lines: Iterable[bytes | bytearray | memoryview]) -> None:
+        for data in lines:
+            self.write(data)
+
+    def flush(self) -> None:
+        """Send what is pending now (nothing once the connection is closing)."""
+        if not self._pending:
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -96,7 +141,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        coalesced = CoalescedTransport(transport, self.loop)
+        super().connection_made(coalesced)  # type: ignore[arg-type]
         self._arm()  # the first request's headers, from connecting
 
     def connection_lost(self, exc: Exception | None) -> None:
