@@ -292,6 +292,7 @@ def test_memory_payload_round_trip_and_older_readers() -> None:
         ({"margin": -0.1}, "margin"),
         ({"floor": 0}, "floor"),
         ({"restoreStep": 2}, "restoreStep"),
+        ({"guard": 0.5}, "guard"),
         ({"settle": {"cap": "soon"}}, "powerLimits.settle.cap"),
         ({"floors": {"chat": 1.5}}, "powerLimits.floors.chat"),
         ({"settle": {"hold": "2h", "maxHold": "1h"}}, "powerLimits.settle.maxHold"),
@@ -313,6 +314,7 @@ def test_power_limits_config_resolves() -> None:
                 "floor": 0.6,
                 "floors": {"chat": 0.8},
                 "restoreStep": 0.25,
+                "guard": 0.05,
                 "settle": {"cap": "45s", "restore": "3m", "hold": "20m", "maxHold": "6h"},
             }
         )
@@ -325,9 +327,11 @@ def test_power_limits_config_resolves() -> None:
         0.1,
     )
     assert (s.capping.floor, s.capping.restore_step, dict(s.floors)) == (0.6, 0.25, {"chat": 0.8})
+    assert s.capping.guard == 0.05
     assert (s.ladder.cap_settle_s, s.ladder.uncap_settle_s) == (45.0, 180.0)
     assert (s.ladder.limit_hold_s, s.ladder.limit_hold_max_s) == (1200.0, 21_600.0)
     shipped = config_from_data(config_data(powerLimits={})).controller
+    assert shipped.capping is not None and shipped.capping.guard == 0.03
     assert shipped.ladder.limit_hold_s == 86_400.0
     assert shipped.ladder.limit_hold_max_s == 86_400.0
     # Power limits act after their own grace (15 s); reshape and evict after the
@@ -385,3 +389,31 @@ def test_limit_objects_are_read_from_their_status() -> None:
     assert lo2 is not None and lo2.can_set is None and lo2.default_w is None
     assert lo2.limit_w == 500.0
     assert read_limit_object({"metadata": {}}, "x") is None
+
+
+def test_a_capped_rack_nearing_its_cap_again_is_capped_further_before_a_breach() -> None:
+    """rack-a holds limits after a breach; its draw comes back to 19.7 kW, within 3% of its
+    20 kW cap but not over: the guard lowers limits again (low priority only: vip-0's node
+    is left alone) and the rack never enters a second breach."""
+    rig = with_agents(Rig())
+    first = small_breach(rig).decisions["rack-a"]
+    assert isinstance(first, Cap)
+    enforce(rig)
+    # a1's high-priority GPUs were capped by the breach, past the second threshold. Say
+    # a2's request was withdrawn since: rack-a still holds a1's limits, so the guard
+    # may lower any of its nodes, and a2 is the one low-priority node.
+    assert rig.cluster.limits is not None
+    rig.cluster.limits["a2"]["spec"] = {}
+    rig.cluster.limits["a2"]["metadata"]["annotations"] = {}
+    enforce(rig)
+    rig.power.watts.update({"a1": 11_000.0, "a2": 7_500.0})  # cleared: 18.5 kW
+    assert isinstance(rig.tick(45).decisions["rack-a"], Wait)
+    rig.cluster.limit_patches.clear()
+    rig.power.watts.update({"a1": 11_000.0, "a2": 8_700.0})  # 19.7 kW: near, not over
+    report = rig.tick(75)
+    decision = report.decisions["rack-a"]
+    assert isinstance(decision, Cap) and decision.guard, decision
+    assert report.events is not None and not report.events.entered.any()
+    assert [name for name, _ in rig.cluster.limit_patches] == ["a2"]
+    assert "near its cap" in rig.events.events[-1].message
+    assert rig.cluster.patches == [] and rig.cluster.eviction_attempts == []

@@ -106,7 +106,8 @@ class LimitSettleSpec(_Model):
 class PowerLimitsSpec(_Model):
     """The first rung: GPU power limits through ``NodePowerLimit`` objects. ``grace``: how
     long a domain is over its cap before limits are lowered (at most the controller's
-    ``grace``, after which reshape and eviction may follow)."""
+    ``grace``, after which reshape and eviction may follow). ``guard``: a domain holding
+    limits is capped further once its draw comes within this fraction of its cap."""
 
     enabled: bool = True
     grace: str | int = "15s"
@@ -116,6 +117,7 @@ class PowerLimitsSpec(_Model):
     floor: float = Field(default=0.5, gt=0, le=1)
     floors: dict[str, float] = {}
     restore_step: float = Field(default=0.10, gt=0, le=1, alias="restoreStep")
+    guard: float = Field(default=0.03, ge=0, lt=0.5)
     settle: LimitSettleSpec = LimitSettleSpec()
     agent_timeout: str | int = Field(default="30s", alias="agentTimeout")
     capped_by_annotation: str = Field(
@@ -208,6 +210,7 @@ def _limits(
             second_threshold=spec.second_threshold,
             floor=spec.floor,
             restore_step=spec.restore_step,
+            guard=spec.guard,
         ),
         floors,
     )

@@ -81,6 +81,7 @@ from placement.control.ladder import (
     Uncap,
     Wait,
     eviction_budget,
+    guard_line_w,
     next_action,
 )
 from placement.control.victims import Candidates, VictimChoice, choose_victims
@@ -494,7 +495,12 @@ class Controller:
                 per_domain=self.settings.per_domain,
                 cluster=self.settings.cluster,
             )
-            gpus = self._node_gpus(d, nodes, node_w, limits)
+            near = (
+                capping is not None
+                and not in_breach[d]
+                and status.measured_w > guard_line_w(status, capping)
+            )
+            gpus = self._node_gpus(d, nodes, node_w, limits, near=near)
             action = next_action(
                 status,
                 services,
@@ -532,7 +538,7 @@ class Controller:
     ) -> Any:
         """Carry out one action; returns the step kind taken (or decided, in dry-run)."""
         if isinstance(action, Cap):
-            done = self._limit(action.plan.changes, d, limits, "cap", report)
+            done = self._limit(action.plan.changes, d, limits, "cap", report, near=action.guard)
             return "cap" if done else None
         if isinstance(action, Uncap):
             done = self._limit(action.changes, d, limits, "uncap", report)
@@ -628,10 +634,12 @@ class Controller:
         limits: dict[str, _LimitObject],
         kind: str,
         report: TickReport,
+        *,
+        near: bool = False,
     ) -> bool:
         """Write the NodePowerLimit specs of one cap or uncap step (a merge patch with the
         ``resourceVersion`` read: a request the agent or someone else changed since is
-        refused and decided again next period)."""
+        refused and decided again next period); ``near``: a guard step, out of breach."""
         assert self.api is not None
         s = self.settings
         domain = self.state.tree.names[d]
@@ -642,7 +650,7 @@ class Controller:
             if kind == "cap":
                 by.add(domain)
                 spec: dict[str, Any] = {"wattsPerGpu": round(change.to_w, 1), "gpus": None}
-                verb = "is over its cap"
+                verb = "is near its cap, holding power limits" if near else "is over its cap"
             elif change.withdraw:
                 by = set()
                 spec = {"wattsPerGpu": None, "gpus": None}
@@ -1102,25 +1110,35 @@ class Controller:
         nodes: Sequence[Any],
         node_w: FloatArray,
         limits: Mapping[str, _LimitObject],
+        *,
+        near: bool = False,
     ) -> list[NodeGpus]:
         """The GPU nodes of domain ``d`` as the capping rung sees them: in breach, every
-        one; out of breach, those this domain capped that no other breached domain holds.
-        A node without a NodePowerLimit status counts as one without an agent."""
+        one; out of breach, those this domain capped that no other breached domain holds,
+        and with ``near`` (its draw past the guard line) also the others no breached
+        domain holds, once it holds limits of its own: the guard's step may cap any of
+        them. A node without a NodePowerLimit status counts as one without an agent."""
         s, tree = self.settings, self.state.tree
         if s.capping is None:
             return []
         below = tree.membership[d]
         name = tree.names[d]
         in_breach = self.breach.in_breach
+        if not in_breach[d] and near:
+            near = any(
+                name in lo.capped_by
+                for n in nodes
+                if below[n.leaf] and (lo := limits.get(n.name)) is not None
+            )
         out: list[NodeGpus] = []
         for node, w in zip(nodes, node_w, strict=True):
             if node.gpus <= 0 or not below[node.leaf]:
                 continue
             lo = limits.get(node.name)
             if not in_breach[d]:
-                if lo is None or name not in lo.capped_by:
+                if not near and (lo is None or name not in lo.capped_by):
                     continue
-                if any(
+                if lo is not None and any(
                     x != name and x in tree.index and in_breach[tree.index[x]] for x in lo.capped_by
                 ):
                     continue

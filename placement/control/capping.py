@@ -42,7 +42,9 @@ class CapSettings:
     high-priority GPUs are capped too (at or below it they are left alone; POLCA's second
     threshold). ``floor``: the lowest limit, as a fraction of the GPU's default, for pods
     whose profile sets none. ``restore_step``: how far one step raises a limit, as a
-    fraction of the default."""
+    fraction of the default. ``guard``: a domain holding limits whose draw comes within
+    this fraction of its cap is capped further before it breaches, down to ``cap × (1 −
+    2 × guard)``, low-priority GPUs only (0: only breaches lower limits)."""
 
     enabled: bool = True
     margin: float = 0.10
@@ -50,6 +52,7 @@ class CapSettings:
     second_threshold: float = 0.05
     floor: float = 0.5
     restore_step: float = 0.10
+    guard: float = 0.03
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.margin) and self.margin >= 0):
@@ -60,6 +63,8 @@ class CapSettings:
             raise ValueError(f"floor must be in (0, 1], got {self.floor}")
         if not 0 < self.restore_step <= 1:
             raise ValueError(f"restore_step must be in (0, 1], got {self.restore_step}")
+        if not (math.isfinite(self.guard) and 0 <= self.guard < 0.5):
+            raise ValueError(f"guard must be in [0, 0.5), got {self.guard}")
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,12 @@ def _names(names: Sequence[str]) -> str:
 
 
 def plan_cap(
-    nodes: Sequence[NodeGpus], overage_w: float, *, cap_w: float, settings: CapSettings
+    nodes: Sequence[NodeGpus],
+    overage_w: float,
+    *,
+    cap_w: float,
+    settings: CapSettings,
+    high_allowed: bool = True,
 ) -> CapPlan:
     """The cap step for a domain ``overage_w`` watts over its cap ``cap_w``.
 
@@ -168,7 +178,8 @@ def plan_cap(
     count. A limit frees what a GPU draws above it, so each node's room starts from
     ``min(limit, draw)`` (the limit where the draw is unknown). Low-priority nodes are
     capped first; high-priority ones only when the overage is past ``second_threshold
-    × cap`` and then only for what the low-priority ones cannot cover
+    × cap`` (and ``high_allowed``: a step taken before a breach leaves them alone) and
+    then only for what the low-priority ones cannot cover
     (:func:`placement.throughput.plan_limits`). No limit goes below its floor.
     """
     why = unavailable(nodes)
@@ -176,7 +187,7 @@ def plan_cap(
     target = max(overage_w, 0.0) * (1.0 + settings.margin)
     if not usable or target <= 0:
         return CapPlan((), 0.0, target, why=why or ("no GPU to cap" if target > 0 else ""))
-    allow_high = overage_w > settings.second_threshold * cap_w
+    allow_high = high_allowed and overage_w > settings.second_threshold * cap_w
     high = np.array(
         [n.priority is not None and n.priority >= settings.high_priority for n in usable]
     )

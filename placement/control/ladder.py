@@ -243,9 +243,11 @@ class Restore:
 
 @dataclass(frozen=True)
 class Cap:
-    """Lower power limits: the step of :func:`placement.control.capping.plan_cap`."""
+    """Lower power limits: the step of :func:`placement.control.capping.plan_cap`.
+    ``guard``: taken at the guard line, out of breach (:func:`guard_line_w`)."""
 
     plan: CapPlan
+    guard: bool = False
 
 
 @dataclass(frozen=True)
@@ -286,6 +288,11 @@ def next_action(
     capped = capping is not None and any(n.capped for n in gpus)
     if not capped and not any(s.lowered for s in services):
         return Idle()
+    if capped:
+        assert capping is not None
+        guarded = _guard(status, last, now, settings, gpus, capping)
+        if guarded is not None:
+            return guarded
     if last is not None:
         until = last.at + max(settings.settle_s(last.kind), settings.restore_settle_s)
         if capped:
@@ -310,6 +317,42 @@ def next_action(
     if not changes:
         return Wait("waiting for headroom to restore")
     return Restore(changes)
+
+
+def guard_line_w(status: DomainStatus, capping: CapSettings) -> float:
+    """The draw above which a domain holding limits is capped further before it
+    breaches (``inf`` with the guard off)."""
+    if capping.guard <= 0:
+        return math.inf
+    return status.cap_w * (1.0 - capping.guard)
+
+
+def _guard(
+    status: DomainStatus,
+    last: Step | None,
+    now: float,
+    settings: LadderSettings,
+    gpus: Sequence[NodeGpus],
+    capping: CapSettings,
+) -> Action | None:
+    """A cap step for a domain out of breach whose limits no longer keep its draw clear of
+    the cap (``None``: nothing to do here). Demand that rose into a breach keeps rising
+    under held limits (the profiles' peaks last hours); each breach costs the grace
+    period and the time until the step shows over the cap, a step taken at the guard
+    line costs neither. Only low-priority GPUs, and only while the domain holds limits:
+    a domain never capped is left to its breaches."""
+    line = guard_line_w(status, capping)
+    if not status.measured_w > line:
+        return None
+    if last is not None:
+        until = last.at + settings.settle_s(last.kind)
+        if now < until:
+            return Wait(f"letting {last.kind} settle before guarding the cap", until)
+    shed = status.measured_w - status.cap_w * (1.0 - 2.0 * capping.guard)
+    plan = plan_cap(gpus, shed, cap_w=status.cap_w, settings=capping, high_allowed=False)
+    if plan.changes and plan.freed_w >= MIN_STEP_W:
+        return Cap(plan, guard=True)
+    return None
 
 
 def limits_held_until(
