@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from extender.health import Heartbeat, create_health_app
 from extender.runtime import Extender
+from extender.webhook.protocol import ExtenderArgs, parse
 from tests.scheduler_payloads import bind_body, filter_body, node, pod, small_extender
 
 ALL = ["gpu-1a", "gpu-1b", "gpu-2a", "gpu-2b", "gpu-3a", "gpu-3b", "gpu-4a", "gpu-4b"]
@@ -56,11 +57,32 @@ def test_prioritize_both_modes(client: TestClient) -> None:
     out = r.json()
     # Hosts in request order; a host left out scores 0 (the scheduler's reading).
     hosts = [h["Host"] for h in out]
-    assert out and hosts == [n for n in ALL[:3] if n in hosts]
+    assert hosts == [n for n in ALL[:3] if n in hosts]
     assert all(0 < h["Score"] <= 10 and set(h) == {"Host", "Score"} for h in out)
     nodes = [node(n, None) for n in ALL[:2]]
     r = client.post("/prioritize", content=filter_body(pod("eu-0"), [], nodes), headers=JSON)
-    assert {h["Host"] for h in r.json()} <= set(ALL[:2]) and r.json()
+    assert r.status_code == 200 and {h["Host"] for h in r.json()} <= set(ALL[:2])
+
+
+def test_prioritize_answers_each_score_less_the_lowest(client: TestClient, ext: Extender) -> None:
+    """kube-scheduler adds the same amount to every candidate either way, so the answer
+    leaves out the lowest-scoring hosts and lowers the rest by the lowest score."""
+    caps = ext.state.tree.caps.copy()
+    tight = caps.copy()
+    tight[ext.state.tree.index["rack-1"]] = 1.0  # rack 1 fits nothing: its nodes score 0
+    ext.state.set_caps(tight)
+    body = filter_body(pod("eu-0"), ALL)
+    hosts, absolute = ext.decider.prioritize(parse(body, ExtenderArgs))
+    assert min(absolute) == 0 and max(absolute) > 0
+    answer = client.post("/prioritize", content=body, headers=JSON).json()
+    wire = {h["Host"]: h["Score"] for h in answer}
+    assert wire == {h: s for h, s in zip(hosts, absolute, strict=True) if s > 0}
+    ext.state.set_caps(caps)  # every candidate fits again
+    hosts, absolute = ext.decider.prioritize(parse(body, ExtenderArgs))
+    low = min(absolute)
+    answer = client.post("/prioritize", content=body, headers=JSON).json()
+    wire = {h["Host"]: h["Score"] for h in answer}
+    assert wire == {h: s - low for h, s in zip(hosts, absolute, strict=True) if s > low}
 
 
 def test_bind_and_filter_see_it(client: TestClient, ext: Extender) -> None:

@@ -148,10 +148,11 @@ class Handlers:
         return Response(content, media_type=JSON)
 
     def prioritize(self, body: bytes) -> Response:
-        """The ``HostPriorityList``, a 0–10 score per candidate."""
+        """The ``HostPriorityList``: a 0–10 score per candidate, less the lowest (see
+        :func:`encode_host_priorities`)."""
         args = self._parse_args(body)
         hosts, scores = self.decider.prioritize(args)
-        return Response(encode_host_priorities(hosts, scores), media_type=JSON)
+        return Response(encode_host_priorities(hosts, scores, relative=True), media_type=JSON)
 
     def bind(self, body: bytes) -> Response:
         """The ``ExtenderBindingResult``; blocks on the API server with a real binder."""

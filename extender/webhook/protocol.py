@@ -373,7 +373,11 @@ def encode_filter_result(
 
 
 def encode_host_priorities(
-    hosts: Sequence[str], scores: Sequence[int] | NDArray[np.int64], omit_zero: bool = True
+    hosts: Sequence[str],
+    scores: Sequence[int] | NDArray[np.int64],
+    omit_zero: bool = True,
+    *,
+    relative: bool = False,
 ) -> bytes:
     """A ``HostPriorityList``: ``[{"Host": …, "Score": …}, …]``, grouped by score (the
     highest first; the request's order within a score): kube-scheduler adds each entry's
@@ -383,10 +387,17 @@ def encode_host_priorities(
     extender's score to the hosts it lists and nothing to the others, so a missing host
     scores 0 either way — and on a 1,000-node cluster the list, built and sent per pod,
     shrinks to the nodes the extender actually prefers. Each group is encoded as one
-    list of names, not a dict per host, so 20,000 hosts cost a few passes in C."""
+    list of names, not a dict per host, so 20,000 hosts cost a few passes in C.
+
+    ``relative``: every score lowered by the lowest, so the hosts that score lowest are
+    left out too. kube-scheduler adds the scores to the hosts it asked about, all of them
+    candidates of the same pod, so taking the same amount off every host changes no
+    ranking and no tie; what it saves is decoding those entries (by reflection, per pod)."""
     values = np.asarray(scores, dtype=np.int64)
     if values.shape != (len(hosts),):
         raise ValueError(f"{len(hosts)} hosts and {values.size} scores")
+    if relative and values.size:
+        values = values - values.min()
     groups: list[bytes] = []
     for score in np.unique(values)[::-1].tolist():
         if score == 0 and omit_zero:
