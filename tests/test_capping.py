@@ -414,51 +414,38 @@ def test_a_capped_domain_nearing_its_cap_is_capped_further_before_it_breaches() 
     held = replace(LADDER, limit_hold_s=3600.0)
     gpus = [node("low", limit=660.0, draw=660.0), node("high", 2000), node("free")]
 
-    def out(measured: float, history: list[Step], now: float) -> object:
+    def out(
+        measured: float,
+        history: list[Step],
+        *,
+        nodes: list[NodeGpus] = gpus,
+        capping: CapSettings = SETTINGS,
+    ) -> object:
         return next_action(
             calm(measured),
             [SERVICE],
             history,
-            now=now,
+            now=100.0,
             settings=held,
             evictions_allowed=2,
-            gpus=gpus,
-            capping=SETTINGS,
+            gpus=nodes,
+            capping=capping,
         )
 
-    step = out(98_000.0, [Step("cap", 0.0)], 100.0)
-    assert isinstance(step, Cap)
+    step = out(98_000.0, [Step("cap", 0.0)])
+    assert isinstance(step, Cap) and step.guard
     assert cut(step.plan.changes, "high") == 0.0  # never past the second threshold
     assert step.plan.freed_w == pytest.approx((98_000.0 - 94_000.0) * 1.1, rel=0.01)
     # Within the settle period of the last step it waits, saying why.
-    waiting = out(98_000.0, [Step("cap", 90.0)], 100.0)
+    waiting = out(98_000.0, [Step("cap", 90.0)])
     assert isinstance(waiting, Wait) and waiting.until == 120.0 and "guard" in waiting.reason
     # Under the guard line the limits are held, as before.
-    assert isinstance(out(96_000.0, [Step("cap", 0.0)], 100.0), Wait)
+    assert isinstance(out(96_000.0, [Step("cap", 0.0)]), Wait)
     # Off, or with nothing left to lower, it holds and never reshapes or evicts.
-    off = next_action(
-        calm(98_000.0),
-        [SERVICE],
-        [Step("cap", 0.0)],
-        now=100.0,
-        settings=held,
-        evictions_allowed=2,
-        gpus=gpus,
-        capping=replace(SETTINGS, guard=0.0),
-    )
+    off = out(98_000.0, [Step("cap", 0.0)], capping=replace(SETTINGS, guard=0.0))
     assert isinstance(off, Wait) and "holding" in off.reason
     floored = [node("low", limit=350.0, draw=350.0)]
-    stuck = next_action(
-        calm(99_900.0),
-        [SERVICE],
-        [Step("cap", 0.0)],
-        now=100.0,
-        settings=held,
-        evictions_allowed=2,
-        gpus=floored,
-        capping=SETTINGS,
-    )
-    assert isinstance(stuck, Wait)
+    assert isinstance(out(99_900.0, [Step("cap", 0.0)], nodes=floored), Wait)
 
 
 def test_a_domain_without_limits_is_left_to_its_breaches() -> None:
