@@ -538,7 +538,7 @@ class Controller:
     ) -> Any:
         """Carry out one action; returns the step kind taken (or decided, in dry-run)."""
         if isinstance(action, Cap):
-            done = self._limit(action.plan.changes, d, limits, "cap", report, near=action.guard)
+            done = self._limit(action.plan.changes, d, limits, "cap", report, guard=action.guard)
             return "cap" if done else None
         if isinstance(action, Uncap):
             done = self._limit(action.changes, d, limits, "uncap", report)
@@ -635,11 +635,11 @@ class Controller:
         kind: str,
         report: TickReport,
         *,
-        near: bool = False,
+        guard: bool = False,
     ) -> bool:
         """Write the NodePowerLimit specs of one cap or uncap step (a merge patch with the
         ``resourceVersion`` read: a request the agent or someone else changed since is
-        refused and decided again next period); ``near``: a guard step, out of breach."""
+        refused and decided again next period); ``guard``: a guard step, out of breach."""
         assert self.api is not None
         s = self.settings
         domain = self.state.tree.names[d]
@@ -650,7 +650,7 @@ class Controller:
             if kind == "cap":
                 by.add(domain)
                 spec: dict[str, Any] = {"wattsPerGpu": round(change.to_w, 1), "gpus": None}
-                verb = "is near its cap, holding power limits" if near else "is over its cap"
+                verb = "is near its cap, holding power limits" if guard else "is over its cap"
             elif change.withdraw:
                 by = set()
                 spec = {"wattsPerGpu": None, "gpus": None}
@@ -1124,19 +1124,18 @@ class Controller:
         below = tree.membership[d]
         name = tree.names[d]
         in_breach = self.breach.in_breach
-        if not in_breach[d] and near:
-            near = any(
-                name in lo.capped_by
-                for n in nodes
-                if below[n.leaf] and (lo := limits.get(n.name)) is not None
-            )
+        widened = near and any(
+            name in lo.capped_by
+            for n in nodes
+            if below[n.leaf] and (lo := limits.get(n.name)) is not None
+        )
         out: list[NodeGpus] = []
         for node, w in zip(nodes, node_w, strict=True):
             if node.gpus <= 0 or not below[node.leaf]:
                 continue
             lo = limits.get(node.name)
             if not in_breach[d]:
-                if not near and (lo is None or name not in lo.capped_by):
+                if not widened and (lo is None or name not in lo.capped_by):
                     continue
                 if lo is not None and any(
                     x != name and x in tree.index and in_breach[tree.index[x]] for x in lo.capped_by
