@@ -82,7 +82,8 @@ def expire_watches(c: Cluster, extender: Process, client: Any) -> tuple[int, int
         c.stop_component("kube-apiserver")
         compacted = c.compact_etcd()
         c.start_components()
-        bound = bound_pods(client)  # only the frozen extender binds: none bind meanwhile
+        # Only the extender binds: the Bindings it sent before it froze complete, no more.
+        bound = bound_pods(client)
     finally:
         extender.resume()
     return compacted, bound
@@ -129,7 +130,7 @@ def test_500_pods_at_once_keep_caps_and_the_ledger_matches_the_api_server() -> N
 
 
 def test_a_relist_in_the_middle_of_the_burst_keeps_caps_and_the_ledger() -> None:
-    """The same burst; once three tenths of it are bound (racks fill up, binds go on), the
+    """The same burst; once a tenth of it is bound (racks fill up, binds go on), the
     extender's watches expire (see :func:`expire_watches`) and it relists while the
     scheduler's binds go on. Pods whose Bindings were in flight across the relist keep
     their power in the ledger until their watch events arrive, and Bindings whose answer
@@ -145,8 +146,10 @@ def test_a_relist_in_the_middle_of_the_burst_keeps_caps_and_the_ledger() -> None
         scheduler = start_scheduler(c, ports.verbs)
         create_deployments(client, problem)
         wait_for(
-            "three tenths of the burst bound",
-            lambda: bound_pods(client) >= total * 3 // 10,
+            # Early: the Bindings already sent when the extender freezes (up to a few
+            # hundred in a burst) still complete, and some must be left for after the relist.
+            "a tenth of the burst bound",
+            lambda: bound_pods(client) >= total // 10,
             timeout_s=120.0,
             every_s=0.1,
         )
