@@ -33,6 +33,7 @@ import copy
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -71,6 +72,8 @@ AGENT_KINDS = frozenset(
     }
 )
 TOKEN_SECONDS = 12 * 3600
+# Agents' rounds run at once: each node's agent is its own process on a cluster.
+ROUNDS_AT_ONCE = 8
 _APPLIED_MARK = "agent-rbac-applied"
 
 
@@ -191,6 +194,7 @@ class SimulatedAgents:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._reflector: Reflector | None = None
+        self._rounds = ThreadPoolExecutor(ROUNDS_AT_ONCE, thread_name_prefix="agents-round")
 
     # --- what the simulator reads --------------------------------------------------------
     def limits_of(self, node: str) -> Sequence[GpuLimit] | None:
@@ -246,23 +250,28 @@ class SimulatedAgents:
     # --- the rounds ------------------------------------------------------------------------
     def run_pending(self, *, resync: bool = False) -> int:
         """One round of every node whose object changed (with ``resync``, of every node
-        with an object too); returns the rounds run."""
+        with an object too), :data:`ROUNDS_AT_ONCE` at a time — each node's agent is its
+        own process on a cluster, and a cap step that changes several nodes must not
+        reach the last one only after the others' status writes; returns the rounds run."""
         with self._lock:
             todo = self._dirty | set(self._objects) if resync else self._dirty
             self._dirty = set()
-        ran = 0
-        for node in sorted(todo):
-            loop = self.loops.get(node)
-            if loop is None or self._stop.is_set():
-                continue
-            try:
-                loop.round()
-                ran += 1
-            except Exception:
-                log.exception("simulated agent of %s: round failed; retried", node)
-                with self._lock:
-                    self._dirty.add(node)
-        return ran
+        loops = [(node, self.loops.get(node)) for node in sorted(todo)]
+        ran = self._rounds.map(self._round, [(n, loop) for n, loop in loops if loop is not None])
+        return sum(ran)
+
+    def _round(self, item: tuple[str, AgentLoop]) -> bool:
+        node, loop = item
+        if self._stop.is_set():
+            return False
+        try:
+            loop.round()
+        except Exception:
+            log.exception("simulated agent of %s: round failed; retried", node)
+            with self._lock:
+                self._dirty.add(node)
+            return False
+        return True
 
     def run_rounds(self) -> None:
         """Rounds of the changed nodes, and of every node with an object each
@@ -312,6 +321,7 @@ class SimulatedAgents:
         for t in self._threads:
             t.join(15.0)
         self._threads = []
+        self._rounds.shutdown(wait=True)
         for loop in self.loops.values():
             loop.stop()
 

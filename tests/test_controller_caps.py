@@ -7,6 +7,7 @@ dry-run writes nothing; the memory keeps limit steps for the next leader."""
 from __future__ import annotations
 
 import itertools
+import threading
 from typing import Any
 
 import orjson
@@ -367,6 +368,46 @@ def test_a_request_changed_since_it_was_read_is_refused_and_counted() -> None:
     rig.cluster.patch_cluster_custom_object = real_patch  # type: ignore[method-assign]
     assert isinstance(rig.tick(45).decisions["rack-a"], Cap)
     assert len(rig.cluster.limit_patches) == 2
+
+
+def test_the_patches_of_a_step_are_in_flight_together() -> None:
+    # Each patch waits for the other at a barrier: written one after the other, the
+    # first would wait alone and break it.
+    rig = with_agents(Rig())
+    real_patch = rig.cluster.patch_cluster_custom_object
+    both = threading.Barrier(2, timeout=5.0)
+
+    def meet_then_patch(*args: Any, **kw: Any) -> Any:
+        both.wait()
+        return real_patch(*args, **kw)
+
+    rig.cluster.patch_cluster_custom_object = meet_then_patch  # type: ignore[method-assign]
+    report = small_breach(rig)
+    assert isinstance(report.decisions["rack-a"], Cap)
+    assert [a.outcome for a in report.actions] == ["done", "done"]
+    assert {name for name, _ in rig.cluster.limit_patches} == {"a1", "a2"}
+
+
+def test_a_write_that_fails_unexpectedly_fails_the_step_after_the_others_are_recorded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rig = with_agents(Rig())
+    real_patch = rig.cluster.patch_cluster_custom_object
+
+    def a1_unreachable(*args: Any, **kw: Any) -> Any:
+        if args[3] == "a1":
+            raise ConnectionResetError("connection reset by peer")
+        return real_patch(*args, **kw)
+
+    rig.cluster.patch_cluster_custom_object = a1_unreachable  # type: ignore[method-assign]
+    report = small_breach(rig)
+    assert isinstance(report.decisions["rack-a"], Cap)
+    assert [name for name, _ in rig.cluster.limit_patches] == ["a2"]
+    assert [(e.reason, e.pod.name) for e in rig.events.events] == [("PowerCapCapped", "a2")]
+    assert "domain rack-a: Cap failed: connection reset by peer" in caplog.text
+    # No step was taken: the next period decides again, on what was written.
+    rig.cluster.patch_cluster_custom_object = real_patch  # type: ignore[method-assign]
+    assert isinstance(rig.tick(45).decisions["rack-a"], Cap)
 
 
 def test_limit_objects_are_read_from_their_status() -> None:

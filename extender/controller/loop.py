@@ -27,6 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -100,6 +101,8 @@ KEDA_DEFAULT_MAX = 100
 KEDA_DEFAULT_MIN = 0
 
 
+# NodePowerLimit patches of one cap or uncap step in flight at once (see Controller._limit).
+LIMIT_WRITES_AT_ONCE = 8
 CREATE_PER_TICK = 50  # empty NodePowerLimits created per tick for nodes that have none
 
 
@@ -313,6 +316,19 @@ def limit_object(obj: RawObject, capped_by_annotation: str) -> _LimitObject | No
         generation=generation if isinstance(generation, int) else None,
         observed=observed if isinstance(observed, int) else None,
     )
+
+
+@dataclass
+class _LimitWrite:
+    """One node's write in a cap or uncap step: the change, its NodePowerLimit as read,
+    the domains capping it after the write, the merge patch and the event text."""
+
+    change: LimitChange
+    lo: _LimitObject | None
+    by: tuple[str, ...]
+    patch: dict[str, Any]
+    message: str
+    refusal: str = ""  # the API server's refusal, when it refused
 
 
 class Controller:
@@ -639,64 +655,107 @@ class Controller:
     ) -> bool:
         """Write the NodePowerLimit specs of one cap or uncap step (a merge patch with the
         ``resourceVersion`` read: a request the agent or someone else changed since is
-        refused and decided again next period); ``guard``: a guard step, out of breach."""
+        refused and decided again next period); ``guard``: a guard step, out of breach.
+
+        The patches of a step go out together, at most :data:`LIMIT_WRITES_AT_ONCE` at a
+        time: a breach lasts until the last node's agent applies its limit, and one patch
+        after another on a busy API server adds their round trips up. Every write is
+        recorded, in the step's order, before an unexpected failure of one is raised."""
         assert self.api is not None
         s = self.settings
         domain = self.state.tree.names[d]
-        done = False
-        for change in changes:
-            lo = limits.get(change.node)
-            by = set(lo.capped_by if lo is not None else ())
-            if kind == "cap":
-                by.add(domain)
-                spec: dict[str, Any] = {"wattsPerGpu": round(change.to_w, 1), "gpus": None}
-                verb = "is near its cap, holding power limits" if guard else "is over its cap"
-            elif change.withdraw:
-                by = set()
-                spec = {"wattsPerGpu": None, "gpus": None}
-                verb = "has headroom"
-            else:
-                spec = {"wattsPerGpu": round(change.to_w, 1), "gpus": None}
-                verb = "has headroom"
-            annotation = ",".join(sorted(by)) or None
-            meta: dict[str, Any] = {"annotations": {s.capped_by_annotation: annotation}}
-            if lo is not None and lo.resource_version:
-                meta["resourceVersion"] = lo.resource_version
-            message = (
-                f"domain {domain} {verb}: power limit of {change.gpus} GPU(s) on "
-                f"{change.node} {change.from_w:.0f} W → {change.to_w:.0f} W per GPU "
-                f"({change.fraction:.0%} of the default {change.default_w:.0f} W)"
-                + (", request withdrawn" if kind == "uncap" and change.withdraw else "")
-            )
-            outcome = "dry-run" if s.dry_run else "done"
-            if s.dry_run:
+        writes = [
+            self._limit_write(change, limits, kind, domain, guard=guard) for change in changes
+        ]
+        if s.dry_run:
+            for w in writes:
                 # Decided as if applied, so a dry run walks the ladder as a real one would.
-                if by and not (kind == "uncap" and change.withdraw):
-                    self._dry_limits[change.node] = (change.to_w, tuple(sorted(by)))
+                if w.by and not (kind == "uncap" and w.change.withdraw):
+                    self._dry_limits[w.change.node] = (w.change.to_w, w.by)
                 else:
-                    self._dry_limits.pop(change.node, None)
-            else:
-                try:
-                    self.api.patch_node_power_limit(change.node, {"metadata": meta, "spec": spec})
-                except ApiRefused as exc:
-                    outcome = exc.reason
-                    message += f" — refused: {exc}"
-                else:
-                    if lo is not None:
-                        lo.capped_by = tuple(sorted(by))
-                        lo.resource_version = None  # changed: the next tick reads it again
+                    self._dry_limits.pop(w.change.node, None)
+            outcomes: list[str | BaseException] = ["dry-run"] * len(writes)
+        elif len(writes) == 1:
+            outcomes = [self._patch_limit(writes[0])]
+        else:
+            with ThreadPoolExecutor(
+                min(len(writes), LIMIT_WRITES_AT_ONCE), thread_name_prefix="powercap-limits"
+            ) as pool:
+                outcomes = list(pool.map(self._patch_limit, writes))
+        done = False
+        failed: BaseException | None = None
+        for w, outcome in zip(writes, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failed = failed or outcome
+                continue
+            message = w.message
+            if outcome == "done" and w.lo is not None:
+                w.lo.capped_by = w.by
+                w.lo.resource_version = None  # changed: the next tick reads it again
+            elif outcome not in ("done", "dry-run"):
+                message += f" — refused: {w.refusal}"
             ok = outcome in ("done", "dry-run")
             done = done or ok
             self._record(
                 report,
-                ActionRecord(kind, domain, change.node, message, s.dry_run, outcome),
-                PodRef("default", change.node, lo.uid if lo is not None else ""),
+                ActionRecord(kind, domain, w.change.node, message, s.dry_run, outcome),
+                PodRef("default", w.change.node, w.lo.uid if w.lo is not None else ""),
                 kind="NodePowerLimit",
                 api_version=f"{POWERCAP_GROUP}/{POWERCAP_VERSION}",
                 reason="PowerCapCapped" if kind == "cap" else "PowerCapUncapped",
                 warning=kind == "cap" or not ok,
             )
+        if failed is not None:
+            raise failed
         return done
+
+    def _limit_write(
+        self,
+        change: LimitChange,
+        limits: Mapping[str, _LimitObject],
+        kind: str,
+        domain: str,
+        *,
+        guard: bool,
+    ) -> _LimitWrite:
+        """The patch and the event text of one node's change in a cap or uncap step."""
+        lo = limits.get(change.node)
+        by = set(lo.capped_by if lo is not None else ())
+        if kind == "cap":
+            by.add(domain)
+            spec: dict[str, Any] = {"wattsPerGpu": round(change.to_w, 1), "gpus": None}
+            verb = "is near its cap, holding power limits" if guard else "is over its cap"
+        elif change.withdraw:
+            by = set()
+            spec = {"wattsPerGpu": None, "gpus": None}
+            verb = "has headroom"
+        else:
+            spec = {"wattsPerGpu": round(change.to_w, 1), "gpus": None}
+            verb = "has headroom"
+        annotation = ",".join(sorted(by)) or None
+        meta: dict[str, Any] = {"annotations": {self.settings.capped_by_annotation: annotation}}
+        if lo is not None and lo.resource_version:
+            meta["resourceVersion"] = lo.resource_version
+        message = (
+            f"domain {domain} {verb}: power limit of {change.gpus} GPU(s) on "
+            f"{change.node} {change.from_w:.0f} W → {change.to_w:.0f} W per GPU "
+            f"({change.fraction:.0%} of the default {change.default_w:.0f} W)"
+            + (", request withdrawn" if kind == "uncap" and change.withdraw else "")
+        )
+        return _LimitWrite(change, lo, tuple(sorted(by)), {"metadata": meta, "spec": spec}, message)
+
+    def _patch_limit(self, w: _LimitWrite) -> str | BaseException:
+        """Send one write: ``"done"``, the refusal's reason (kept on ``w``), or the
+        unexpected exception, returned so the step's other writes are still recorded."""
+        assert self.api is not None
+        try:
+            self.api.patch_node_power_limit(w.change.node, w.patch)
+        except ApiRefused as exc:
+            w.refusal = str(exc)
+            return exc.reason
+        except Exception as exc:
+            return exc
+        return "done"
 
     def _unavailable(self, d: int, note: str, gpus: Sequence[NodeGpus], report: TickReport) -> None:
         """Say why power limits do not cover a breach (the ladder goes on to reshape or
