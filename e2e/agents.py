@@ -249,15 +249,18 @@ class SimulatedAgents:
 
     # --- the rounds ------------------------------------------------------------------------
     def run_pending(self, *, resync: bool = False) -> int:
-        """One round of every node whose object changed (with ``resync``, of every node
-        with an object too), :data:`ROUNDS_AT_ONCE` at a time — each node's agent is its
-        own process on a cluster, and a cap step that changes several nodes must not
-        reach the last one only after the others' status writes; returns the rounds run."""
+        """One round of every node whose object changed, :data:`ROUNDS_AT_ONCE` at a time
+        — each node's agent is its own process on a cluster, and a cap step that changes
+        several nodes must not reach the last one only after the others' status writes;
+        with ``resync``, of every node with an object, one after the other (nothing asked
+        them anything new: the rounds of every node at once would only crowd the
+        simulator's exporter off the interpreter). Returns the rounds run."""
         with self._lock:
             todo = self._dirty | set(self._objects) if resync else self._dirty
             self._dirty = set()
         loops = [(node, self.loops.get(node)) for node in sorted(todo)]
-        ran = self._rounds.map(self._round, [(n, loop) for n, loop in loops if loop is not None])
+        items = [(node, loop) for node, loop in loops if loop is not None]
+        ran = map(self._round, items) if resync else self._rounds.map(self._round, items)
         return sum(ran)
 
     def _round(self, item: tuple[str, AgentLoop]) -> bool:
