@@ -8,8 +8,9 @@ labels its DCGM series with, :func:`e2e.powersim.gpu_uuid`) and the agent's own 
 request is parsed, clamped, applied, read back and its status written exactly as on a GPU
 node. Instead of one watch per node (a thread and a connection each, hundreds in a replay),
 one list+watch of every ``NodePowerLimit`` (:class:`~extender.cluster.mirror.Reflector`)
-feeds a cache, and one thread runs the rounds of the nodes whose object changed, and of every
-node with an object each ``resync_s``. The simulator reads each fake's limits back through
+feeds a cache, and one thread runs the rounds of the nodes whose object changed (several at
+once, as separate agents would) and, one after the other, of every node with an object each
+``resync_s``. The simulator reads each fake's limits back through
 :meth:`SimulatedAgents.limits_of` (a :class:`e2e.powersim.GpuLimits`), so the GPUs draw at
 most what the agents enforced.
 
