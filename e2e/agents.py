@@ -259,8 +259,7 @@ class SimulatedAgents:
         with self._lock:
             todo = self._dirty | set(self._objects) if resync else self._dirty
             self._dirty = set()
-        loops = [(node, self.loops.get(node)) for node in sorted(todo)]
-        items = [(node, loop) for node, loop in loops if loop is not None]
+        items = [(n, loop) for n in sorted(todo) if (loop := self.loops.get(n)) is not None]
         ran = map(self._round, items) if resync else self._rounds.map(self._round, items)
         return sum(ran)
 

@@ -410,6 +410,23 @@ def test_a_write_that_fails_unexpectedly_fails_the_step_after_the_others_are_rec
     assert isinstance(rig.tick(45).decisions["rack-a"], Cap)
 
 
+def test_when_several_writes_fail_unexpectedly_each_failure_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rig = with_agents(Rig())
+
+    def unreachable(*args: Any, **kw: Any) -> Any:
+        raise ConnectionResetError(f"{args[3]}: connection reset by peer")
+
+    rig.cluster.patch_cluster_custom_object = unreachable  # type: ignore[method-assign]
+    report = small_breach(rig)
+    assert isinstance(report.decisions["rack-a"], Cap)
+    assert rig.cluster.limit_patches == [] and rig.events.events == []
+    failed = {node for node in ("a1", "a2") if f"{node}: connection reset by peer" in caplog.text}
+    assert failed == {"a1", "a2"}
+    assert "domain rack-a: Cap failed" in caplog.text
+
+
 def test_limit_objects_are_read_from_their_status() -> None:
     obj = limit_object("n1")
     obj["status"]["gpus"][3]["enforcedWatts"] = 420.0  # one GPU lower: the node's limit

@@ -686,15 +686,16 @@ class Controller:
         failed: BaseException | None = None
         for w, outcome in zip(writes, outcomes, strict=True):
             if isinstance(outcome, BaseException):
-                failed = failed or outcome
+                if failed is None:
+                    failed = outcome  # raised below, after the others are recorded
+                else:  # one exception is raised; the others are not lost
+                    log.error("NodePowerLimit %s: write failed: %s", w.change.node, outcome)
                 continue
-            message = w.message
+            ok = outcome in ("done", "dry-run")
+            message = w.message if ok else f"{w.message} — refused: {w.refusal}"
             if outcome == "done" and w.lo is not None:
                 w.lo.capped_by = w.by
                 w.lo.resource_version = None  # changed: the next tick reads it again
-            elif outcome not in ("done", "dry-run"):
-                message += f" — refused: {w.refusal}"
-            ok = outcome in ("done", "dry-run")
             done = done or ok
             self._record(
                 report,
