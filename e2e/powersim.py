@@ -316,7 +316,9 @@ def throughput_lost(curve: ThroughputCurve, demand_w: float, limit: GpuLimit) ->
     ``[floor, 1]`` — what the GPU delivers at its limit relative to what it delivered at
     the power it wanted. Demand above the default limit counts as the default: a GPU held
     at its own default loses nothing to a cap."""
-    if demand_w <= limit.enforced + 1e-9 or limit.default <= 0:
+    # At or above its default limit (the uncapped GPUs, nearly all of them) nothing binds
+    # that the default would not: skip the curve: every snapshot asks this of every GPU.
+    if demand_w <= limit.enforced + 1e-9 or limit.default <= 0 or limit.enforced >= limit.default:
         return 0.0
 
     def at(watts: float) -> float:
@@ -397,7 +399,11 @@ class PowerSimulator:
     ``exporter="kepler"`` serves Kepler 0.10's counters instead: at each scrape every
     counter grows by the watts of that instant times the wall-clock seconds since the
     previous scrape, so ``rate()`` over a window gives the mean watts of the window —
-    exactly the snapshot's watts while they hold still (no noise, a flat profile)."""
+    exactly the snapshot's watts while they hold still (no noise, a flat profile).
+
+    ``limit_series=False`` leaves the two DCGM limit gauges out of the exposition while
+    the GPUs still hold to their limits: a replay, where nothing queries them and they
+    would triple what each scrape carries."""
 
     def __init__(
         self,
@@ -414,6 +420,7 @@ class PowerSimulator:
         exporter: Exporter = "dcgm",
         limits: GpuLimits | None = None,
         curves: Mapping[str, ThroughputCurve] | None = None,
+        limit_series: bool = True,
     ) -> None:
         if noise < 0:
             raise ValueError("noise is a standard deviation, >= 0")
@@ -430,6 +437,7 @@ class PowerSimulator:
         # the throughput curve of each service (DEFAULT_CURVE for the rest).
         self.limits = limits
         self.curves = dict(curves or {})
+        self.limit_series = limit_series
         # Kepler counters: joules by exposition line (without its value), and when the
         # last scrape added to them (wall clock).
         self._joules: dict[str, float] = {}
@@ -574,7 +582,7 @@ class PowerSimulator:
         lines = [f"# HELP {METRIC} {METRIC_HELP}", f"# TYPE {METRIC} gauge"]
         for s in snap.gpus:
             lines.append(f"{METRIC}{{{self._label_set(s)}}} {s.watts!r}{stamp}")
-        limited = [s for s in snap.gpus if s.limit is not None]
+        limited = [s for s in snap.gpus if s.limit is not None] if self.limit_series else []
         for metric, help_text in (
             (MGMT_LIMIT_METRIC, MGMT_LIMIT_HELP),
             (ENFORCED_LIMIT_METRIC, ENFORCED_LIMIT_HELP),

@@ -251,6 +251,7 @@ def prometheus(
     retention: str = "1h",
     rule_groups: Sequence[dict[str, Any]] = (),
     port: int | None = None,
+    lookback_s: float | None = None,
 ) -> Iterator[Prometheus]:
     """Run Prometheus scraping ``jobs`` until the block ends (see the module docstring).
 
@@ -260,7 +261,11 @@ def prometheus(
     at start. ``rule_groups`` (the ``groups`` of a rules file, e.g. a PrometheusRule's
     ``spec.groups``) are written to a rules file and evaluated every ``evaluation_s``;
     Prometheus refuses to start on one that does not parse. ``port`` (default: a free
-    one) lets a second Prometheus take the address of one that was stopped."""
+    one) lets a second Prometheus take the address of one that was stopped.
+    ``lookback_s`` (default: Prometheus's 5 minutes) is how far back an instant query
+    looks for a series' last sample (``--query.lookback-delta``): an instant query reads
+    every sample of that window, so a compressed clock that scrapes many times a second
+    needs it compressed too."""
     binary = prometheus_binary()
     name = f"prometheus-{uuid.uuid4().hex[:8]}"
     run_dir = Path(tempfile.mkdtemp(prefix=f"powercap-{name}-"))
@@ -283,6 +288,8 @@ def prometheus(
         "--web.enable-lifecycle",
         "--log.level=info",
     ]
+    if lookback_s is not None:
+        argv.append(f"--query.lookback-delta={_duration(lookback_s)}")
     with log.open("ab") as out:
         popen = subprocess.Popen(
             argv,

@@ -34,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from e2e.agents import SimulatedAgents, simulated_agents
 from e2e.cluster import Cluster, Process
 from e2e.deploy import NAMESPACE, SERVICE_LABEL, PlannerChoice, pod_watch, powercap_config
+from e2e.exposition import Exposition, exposition_server
 from e2e.powersim import (
     PowerSimulator,
     Profile,
@@ -70,6 +71,13 @@ FASTEST_SCRAPE_S = 0.2
 # wall time on a 2-core machine, five scrapes at the fastest. Shorter, the controller
 # judges a step on readings taken before it showed and steps again.
 CAP_SETTLE_SCRAPES = 5
+# Prometheus's lookback (5 minutes, simulated) compressed like the rest, but over ten
+# scrapes at least. An instant query reads every sample of the lookback: uncompressed, at
+# five scrapes a wall second, that is 1,500 samples a series, and each of the controller's
+# queries (twenty a second) cost Prometheus 50-150 ms of CPU, more than a core in all on a
+# 2-core machine (benchmarks/README.md, "Blind readings").
+LOOKBACK_SIM_S = 300.0
+LOOKBACK_SCRAPES = 10
 # The default eviction rate window (5 minutes), simulated seconds.
 EVICTION_WINDOW_S = 300.0
 
@@ -124,6 +132,11 @@ def wall_seconds(sim_s: float, speed: float, minimum: float = 0.0) -> float:
 def scrape_interval(speed: float) -> float:
     """The Prometheus scrape interval of a replay at ``speed``, wall seconds."""
     return wall_seconds(SCRAPE_SIM_S, speed, FASTEST_SCRAPE_S)
+
+
+def lookback(speed: float) -> float:
+    """The Prometheus lookback of a replay at ``speed``, wall seconds."""
+    return max(wall_seconds(LOOKBACK_SIM_S, speed), LOOKBACK_SCRAPES * scrape_interval(speed))
 
 
 def controller_section(replay: ReplaySettings) -> dict[str, Any]:
@@ -348,29 +361,36 @@ def _agents(
         yield agents
 
 
-@contextmanager
 def _simulator(
     problem: Problem, replay: ReplaySettings, pods: StaticPods, agents: SimulatedAgents | None
-) -> Iterator[PowerSimulator]:
+) -> PowerSimulator:
     profiles: dict[str, Profile] = dict(grid_profiles(problem))
     profiles.update(
         replay_profiles({"step_s": replay.step_s, "watts": dict(replay.watts)}, origin_s=0.0)
     )
     curves = dict(zip(problem.services.names, provisioning_of(problem).curves, strict=True))
     # Simulated time stands still at the window's start until the run sets the real clock.
-    sim = PowerSimulator(
+    return PowerSimulator(
         sim_nodes(problem),
         profiles,
         pods,
         clock=SimClock(replay.sim_start_s, 0.0),
         limits=agents,
         curves=curves,
+        # Nothing in a replay queries the limit gauges: without them a scrape of the
+        # capped window carries what one of the uncapped windows does.
+        limit_series=False,
     )
-    sim.start()
-    try:
-        yield sim
-    finally:
-        sim.stop()
+
+
+@contextmanager
+def _served(c: Cluster, sim: PowerSimulator) -> Iterator[tuple[Exposition, str]]:
+    """The simulator's exposition, published now and served from a process of its own
+    (:mod:`e2e.exposition`): the file to publish each sample to, and the address to scrape."""
+    exposition = Exposition(c.run_dir / "powersim.prom")
+    exposition.publish(sim.render(sim.snapshot()))
+    with exposition_server(exposition.path, c.logs_dir / "powersim-exposition.log") as address:
+        yield exposition, address
 
 
 def replay_window(
@@ -403,9 +423,13 @@ def replay_window(
     acting: tuple[Process, int] | None = None  # the controller, with the controller on
     with (
         _agents(c, problem, replay) as agents,
-        _simulator(problem, replay, pods, agents) as sim,
+        _served(c, sim := _simulator(problem, replay, pods, agents)) as (exposition, address),
         PodFeed(core, pods, sim_now) as feed,
-        prometheus([ScrapeJob("powersim", [sim.address], scrape_interval(speed))], log_dir) as prom,
+        prometheus(
+            [ScrapeJob("powersim", [address], scrape_interval(speed))],
+            log_dir,
+            lookback_s=lookback(speed),
+        ) as prom,
     ):
         prom.wait_for_targets()
         if replay.controller:
@@ -449,6 +473,7 @@ def replay_window(
             if acting is not None and not acting[0].alive():
                 raise RuntimeError(f"powercap controller exited:\n{acting[0].tail()}")
             snap = sim.snapshot()
+            exposition.publish(sim.render(snap))
             if snap.sim_s >= end:
                 break
             if snap.sim_s >= start:

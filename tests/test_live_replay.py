@@ -10,7 +10,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from e2e.replay import BreachMeter, compress, controller_section, scrape_interval
+from e2e.replay import BreachMeter, compress, controller_section, lookback, scrape_interval
 from extender.config.controller import ControllerSpec, resolve_controller
 from placement.cluster_run import LiveSettings, ReplaySettings, speed_problem
 from placement.grid import Grid
@@ -147,6 +147,10 @@ def test_replay_controller_timings_are_the_simulated_ones_divided_by_the_speed()
     assert scrape_interval(100) == pytest.approx(0.3)
     assert scrape_interval(60) == pytest.approx(0.5)
     assert scrape_interval(300) == pytest.approx(0.2)
+    # Prometheus looks back 5 simulated minutes, ten scrapes at least.
+    assert lookback(1) == pytest.approx(300.0)
+    assert lookback(30) == pytest.approx(10.0)
+    assert lookback(300) == pytest.approx(2.0)
 
 
 def test_a_baseline_precedes_a_controlled_replay_only() -> None:

@@ -127,6 +127,16 @@ def test_limits_are_served_in_dcgm_format_with_the_draws_labels() -> None:
     assert enforced[held] == 400.0 and draw[held] == 400.0
 
 
+def test_limit_series_can_be_left_out_while_the_limits_still_hold() -> None:
+    sim = simulator(Limits({"n1": [300.0, 650.0, 400.0, 50.0]}))
+    sim.limit_series = False
+    snap = sim.snapshot()
+    assert [s.watts for s in snap.gpus if s.node == "n1"] == [300.0, 650.0, 400.0, 50.0]
+    text = sim.render(snap).decode()
+    assert ENFORCED_LIMIT_METRIC not in text and MGMT_LIMIT_METRIC not in text
+    assert 'Hostname="n1"' in text
+
+
 def test_throughput_lost_is_zero_unless_the_limit_binds() -> None:
     curve = DEFAULT_CURVE
     assert throughput_lost(curve, 450.0, GpuLimit(500.0, 500.0, H100)) == 0.0

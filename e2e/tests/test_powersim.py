@@ -277,3 +277,34 @@ def test_readings_follow_the_simulator_through_prometheus(tmp_path: Path) -> Non
     finally:
         sim.stop()
         rogue.stop()
+
+
+def test_a_short_lookback_forgets_a_stopped_exporter_within_it() -> None:
+    """A replay's Prometheus looks back seconds, not 5 minutes (``lookback_s``): the last
+    samples of an exporter that stamps them (no staleness markers) leave instant queries
+    once that much older, so each query reads a few samples a series, not thousands."""
+    problem = problem_from_spec(spec_from_data(SCENARIO))
+    sim = PowerSimulator(
+        sim_nodes(problem),
+        grid_profiles(problem),
+        StaticPods(pods_of(problem, round_robin(problem))),
+        clock=SimClock(start_s=midnight(time.time()), speed=600.0),
+        timestamps=True,
+    )
+    address = sim.start()
+    try:
+        with prometheus([ScrapeJob(JOB, [address], 0.2)], TEST_LOG_DIR, lookback_s=2.0) as prom:
+            prom.wait_for_targets()
+            assert len(prom.query(f'DCGM_FI_DEV_POWER_USAGE{{job="{JOB}"}}')) == 32
+            sim.stop()
+            stopped = time.time()
+            prom.wait_for_targets(up=False, jobs=[JOB])
+            # Still there within the lookback of the last scrape...
+            assert prom.query(f'DCGM_FI_DEV_POWER_USAGE{{job="{JOB}"}}', at=stopped)
+            # ...and gone once it has passed (the default would keep it 5 minutes).
+            deadline = time.monotonic() + 20.0
+            while prom.query(f'DCGM_FI_DEV_POWER_USAGE{{job="{JOB}"}}'):
+                assert time.monotonic() < deadline, "the series outlived a 2 s lookback"
+                time.sleep(0.2)
+    finally:
+        sim.stop()
