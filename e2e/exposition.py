@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -44,40 +44,41 @@ class Exposition:
         os.replace(self._next, self.path)
 
 
-def handler_for(path: Path) -> type[BaseHTTPRequestHandler]:
-    """A request handler answering ``/metrics`` with ``path``'s contents and ``/healthz``."""
+def metrics_handler(body: Callable[[], bytes]) -> type[BaseHTTPRequestHandler]:
+    """A request handler answering ``/metrics`` with ``body()`` (503 when it raises
+    :class:`OSError`: nothing to serve yet) and ``/healthz``."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path.split("?")[0] == "/metrics":
                 try:
-                    body, kind = path.read_bytes(), CONTENT_TYPE
+                    payload, kind = body(), CONTENT_TYPE
                 except OSError as exc:
                     self.send_error(503, f"no exposition yet: {exc}")
                     return
             elif self.path == "/healthz":
-                body, kind = b"ok\n", "text/plain"
+                payload, kind = b"ok\n", "text/plain"
             else:
                 self.send_error(404)
                 return
             try:
                 self.send_response(200)
                 self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(payload)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the scraper gave up (its timeout): the next scrape will do
 
         def log_message(self, format: str, *args: object) -> None:
-            return  # one line per scrape would drown the log
+            return  # one line per scrape would drown the logs
 
     return Handler
 
 
 def serve(path: Path, port: int) -> None:
     """Serve ``path`` on ``127.0.0.1:port`` until killed."""
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler_for(path))
+    server = ThreadingHTTPServer(("127.0.0.1", port), metrics_handler(path.read_bytes))
     server.daemon_threads = True
     server.serve_forever()
 

@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -32,6 +32,7 @@ import orjson
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from e2e.exposition import metrics_handler
 from extender.agent.fake import BOARDS, Board
 from extender.cluster.pods import is_terminal, node_name_of, pod_gpus, pod_ref, pod_service
 from extender.cluster.raw import ProtocolError, get_field
@@ -665,31 +666,7 @@ class PowerSimulator:
         ``host:port`` to scrape."""
         if self._server is not None:
             raise RuntimeError("the simulator is already serving")
-        simulator = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.split("?")[0] == "/metrics":
-                    body = simulator.scrape()
-                    kind = "text/plain; version=0.0.4; charset=utf-8"
-                elif self.path == "/healthz":
-                    body, kind = b"ok\n", "text/plain"
-                else:
-                    self.send_error(404)
-                    return
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", kind)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the scraper gave up (its timeout): the next scrape will do
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return  # one line per scrape would drown the test logs
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server = ThreadingHTTPServer((host, port), metrics_handler(self.scrape))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="powersim", daemon=True
