@@ -73,8 +73,8 @@ FASTEST_SCRAPE_S = 0.2
 CAP_SETTLE_SCRAPES = 5
 # Prometheus's lookback (5 minutes, simulated) compressed like the rest, but over ten
 # scrapes at least. An instant query reads every sample of the lookback: uncompressed, at
-# five scrapes a wall second, that is 1,500 samples a series, and each of the controller's
-# queries (twenty a second) cost Prometheus 50-150 ms of CPU, more than a core in all on a
+# five scrapes a wall second, that is 1,500 samples a series: the controller's queries
+# (twenty a second) took 46 ms each at the median, and Prometheus more than a core of a
 # 2-core machine (benchmarks/README.md, "Blind readings").
 LOOKBACK_SIM_S = 300.0
 LOOKBACK_SCRAPES = 10
