@@ -19,13 +19,13 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from e2e.cluster import Process, free_ports
+from e2e.deploy import wait_for
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 READY_TIMEOUT_S = 20.0
@@ -99,20 +99,18 @@ def exposition_server(path: Path, log: Path) -> Iterator[str]:
         )
     proc = Process("exposition", popen, log)
     address = f"127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if not proc.alive():
+            raise RuntimeError(f"the exposition server exited:\n{proc.tail()}")
+        try:
+            with urllib.request.urlopen(f"http://{address}/healthz", timeout=2) as answer:
+                return int(answer.status) == 200
+        except OSError:  # not listening yet
+            return False
+
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if not proc.alive():
-                raise RuntimeError(f"the exposition server exited:\n{proc.tail()}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"http://{address}/healthz", timeout=2) as answer,
-            ):
-                if answer.status == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the exposition server did not answer:\n{proc.tail()}")
-            time.sleep(0.05)
+        wait_for("the exposition server's /healthz", healthy, READY_TIMEOUT_S, every_s=0.05)
         yield address
     finally:
         proc.stop()

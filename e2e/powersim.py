@@ -317,8 +317,8 @@ def throughput_lost(curve: ThroughputCurve, demand_w: float, limit: GpuLimit) ->
     ``[floor, 1]`` — what the GPU delivers at its limit relative to what it delivered at
     the power it wanted. Demand above the default limit counts as the default: a GPU held
     at its own default loses nothing to a cap."""
-    # At or above its default limit (the uncapped GPUs, nearly all of them) nothing binds
-    # that the default would not: skip the curve: every snapshot asks this of every GPU.
+    # A GPU at its default limit (nearly all of them: uncapped) loses nothing, and every
+    # snapshot asks this of every GPU: no need to evaluate the curve.
     if demand_w <= limit.enforced + 1e-9 or limit.default <= 0 or limit.enforced >= limit.default:
         return 0.0
 
