@@ -19,13 +19,12 @@ import contextlib
 import os
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from e2e.cluster import Process, free_ports
-from e2e.deploy import wait_for
+from e2e.scheduler import wait_ready
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 READY_TIMEOUT_S = 20.0
@@ -98,20 +97,9 @@ def exposition_server(path: Path, log: Path) -> Iterator[str]:
             start_new_session=True,
         )
     proc = Process("exposition", popen, log)
-    address = f"127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        if not proc.alive():
-            raise RuntimeError(f"the exposition server exited:\n{proc.tail()}")
-        try:
-            with urllib.request.urlopen(f"http://{address}/healthz", timeout=2) as answer:
-                return int(answer.status) == 200
-        except OSError:  # not listening yet
-            return False
-
     try:
-        wait_for("the exposition server's /healthz", healthy, READY_TIMEOUT_S, every_s=0.05)
-        yield address
+        wait_ready(proc, port, READY_TIMEOUT_S, path="/healthz", every_s=0.05)
+        yield f"127.0.0.1:{port}"
     finally:
         proc.stop()
 

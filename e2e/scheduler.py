@@ -137,20 +137,28 @@ def start_controller(
     return proc, port
 
 
-def wait_ready(proc: Process, metrics_port: int, timeout_s: float = 60.0) -> None:
-    """Wait until the ``powercap serve`` or ``powercap controller`` in ``proc`` answers 200
-    on ``/readyz`` on its metrics port; raise with its log tail if it exits first."""
+def wait_ready(
+    proc: Process,
+    metrics_port: int,
+    timeout_s: float = 60.0,
+    *,
+    path: str = "/readyz",
+    every_s: float = 0.2,
+) -> None:
+    """Wait until the ``powercap serve`` or ``powercap controller`` in ``proc`` (or another
+    local server: ``path``) answers 200 on ``path`` on its metrics port; raise with its log
+    tail if it exits first."""
 
     def ready() -> bool:
         if not proc.alive():
             raise RuntimeError(f"{proc.name} exited early:\n{proc.tail()}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=2) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}{path}", timeout=2) as r:
                 return int(r.status) == 200
         except (urllib.error.URLError, OSError):
             return False
 
-    wait_for(f"{proc.name}'s /readyz", ready, timeout_s, every_s=0.2)
+    wait_for(f"{proc.name}'s {path}", ready, timeout_s, every_s=every_s)
 
 
 def scheduler_config(
