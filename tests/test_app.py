@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -10,6 +11,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from extender.config.model import SchedulerSettings
 from extender.health import Heartbeat, create_health_app
 from extender.runtime import Extender
 from extender.webhook.protocol import ExtenderArgs, parse
@@ -48,7 +50,10 @@ def test_filter_full_nodes_mode_returns_node_objects(client: TestClient) -> None
     out = r.json()
     assert out["NodeNames"] is None
     assert out["Nodes"]["items"] == nodes[:2]  # unchanged objects, in order
-    assert list(out["FailedAndUnresolvableNodes"]) == ["cpu-1"]
+    # Reasons come when no node is left (see test_filter_says_why_…).
+    r = client.post("/filter", content=filter_body(pod("eu-0"), [], nodes[2:]), headers=JSON)
+    out = r.json()
+    assert out["Nodes"]["items"] == [] and list(out["FailedAndUnresolvableNodes"]) == ["cpu-1"]
 
 
 def test_prioritize_both_modes(client: TestClient) -> None:
@@ -96,6 +101,35 @@ def test_bind_and_filter_see_it(client: TestClient, ext: Extender) -> None:
     assert "free GPUs" in r.json()["FailedNodes"]["gpu-1a"]
 
 
+def test_filter_says_why_nodes_fail_only_when_none_passes(
+    client: TestClient, ext: Extender
+) -> None:
+    # kube-scheduler reads the reasons only when no node is left (its event, preemption).
+    p = pod("eu-0")
+    client.post("/filter", content=filter_body(p, ALL), headers=JSON)
+    assert client.post("/bind", content=bind_body(p, "gpu-1a"), headers=JSON).json()["Error"] == ""
+    some = client.post("/filter", content=filter_body(pod("eu-1"), ALL), headers=JSON).json()
+    assert some["NodeNames"] == ALL[1:]
+    assert some["FailedNodes"] == {} and some["FailedAndUnresolvableNodes"] == {}
+    assert ext.telemetry.decisions.labels("filter", "some_fit")._value.get() == 1
+    none = client.post("/filter", content=filter_body(pod("eu-1"), ALL[:1]), headers=JSON).json()
+    assert none["NodeNames"] == [] and "free GPUs" in none["FailedNodes"]["gpu-1a"]
+
+
+def test_filter_says_why_nodes_fail_always_when_configured() -> None:
+    ext = small_extender()
+    ext.config = dataclasses.replace(
+        ext.config, scheduler=SchedulerSettings(failure_reasons="always")
+    )
+    ext.decider.config = ext.config
+    with TestClient(ext.app(), raise_server_exceptions=False) as client:
+        p = pod("eu-0")
+        client.post("/filter", content=filter_body(p, ALL), headers=JSON)
+        client.post("/bind", content=bind_body(p, "gpu-1a"), headers=JSON)
+        out = client.post("/filter", content=filter_body(pod("eu-1"), ALL), headers=JSON).json()
+    assert out["NodeNames"] == ALL[1:] and "free GPUs" in out["FailedNodes"]["gpu-1a"]
+
+
 def test_bind_error_is_reported_in_the_body(client: TestClient) -> None:
     r = client.post("/bind", content=bind_body(pod("ghost"), "gpu-1a"), headers=JSON)
     assert r.status_code == 200
@@ -137,10 +171,10 @@ def test_internal_errors_are_500_naming_only_the_verb(
     """The exception text can carry what the API server answered (headers, bodies): it
     goes to the log, and the caller learns only that the verb failed."""
 
-    def broken(*_: object) -> Any:
+    def broken(*_: object, **__: object) -> Any:
         raise RuntimeError("boom: Authorization: Bearer s3cret")
 
-    ext.decider.filter = broken  # type: ignore[method-assign,assignment]
+    ext.decider.filter = broken  # type: ignore[method-assign]
     with TestClient(ext.app(), raise_server_exceptions=False) as c:
         r = c.post("/filter", content=filter_body(pod("eu-0"), ALL), headers=JSON)
     assert r.status_code == 500

@@ -68,6 +68,9 @@ def test_scheduler_section() -> None:
     assert (default.name, default.assumed_pod_ttl_s) == ("powercap-scheduler", 30.0)
     written = config_from_data(minimal(scheduler={"name": "gpu", "assumedPodTTL": "2m"}))
     assert (written.scheduler.name, written.scheduler.assumed_pod_ttl_s) == ("gpu", 120.0)
+    assert default.failure_reasons == "whenNoneFit"
+    always = config_from_data(minimal(scheduler={"failureReasons": "always"}))
+    assert always.scheduler.failure_reasons == "always"
 
 
 def test_inline_and_named_profiles() -> None:
@@ -108,6 +111,10 @@ def test_inline_and_named_profiles() -> None:
         ({"scheduler": {"assumedPodTTL": "soon"}}, "scheduler.assumedPodTTL: expected a duration"),
         ({"scheduler": {"assumedPodTTL": 0}}, "scheduler.assumedPodTTL: a duration must be"),
         ({"scheduler": {"name": ""}}, "scheduler.name: "),
+        (
+            {"scheduler": {"failureReasons": "never"}},
+            "scheduler.failureReasons: Input should be 'whenNoneFit' or 'always'",
+        ),
         ({"profileFiles": ["nowhere/*.yaml"]}, "profileFiles[0]: 'nowhere/*.yaml' matches no file"),
         (
             {"domains": [{"name": "site", "cap": 1}, {"name": "r", "parent": "sight", "cap": 1}]},

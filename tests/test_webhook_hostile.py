@@ -603,7 +603,7 @@ def test_busy_verbs_answer_503_at_once() -> None:
     entered, release = threading.Event(), threading.Event()
     decide = ext.decider.filter
 
-    def slow_filter(args: Any) -> Any:
+    def slow_filter(args: Any, **_: Any) -> Any:
         entered.set()
         release.wait(30)
         return decide(args)
@@ -638,7 +638,7 @@ def test_small_calls_are_decided_inline_large_ones_on_workers() -> None:
     threads: list[str] = []
     decide = ext.decider.filter
 
-    def recording_filter(args: Any) -> Any:
+    def recording_filter(args: Any, **_: Any) -> Any:
         threads.append(threading.current_thread().name)
         return decide(args)
 

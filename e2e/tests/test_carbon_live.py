@@ -31,7 +31,7 @@ import json
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -178,9 +178,9 @@ def rack_1_cap(port: int) -> tuple[float, float]:
     )
 
 
-def filter_one_more(port: int) -> dict[str, Any]:
+def filter_one_more(port: int, nodes: Sequence[str]) -> dict[str, Any]:
     """The extender's filter answer (its verbs on ``port``) for one more ``batch``
-    replica over every node."""
+    replica over ``nodes``."""
     gpus = {GPU: "1"}
     pod = {
         "apiVersion": "v1",
@@ -198,7 +198,7 @@ def filter_one_more(port: int) -> dict[str, Any]:
             ],
         },
     }
-    body = orjson.dumps({"Pod": pod, "NodeNames": [*RACK_1, *RACK_2]})
+    body = orjson.dumps({"Pod": pod, "NodeNames": list(nodes)})
     request = urllib.request.Request(f"http://127.0.0.1:{port}/filter", data=body, method="POST")
     request.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(request, timeout=5) as r:
@@ -311,14 +311,17 @@ def test_a_dirtier_grid_lowers_the_cap_the_controller_sheds_and_filter_admits_le
                     raise AssertionError(f"{exc}; now {rack_1_cap(port)}{logs()}") from exc
                 assert metric(port, "powercap_domain_cap_watts", domain="rack-2") == RACK_CAP_W
 
-                # 3. Filter admits no more into rack 1, naming the domain and its cap.
-                answer = filter_one_more(ports.verbs)
+                # 3. Filter admits no more into rack 1, naming the domain and its cap
+                # (asked about rack 1 alone: reasons come when no node passes).
+                answer = filter_one_more(ports.verbs, RACK_1)
+                assert answer.get("NodeNames") == [], answer
                 failed = answer.get("FailedNodes") or {}
                 assert set(failed) >= set(RACK_1), answer
                 for node in RACK_1:
                     message = failed[node]
                     assert "rack-1" in message and f"cap {LOWERED_W:.0f} W" in message, message
                     assert "lowered from 6000 W by the live carbon caps" in message, message
+                answer = filter_one_more(ports.verbs, [*RACK_1, *RACK_2])
                 assert set(answer.get("NodeNames") or []) == set(RACK_2), answer
 
                 # 4. The controller sheds rack 1 to its lowered cap; replacements go to rack 2.

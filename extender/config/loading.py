@@ -212,7 +212,9 @@ def _scheduler_settings(spec: SchedulerSpec, problems: list[str]) -> SchedulerSe
     """The ``scheduler:`` section with its TTL in seconds; a bad TTL is appended to
     ``problems``."""
     ttl_s = seconds_or_problem(spec.assumed_pod_ttl, "scheduler.assumedPodTTL", problems)
-    return SchedulerSettings(name=spec.name, assumed_pod_ttl_s=ttl_s)
+    return SchedulerSettings(
+        name=spec.name, assumed_pod_ttl_s=ttl_s, failure_reasons=spec.failure_reasons
+    )
 
 
 def config_from_spec(

@@ -128,10 +128,16 @@ class SchedulerSpec(_Model):
     must carry to be bound (the profile's ``schedulerName`` in ``kube-scheduler.yaml``).
     ``assumedPodTTL`` is how long a pod this extender bound keeps its place in the ledger
     through a relist that still lists it unbound (its binding was in flight), waiting for
-    the watch event that shows it bound."""
+    the watch event that shows it bound. ``failureReasons``: ``whenNoneFit`` (the
+    default) says why each failing node fails only when no node passes, the only case in
+    which kube-scheduler reads the reasons; ``always`` says it in every filter answer,
+    for an extender configured after this one that may fail every node left."""
 
     name: str = Field(default="powercap-scheduler", min_length=1)
     assumed_pod_ttl: str | int = Field(default="30s", alias="assumedPodTTL")
+    failure_reasons: Literal["whenNoneFit", "always"] = Field(
+        default="whenNoneFit", alias="failureReasons"
+    )
 
 
 class ResourcesSpec(_Model):
@@ -221,6 +227,7 @@ class SchedulerSettings:
 
     name: str = "powercap-scheduler"
     assumed_pod_ttl_s: float = 30.0
+    failure_reasons: Literal["whenNoneFit", "always"] = "whenNoneFit"
 
 
 @dataclass(frozen=True)

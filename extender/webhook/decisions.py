@@ -327,8 +327,13 @@ class Decider:
         return view.held.message(self.state, leaf, held=True)
 
     # --- filter ---------------------------------------------------------------------------
-    def filter(self, args: ExtenderArgs) -> FilterOutcome:
-        """Which candidates the pod may go to (see the module doc)."""
+    def filter(self, args: ExtenderArgs, *, reasons_if_some_pass: bool = True) -> FilterOutcome:
+        """Which candidates the pod may go to (see the module doc).
+
+        ``reasons_if_some_pass``: say why each failing candidate fails even when some
+        pass. kube-scheduler reads the reasons only when no candidate is left (for its
+        event and for preemption), so the verb leaves them out then unless
+        ``scheduler.failureReasons`` is ``always`` (:class:`Handlers`)."""
         self.state.expire_assumed(ttl_s=self.config.scheduler.assumed_pod_ttl_s)
         names = args.candidate_names()
         demand = self.demand(args.pod)
@@ -342,7 +347,7 @@ class Decider:
         failed: dict[str, str] = {}
         unresolvable: dict[str, str] = {}
         targets = self._targets(demand) if self.filter_to_plan else None
-        narrowed = False
+        narrowed = some_failed = False
         with self.state.lock:
             view = self._view(demand)
             found = self._candidates(names, demand, view)
@@ -359,7 +364,8 @@ class Decider:
             else:
                 positions = np.flatnonzero(offered)
                 passed = positions.tolist()
-                if not found.ok.all():
+                some_failed = not found.ok.all()
+                if some_failed and (reasons_if_some_pass or not passed):
                     failed, unresolvable = self._rejections(names, demand, view, found)
                 # kube-scheduler asks prioritize about exactly these next.
                 self.state.note_slots(_pick(names, positions), found.slots[positions])
@@ -367,7 +373,7 @@ class Decider:
             outcome = "none_fit"
         elif narrowed:
             outcome = "planned"
-        elif failed or unresolvable:
+        elif some_failed:
             outcome = "some_fit"
         else:
             outcome = "all_fit"
