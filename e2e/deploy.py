@@ -118,7 +118,7 @@ class PlannerChoice:
 
     strategy: str = "greedy"
     reserve_plan: bool = False
-    filter_to_plan: bool = False
+    filter_to_plan: bool = True
     time_limit_s: float = 10.0
     debounce_s: float = 1.0
 

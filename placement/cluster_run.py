@@ -132,7 +132,7 @@ class LiveSettings:
     stock_default: bool = True
     planner: str = "cpsat"
     reserve_plan: bool = True
-    filter_to_plan: bool = False
+    filter_to_plan: bool = True
     planner_time_limit_s: float = 30.0
     settle_timeout_s: float = 900.0
     replay: ReplaySettings | None = None

@@ -115,12 +115,12 @@ class ScoringSpec(_Model):
     fitting node, as without it). The plan is then followed as placement, not as a
     score, and kube-scheduler scores tens of nodes instead of the whole cluster: less
     work for it and for prioritize on every pod. The nodes left out fit; they are not
-    reported as failed. Off by default: kube-scheduler's own scoring then sees every
-    node that fits."""
+    reported as failed. On by default; off, kube-scheduler's own scoring sees every node
+    that fits and the plan is one score among its plugins'."""
 
     plan_weight: float = Field(default=0.6, alias="planWeight", ge=0, le=1)
     reserve_plan: bool = Field(default=False, alias="reservePlan")
-    filter_to_plan: bool = Field(default=False, alias="filterToPlan")
+    filter_to_plan: bool = Field(default=True, alias="filterToPlan")
 
 
 class SchedulerSpec(_Model):
