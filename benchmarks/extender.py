@@ -209,6 +209,7 @@ def bench_compute(cluster: Cluster, iterations: int = 2000) -> dict[str, dict[st
     ext = cluster.ext
     parsed = [(parse(f, ExtenderArgs), parse(p, ExtenderArgs)) for f, p in cluster.bodies]
     app_handlers = _handlers(ext)
+    reasons = ext.config.scheduler.failure_reasons == "always"  # as the filter verb decides
     decide: list[float] = []
     handle: list[float] = []
     decide_cpu: list[float] = []
@@ -217,7 +218,7 @@ def bench_compute(cluster: Cluster, iterations: int = 2000) -> dict[str, dict[st
         f_args, p_args = parsed[i % len(parsed)]
         ext.state.version += 1  # as a bind between pods would: no cached view
         c0, t0 = time.thread_time(), time.perf_counter()
-        ext.decider.filter(f_args)
+        ext.decider.filter(f_args, reasons_if_some_pass=reasons)
         ext.decider.prioritize(p_args)
         t1, c1 = time.perf_counter(), time.thread_time()
         f_body, p_body = cluster.bodies[i % len(cluster.bodies)]
@@ -631,6 +632,9 @@ def bench_site(cluster: SiteCluster, iterations: int = 300) -> dict[str, dict[st
     list; wall time and this thread's CPU time (which other processes on the machine
     do not inflate); and the answers' sizes."""
     state, decider = cluster.state, cluster.decider
+    # As the filter verb decides: failing nodes' reasons only when none passes, unless
+    # the config says always.
+    reasons = decider.config.scheduler.failure_reasons == "always"
     parsed = [(parse(f, ExtenderArgs), parse(p, ExtenderArgs)) for f, p in cluster.bodies]
     out: dict[str, dict[str, float]] = {}
     warm = 20
@@ -642,7 +646,7 @@ def bench_site(cluster: SiteCluster, iterations: int = 300) -> dict[str, dict[st
             f_args, p_args = parsed[k]
             state.version += 1  # as a bind between pods would: no cached domain view
             c0, t0 = time.thread_time(), time.perf_counter()
-            decider.filter(f_args)
+            decider.filter(f_args, reasons_if_some_pass=reasons)
             decider.prioritize(p_args)
             t1, c1 = time.perf_counter(), time.thread_time()
             f_body, p_body = cluster.bodies[k]
