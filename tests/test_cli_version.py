@@ -21,7 +21,10 @@ def test_version_prints_the_installed_distribution_version() -> None:
     assert result.output == f"powercap {version('powercap-scheduler')}\n"
 
 
-def test_show_completion_prints_a_bash_script() -> None:
+def test_show_completion_prints_a_bash_script(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Asked for bash by name: without this typer guesses the shell from the process
+    # tree, and a run started from sh (not a shell it completes) fails.
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
     result = runner.invoke(app, ["--show-completion", "bash"], prog_name="powercap")
     assert result.exit_code == 0, result.output
     assert "_POWERCAP_COMPLETE=complete_bash" in result.output

@@ -332,8 +332,9 @@ class Decider:
 
         ``reasons_if_some_pass``: say why each failing candidate fails even when some
         pass. kube-scheduler reads the reasons only when no candidate is left (for its
-        event and for preemption), so the verb leaves them out then unless
-        ``scheduler.failureReasons`` is ``always`` (:class:`Handlers`)."""
+        event and for preemption), so the filter verb gives them only then, unless
+        ``scheduler.failureReasons`` is ``always``. When none passes, every candidate
+        says why, whatever this is."""
         self.state.expire_assumed(ttl_s=self.config.scheduler.assumed_pod_ttl_s)
         names = args.candidate_names()
         demand = self.demand(args.pod)
