@@ -209,7 +209,7 @@ def bench_compute(cluster: Cluster, iterations: int = 2000) -> dict[str, dict[st
     ext = cluster.ext
     parsed = [(parse(f, ExtenderArgs), parse(p, ExtenderArgs)) for f, p in cluster.bodies]
     app_handlers = _handlers(ext)
-    reasons = ext.config.scheduler.failure_reasons == "always"  # as the filter verb decides
+    reasons = ext.config.scheduler.reasons_if_some_pass  # as the filter verb decides
     decide: list[float] = []
     handle: list[float] = []
     decide_cpu: list[float] = []
@@ -632,9 +632,7 @@ def bench_site(cluster: SiteCluster, iterations: int = 300) -> dict[str, dict[st
     list; wall time and this thread's CPU time (which other processes on the machine
     do not inflate); and the answers' sizes."""
     state, decider = cluster.state, cluster.decider
-    # As the filter verb decides: failing nodes' reasons only when none passes, unless
-    # the config says always.
-    reasons = decider.config.scheduler.failure_reasons == "always"
+    reasons = decider.config.scheduler.reasons_if_some_pass  # as the filter verb decides
     parsed = [(parse(f, ExtenderArgs), parse(p, ExtenderArgs)) for f, p in cluster.bodies]
     out: dict[str, dict[str, float]] = {}
     warm = 20

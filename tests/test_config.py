@@ -71,6 +71,7 @@ def test_scheduler_section() -> None:
     assert default.failure_reasons == "whenNoneFit"
     always = config_from_data(minimal(scheduler={"failureReasons": "always"}))
     assert always.scheduler.failure_reasons == "always"
+    assert always.scheduler.reasons_if_some_pass and not default.reasons_if_some_pass
 
 
 def test_inline_and_named_profiles() -> None:

@@ -603,10 +603,10 @@ def test_busy_verbs_answer_503_at_once() -> None:
     entered, release = threading.Event(), threading.Event()
     decide = ext.decider.filter
 
-    def slow_filter(args: Any, **_: Any) -> Any:
+    def slow_filter(args: Any, **kwargs: Any) -> Any:
         entered.set()
         release.wait(30)
-        return decide(args)
+        return decide(args, **kwargs)
 
     ext.decider.filter = slow_filter  # type: ignore[method-assign]
     # Every call on the workers: an inline call would hold the test's loop itself.
@@ -638,9 +638,9 @@ def test_small_calls_are_decided_inline_large_ones_on_workers() -> None:
     threads: list[str] = []
     decide = ext.decider.filter
 
-    def recording_filter(args: Any, **_: Any) -> Any:
+    def recording_filter(args: Any, **kwargs: Any) -> Any:
         threads.append(threading.current_thread().name)
-        return decide(args)
+        return decide(args, **kwargs)
 
     ext.decider.filter = recording_filter  # type: ignore[method-assign]
     small = filter_body(pod("eu-0"), ALL)

@@ -229,6 +229,12 @@ class SchedulerSettings:
     assumed_pod_ttl_s: float = 30.0
     failure_reasons: Literal["whenNoneFit", "always"] = "whenNoneFit"
 
+    @property
+    def reasons_if_some_pass(self) -> bool:
+        """Whether the filter verb says why nodes fail even when some pass
+        (``failureReasons: always``)."""
+        return self.failure_reasons == "always"
+
 
 @dataclass(frozen=True)
 class Config:

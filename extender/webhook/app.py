@@ -131,8 +131,8 @@ class Handlers:
         """The ``ExtenderFilterResult``: node names when the scheduler sent names, else
         the passing node objects."""
         args = self._parse_args(body)
-        always = self.decider.config.scheduler.failure_reasons == "always"
-        outcome = self.decider.filter(args, reasons_if_some_pass=always)
+        reasons = self.decider.config.scheduler.reasons_if_some_pass
+        outcome = self.decider.filter(args, reasons_if_some_pass=reasons)
         if args.names_only:
             names = args.candidate_names()
             passed = (
